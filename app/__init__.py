@@ -1,0 +1,1 @@
+"""Record: record, transcribe, search and chat with your meetings."""

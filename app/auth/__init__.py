@@ -1,0 +1,1 @@
+"""Accounts, sessions, API keys, OIDC bearer tokens, and who may do what (RBAC)."""

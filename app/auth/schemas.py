@@ -1,0 +1,64 @@
+"""Request and response bodies for accounts and sessions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field
+
+from app.auth.rbac import Role
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class SignupIn(Strict):
+    email: EmailStr = Field(max_length=320)
+    password: str = Field(min_length=1, max_length=256)
+    name: str = Field(min_length=1, max_length=200)
+    org_name: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class LoginIn(Strict):
+    email: EmailStr = Field(max_length=320)
+    password: str = Field(min_length=1, max_length=256)
+
+
+class UserOut(BaseModel):
+    id: UUID
+    email: str
+    name: str
+
+
+class OrgOut(BaseModel):
+    id: UUID
+    name: str
+    created_at: datetime | None = None
+
+
+class OrgMembershipOut(BaseModel):
+    id: UUID
+    name: str
+    role: Role
+
+
+class SignupOut(BaseModel):
+    user: UserOut
+    org: OrgOut | None
+    session_token: str
+    expires_at: datetime
+
+
+class LoginOut(BaseModel):
+    session_token: str
+    expires_at: datetime
+
+
+class MeOut(BaseModel):
+    auth: str
+    user: UserOut | None
+    org: OrgMembershipOut | None
+    orgs: list[OrgMembershipOut]
+    api_key_id: UUID | None = None

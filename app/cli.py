@@ -1,0 +1,65 @@
+"""The `record` command: the local stack, the database, the worker, uploads, infra plans."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="record",
+    help="Record: record, transcribe, search and chat with your meetings.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@app.command()
+def up() -> None:
+    """Run the whole local stack in the foreground, supervised (Ctrl-C stops it)."""
+    from app.devstack.supervisor import run_stack
+
+    raise typer.Exit(run_stack())
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    from app.kit.migrate import upgrade
+    from app.settings import get_settings
+
+    upgrade(get_settings().database_url, revision)
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: str) -> None:
+    """Revert migrations down to REVISION ('base' reverts everything)."""
+    from app.kit.migrate import downgrade
+    from app.settings import get_settings
+
+    downgrade(get_settings().database_url, revision)
+
+
+@db_app.command("sql")
+def db_sql(revision: str = "head") -> None:
+    """Print the SQL the migrations run (for review and `squawk`)."""
+    from app.kit.migrate import upgrade_sql
+
+    typer.echo(upgrade_sql(revision))
+
+
+def _register_subcommands() -> None:
+    # Each block registers its own sub-commands; their heavy imports happen inside commands.
+    from infra.cli import app as infra_app
+
+    from app.ai.cli import app as models_app
+
+    app.add_typer(models_app, name="models")
+    app.add_typer(infra_app, name="infra")
+
+
+_register_subcommands()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Cross-cutting parts every domain shares. Nothing in kit imports a domain."""

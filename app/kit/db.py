@@ -1,0 +1,116 @@
+"""PostgreSQL access: one async pool, one transaction per request or job step.
+
+Every connection switches to ``record_app``, a role that owns no table, so row-level security
+applies to everything the application reads or writes. The tenant is a per-transaction setting
+(``app.org_id``, and ``app.user_id`` for what belongs to a person): a query that forgets its
+org filter sees nothing rather than everything.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from uuid import UUID
+
+from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from app.settings import Settings
+
+APP_ROLE = "record_app"
+
+Conn = AsyncConnection[DictRow]
+
+
+def libpq_conninfo(url: str) -> str:
+    """Accept SQLAlchemy-style URLs (``postgresql+psycopg://``) as well as plain libpq ones."""
+    if "://" in url:
+        scheme, rest = url.split("://", 1)
+        url = "postgresql://" + rest if scheme.startswith("postgres") else url
+    return make_conninfo(url)
+
+
+def database_name(url: str) -> str:
+    return str(conninfo_to_dict(libpq_conninfo(url)).get("dbname", ""))
+
+
+class Database:
+    def __init__(self, settings: Settings, *, app_role: bool = True) -> None:
+        self._settings = settings
+        self._app_role = app_role
+        self.pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            libpq_conninfo(settings.database_url),
+            min_size=settings.database_pool_min,
+            max_size=settings.database_pool_max,
+            kwargs={"row_factory": dict_row, "application_name": "record"},
+            configure=self._configure,
+            open=False,
+            name="record",
+        )
+
+    async def _configure(self, conn: Conn) -> None:
+        # Session settings, then commit: a pooled connection must come back idle.
+        await conn.set_autocommit(True)
+        if self._app_role:
+            await conn.execute(f"SET ROLE {APP_ROLE}")
+        await conn.execute(
+            "SELECT set_config('statement_timeout', %s, false)",
+            (str(self._settings.database_statement_timeout_ms),),
+        )
+        await conn.set_autocommit(False)
+
+    async def open(self, *, wait: bool = True) -> None:
+        await self.pool.open(wait=wait, timeout=30.0)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @asynccontextmanager
+    async def transaction(
+        self, *, org_id: UUID | None = None, user_id: UUID | None = None
+    ) -> AsyncIterator[Conn]:
+        """A connection inside one transaction, committed when the block exits cleanly."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await set_tenant(conn, org_id=org_id, user_id=user_id)
+            yield conn
+
+
+async def set_tenant(conn: Conn, *, org_id: UUID | None, user_id: UUID | None) -> None:
+    """Scope the current transaction to an org (and a user). ``None`` clears the setting."""
+    await conn.execute(
+        "SELECT set_config('app.org_id', %s, true), set_config('app.user_id', %s, true)",
+        (str(org_id) if org_id else "", str(user_id) if user_id else ""),
+    )
+
+
+async def fetch_one(conn: Conn, query: str, params: Any = None) -> DictRow | None:
+    started = time.perf_counter()
+    cur = await conn.execute(query, params)
+    row = await cur.fetchone()
+    _observe(query, started)
+    return row
+
+
+async def fetch_all(conn: Conn, query: str, params: Any = None) -> list[DictRow]:
+    started = time.perf_counter()
+    cur = await conn.execute(query, params)
+    rows = await cur.fetchall()
+    _observe(query, started)
+    return rows
+
+
+async def execute(conn: Conn, query: str, params: Any = None) -> int:
+    started = time.perf_counter()
+    cur = await conn.execute(query, params)
+    _observe(query, started)
+    return cur.rowcount
+
+
+def _observe(query: str, started: float) -> None:
+    from app.kit.metrics import observe_query
+
+    observe_query(query, time.perf_counter() - started)

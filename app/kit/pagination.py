@@ -1,0 +1,39 @@
+"""Keyset (cursor) pagination: stable under inserts, one index range scan per page.
+
+The cursor is an opaque, URL-safe encoding of the last row's (created_at, id); clients pass it
+back unchanged. ``limit`` is capped at 100.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import datetime
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import Query
+
+from app.kit.errors import ValidationError
+
+MAX_PAGE = 100
+
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size, at most 100.")]
+Cursor = Annotated[str | None, Query(max_length=200, description="next_cursor of the last page")]
+
+
+def encode_cursor(created_at: datetime, row_id: UUID) -> str:
+    raw = json.dumps([created_at.isoformat(), str(row_id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created_at, row_id = json.loads(base64.urlsafe_b64decode(padded))
+        return datetime.fromisoformat(created_at), UUID(row_id)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise ValidationError(
+            "The cursor is not valid; pass next_cursor from the previous page unchanged."
+        ) from exc

@@ -1,0 +1,1 @@
+"""Input validation and sanitisation shared by every domain."""

@@ -1,0 +1,94 @@
+"""The FastAPI application factory: ``create_app(settings)``; gunicorn calls it with none."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app.kit.db import Database
+from app.kit.logging import configure_logging
+from app.kit.metrics import set_slow_query_threshold
+from app.kit.middleware import (
+    BodySizeLimitMiddleware,
+    RequestContextMiddleware,
+    SecurityHeadersMiddleware,
+)
+from app.kit.problems import UnhandledErrorMiddleware, install_error_handlers
+from app.kit.redis import create_redis
+from app.kit.services import Services
+from app.settings import Environment, Settings, get_settings
+
+API_DESCRIPTION = """
+Record's HTTP API. Authenticate with `Authorization: Bearer <token>`: an org API key (`rk_...`),
+a session token from `/api/auth/login` (`rs_...`, then name the org with `X-Record-Org`), or an
+OIDC JWT. Errors are RFC 9457 `application/problem+json` with a `request_id`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(level=settings.log_level, json=settings.is_production)
+    set_slow_query_threshold(settings.slow_query_ms)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(settings)
+        # Don't wait for the pool at start-up: /readyz says when the database is there.
+        await db.open(wait=False)
+        redis = create_redis(settings.redis_url)
+        app.state.services = Services(settings=settings, db=db, redis=redis)
+        try:
+            yield
+        finally:
+            await redis.aclose()
+            await db.close()
+
+    app = FastAPI(
+        title="Record",
+        version="0.1.0",
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+
+    from app.auth.routes import router as auth_router
+    from app.health.routes import router as health_router
+    from app.orgs.routes import router as orgs_router
+    from app.recordings.routes import router as recordings_router
+
+    for router in (health_router, auth_router, orgs_router, recordings_router):
+        app.include_router(router)
+
+    # Outermost last: request context → security headers → CORS → errors → body limit → app.
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        exempt_prefixes=("/api/recordings",),
+    )
+    app.add_middleware(
+        UnhandledErrorMiddleware,
+        expose_errors=settings.environment is Environment.development,
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-Record-Org", "X-Request-ID"],
+            expose_headers=[
+                "X-Request-ID",
+                "X-RateLimit-Limit",
+                "X-RateLimit-Remaining",
+                "X-RateLimit-Reset",
+                "Retry-After",
+            ],
+            max_age=600,
+        )
+    app.add_middleware(SecurityHeadersMiddleware, hsts=settings.is_production)
+    app.add_middleware(RequestContextMiddleware, skip_access_log=("/livez", "/readyz", "/metrics"))
+    return app

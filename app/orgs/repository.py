@@ -1,0 +1,190 @@
+"""SQL for orgs, memberships, invitations and API keys. RLS scopes every statement."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from psycopg.rows import DictRow
+
+from app.auth.rbac import Role
+from app.kit.db import Conn, execute, fetch_all, fetch_one
+
+
+async def insert_org(conn: Conn, *, org_id: UUID, name: str) -> DictRow:
+    row = await fetch_one(
+        conn,
+        "INSERT INTO orgs (id, name) VALUES (%s, %s) RETURNING id, name, created_at",
+        (org_id, name),
+    )
+    assert row is not None
+    return row
+
+
+async def get_org(conn: Conn, org_id: UUID) -> DictRow | None:
+    return await fetch_one(conn, "SELECT id, name, created_at FROM orgs WHERE id = %s", (org_id,))
+
+
+async def rename_org(conn: Conn, org_id: UUID, name: str) -> DictRow | None:
+    return await fetch_one(
+        conn,
+        "UPDATE orgs SET name = %s, updated_at = now() WHERE id = %s "
+        "RETURNING id, name, created_at",
+        (name, org_id),
+    )
+
+
+async def delete_org(conn: Conn, org_id: UUID) -> int:
+    return await execute(conn, "DELETE FROM orgs WHERE id = %s", (org_id,))
+
+
+async def upsert_membership(conn: Conn, *, org_id: UUID, user_id: UUID, role: Role) -> None:
+    await execute(
+        conn,
+        """
+        INSERT INTO memberships (org_id, user_id, role) VALUES (%s, %s, %s)
+        ON CONFLICT (org_id, user_id) DO UPDATE SET role = excluded.role
+         WHERE memberships.role IS DISTINCT FROM excluded.role
+        """,
+        (org_id, user_id, role.value),
+    )
+
+
+async def list_members(conn: Conn, org_id: UUID) -> list[DictRow]:
+    return await fetch_all(
+        conn,
+        """
+        SELECT m.user_id, u.email, u.name, m.role, m.created_at
+          FROM memberships AS m JOIN users AS u ON u.id = m.user_id
+         WHERE m.org_id = %s ORDER BY m.created_at, m.user_id
+        """,
+        (org_id,),
+    )
+
+
+async def list_invitations(conn: Conn, org_id: UUID) -> list[DictRow]:
+    return await fetch_all(
+        conn,
+        """
+        SELECT id, email, role, created_at FROM invitations
+         WHERE org_id = %s AND accepted_at IS NULL ORDER BY created_at, id
+        """,
+        (org_id,),
+    )
+
+
+async def get_member(conn: Conn, org_id: UUID, user_id: UUID) -> DictRow | None:
+    return await fetch_one(
+        conn,
+        """
+        SELECT m.user_id, u.email, u.name, m.role, m.created_at
+          FROM memberships AS m JOIN users AS u ON u.id = m.user_id
+         WHERE m.org_id = %s AND m.user_id = %s
+        """,
+        (org_id, user_id),
+    )
+
+
+async def lock_owners(conn: Conn, org_id: UUID) -> list[UUID]:
+    """The org's owners, locked: concurrent demotions of two owners cannot both succeed."""
+    rows = await fetch_all(
+        conn,
+        "SELECT user_id FROM memberships WHERE org_id = %s AND role = 'owner' FOR UPDATE",
+        (org_id,),
+    )
+    return [row["user_id"] for row in rows]
+
+
+async def set_member_role(conn: Conn, org_id: UUID, user_id: UUID, role: Role) -> int:
+    return await execute(
+        conn,
+        "UPDATE memberships SET role = %s WHERE org_id = %s AND user_id = %s",
+        (role.value, org_id, user_id),
+    )
+
+
+async def delete_member(conn: Conn, org_id: UUID, user_id: UUID) -> int:
+    return await execute(
+        conn, "DELETE FROM memberships WHERE org_id = %s AND user_id = %s", (org_id, user_id)
+    )
+
+
+async def insert_invitation(
+    conn: Conn,
+    *,
+    invitation_id: UUID,
+    org_id: UUID,
+    email: str,
+    role: Role,
+    invited_by: UUID | None,
+) -> DictRow | None:
+    return await fetch_one(
+        conn,
+        """
+        INSERT INTO invitations (id, org_id, email, role, invited_by) VALUES (%s, %s, %s, %s, %s)
+        ON CONFLICT (org_id, lower(email)) WHERE accepted_at IS NULL
+        DO UPDATE SET role = excluded.role
+        RETURNING id, email, role, created_at
+        """,
+        (invitation_id, org_id, email, role.value, invited_by),
+    )
+
+
+async def insert_api_key(
+    conn: Conn,
+    *,
+    key_id: UUID,
+    org_id: UUID,
+    name: str,
+    prefix: str,
+    digest: bytes,
+    role: Role,
+    created_by: UUID | None,
+) -> DictRow:
+    row = await fetch_one(
+        conn,
+        """
+        INSERT INTO api_keys (id, org_id, name, prefix, key_hash, role, created_by)
+        VALUES (%s, %s, %s, %s, %s, %s, %s)
+        RETURNING id, name, prefix, role, created_by, created_at, last_used_at
+        """,
+        (key_id, org_id, name, prefix, digest, role.value, created_by),
+    )
+    assert row is not None
+    return row
+
+
+async def list_api_keys(conn: Conn, org_id: UUID) -> list[DictRow]:
+    return await fetch_all(
+        conn,
+        """
+        SELECT id, name, prefix, role, created_by, created_at, last_used_at FROM api_keys
+         WHERE org_id = %s AND revoked_at IS NULL ORDER BY created_at DESC, id
+        """,
+        (org_id,),
+    )
+
+
+async def get_api_key(conn: Conn, org_id: UUID, key_id: UUID) -> DictRow | None:
+    return await fetch_one(
+        conn,
+        "SELECT id, role FROM api_keys WHERE org_id = %s AND id = %s AND revoked_at IS NULL",
+        (org_id, key_id),
+    )
+
+
+async def revoke_api_key(conn: Conn, org_id: UUID, key_id: UUID) -> int:
+    return await execute(
+        conn,
+        "UPDATE api_keys SET revoked_at = now() WHERE org_id = %s AND id = %s "
+        "AND revoked_at IS NULL",
+        (org_id, key_id),
+    )
+
+
+async def revoke_member_keys(conn: Conn, org_id: UUID, user_id: UUID) -> int:
+    return await execute(
+        conn,
+        "UPDATE api_keys SET revoked_at = now() WHERE org_id = %s AND created_by = %s "
+        "AND revoked_at IS NULL",
+        (org_id, user_id),
+    )

@@ -1,0 +1,69 @@
+"""SQL for recordings. RLS scopes every statement to the request's org; so does each WHERE."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+from psycopg.rows import DictRow
+
+from app.kit.db import Conn, execute, fetch_all, fetch_one
+
+COLUMNS = (
+    "id, title, status, error, content_type, size_bytes, duration_seconds, created_by, "
+    "created_at, updated_at, media_key, job_id"
+)
+
+
+async def list_page(
+    conn: Conn,
+    org_id: UUID,
+    *,
+    limit: int,
+    after: tuple[datetime, UUID] | None,
+    status: str | None,
+) -> list[DictRow]:
+    clauses = ["org_id = %(org)s"]
+    params: dict[str, object] = {"org": org_id, "limit": limit}
+    if status is not None:
+        clauses.append("status = %(status)s")
+        params["status"] = status
+    if after is not None:
+        clauses.append("(created_at, id) < (%(after_ts)s, %(after_id)s)")
+        params["after_ts"], params["after_id"] = after
+    query = (
+        f"SELECT {COLUMNS} FROM recordings WHERE {' AND '.join(clauses)} "  # noqa: S608 - fixed fragments
+        "ORDER BY created_at DESC, id DESC LIMIT %(limit)s"
+    )
+    return await fetch_all(conn, query, params)
+
+
+async def get(conn: Conn, org_id: UUID, recording_id: UUID) -> DictRow | None:
+    return await fetch_one(
+        conn,
+        f"SELECT {COLUMNS} FROM recordings WHERE org_id = %s AND id = %s",  # noqa: S608
+        (org_id, recording_id),
+    )
+
+
+async def rename(conn: Conn, org_id: UUID, recording_id: UUID, title: str) -> DictRow | None:
+    return await fetch_one(
+        conn,
+        f"UPDATE recordings SET title = %s, updated_at = now() WHERE org_id = %s AND id = %s "  # noqa: S608
+        f"RETURNING {COLUMNS}",
+        (title, org_id, recording_id),
+    )
+
+
+async def delete(conn: Conn, org_id: UUID, recording_id: UUID) -> int:
+    # Transcripts, segments, chunks and documents go by ON DELETE CASCADE; shares point at the
+    # recording by id without a foreign key (they may point at other kinds), so go explicitly.
+    await execute(
+        conn,
+        "DELETE FROM shares WHERE org_id = %s AND resource_type IN ('recording', 'document') "
+        "AND resource_id = %s",
+        (org_id, recording_id),
+    )
+    return await execute(
+        conn, "DELETE FROM recordings WHERE org_id = %s AND id = %s", (org_id, recording_id)
+    )

@@ -1,0 +1,88 @@
+"""The one settings object. Read from the environment once (``get_settings``), then injected.
+
+Nothing else in the code base reads ``os.environ``: a setting that is not here does not exist.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Environment(StrEnum):
+    development = "development"
+    test = "test"
+    production = "production"
+
+
+class SignupMode(StrEnum):
+    open = "open"
+    invite_only = "invite-only"
+    disabled = "disabled"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
+
+    environment: Environment = Environment.development
+    log_level: str = "INFO"
+    # When unset, `record up` runs the embedded servers and fills these in for its children.
+    database_url: str = "postgresql://postgres@localhost:5432/record"
+    # The app connects with DATABASE_URL and switches to the role `record_app` on every
+    # connection: it owns no table, so row-level security applies to all it reads or writes.
+    database_pool_min: int = Field(default=2, ge=1)
+    database_pool_max: int = Field(default=10, ge=1)
+    database_statement_timeout_ms: int = Field(default=15_000, ge=100)
+    slow_query_ms: int = Field(default=1_000, ge=1)
+    redis_url: str = "redis://localhost:6379/0"
+
+    # Set under gunicorn: every worker writes samples here and /metrics aggregates them.
+    prometheus_multiproc_dir: str | None = None
+
+    # Where the local stack keeps its data and secrets.
+    state_dir: Path = Path(".record")
+    public_url: str = "http://127.0.0.1:8000"
+
+    # Accounts.
+    signup_mode: SignupMode = SignupMode.open
+    session_ttl_hours: int = Field(default=24 * 14, ge=1, le=24 * 365)
+    password_min_length: int = Field(default=12, ge=8, le=128)
+
+    # OIDC bearer tokens (optional): a JWT signed by a key in this JWKS, from this issuer, for
+    # this audience, naming the org and the caller's role in these claims.
+    oidc_jwks_url: str | None = None
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_org_claim: str = "record_org"
+    oidc_role_claim: str = "record_role"
+    oidc_jwks_cache_seconds: int = Field(default=300, ge=0)
+
+    # HTTP.
+    cors_origins: Annotated[list[str], NoDecode] = []
+    trusted_proxies: Annotated[list[str], NoDecode] = []
+    max_body_bytes: int = Field(default=1 * 1024 * 1024, ge=1024)
+
+    # AI: any OpenAI-protocol server. `record up` points this at the local model server.
+    openai_base_url: str | None = None
+    openai_api_key: SecretStr = SecretStr("local")
+
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment is Environment.production
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,170 @@
+"""Real servers for the tests: an embedded PostgreSQL 16 + pgvector and a Valkey, started once.
+
+Migrations run once into a template database; each test that needs a database gets a fresh
+clone of it (CREATE DATABASE ... TEMPLATE), so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from app.devstack.servers import PostgresServer, ValkeyServer, service_user_kwargs
+
+TEMPLATE_DB = "record_template"
+_db_counter = itertools.count()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(check: Any, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not start within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    base = tmp_path_factory.mktemp("pg")
+    server = PostgresServer(
+        data_dir=base / "data", socket_dir=Path(f"/tmp/record-test-{os.getpid()}")
+    )
+    server.initdb()
+    log = open(base / "postgres.log", "w")  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen(
+        server.command(
+            extra={"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+        ),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        **service_user_kwargs(),
+    )
+    _wait(server.is_ready, "PostgreSQL")
+    try:
+        yield server
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def template_url(pg_server: PostgresServer) -> str:
+    from app.kit.migrate import upgrade
+
+    pg_server.create_database(TEMPLATE_DB)
+    url = pg_server.url(TEMPLATE_DB)
+    upgrade(url)
+    return url
+
+
+def clone_database(pg_server: PostgresServer, name: str) -> str:
+    with psycopg.connect(pg_server.url("postgres"), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE {TEMPLATE_DB} STRATEGY FILE_COPY')
+    return pg_server.url(name)
+
+
+@pytest.fixture
+def database_url(pg_server: PostgresServer, template_url: str) -> Iterator[str]:
+    name = f"t{os.getpid()}_{next(_db_counter)}"
+    url = clone_database(pg_server, name)
+    yield url
+    with psycopg.connect(pg_server.url("postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def valkey_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
+    server = ValkeyServer(
+        data_dir=tmp_path_factory.mktemp("valkey"),
+        port=free_port(),
+        password=secrets.token_urlsafe(16),
+    )
+    proc = subprocess.Popen(
+        server.command(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+    def ready() -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis.from_url(server.url).ping())
+        except redis.RedisError:
+            return False
+
+    _wait(ready, "Valkey")
+    try:
+        yield server
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_url(valkey_server: ValkeyServer) -> str:
+    import redis
+
+    client = redis.Redis.from_url(valkey_server.url)
+    client.flushall()
+    client.close()
+    return valkey_server.url
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str, tmp_path: Path) -> Any:
+    from app.settings import Settings
+
+    return Settings(
+        environment="test",
+        database_url=database_url,
+        redis_url=redis_url,
+        state_dir=tmp_path / "state",
+        database_pool_min=1,
+        database_pool_max=4,
+        log_level="WARNING",
+    )
+
+
+@pytest.fixture
+async def app(settings: Any) -> AsyncIterator[Any]:
+    from asgi_lifespan import LifespanManager
+
+    from app.main import create_app
+
+    application = create_app(settings)
+    async with LifespanManager(application) as manager:
+        await application.state.services.db.pool.wait(timeout=10)
+        yield manager.app
+
+
+@pytest.fixture
+async def client(app: Any) -> AsyncIterator[Any]:
+    import httpx
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
