@@ -67,6 +67,18 @@ class Settings(BaseSettings):
     trusted_proxies: Annotated[list[str], NoDecode] = []
     max_body_bytes: int = Field(default=1 * 1024 * 1024, ge=1024)
 
+    # Rate limits, "<count>/<seconds>" (exact sliding windows in Redis). Fail open: when Redis
+    # cannot answer within the timeout, requests pass and a breaker skips Redis for a while.
+    ratelimit_enabled: bool = True
+    ratelimit_api: str = "100/60"  # per user (or key)
+    ratelimit_search: str = "20/60"  # per user
+    ratelimit_chat: str = "10/60"  # per user
+    ratelimit_upload: str = "5/3600"  # per org
+    ratelimit_share: str = "50/86400"  # per org
+    ratelimit_anonymous: str = "10/60"  # per client IP
+    ratelimit_timeout_ms: int = Field(default=50, ge=1, le=1000)
+    ratelimit_breaker_seconds: float = Field(default=5.0, ge=0)
+
     # AI: any OpenAI-protocol server. `record up` points this at the local model server.
     openai_base_url: str | None = None
     openai_api_key: SecretStr = SecretStr("local")
