@@ -1,0 +1,42 @@
+"""`record models ...`: run the local OpenAI-compatible model server.
+
+Imports nothing heavy at module level: `record --help` must not pay for torch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+app = typer.Typer(
+    help="The local OpenAI-compatible model server (embeddings, transcription, extractive chat).",
+    no_args_is_help=True,
+)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8100, help="Port to listen on."),
+    workers: int = typer.Option(
+        1, min=1, help="Processes; each loads its own copy of the models (~400 MB)."
+    ),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+) -> None:
+    """Serve /v1/embeddings, /v1/audio/transcriptions and /v1/chat/completions."""
+    import uvicorn
+
+    # Set, not read: worker processes inherit these, so no model library reaches for a hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    uvicorn.run(
+        "app.ai.server:create_model_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        # Each request holds a model for seconds; a short keep-alive frees sockets sooner.
+        timeout_keep_alive=5,
+    )
