@@ -209,6 +209,7 @@ def render_latest(multiproc_dir: str | None) -> tuple[bytes, str]:
     """The exposition text: aggregated over gunicorn workers when multiprocess mode is on."""
     if multiproc_dir:
         registry = CollectorRegistry()
-        prom_multiprocess.MultiProcessCollector(registry, path=multiproc_dir)
+        # prometheus-client ships this constructor without annotations.
+        prom_multiprocess.MultiProcessCollector(registry, path=multiproc_dir)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
