@@ -1,0 +1,96 @@
+"""Cache: an ElastiCache Valkey replication group, TLS and an auth token, encrypted at rest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from infra.common import child, tags
+from infra.config import CacheConfig, ProjectConfig
+
+
+@dataclass
+class CacheArgs:
+    project: ProjectConfig
+    cache: CacheConfig
+    vpc_id: pulumi.Input[str]
+    subnet_ids: list[pulumi.Input[str]]
+    client_security_group_id: pulumi.Input[str]
+    auth_token: pulumi.Input[str]
+
+
+class Cache(pulumi.ComponentResource):
+    primary_endpoint: pulumi.Output[str]
+    replication_group_id: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: CacheArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("record:infra:Cache", name, None, opts)
+        p, cfg = args.project, args.cache
+        prefix = p.prefix
+        key = aws.kms.Key(
+            f"{prefix}-cache",
+            description=f"{prefix} ElastiCache at-rest encryption",
+            enable_key_rotation=True,
+            deletion_window_in_days=30,
+            tags=tags(p, f"{prefix}-cache"),
+            opts=child(self),
+        )
+        subnets = aws.elasticache.SubnetGroup(
+            f"{prefix}-cache",
+            name=f"{prefix}-cache",
+            subnet_ids=args.subnet_ids,
+            tags=tags(p, f"{prefix}-cache"),
+            opts=child(self),
+        )
+        sg = aws.ec2.SecurityGroup(
+            f"{prefix}-cache",
+            name=f"{prefix}-cache",
+            description="Valkey from the cluster's nodes and pods only",
+            vpc_id=args.vpc_id,
+            ingress=[
+                {
+                    "description": "Valkey from the cluster security group",
+                    "protocol": "tcp",
+                    "from_port": 6379,
+                    "to_port": 6379,
+                    "security_groups": [args.client_security_group_id],
+                }
+            ],
+            egress=[],
+            tags=tags(p, f"{prefix}-cache"),
+            opts=child(self),
+        )
+        group = aws.elasticache.ReplicationGroup(
+            f"{prefix}-valkey",
+            replication_group_id=prefix,
+            description=f"{prefix} rate limits, caches and sessions",
+            engine="valkey",
+            engine_version=cfg.engine_version,
+            node_type=cfg.node_type,
+            num_cache_clusters=1 + cfg.replicas,
+            automatic_failover_enabled=cfg.automatic_failover,
+            multi_az_enabled=cfg.automatic_failover,
+            port=6379,
+            transit_encryption_enabled=True,
+            transit_encryption_mode="required",
+            auth_token=args.auth_token,
+            auth_token_update_strategy="ROTATE",
+            at_rest_encryption_enabled=True,
+            kms_key_id=key.arn,
+            subnet_group_name=subnets.name,
+            security_group_ids=[sg.id],
+            snapshot_retention_limit=7 if cfg.automatic_failover else 1,
+            snapshot_window="02:00-03:00",
+            maintenance_window="sun:05:30-sun:06:30",
+            auto_minor_version_upgrade=True,
+            apply_immediately=False,
+            tags=tags(p, prefix),
+            opts=child(self),
+        )
+        self.primary_endpoint = group.primary_endpoint_address
+        self.replication_group_id = group.id
+        self.register_outputs({"primary_endpoint": self.primary_endpoint})

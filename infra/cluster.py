@@ -1,0 +1,506 @@
+"""Cluster: EKS from plain ``pulumi_aws`` resources (or an existing cluster by kubeconfig), and
+the controllers the workloads rely on, installed as Helm releases."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+
+from infra.common import assume_role_policy, child, policy, tags
+from infra.config import ClusterConfig, ProjectConfig
+
+# The root CA of EKS's OIDC issuer (oidc.eks.<region>.amazonaws.com); IAM no longer checks it
+# for that issuer but the API still requires one.
+EKS_OIDC_THUMBPRINT = "9e99a48a9960b14926bb7f3b02e22da2b0ab7280"
+
+CHARTS = {
+    "aws-load-balancer-controller": ("https://aws.github.io/eks-charts", "1.13.4"),
+    "keda": ("https://kedacore.github.io/charts", "2.17.2"),
+    "argo-rollouts": ("https://argoproj.github.io/argo-helm", "2.40.1"),
+    "kube-prometheus-stack": ("https://prometheus-community.github.io/helm-charts", "75.15.1"),
+}
+MONITORING_NAMESPACE = "monitoring"
+
+
+@dataclass
+class ClusterArgs:
+    project: ProjectConfig
+    cluster: ClusterConfig
+    vpc_id: pulumi.Input[str]
+    vpc_cidr: str
+    private_subnet_ids: list[pulumi.Input[str]]
+    install_argo_rollouts: bool
+    alertmanager_topic_arn: pulumi.Input[str] | None = None
+
+
+class Cluster(pulumi.ComponentResource):
+    provider: k8s.Provider
+    node_security_group_id: pulumi.Output[str]
+    oidc_provider_arn: pulumi.Output[str]
+    oidc_issuer: pulumi.Output[str]
+    kubeconfig: pulumi.Output[str]
+    name: pulumi.Output[str]
+    releases: list[k8s.helm.v3.Release]
+
+    def __init__(
+        self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("record:infra:Cluster", name, None, opts)
+        p, cfg = args.project, args.cluster
+        prefix = p.prefix
+        if cfg.mode == "existing":
+            assert cfg.kubeconfig is not None
+            self.kubeconfig = pulumi.Output.secret(cfg.kubeconfig)
+            self.node_security_group_id = pulumi.Output.from_input(cfg.node_security_group_id)
+            self.oidc_provider_arn = pulumi.Output.from_input(cfg.oidc_provider_arn)
+            self.oidc_issuer = pulumi.Output.from_input(cfg.oidc_issuer)
+            self.name = pulumi.Output.from_input(prefix)
+            depends: list[pulumi.Resource] = []
+        else:
+            depends = self._build_eks(p, cfg, args)
+
+        self.provider = k8s.Provider(
+            f"{prefix}-k8s",
+            kubeconfig=self.kubeconfig,
+            enable_server_side_apply=True,
+            opts=child(self, depends_on=depends),
+        )
+        self.releases = self._install_controllers(p, cfg, args)
+        self.register_outputs(
+            {
+                "name": self.name,
+                "oidc_provider_arn": self.oidc_provider_arn,
+                "node_security_group_id": self.node_security_group_id,
+            }
+        )
+
+    def _build_eks(
+        self, p: ProjectConfig, cfg: ClusterConfig, args: ClusterArgs
+    ) -> list[pulumi.Resource]:
+        prefix = p.prefix
+        secrets_key = aws.kms.Key(
+            f"{prefix}-eks-secrets",
+            description=f"{prefix} EKS secrets envelope encryption",
+            enable_key_rotation=True,
+            deletion_window_in_days=30,
+            tags=tags(p, f"{prefix}-eks-secrets"),
+            opts=child(self),
+        )
+        role = aws.iam.Role(
+            f"{prefix}-eks-cluster",
+            assume_role_policy=assume_role_policy("eks.amazonaws.com"),
+            tags=tags(p, f"{prefix}-eks-cluster"),
+            opts=child(self),
+        )
+        aws.iam.RolePolicyAttachment(
+            f"{prefix}-eks-cluster-policy",
+            role=role.name,
+            policy_arn="arn:aws:iam::aws:policy/AmazonEKSClusterPolicy",
+            opts=child(self),
+        )
+        log_group = aws.cloudwatch.LogGroup(
+            f"{prefix}-eks-logs",
+            # EKS writes to this exact name; creating it first sets retention and the tags.
+            name=f"/aws/eks/{prefix}/cluster",
+            retention_in_days=90,
+            tags=tags(p, f"{prefix}-eks-logs"),
+            opts=child(self),
+        )
+        cluster = aws.eks.Cluster(
+            f"{prefix}-eks",
+            name=prefix,
+            version=cfg.version,
+            role_arn=role.arn,
+            vpc_config={
+                "subnet_ids": args.private_subnet_ids,
+                "endpoint_private_access": True,
+                "endpoint_public_access": cfg.public_endpoint,
+                "public_access_cidrs": list(cfg.admin_cidrs) if cfg.public_endpoint else None,
+            },
+            encryption_config={
+                "provider": {"key_arn": secrets_key.arn},
+                "resources": ["secrets"],
+            },
+            access_config={
+                "authentication_mode": "API",
+                "bootstrap_cluster_creator_admin_permissions": True,
+            },
+            enabled_cluster_log_types=["api", "audit", "authenticator"],
+            tags=tags(p, prefix),
+            opts=child(self, depends_on=[log_group]),
+        )
+        node_role = aws.iam.Role(
+            f"{prefix}-eks-node",
+            assume_role_policy=assume_role_policy("ec2.amazonaws.com"),
+            tags=tags(p, f"{prefix}-eks-node"),
+            opts=child(self),
+        )
+        attachments = [
+            aws.iam.RolePolicyAttachment(
+                f"{prefix}-eks-node-{short}",
+                role=node_role.name,
+                policy_arn=f"arn:aws:iam::aws:policy/{arn}",
+                opts=child(self),
+            )
+            for short, arn in {
+                "worker": "AmazonEKSWorkerNodePolicy",
+                "cni": "AmazonEKS_CNI_Policy",
+                "ecr": "AmazonEC2ContainerRegistryReadOnly",
+            }.items()
+        ]
+        launch_template = aws.ec2.LaunchTemplate(
+            f"{prefix}-nodes",
+            # Pods use IRSA, never the node's role: a hop limit of 1 keeps IMDS out of pods.
+            metadata_options={
+                "http_endpoint": "enabled",
+                "http_tokens": "required",
+                "http_put_response_hop_limit": 1,
+            },
+            block_device_mappings=[
+                {
+                    "device_name": "/dev/xvda",
+                    "ebs": {"volume_size": 80, "volume_type": "gp3", "encrypted": "true"},
+                }
+            ],
+            tag_specifications=[
+                {"resource_type": "instance", "tags": tags(p, f"{prefix}-node")},
+                {"resource_type": "volume", "tags": tags(p, f"{prefix}-node")},
+            ],
+            tags=tags(p, f"{prefix}-nodes"),
+            opts=child(self),
+        )
+        size = p.size
+        node_group = aws.eks.NodeGroup(
+            f"{prefix}-general",
+            cluster_name=cluster.name,
+            node_group_name=f"{prefix}-general",
+            node_role_arn=node_role.arn,
+            subnet_ids=args.private_subnet_ids,
+            instance_types=list(size.node_instance_types),
+            ami_type="AL2023_x86_64_STANDARD",
+            scaling_config={
+                "min_size": size.node_min,
+                "desired_size": size.node_desired,
+                "max_size": size.node_max,
+            },
+            update_config={"max_unavailable": 1},
+            launch_template={"id": launch_template.id, "version": launch_template.latest_version},
+            tags=tags(p, f"{prefix}-general"),
+            opts=child(
+                self,
+                depends_on=attachments,
+                # The cluster autoscaler owns the desired size once the group exists.
+                ignore_changes=["scalingConfig.desiredSize"],
+            ),
+        )
+        issuer = cluster.identities.apply(lambda ids: ids[0].oidcs[0].issuer)
+        oidc = aws.iam.OpenIdConnectProvider(
+            f"{prefix}-oidc",
+            url=issuer,
+            client_id_lists=["sts.amazonaws.com"],
+            thumbprint_lists=[EKS_OIDC_THUMBPRINT],
+            tags=tags(p, f"{prefix}-oidc"),
+            opts=child(self),
+        )
+        # NetworkPolicies are enforced only when the VPC CNI runs its policy agent.
+        addons = [
+            aws.eks.Addon(
+                f"{prefix}-vpc-cni",
+                cluster_name=cluster.name,
+                addon_name="vpc-cni",
+                configuration_values=json.dumps({"enableNetworkPolicy": "true"}),
+                resolve_conflicts_on_update="OVERWRITE",
+                tags=tags(p, f"{prefix}-vpc-cni"),
+                opts=child(self),
+            ),
+            *(
+                aws.eks.Addon(
+                    f"{prefix}-{addon}",
+                    cluster_name=cluster.name,
+                    addon_name=addon,
+                    tags=tags(p, f"{prefix}-{addon}"),
+                    opts=child(self, depends_on=[node_group]),
+                )
+                for addon in ("coredns", "kube-proxy")
+            ),
+        ]
+
+        self.name = cluster.name
+        self.node_security_group_id = cluster.vpc_config.cluster_security_group_id
+        self.oidc_provider_arn = oidc.arn
+        self.oidc_issuer = issuer
+        self.kubeconfig = pulumi.Output.secret(
+            pulumi.Output.all(cluster.name, cluster.endpoint, cluster.certificate_authority).apply(
+                lambda a: _kubeconfig(a[0], a[1], a[2]["data"], p.region)
+            )
+        )
+        return [node_group, *addons]
+
+    def _install_controllers(
+        self, p: ProjectConfig, cfg: ClusterConfig, args: ClusterArgs
+    ) -> list[k8s.helm.v3.Release]:
+        prefix = p.prefix
+        opts = child(self, provider=self.provider)
+        releases = []
+        lbc_role = irsa_role(
+            self,
+            p,
+            "aws-load-balancer-controller",
+            self.oidc_provider_arn,
+            self.oidc_issuer,
+            "kube-system",
+            "aws-load-balancer-controller",
+            _load_balancer_controller_policy(),
+        )
+        releases.append(
+            _release(
+                "aws-load-balancer-controller",
+                "kube-system",
+                {
+                    "clusterName": self.name,
+                    "region": p.region,
+                    "vpcId": args.vpc_id,
+                    "serviceAccount": {
+                        "name": "aws-load-balancer-controller",
+                        "annotations": {"eks.amazonaws.com/role-arn": lbc_role.arn},
+                    },
+                    "defaultTags": p.tags,
+                },
+                opts,
+                prefix,
+            )
+        )
+        releases.append(
+            _release("keda", "keda", {"podSecurityContext": {"runAsNonRoot": True}}, opts, prefix)
+        )
+        if args.install_argo_rollouts:
+            releases.append(
+                _release(
+                    "argo-rollouts", "argo-rollouts", {"dashboard": {"enabled": False}}, opts,
+                    prefix,
+                )
+            )
+        if not cfg.existing_prometheus:
+            releases.append(
+                _release(
+                    "kube-prometheus-stack",
+                    MONITORING_NAMESPACE,
+                    _prometheus_values(p, self, args),
+                    opts,
+                    prefix,
+                )
+            )
+        return releases
+
+
+def _release(
+    chart: str,
+    namespace: str,
+    values: dict[str, object],
+    opts: pulumi.ResourceOptions,
+    prefix: str,
+) -> k8s.helm.v3.Release:
+    repo, version = CHARTS[chart]
+    return k8s.helm.v3.Release(
+        f"{prefix}-{chart}",
+        name=chart,
+        chart=chart,
+        version=version,
+        namespace=namespace,
+        create_namespace=True,
+        repository_opts={"repo": repo},
+        values=values,
+        atomic=True,
+        cleanup_on_fail=True,
+        opts=opts,
+    )
+
+
+def _prometheus_values(
+    p: ProjectConfig, cluster: Cluster, args: ClusterArgs
+) -> dict[str, object]:
+    alertmanager_sa: dict[str, object] = {}
+    if args.alertmanager_topic_arn is not None:
+        role = irsa_role(
+            cluster,
+            p,
+            "alertmanager",
+            cluster.oidc_provider_arn,
+            cluster.oidc_issuer,
+            MONITORING_NAMESPACE,
+            "kube-prometheus-stack-alertmanager",
+            policy(
+                {
+                    "Effect": "Allow",
+                    "Action": "sns:Publish",
+                    "Resource": args.alertmanager_topic_arn,
+                }
+            ),
+        )
+        alertmanager_sa = {"annotations": {"eks.amazonaws.com/role-arn": role.arn}}
+    return {
+        "prometheus": {
+            "prometheusSpec": {
+                # Select every ServiceMonitor / PrometheusRule, not only the chart's own.
+                "serviceMonitorSelectorNilUsesHelmValues": False,
+                "podMonitorSelectorNilUsesHelmValues": False,
+                "ruleSelectorNilUsesHelmValues": False,
+                "retention": "15d",
+            }
+        },
+        "alertmanager": {
+            "serviceAccount": alertmanager_sa,
+            "alertmanagerSpec": {
+                "alertmanagerConfigSelector": {"matchLabels": {"record.dev/alerting": "true"}},
+                "alertmanagerConfigMatcherStrategy": {"type": "None"},
+            },
+        },
+        "grafana": {
+            "sidecar": {
+                "dashboards": {
+                    "enabled": True,
+                    "label": "grafana_dashboard",
+                    "searchNamespace": "ALL",
+                }
+            }
+        },
+    }
+
+
+def irsa_role(
+    parent: pulumi.Resource,
+    p: ProjectConfig,
+    purpose: str,
+    oidc_provider_arn: pulumi.Input[str],
+    oidc_issuer: pulumi.Input[str],
+    namespace: str,
+    service_account: str,
+    role_policy: pulumi.Input[str],
+) -> aws.iam.Role:
+    """A role only the one ServiceAccount can assume (IRSA), with one inline policy."""
+    name = f"{p.prefix}-{purpose}"
+    issuer_host = pulumi.Output.from_input(oidc_issuer).apply(
+        lambda url: url.removeprefix("https://")
+    )
+    trust = pulumi.Output.all(oidc_provider_arn, issuer_host).apply(
+        lambda a: json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"Federated": a[0]},
+                        "Action": "sts:AssumeRoleWithWebIdentity",
+                        "Condition": {
+                            "StringEquals": {
+                                f"{a[1]}:sub": f"system:serviceaccount:{namespace}:{service_account}",
+                                f"{a[1]}:aud": "sts.amazonaws.com",
+                            }
+                        },
+                    }
+                ],
+            }
+        )
+    )
+    role = aws.iam.Role(
+        name,
+        name=name,
+        assume_role_policy=trust,
+        max_session_duration=3600,
+        tags=tags(p, name),
+        opts=child(parent),
+    )
+    aws.iam.RolePolicy(name, role=role.id, policy=role_policy, opts=child(parent))
+    return role
+
+
+def _load_balancer_controller_policy() -> pulumi.Output[str]:
+    # The controller's published policy, narrowed to the actions an ALB Ingress uses.
+    return policy(
+        {
+            "Effect": "Allow",
+            "Action": ["iam:CreateServiceLinkedRole"],
+            "Resource": "*",
+            "Condition": {
+                "StringEquals": {"iam:AWSServiceName": "elasticloadbalancing.amazonaws.com"}
+            },
+        },
+        {
+            "Effect": "Allow",
+            "Action": [
+                "ec2:Describe*",
+                "elasticloadbalancing:Describe*",
+                "acm:ListCertificates",
+                "acm:DescribeCertificate",
+                "wafv2:GetWebACL",
+                "wafv2:GetWebACLForResource",
+                "shield:GetSubscriptionState",
+                "tag:GetResources",
+            ],
+            "Resource": "*",
+        },
+        {
+            "Effect": "Allow",
+            "Action": [
+                "ec2:CreateSecurityGroup",
+                "ec2:AuthorizeSecurityGroupIngress",
+                "ec2:RevokeSecurityGroupIngress",
+                "ec2:DeleteSecurityGroup",
+                "ec2:CreateTags",
+                "ec2:DeleteTags",
+                "elasticloadbalancing:Create*",
+                "elasticloadbalancing:Delete*",
+                "elasticloadbalancing:Modify*",
+                "elasticloadbalancing:Set*",
+                "elasticloadbalancing:AddTags",
+                "elasticloadbalancing:RemoveTags",
+                "elasticloadbalancing:RegisterTargets",
+                "elasticloadbalancing:DeregisterTargets",
+                "elasticloadbalancing:AddListenerCertificates",
+                "elasticloadbalancing:RemoveListenerCertificates",
+            ],
+            "Resource": "*",
+            "Condition": {"Null": {"aws:ResourceTag/elbv2.k8s.aws/cluster": "false"}},
+        },
+        {
+            "Effect": "Allow",
+            "Action": [
+                "ec2:CreateSecurityGroup",
+                "elasticloadbalancing:CreateLoadBalancer",
+                "elasticloadbalancing:CreateTargetGroup",
+                "elasticloadbalancing:AddTags",
+            ],
+            "Resource": "*",
+            "Condition": {"Null": {"aws:RequestTag/elbv2.k8s.aws/cluster": "false"}},
+        },
+    )
+
+
+def _kubeconfig(name: str, endpoint: str, ca_data: str, region: str) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {"name": name, "cluster": {"server": endpoint, "certificate-authority-data": ca_data}}
+            ],
+            "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
+            "current-context": name,
+            "users": [
+                {
+                    "name": name,
+                    "user": {
+                        "exec": {
+                            "apiVersion": "client.authentication.k8s.io/v1beta1",
+                            "command": "aws",
+                            "args": ["eks", "get-token", "--cluster-name", name, "--region", region],
+                        }
+                    },
+                }
+            ],
+        }
+    )

@@ -1,0 +1,468 @@
+"""Typed stack configuration: one dataclass per block, read from ``Pulumi.<stack>.yaml`` once.
+
+Every value the program uses comes through here, is validated here, and fails with a message
+that names the config key to fix. A production stack that would lose data on a bad day (no
+deletion protection, a single AZ) refuses to build rather than deploy.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pulumi
+
+from infra.presets import PRESETS, SizePreset
+
+NAMESPACE = "record"
+_IMAGE_DIGEST = re.compile(r"^[\w.\-/:]+@sha256:[0-9a-f]{64}$")
+_STACK_NAME = re.compile(r"^[a-z][a-z0-9-]{1,20}$")
+
+
+class ConfigError(ValueError):
+    """A stack configuration that cannot be deployed, with the key to fix."""
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    project: str
+    stack: str
+    owner: str
+    cost_centre: str
+    region: str
+    size: SizePreset
+    production: bool
+    # A preview stack is one per pull request: its slug keeps their names apart.
+    instance: str | None = None
+
+    @property
+    def prefix(self) -> str:
+        """The name every resource starts with, so two installs live in one account."""
+        base = f"{self.project}-{self.stack}"
+        return f"{base}-{self.instance}" if self.instance else base
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {
+            "project": self.project,
+            "stack": self.stack,
+            "owner": self.owner,
+            "cost-centre": self.cost_centre,
+            "managed-by": "pulumi",
+        }
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    cidr: str = "10.40.0.0/16"
+    az_count: int = 3
+    nat_per_az: bool = False
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    mode: str = "eks"  # "eks" builds one; "existing" deploys into a cluster by kubeconfig
+    version: str = "1.31"
+    public_endpoint: bool = False
+    admin_cidrs: tuple[str, ...] = ()
+    # For mode "existing": where the cluster already lives.
+    kubeconfig: pulumi.Input[str] | None = None
+    vpc_id: str | None = None
+    vpc_cidr: str | None = None
+    private_subnet_ids: tuple[str, ...] = ()
+    node_security_group_id: str | None = None
+    oidc_provider_arn: str | None = None
+    oidc_issuer: str | None = None
+    # An existing Prometheus (operator) in the cluster: kube-prometheus-stack is not installed.
+    existing_prometheus: bool = False
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    engine_version: str = "16.4"
+    instance_class: str = "db.t4g.medium"
+    allocated_storage_gb: int = 50
+    max_allocated_storage_gb: int = 500
+    multi_az: bool = False
+    deletion_protection: bool = False
+    backup_retention_days: int = 7
+    # Index builds (HNSW on 1M x 384 took 382 s with 8 GB); RDS takes kB.
+    maintenance_work_mem_kb: int = 1_048_576
+    log_min_duration_ms: int = 500
+    name: str = "record"
+    app_user: str = "record"
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    node_type: str = "cache.t4g.small"
+    replicas: int = 1
+    engine_version: str = "8.0"
+    automatic_failover: bool = False
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    cors_origins: tuple[str, ...] = ()
+    noncurrent_version_days: int = 30
+    force_destroy: bool = False
+
+
+@dataclass(frozen=True)
+class WorkloadsConfig:
+    image: str
+    domain: str
+    certificate_arn: str
+    api_replicas: int
+    api_max_replicas: int
+    api_workers: int
+    worker_min_replicas: int
+    worker_max_replicas: int
+    worker_concurrency: int
+    use_local_models: bool = False
+    openai_base_url: str | None = "https://api.openai.com/v1"
+    signup_mode: str = "invite-only"
+    log_level: str = "INFO"
+    oidc_issuer: str | None = None
+    oidc_jwks_url: str | None = None
+    oidc_audience: str | None = None
+    openai_api_key: pulumi.Input[str] | None = None
+    db_app_password: pulumi.Input[str] | None = None
+    cache_auth_token: pulumi.Input[str] | None = None
+
+    @property
+    def public_url(self) -> str:
+        return f"https://{self.domain}"
+
+
+@dataclass(frozen=True)
+class MonitoringConfig:
+    alert_email: str | None = None
+    alert_webhook_url: pulumi.Input[str] | None = None
+    grafana_enabled: bool = True
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    canary: bool = False
+    steps: tuple[int, ...] = (10, 25, 50)
+    pause_seconds: int = 120
+    min_success_rate: float = 0.99
+
+
+@dataclass(frozen=True)
+class PreviewConfig:
+    base_stack: str
+    pr_number: int
+
+    @property
+    def slug(self) -> str:
+        return f"pr-{self.pr_number}"
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    project: ProjectConfig
+    network: NetworkConfig
+    cluster: ClusterConfig
+    database: DatabaseConfig
+    cache: CacheConfig
+    storage: StorageConfig
+    workloads: WorkloadsConfig
+    monitoring: MonitoringConfig
+    rollout: RolloutConfig
+    preview: PreviewConfig | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _obj(cfg: pulumi.Config, key: str) -> dict[str, Any]:
+    value = cfg.get_object(key) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{NAMESPACE}:{key} must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _pick(block: dict[str, Any], key: str, default: Any, kind: type, where: str) -> Any:
+    value = block.get(key, default)
+    if value is None:
+        return None
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"{NAMESPACE}:{where}.{key} must be true or false, got {value!r}")
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{NAMESPACE}:{where}.{key} must be an integer, got {value!r}")
+    if kind is str and not isinstance(value, str):
+        raise ConfigError(f"{NAMESPACE}:{where}.{key} must be a string, got {value!r}")
+    return value
+
+
+def _unknown_keys(block: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(block) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{NAMESPACE}:{where} has unknown keys {unknown}; allowed: {sorted(allowed)}"
+        )
+
+
+def load(project: str | None = None, stack: str | None = None) -> StackConfig:
+    """Reads and validates the current stack's config (``pulumi.Config``)."""
+    cfg = pulumi.Config(NAMESPACE)
+    aws_cfg = pulumi.Config("aws")
+    project = project or pulumi.get_project()
+    stack = stack or pulumi.get_stack()
+    if not _STACK_NAME.match(stack):
+        raise ConfigError(f"stack name {stack!r} must match {_STACK_NAME.pattern}")
+
+    size_name = cfg.get("size") or "small"
+    if size_name not in PRESETS:
+        raise ConfigError(f"{NAMESPACE}:size must be one of {sorted(PRESETS)}, got {size_name!r}")
+    size = PRESETS[size_name]
+    production = cfg.get_bool("production") or False
+    owner = cfg.get("owner")
+    cost_centre = cfg.get("costCentre")
+    if not owner or not cost_centre:
+        raise ConfigError(f"{NAMESPACE}:owner and {NAMESPACE}:costCentre are required (tags)")
+    proj = ProjectConfig(
+        project=project,
+        stack=stack,
+        owner=owner,
+        cost_centre=cost_centre,
+        region=aws_cfg.get("region") or "us-east-1",
+        size=size,
+        production=production,
+    )
+
+    net = _obj(cfg, "network")
+    _unknown_keys(net, {"cidr", "azCount", "natPerAz"}, "network")
+    network = NetworkConfig(
+        cidr=_pick(net, "cidr", "10.40.0.0/16", str, "network"),
+        az_count=_pick(net, "azCount", 3, int, "network"),
+        nat_per_az=_pick(net, "natPerAz", production, bool, "network"),
+    )
+    if network.az_count < 2 or network.az_count > 3:
+        raise ConfigError(f"{NAMESPACE}:network.azCount must be 2 or 3, got {network.az_count}")
+
+    cl = _obj(cfg, "cluster")
+    _unknown_keys(
+        cl,
+        {
+            "mode", "version", "publicEndpoint", "adminCidrs", "vpcId", "vpcCidr",
+            "privateSubnetIds", "nodeSecurityGroupId", "oidcProviderArn", "oidcIssuer",
+            "existingPrometheus",
+        },
+        "cluster",
+    )
+    cluster = ClusterConfig(
+        mode=_pick(cl, "mode", "eks", str, "cluster"),
+        version=_pick(cl, "version", "1.31", str, "cluster"),
+        public_endpoint=_pick(cl, "publicEndpoint", False, bool, "cluster"),
+        admin_cidrs=tuple(cl.get("adminCidrs", ())),
+        kubeconfig=cfg.get_secret("kubeconfig"),
+        vpc_id=cl.get("vpcId"),
+        vpc_cidr=cl.get("vpcCidr"),
+        private_subnet_ids=tuple(cl.get("privateSubnetIds", ())),
+        node_security_group_id=cl.get("nodeSecurityGroupId"),
+        oidc_provider_arn=cl.get("oidcProviderArn"),
+        oidc_issuer=cl.get("oidcIssuer"),
+        existing_prometheus=_pick(cl, "existingPrometheus", False, bool, "cluster"),
+    )
+    if cluster.mode not in {"eks", "existing"}:
+        raise ConfigError(f"{NAMESPACE}:cluster.mode must be 'eks' or 'existing'")
+    if cluster.mode == "existing":
+        missing = [
+            key
+            for key, value in {
+                "kubeconfig (secret)": cluster.kubeconfig,
+                "cluster.vpcId": cluster.vpc_id,
+                "cluster.vpcCidr": cluster.vpc_cidr,
+                "cluster.privateSubnetIds": cluster.private_subnet_ids,
+                "cluster.nodeSecurityGroupId": cluster.node_security_group_id,
+                "cluster.oidcProviderArn": cluster.oidc_provider_arn,
+                "cluster.oidcIssuer": cluster.oidc_issuer,
+            }.items()
+            if not value
+        ]
+        if missing:
+            raise ConfigError(f"cluster.mode 'existing' needs {NAMESPACE}:{', '.join(missing)}")
+    if cluster.public_endpoint and not cluster.admin_cidrs:
+        raise ConfigError(
+            f"{NAMESPACE}:cluster.publicEndpoint needs cluster.adminCidrs (never 0.0.0.0/0)"
+        )
+
+    db = _obj(cfg, "database")
+    _unknown_keys(
+        db,
+        {
+            "instanceClass", "allocatedStorageGb", "maxAllocatedStorageGb", "multiAz",
+            "deletionProtection", "backupRetentionDays", "maintenanceWorkMemKb",
+            "logMinDurationMs", "engineVersion",
+        },
+        "database",
+    )
+    database = DatabaseConfig(
+        engine_version=_pick(db, "engineVersion", "16.4", str, "database"),
+        instance_class=_pick(db, "instanceClass", size.db_instance_class, str, "database"),
+        allocated_storage_gb=_pick(db, "allocatedStorageGb", size.db_storage_gb, int, "database"),
+        max_allocated_storage_gb=_pick(
+            db, "maxAllocatedStorageGb", size.db_storage_gb * 10, int, "database"
+        ),
+        multi_az=_pick(db, "multiAz", production, bool, "database"),
+        deletion_protection=_pick(db, "deletionProtection", production, bool, "database"),
+        backup_retention_days=_pick(
+            db, "backupRetentionDays", 14 if production else 7, int, "database"
+        ),
+        maintenance_work_mem_kb=_pick(
+            db, "maintenanceWorkMemKb", size.maintenance_work_mem_kb, int, "database"
+        ),
+        log_min_duration_ms=_pick(db, "logMinDurationMs", 500, int, "database"),
+    )
+    if not database.engine_version.startswith("16"):
+        raise ConfigError(f"{NAMESPACE}:database.engineVersion must be PostgreSQL 16.x")
+    if database.backup_retention_days < 1:
+        raise ConfigError(f"{NAMESPACE}:database.backupRetentionDays must be >= 1 (PITR)")
+
+    ca = _obj(cfg, "cache")
+    _unknown_keys(ca, {"nodeType", "replicas", "automaticFailover"}, "cache")
+    cache = CacheConfig(
+        node_type=_pick(ca, "nodeType", size.cache_node_type, str, "cache"),
+        replicas=_pick(ca, "replicas", size.cache_replicas, int, "cache"),
+        automatic_failover=_pick(ca, "automaticFailover", production, bool, "cache"),
+    )
+    if cache.automatic_failover and cache.replicas < 1:
+        raise ConfigError(f"{NAMESPACE}:cache.automaticFailover needs cache.replicas >= 1")
+
+    st = _obj(cfg, "storage")
+    _unknown_keys(st, {"corsOrigins", "noncurrentVersionDays", "forceDestroy"}, "storage")
+    domain = cfg.require("domain")
+    storage = StorageConfig(
+        cors_origins=tuple(st.get("corsOrigins", (f"https://{domain}",))),
+        noncurrent_version_days=_pick(st, "noncurrentVersionDays", 30, int, "storage"),
+        force_destroy=_pick(st, "forceDestroy", False, bool, "storage"),
+    )
+    if any(origin == "*" for origin in storage.cors_origins):
+        raise ConfigError(f"{NAMESPACE}:storage.corsOrigins must name origins, not '*'")
+
+    wl = _obj(cfg, "workloads")
+    _unknown_keys(
+        wl,
+        {
+            "apiReplicas", "apiMaxReplicas", "apiWorkers", "workerMinReplicas",
+            "workerMaxReplicas", "workerConcurrency", "useLocalModels", "openaiBaseUrl",
+            "signupMode", "logLevel", "oidcIssuer", "oidcJwksUrl", "oidcAudience",
+        },
+        "workloads",
+    )
+    image = cfg.require("image")
+    if not _IMAGE_DIGEST.match(image):
+        raise ConfigError(
+            f"{NAMESPACE}:image must be pinned by digest (repo@sha256:<64 hex>), got {image!r}"
+        )
+    use_local = _pick(wl, "useLocalModels", False, bool, "workloads")
+    workloads = WorkloadsConfig(
+        image=image,
+        domain=domain,
+        certificate_arn=cfg.require("certificateArn"),
+        api_replicas=_pick(wl, "apiReplicas", size.api_replicas, int, "workloads"),
+        api_max_replicas=_pick(wl, "apiMaxReplicas", size.api_max_replicas, int, "workloads"),
+        api_workers=_pick(wl, "apiWorkers", 2, int, "workloads"),
+        worker_min_replicas=_pick(
+            wl, "workerMinReplicas", size.worker_min_replicas, int, "workloads"
+        ),
+        worker_max_replicas=_pick(
+            wl, "workerMaxReplicas", size.worker_max_replicas, int, "workloads"
+        ),
+        worker_concurrency=_pick(wl, "workerConcurrency", 10, int, "workloads"),
+        use_local_models=use_local,
+        openai_base_url=None if use_local else wl.get("openaiBaseUrl", "https://api.openai.com/v1"),
+        signup_mode=_pick(wl, "signupMode", "invite-only", str, "workloads"),
+        log_level=_pick(wl, "logLevel", "INFO", str, "workloads"),
+        oidc_issuer=wl.get("oidcIssuer"),
+        oidc_jwks_url=wl.get("oidcJwksUrl"),
+        oidc_audience=wl.get("oidcAudience"),
+        openai_api_key=None if use_local else cfg.require_secret("openaiApiKey"),
+        db_app_password=cfg.require_secret("dbAppPassword"),
+        cache_auth_token=cfg.require_secret("cacheAuthToken"),
+    )
+    if not workloads.certificate_arn.startswith("arn:aws:acm:"):
+        raise ConfigError(f"{NAMESPACE}:certificateArn must be an ACM certificate ARN")
+    if workloads.signup_mode not in {"open", "invite-only", "disabled"}:
+        raise ConfigError(f"{NAMESPACE}:workloads.signupMode must be open|invite-only|disabled")
+    if workloads.api_replicas > workloads.api_max_replicas:
+        raise ConfigError(f"{NAMESPACE}:workloads.apiReplicas exceeds apiMaxReplicas")
+    if workloads.worker_min_replicas > workloads.worker_max_replicas:
+        raise ConfigError(f"{NAMESPACE}:workloads.workerMinReplicas exceeds workerMaxReplicas")
+
+    mon = _obj(cfg, "monitoring")
+    _unknown_keys(mon, {"alertEmail", "grafanaEnabled"}, "monitoring")
+    monitoring = MonitoringConfig(
+        alert_email=mon.get("alertEmail"),
+        alert_webhook_url=cfg.get_secret("alertWebhookUrl"),
+        grafana_enabled=_pick(mon, "grafanaEnabled", True, bool, "monitoring"),
+    )
+
+    ro = _obj(cfg, "rollout")
+    _unknown_keys(ro, {"canary", "steps", "pauseSeconds", "minSuccessRate"}, "rollout")
+    rollout = RolloutConfig(
+        canary=_pick(ro, "canary", False, bool, "rollout"),
+        steps=tuple(ro.get("steps", (10, 25, 50))),
+        pause_seconds=_pick(ro, "pauseSeconds", 120, int, "rollout"),
+        min_success_rate=float(ro.get("minSuccessRate", 0.99)),
+    )
+    if any(not 0 < step < 100 for step in rollout.steps) or list(rollout.steps) != sorted(
+        rollout.steps
+    ):
+        raise ConfigError(f"{NAMESPACE}:rollout.steps must rise within 1..99, got {rollout.steps}")
+
+    pv = _obj(cfg, "preview")
+    preview = None
+    if pv:
+        _unknown_keys(pv, {"baseStack", "prNumber"}, "preview")
+        preview = PreviewConfig(
+            base_stack=_pick(pv, "baseStack", None, str, "preview"),
+            pr_number=_pick(pv, "prNumber", None, int, "preview"),
+        )
+        if not preview.base_stack or preview.pr_number is None or preview.pr_number < 0:
+            raise ConfigError(f"{NAMESPACE}:preview needs baseStack and a prNumber >= 0")
+        if production:
+            raise ConfigError("a preview stack cannot be a production stack")
+        proj = replace(proj, instance=preview.slug)
+
+    config = StackConfig(
+        project=proj,
+        network=network,
+        cluster=cluster,
+        database=database,
+        cache=cache,
+        storage=storage,
+        workloads=workloads,
+        monitoring=monitoring,
+        rollout=rollout,
+        preview=preview,
+    )
+    validate_production(config)
+    return config
+
+
+def validate_production(config: StackConfig) -> None:
+    """A production stack keeps its data through a bad day, or it does not build."""
+    if not config.project.production:
+        return
+    problems = []
+    if not config.database.deletion_protection:
+        problems.append("database.deletionProtection must be true")
+    if not config.database.multi_az:
+        problems.append("database.multiAz must be true")
+    if config.database.backup_retention_days < 7:
+        problems.append("database.backupRetentionDays must be >= 7")
+    if not config.cache.automatic_failover:
+        problems.append("cache.automaticFailover must be true")
+    if config.network.az_count < 3:
+        problems.append("network.azCount must be 3")
+    if config.storage.force_destroy:
+        problems.append("storage.forceDestroy must be false")
+    if config.workloads.api_replicas < 2:
+        problems.append("workloads.apiReplicas must be >= 2")
+    if problems:
+        raise ConfigError(
+            f"production stack {config.project.stack!r} refuses to build: " + "; ".join(problems)
+        )

@@ -1,0 +1,156 @@
+"""Database: RDS PostgreSQL 16 (pgvector ships with it), reachable only from the cluster."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from infra.common import assume_role_policy, child, tags
+from infra.config import DatabaseConfig, ProjectConfig
+
+
+@dataclass
+class DatabaseArgs:
+    project: ProjectConfig
+    database: DatabaseConfig
+    vpc_id: pulumi.Input[str]
+    subnet_ids: list[pulumi.Input[str]]
+    client_security_group_id: pulumi.Input[str]
+
+
+class Database(pulumi.ComponentResource):
+    address: pulumi.Output[str]
+    port: pulumi.Output[int]
+    identifier: pulumi.Output[str]
+    master_secret_arn: pulumi.Output[str]
+    master_secret_kms_key_arn: pulumi.Output[str]
+    security_group_id: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: DatabaseArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("record:infra:Database", name, None, opts)
+        p, cfg = args.project, args.database
+        prefix = p.prefix
+        key = aws.kms.Key(
+            f"{prefix}-db",
+            description=f"{prefix} RDS storage, Performance Insights and master secret",
+            enable_key_rotation=True,
+            deletion_window_in_days=30,
+            tags=tags(p, f"{prefix}-db"),
+            opts=child(self),
+        )
+        subnets = aws.rds.SubnetGroup(
+            f"{prefix}-db",
+            name=f"{prefix}-db",
+            subnet_ids=args.subnet_ids,
+            tags=tags(p, f"{prefix}-db"),
+            opts=child(self),
+        )
+        sg = aws.ec2.SecurityGroup(
+            f"{prefix}-db",
+            name=f"{prefix}-db",
+            description="PostgreSQL from the cluster's nodes and pods only",
+            vpc_id=args.vpc_id,
+            ingress=[
+                {
+                    "description": "PostgreSQL from the cluster security group",
+                    "protocol": "tcp",
+                    "from_port": 5432,
+                    "to_port": 5432,
+                    "security_groups": [args.client_security_group_id],
+                }
+            ],
+            egress=[],
+            tags=tags(p, f"{prefix}-db"),
+            opts=child(self),
+        )
+        params = aws.rds.ParameterGroup(
+            f"{prefix}-pg16",
+            name=f"{prefix}-pg16",
+            family="postgres16",
+            description=f"{prefix} PostgreSQL 16",
+            parameters=[
+                {
+                    "name": "shared_preload_libraries",
+                    "value": "pg_stat_statements",
+                    "apply_method": "pending-reboot",
+                },
+                # HNSW builds on large tables: see DEPLOYMENT.md for the measured figures.
+                {"name": "maintenance_work_mem", "value": str(cfg.maintenance_work_mem_kb)},
+                {"name": "max_parallel_maintenance_workers", "value": "2"},
+                # The 1M-row HNSW build asked for a larger max_wal_size (MB).
+                {"name": "max_wal_size", "value": "8192"},
+                {"name": "log_min_duration_statement", "value": str(cfg.log_min_duration_ms)},
+                {"name": "pg_stat_statements.track", "value": "top"},
+                {"name": "rds.force_ssl", "value": "1"},
+                {"name": "log_lock_waits", "value": "1"},
+                {"name": "idle_in_transaction_session_timeout", "value": "60000"},
+            ],
+            tags=tags(p, f"{prefix}-pg16"),
+            opts=child(self),
+        )
+        monitoring_role = aws.iam.Role(
+            f"{prefix}-rds-monitoring",
+            assume_role_policy=assume_role_policy("monitoring.rds.amazonaws.com"),
+            tags=tags(p, f"{prefix}-rds-monitoring"),
+            opts=child(self),
+        )
+        aws.iam.RolePolicyAttachment(
+            f"{prefix}-rds-monitoring",
+            role=monitoring_role.name,
+            policy_arn="arn:aws:iam::aws:policy/service-role/AmazonRDSEnhancedMonitoringRole",
+            opts=child(self),
+        )
+        instance = aws.rds.Instance(
+            f"{prefix}-db",
+            identifier=prefix,
+            engine="postgres",
+            engine_version=cfg.engine_version,
+            instance_class=cfg.instance_class,
+            allocated_storage=cfg.allocated_storage_gb,
+            max_allocated_storage=cfg.max_allocated_storage_gb,
+            storage_type="gp3",
+            storage_encrypted=True,
+            kms_key_id=key.arn,
+            db_name=cfg.name,
+            username="record_admin",
+            # RDS keeps the master password in Secrets Manager and rotates it; it never
+            # passes through Pulumi state.
+            manage_master_user_password=True,
+            master_user_secret_kms_key_id=key.arn,
+            iam_database_authentication_enabled=True,
+            multi_az=cfg.multi_az,
+            deletion_protection=cfg.deletion_protection,
+            publicly_accessible=False,
+            db_subnet_group_name=subnets.name,
+            vpc_security_group_ids=[sg.id],
+            parameter_group_name=params.name,
+            backup_retention_period=cfg.backup_retention_days,
+            backup_window="03:00-04:00",
+            maintenance_window="sun:04:30-sun:05:30",
+            copy_tags_to_snapshot=True,
+            delete_automated_backups=False,
+            skip_final_snapshot=False,
+            final_snapshot_identifier=f"{prefix}-final",
+            performance_insights_enabled=True,
+            performance_insights_kms_key_id=key.arn,
+            performance_insights_retention_period=7,
+            monitoring_interval=60,
+            monitoring_role_arn=monitoring_role.arn,
+            enabled_cloudwatch_logs_exports=["postgresql", "upgrade"],
+            auto_minor_version_upgrade=True,
+            ca_cert_identifier="rds-ca-rsa2048-g1",
+            apply_immediately=False,
+            tags=tags(p, prefix),
+            opts=child(self, protect=cfg.deletion_protection),
+        )
+        self.address = instance.address
+        self.port = instance.port
+        self.identifier = instance.identifier
+        self.master_secret_arn = instance.master_user_secrets.apply(lambda s: s[0].secret_arn)
+        self.master_secret_kms_key_arn = key.arn
+        self.security_group_id = sg.id
+        self.register_outputs({"address": self.address, "identifier": self.identifier})

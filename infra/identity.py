@@ -1,0 +1,100 @@
+"""Identity: IRSA roles for the API, the worker and the migration Job, least privilege each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from infra.cluster import irsa_role
+from infra.common import policy
+from infra.config import ProjectConfig
+
+
+@dataclass
+class IdentityArgs:
+    project: ProjectConfig
+    namespace: str
+    oidc_provider_arn: pulumi.Input[str]
+    oidc_issuer: pulumi.Input[str]
+    bucket_arn: pulumi.Input[str]
+    bucket_kms_key_arn: pulumi.Input[str]
+    # Objects live under this prefix: a preview stack gets its own inside the base bucket.
+    object_prefix: str
+    db_master_secret_arn: pulumi.Input[str]
+    db_secret_kms_key_arn: pulumi.Input[str]
+
+
+class Identity(pulumi.ComponentResource):
+    api_role: aws.iam.Role
+    worker_role: aws.iam.Role
+    migrate_role: aws.iam.Role
+
+    def __init__(
+        self, name: str, args: IdentityArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("record:infra:Identity", name, None, opts)
+        p = args.project
+        bucket = pulumi.Output.from_input(args.bucket_arn)
+        objects = bucket.apply(lambda arn: f"{arn}/{args.object_prefix}*")
+
+        def object_access(*actions: str) -> pulumi.Output[str]:
+            return policy(
+                {
+                    "Sid": "Objects",
+                    "Effect": "Allow",
+                    "Action": list(actions),
+                    "Resource": objects,
+                },
+                {
+                    "Sid": "ListOwnPrefix",
+                    "Effect": "Allow",
+                    "Action": "s3:ListBucket",
+                    "Resource": bucket,
+                    "Condition": {"StringLike": {"s3:prefix": f"{args.object_prefix}*"}},
+                },
+                {
+                    "Sid": "BucketKey",
+                    "Effect": "Allow",
+                    "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+                    "Resource": args.bucket_kms_key_arn,
+                },
+            )
+
+        def role(purpose: str, service_account: str, doc: pulumi.Output[str]) -> aws.iam.Role:
+            return irsa_role(
+                self, p, purpose, args.oidc_provider_arn, args.oidc_issuer, args.namespace,
+                service_account, doc,
+            )
+
+        # The API stores uploads and serves media; it never deletes versions.
+        self.api_role = role(
+            "api",
+            "record-api",
+            object_access("s3:GetObject", "s3:PutObject", "s3:DeleteObject",
+                          "s3:AbortMultipartUpload"),
+        )
+        # The worker reads media to transcribe it and writes derived artefacts.
+        self.worker_role = role(
+            "worker", "record-worker", object_access("s3:GetObject", "s3:PutObject")
+        )
+        # The migration Job reads the RDS-managed master secret once, to create the app's
+        # login role and database (infra/db_bootstrap.py); nothing else can.
+        self.migrate_role = role(
+            "migrate",
+            "record-migrate",
+            policy(
+                {
+                    "Effect": "Allow",
+                    "Action": "secretsmanager:GetSecretValue",
+                    "Resource": args.db_master_secret_arn,
+                },
+                {
+                    "Effect": "Allow",
+                    "Action": "kms:Decrypt",
+                    "Resource": args.db_secret_kms_key_arn,
+                },
+            ),
+        )
+        self.register_outputs({"api_role": self.api_role.arn})

@@ -1,0 +1,805 @@
+"""Workloads: the API, the worker, the migration Job and the local model server on Kubernetes.
+
+The pod spec is the same hardened shape everywhere (non-root, read-only root file system, no
+privilege escalation, no capabilities, RuntimeDefault seccomp). Only public paths reach the
+ALB; ``/metrics`` stays inside the cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import pulumi
+
+from infra import k8s as kube
+from infra.config import ProjectConfig, RolloutConfig, WorkloadsConfig
+
+API_PORT = 8000
+MODEL_PORT = 8100
+WORKER_METRICS_PORT = 9100
+UID = 10001
+# Paths the ALB routes. Everything else (/metrics, /livez, /readyz) answers only in-cluster.
+PUBLIC_PATHS = (("/api", "Prefix"), ("/s", "Prefix"), ("/docs", "Exact"), ("/openapi.json", "Exact"))
+RDS_CA_BUNDLE = "/etc/ssl/certs/rds-global-bundle.pem"
+# The ScaledObject counts jobs waiting or running in procrastinate's table.
+QUEUE_DEPTH_QUERY = "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
+SECRETS_AS_ENV_SKIP = (
+    "CKV_K8S_35=The app reads its settings from the environment (pydantic-settings, one "
+    "settings object); the Secret is namespaced, encrypted with KMS in etcd and mounted only "
+    "into Record's own pods"
+)
+
+
+@dataclass
+class WorkloadsArgs:
+    project: ProjectConfig
+    workloads: WorkloadsConfig
+    rollout: RolloutConfig
+    namespace: str
+    provider: pulumi.ProviderResource
+    vpc_cidr: str
+    db_host: pulumi.Input[str]
+    db_port: pulumi.Input[int]
+    db_name: str
+    db_app_user: str
+    db_master_secret_arn: pulumi.Input[str]
+    cache_host: pulumi.Input[str]
+    cache_db: int
+    bucket_name: pulumi.Input[str]
+    object_prefix: str
+    api_role_arn: pulumi.Input[str]
+    worker_role_arn: pulumi.Input[str]
+    migrate_role_arn: pulumi.Input[str]
+    depends_on: list[pulumi.Resource]
+
+
+class Workloads(pulumi.ComponentResource):
+    namespace: str
+    api_service: str
+    ingress: pulumi.CustomResource
+    api: pulumi.CustomResource
+    migration: pulumi.CustomResource
+
+    def __init__(
+        self, name: str, args: WorkloadsArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("record:infra:Workloads", name, None, opts)
+        self.args = args
+        p, cfg = args.project, args.workloads
+        ns = args.namespace
+        self.namespace = ns
+        self.api_service = "record-api"
+        base = pulumi.ResourceOptions(
+            parent=self, provider=args.provider, depends_on=args.depends_on
+        )
+
+        namespace = self._apply(
+            "namespace",
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {
+                    "name": ns,
+                    "labels": {
+                        **kube.labels(p),
+                        # Pod Security Admission refuses any pod weaker than "restricted".
+                        "pod-security.kubernetes.io/enforce": "restricted",
+                        "pod-security.kubernetes.io/audit": "restricted",
+                        "pod-security.kubernetes.io/warn": "restricted",
+                    },
+                },
+            },
+            base,
+        )
+        opts_ns = pulumi.ResourceOptions.merge(base, pulumi.ResourceOptions(depends_on=[namespace]))
+        self.opts_ns = opts_ns
+
+        for component, role_arn in (
+            ("api", args.api_role_arn),
+            ("worker", args.worker_role_arn),
+            ("migrate", args.migrate_role_arn),
+            ("model-server", None),
+        ):
+            annotations = {"eks.amazonaws.com/role-arn": role_arn} if role_arn else {}
+            self._apply(
+                f"sa-{component}",
+                {
+                    "apiVersion": "v1",
+                    "kind": "ServiceAccount",
+                    "metadata": self._meta(f"record-{component}", component, annotations),
+                    # IRSA projects its own token; the Kubernetes API token is never needed.
+                    "automountServiceAccountToken": False,
+                },
+                opts_ns,
+            )
+
+        model_url = f"http://record-model-server.{ns}.svc.cluster.local:{MODEL_PORT}/v1"
+        settings = {
+            "ENVIRONMENT": "production",
+            "LOG_LEVEL": cfg.log_level,
+            "PUBLIC_URL": cfg.public_url,
+            "CORS_ORIGINS": cfg.public_url,
+            # The ALB is the only proxy in front of the API; it sits inside the VPC.
+            "TRUSTED_PROXIES": args.vpc_cidr,
+            "SIGNUP_MODE": cfg.signup_mode,
+            "STORAGE_BACKEND": "s3",
+            "S3_BUCKET": args.bucket_name,
+            "S3_PREFIX": args.object_prefix,
+            "AWS_REGION": p.region,
+            "OPENAI_BASE_URL": model_url if cfg.use_local_models else cfg.openai_base_url,
+            "PROMETHEUS_MULTIPROC_DIR": "/run/metrics",
+            "HF_HUB_OFFLINE": "1",
+            "PGSSLROOTCERT": RDS_CA_BUNDLE,
+        }
+        for key, value in (
+            ("OIDC_ISSUER", cfg.oidc_issuer),
+            ("OIDC_JWKS_URL", cfg.oidc_jwks_url),
+            ("OIDC_AUDIENCE", cfg.oidc_audience),
+        ):
+            if value:
+                settings[key] = value
+        config_map = self._apply(
+            "config",
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": self._meta("record-config", None),
+                "data": settings,
+            },
+            opts_ns,
+        )
+
+        password = pulumi.Output.secret(cfg.db_app_password)
+        database_url = pulumi.Output.all(args.db_host, args.db_port, password).apply(
+            lambda a: (
+                f"postgresql://{args.db_app_user}:{quote(str(a[2]), safe='')}@{a[0]}:{int(a[1])}"
+                f"/{args.db_name}?sslmode=verify-full&sslrootcert={RDS_CA_BUNDLE}"
+            )
+        )
+        redis_url = pulumi.Output.all(args.cache_host, pulumi.Output.secret(cfg.cache_auth_token)).apply(
+            lambda a: f"rediss://:{quote(str(a[1]), safe='')}@{a[0]}:6379/{args.cache_db}"
+        )
+        secret_data: dict[str, Any] = {
+            "DATABASE_URL": pulumi.Output.secret(database_url),
+            "REDIS_URL": pulumi.Output.secret(redis_url),
+            "DB_APP_PASSWORD": password,
+        }
+        if cfg.openai_api_key is not None:
+            secret_data["OPENAI_API_KEY"] = pulumi.Output.secret(cfg.openai_api_key)
+        secret = self._apply(
+            "secret",
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": self._meta("record-secrets", None),
+                "type": "Opaque",
+                "stringData": secret_data,
+            },
+            opts_ns,
+        )
+        config_deps = [config_map, secret]
+        # A new image is a new Job: Jobs are immutable, and the name says which build migrated.
+        digest = hashlib.sha256(cfg.image.encode()).hexdigest()[:10]
+
+        self.migration = self._apply(
+            "migrate",
+            self._migration_job(f"record-migrate-{digest}"),
+            pulumi.ResourceOptions.merge(
+                opts_ns,
+                pulumi.ResourceOptions(
+                    depends_on=[namespace, *config_deps], delete_before_replace=False
+                ),
+            ),
+        )
+        # Every rollout of the API waits for the schema it needs: Pulumi awaits the Job's
+        # completion before it creates or updates anything that depends on it.
+        after_migration = pulumi.ResourceOptions.merge(
+            opts_ns, pulumi.ResourceOptions(depends_on=[namespace, *config_deps, self.migration])
+        )
+
+        api_pod = self._api_pod_template()
+        if args.rollout.canary:
+            self.api = self._apply("api", self._api_rollout(api_pod), after_migration)
+            api_kind, api_version = "Rollout", "argoproj.io/v1alpha1"
+        else:
+            self.api = self._apply(
+                "api",
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": self._meta(
+                        "record-api", "api", {"checkov.io/skip1": SECRETS_AS_ENV_SKIP}
+                    ),
+                    # No replicas: the HPA owns the count (minReplicas is the floor).
+                    "spec": {
+                        "revisionHistoryLimit": 5,
+                        "selector": {"matchLabels": kube.selector(p, "api")},
+                        "strategy": {
+                            "type": "RollingUpdate",
+                            "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0},
+                        },
+                        "template": api_pod,
+                    },
+                },
+                after_migration,
+            )
+            api_kind, api_version = "Deployment", "apps/v1"
+
+        self._apply(
+            "api-service",
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": self._meta("record-api", "api"),
+                "spec": {
+                    "type": "ClusterIP",
+                    "selector": kube.selector(p, "api"),
+                    "ports": [
+                        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+                    ],
+                },
+            },
+            opts_ns,
+        )
+        self.ingress = self._apply("ingress", self._ingress(), after_migration)
+        self._apply(
+            "api-hpa",
+            {
+                "apiVersion": "autoscaling/v2",
+                "kind": "HorizontalPodAutoscaler",
+                "metadata": self._meta("record-api", "api"),
+                "spec": {
+                    "scaleTargetRef": {
+                        "apiVersion": api_version,
+                        "kind": api_kind,
+                        "name": "record-api",
+                    },
+                    "minReplicas": cfg.api_replicas,
+                    "maxReplicas": cfg.api_max_replicas,
+                    "metrics": [
+                        {
+                            "type": "Resource",
+                            "resource": {
+                                "name": "cpu",
+                                "target": {"type": "Utilization", "averageUtilization": 65},
+                            },
+                        }
+                    ],
+                    "behavior": {
+                        "scaleDown": {
+                            "stabilizationWindowSeconds": 300,
+                            "policies": [{"type": "Percent", "value": 50, "periodSeconds": 60}],
+                        }
+                    },
+                },
+            },
+            after_migration,
+        )
+        self._pdb("api", {"minAvailable": 1} if cfg.api_replicas > 1 else {"maxUnavailable": 1})
+
+        self._apply("worker", self._worker_deployment(), after_migration)
+        self._pdb("worker", {"maxUnavailable": 1})
+        self._keda(opts_ns)
+
+        if cfg.use_local_models:
+            self._model_server(opts_ns)
+        self._network_policies(opts_ns)
+        self.register_outputs({"namespace": ns})
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _apply(
+        self, name: str, manifest: dict[str, Any], opts: pulumi.ResourceOptions
+    ) -> pulumi.CustomResource:
+        return kube.apply(f"{self.args.project.prefix}-{name}", manifest, opts)
+
+    def _meta(
+        self, name: str, component: str | None, annotations: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "name": name,
+            "namespace": self.namespace,
+            "labels": kube.labels(self.args.project, component),
+        }
+        if annotations:
+            meta["annotations"] = annotations
+        return meta
+
+    def _pdb(self, component: str, budget: dict[str, Any]) -> None:
+        self._apply(
+            f"{component}-pdb",
+            {
+                "apiVersion": "policy/v1",
+                "kind": "PodDisruptionBudget",
+                "metadata": self._meta(f"record-{component}", component),
+                "spec": {"selector": {"matchLabels": kube.selector(self.args.project, component)},
+                         **budget},
+            },
+            self.opts_ns,
+        )
+
+    def _container(
+        self,
+        name: str,
+        command: list[str],
+        cpu: tuple[str, str],
+        memory: tuple[str, str],
+        **extra: Any,
+    ) -> dict[str, Any]:
+        return {
+            "name": name,
+            "image": self.args.workloads.image,
+            "imagePullPolicy": "Always",
+            "command": command,
+            "envFrom": [
+                {"configMapRef": {"name": "record-config"}},
+                {"secretRef": {"name": "record-secrets"}},
+            ],
+            "resources": {
+                "requests": {"cpu": cpu[0], "memory": memory[0]},
+                "limits": {"cpu": cpu[1], "memory": memory[1]},
+            },
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "readOnlyRootFilesystem": True,
+                "runAsNonRoot": True,
+                "runAsUser": UID,
+                "runAsGroup": UID,
+                "privileged": False,
+                "capabilities": {"drop": ["ALL"]},
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "volumeMounts": [
+                {"name": "tmp", "mountPath": "/tmp"},
+                {"name": "metrics", "mountPath": "/run/metrics"},
+            ],
+            **extra,
+        }
+
+    def _pod(
+        self,
+        component: str,
+        containers: list[dict[str, Any]],
+        **extra: Any,
+    ) -> dict[str, Any]:
+        p = self.args.project
+        return {
+            "metadata": {
+                "labels": kube.labels(p, component),
+                "annotations": {"checkov.io/skip1": SECRETS_AS_ENV_SKIP},
+            },
+            "spec": {
+                "serviceAccountName": f"record-{component}",
+                "automountServiceAccountToken": False,
+                "enableServiceLinks": False,
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "runAsUser": UID,
+                    "runAsGroup": UID,
+                    "fsGroup": UID,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "containers": containers,
+                "volumes": [
+                    {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+                    # prometheus-client's multiprocess files: one per gunicorn worker.
+                    {"name": "metrics", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+                ],
+                **extra,
+            },
+        }
+
+    def _spread(self, component: str) -> list[dict[str, Any]]:
+        match = {"matchLabels": kube.selector(self.args.project, component)}
+        zone_policy = "DoNotSchedule" if self.args.project.production else "ScheduleAnyway"
+        return [
+            {
+                "maxSkew": 1,
+                "topologyKey": "topology.kubernetes.io/zone",
+                "whenUnsatisfiable": zone_policy,
+                "labelSelector": match,
+            },
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": match,
+            },
+        ]
+
+    def _api_pod_template(self) -> dict[str, Any]:
+        cfg = self.args.workloads
+        command = [
+            "gunicorn",
+            "app.main:create_app",
+            "--factory",
+            "-c",
+            "python:app.gunicorn_conf",
+            "-k",
+            "uvicorn.workers.UvicornWorker",
+            "--workers",
+            str(cfg.api_workers),
+            "--bind",
+            f"0.0.0.0:{API_PORT}",
+            "--graceful-timeout",
+            "30",
+        ]
+        probe = {"port": "http", "scheme": "HTTP"}
+        container = self._container(
+            "api",
+            command,
+            cpu=("500m", "2"),
+            memory=("512Mi", "1Gi"),
+            ports=[{"name": "http", "containerPort": API_PORT, "protocol": "TCP"}],
+            startupProbe={
+                "httpGet": {"path": "/livez", **probe},
+                "periodSeconds": 2,
+                "failureThreshold": 30,
+            },
+            livenessProbe={
+                "httpGet": {"path": "/livez", **probe},
+                "periodSeconds": 10,
+                "timeoutSeconds": 2,
+                "failureThreshold": 3,
+            },
+            readinessProbe={
+                "httpGet": {"path": "/readyz", **probe},
+                "periodSeconds": 5,
+                "timeoutSeconds": 2,
+                "failureThreshold": 2,
+            },
+            # The ALB keeps sending to a pod for a few seconds after it leaves the endpoints;
+            # sleeping first lets those requests land before gunicorn starts draining.
+            lifecycle={"preStop": {"sleep": {"seconds": 15}}},
+        )
+        return self._pod(
+            "api",
+            [container],
+            terminationGracePeriodSeconds=60,
+            topologySpreadConstraints=self._spread("api"),
+        )
+
+    def _api_rollout(self, pod: dict[str, Any]) -> dict[str, Any]:
+        ro = self.args.rollout
+        steps: list[dict[str, Any]] = []
+        for weight in ro.steps:
+            steps.append({"setWeight": weight})
+            steps.append({"pause": {"duration": f"{ro.pause_seconds}s"}})
+        return {
+            "apiVersion": "argoproj.io/v1alpha1",
+            "kind": "Rollout",
+            "metadata": self._meta("record-api", "api"),
+            "spec": {
+                "revisionHistoryLimit": 5,
+                "selector": {"matchLabels": kube.selector(self.args.project, "api")},
+                "template": pod,
+                "strategy": {
+                    "canary": {
+                        "maxSurge": "25%",
+                        "maxUnavailable": 0,
+                        "analysis": {
+                            "templates": [{"templateName": "record-api-success-rate"}],
+                            "startingStep": 1,
+                            "args": [
+                                {
+                                    "name": "canary-hash",
+                                    "valueFrom": {"podTemplateHashValue": "Latest"},
+                                }
+                            ],
+                        },
+                        "steps": steps,
+                    }
+                },
+            },
+        }
+
+    def _ingress(self) -> dict[str, Any]:
+        p, cfg = self.args.project, self.args.workloads
+        annotations = {
+            "alb.ingress.kubernetes.io/scheme": "internet-facing",
+            "alb.ingress.kubernetes.io/target-type": "ip",
+            "alb.ingress.kubernetes.io/group.name": p.prefix,
+            "alb.ingress.kubernetes.io/load-balancer-name": p.prefix[:32],
+            "alb.ingress.kubernetes.io/listen-ports": json.dumps([{"HTTP": 80}, {"HTTPS": 443}]),
+            "alb.ingress.kubernetes.io/ssl-redirect": "443",
+            "alb.ingress.kubernetes.io/certificate-arn": cfg.certificate_arn,
+            "alb.ingress.kubernetes.io/ssl-policy": "ELBSecurityPolicy-TLS13-1-2-2021-06",
+            "alb.ingress.kubernetes.io/healthcheck-path": "/readyz",
+            "alb.ingress.kubernetes.io/load-balancer-attributes": ",".join(
+                [
+                    "routing.http.drop_invalid_header_fields.enabled=true",
+                    f"deletion_protection.enabled={'true' if p.production else 'false'}",
+                    "idle_timeout.timeout_seconds=120",
+                ]
+            ),
+            "alb.ingress.kubernetes.io/tags": ",".join(f"{k}={v}" for k, v in p.tags.items()),
+        }
+        backend = {"service": {"name": self.api_service, "port": {"name": "http"}}}
+        return {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": self._meta("record", "api", annotations),
+            "spec": {
+                "ingressClassName": "alb",
+                "tls": [{"hosts": [cfg.domain]}],
+                "rules": [
+                    {
+                        "host": cfg.domain,
+                        "http": {
+                            "paths": [
+                                {"path": path, "pathType": kind, "backend": backend}
+                                for path, kind in PUBLIC_PATHS
+                            ]
+                        },
+                    }
+                ],
+            },
+        }
+
+    def _migration_job(self, name: str) -> dict[str, Any]:
+        a = self.args
+        bootstrap_env = [
+            {"name": "DB_HOST", "value": a.db_host},
+            {"name": "DB_PORT", "value": pulumi.Output.from_input(a.db_port).apply(str)},
+            {"name": "DB_NAME", "value": a.db_name},
+            {"name": "DB_APP_USER", "value": a.db_app_user},
+            {"name": "DB_MASTER_SECRET_ARN", "value": a.db_master_secret_arn},
+        ]
+        bootstrap = self._container(
+            "db-bootstrap",
+            ["python", "-m", "infra.db_bootstrap"],
+            cpu=("100m", "500m"),
+            memory=("128Mi", "256Mi"),
+            env=bootstrap_env,
+        )
+        # alembic upgrade head: creates the pgvector extension, tables and the HNSW / GIN
+        # indexes. On a large table build those out of band first (DEPLOYMENT.md).
+        migrate = self._container(
+            "migrate", ["record", "db", "upgrade"], cpu=("250m", "2"), memory=("512Mi", "2Gi")
+        )
+        return {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": self._meta(name, "migrate", {"checkov.io/skip1": SECRETS_AS_ENV_SKIP}),
+            "spec": {
+                "backoffLimit": 2,
+                # Index builds on a large table take minutes (1M x 384 HNSW: 382 s).
+                "activeDeadlineSeconds": 3600,
+                "template": self._pod(
+                    "migrate", [migrate], initContainers=[bootstrap], restartPolicy="Never"
+                ),
+            },
+        }
+
+    def _worker_deployment(self) -> dict[str, Any]:
+        cfg = self.args.workloads
+        container = self._container(
+            "worker",
+            ["record", "worker"],
+            cpu=("500m", "2"),
+            memory=("1Gi", "2Gi"),
+            ports=[
+                {"name": "metrics", "containerPort": WORKER_METRICS_PORT, "protocol": "TCP"}
+            ],
+        )
+        pod = self._pod(
+            "worker",
+            [container],
+            # A job interrupted by a drain is retried elsewhere; give it time to finish first.
+            terminationGracePeriodSeconds=300,
+            topologySpreadConstraints=self._spread("worker"),
+        )
+        pod["metadata"]["annotations"] = {
+            "checkov.io/skip1": SECRETS_AS_ENV_SKIP,
+            "checkov.io/skip2": (
+                "CKV_K8S_8=The worker serves no HTTP: it blocks on LISTEN/NOTIFY and "
+                "procrastinate's stalled-job recovery re-runs the work of a hung worker"
+            ),
+            "checkov.io/skip3": "CKV_K8S_9=As CKV_K8S_8: no endpoint to probe for readiness",
+        }
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": self._meta("record-worker", "worker", pod["metadata"]["annotations"]),
+            "spec": {
+                # No replicas: KEDA owns the count (down to zero when idle where configured).
+                "revisionHistoryLimit": 5,
+                "selector": {"matchLabels": kube.selector(self.args.project, "worker")},
+                "strategy": {
+                    "type": "RollingUpdate",
+                    "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+                },
+                "template": pod,
+            },
+        }
+
+    def _keda(self, opts: pulumi.ResourceOptions) -> None:
+        cfg = self.args.workloads
+        self._apply(
+            "worker-keda-auth",
+            {
+                "apiVersion": "keda.sh/v1alpha1",
+                "kind": "TriggerAuthentication",
+                "metadata": self._meta("record-worker-db", "worker"),
+                "spec": {
+                    "secretTargetRef": [
+                        {
+                            "parameter": "connection",
+                            "name": "record-secrets",
+                            "key": "DATABASE_URL",
+                        }
+                    ]
+                },
+            },
+            opts,
+        )
+        self._apply(
+            "worker-scaler",
+            {
+                "apiVersion": "keda.sh/v1alpha1",
+                "kind": "ScaledObject",
+                "metadata": self._meta("record-worker", "worker"),
+                "spec": {
+                    "scaleTargetRef": {"name": "record-worker"},
+                    "minReplicaCount": cfg.worker_min_replicas,
+                    "maxReplicaCount": cfg.worker_max_replicas,
+                    "pollingInterval": 15,
+                    "cooldownPeriod": 300,
+                    "triggers": [
+                        {
+                            "type": "postgresql",
+                            "metadata": {
+                                "query": QUEUE_DEPTH_QUERY,
+                                # One replica per `concurrency` jobs in flight.
+                                "targetQueryValue": str(cfg.worker_concurrency),
+                                "activationTargetQueryValue": "0",
+                            },
+                            "authenticationRef": {"name": "record-worker-db"},
+                        }
+                    ],
+                },
+            },
+            opts,
+        )
+
+    def _model_server(self, opts: pulumi.ResourceOptions) -> None:
+        p = self.args.project
+        probe = {"tcpSocket": {"port": "http"}, "periodSeconds": 10, "timeoutSeconds": 2}
+        container = self._container(
+            "model-server",
+            ["record", "models", "serve", "--host", "0.0.0.0", "--port", str(MODEL_PORT)],
+            cpu=("1", "2"),
+            memory=("2Gi", "4Gi"),
+            ports=[{"name": "http", "containerPort": MODEL_PORT, "protocol": "TCP"}],
+            readinessProbe=probe,
+            livenessProbe={**probe, "initialDelaySeconds": 30},
+        )
+        self._apply(
+            "model-server",
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": self._meta(
+                    "record-model-server", "model-server", {"checkov.io/skip1": SECRETS_AS_ENV_SKIP}
+                ),
+                "spec": {
+                    "replicas": 1,
+                    "revisionHistoryLimit": 3,
+                    "selector": {"matchLabels": kube.selector(p, "model-server")},
+                    "template": self._pod("model-server", [container]),
+                },
+            },
+            opts,
+        )
+        self._apply(
+            "model-server-service",
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": self._meta("record-model-server", "model-server"),
+                "spec": {
+                    "type": "ClusterIP",
+                    "selector": kube.selector(p, "model-server"),
+                    "ports": [{"name": "http", "port": MODEL_PORT, "targetPort": "http"}],
+                },
+            },
+            opts,
+        )
+
+    def _network_policies(self, opts: pulumi.ResourceOptions) -> None:
+        p, cfg = self.args.project, self.args.workloads
+        vpc = {"ipBlock": {"cidr": self.args.vpc_cidr}}
+
+        def tcp(*ports: int) -> list[dict[str, Any]]:
+            return [{"protocol": "TCP", "port": port} for port in ports]
+
+        prometheus = {
+            "namespaceSelector": {
+                "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}
+            },
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+        }
+        data_stores = {"to": [vpc], "ports": tcp(5432, 6379)}
+        # S3 (gateway endpoint), STS for IRSA, Secrets Manager, the OpenAI-protocol server.
+        https_out = {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": tcp(443)}
+        model_out = {
+            "to": [{"podSelector": {"matchLabels": kube.selector(p, "model-server")}}],
+            "ports": tcp(MODEL_PORT),
+        }
+
+        policies: dict[str, dict[str, Any]] = {
+            "default-deny": {
+                "podSelector": {},
+                "policyTypes": ["Ingress", "Egress"],
+            },
+            "allow-dns": {
+                "podSelector": {},
+                "policyTypes": ["Egress"],
+                "egress": [
+                    {
+                        "to": [
+                            {
+                                "namespaceSelector": {
+                                    "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
+                                },
+                                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                            }
+                        ],
+                        "ports": [
+                            {"protocol": "UDP", "port": 53},
+                            {"protocol": "TCP", "port": 53},
+                        ],
+                    }
+                ],
+            },
+            "api": {
+                "podSelector": {"matchLabels": kube.selector(p, "api")},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [
+                    # The ALB (target type ip) reaches pods from its ENIs inside the VPC.
+                    {"from": [vpc], "ports": tcp(API_PORT)},
+                    {"from": [prometheus], "ports": tcp(API_PORT)},
+                ],
+                "egress": [data_stores, https_out, *([model_out] if cfg.use_local_models else [])],
+            },
+            "worker": {
+                "podSelector": {"matchLabels": kube.selector(p, "worker")},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [{"from": [prometheus], "ports": tcp(WORKER_METRICS_PORT)}],
+                "egress": [data_stores, https_out, *([model_out] if cfg.use_local_models else [])],
+            },
+            "migrate": {
+                "podSelector": {"matchLabels": kube.selector(p, "migrate")},
+                "policyTypes": ["Ingress", "Egress"],
+                "egress": [{"to": [vpc], "ports": tcp(5432)}, https_out],
+            },
+        }
+        if cfg.use_local_models:
+            policies["model-server"] = {
+                "podSelector": {"matchLabels": kube.selector(p, "model-server")},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [
+                    {
+                        "from": [
+                            {"podSelector": {"matchLabels": kube.selector(p, "api")}},
+                            {"podSelector": {"matchLabels": kube.selector(p, "worker")}},
+                        ],
+                        "ports": tcp(MODEL_PORT),
+                    }
+                ],
+            }
+        for name, spec in policies.items():
+            self._apply(
+                f"netpol-{name}",
+                {
+                    "apiVersion": "networking.k8s.io/v1",
+                    "kind": "NetworkPolicy",
+                    "metadata": self._meta(f"record-{name}", None),
+                    "spec": spec,
+                },
+                opts,
+            )
