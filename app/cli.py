@@ -48,14 +48,21 @@ def db_sql(revision: str = "head") -> None:
     typer.echo(upgrade_sql(revision))
 
 
+SUBCOMMANDS = {"models": "app.ai.cli", "infra": "infra.cli"}
+
+
 def _register_subcommands() -> None:
     # Each block registers its own sub-commands; their heavy imports happen inside commands.
-    from infra.cli import app as infra_app
+    import importlib
 
-    from app.ai.cli import app as models_app
-
-    app.add_typer(models_app, name="models")
-    app.add_typer(infra_app, name="infra")
+    for name, module_name in SUBCOMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue  # that block is not part of this install
+        app.add_typer(module.app, name=name)
 
 
 _register_subcommands()

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
 
     # Where the local stack keeps its data and secrets.
     state_dir: Path = Path(".record")
+    local_api_port: int = Field(default=8000, ge=1, le=65535)
+    local_valkey_port: int = Field(default=6390, ge=1, le=65535)
+    local_models_port: int = Field(default=8100, ge=1, le=65535)
     public_url: str = "http://127.0.0.1:8000"
 
     # Accounts.

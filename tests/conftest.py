@@ -9,8 +9,11 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
+import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -44,11 +47,11 @@ def _wait(check: Any, what: str, timeout: float = 20.0) -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
-    base = tmp_path_factory.mktemp("pg")
-    server = PostgresServer(
-        data_dir=base / "data", socket_dir=Path(f"/tmp/record-test-{os.getpid()}")
-    )
+def pg_server() -> Iterator[PostgresServer]:
+    # Not under pytest's tmp_path: pytest prunes old base directories, and a concurrent pytest
+    # run would delete a running server's data directory.
+    base = Path(tempfile.mkdtemp(prefix="record-test-pg-"))
+    server = PostgresServer(data_dir=base / "data", socket_dir=base / "run")
     server.initdb()
     log = open(base / "postgres.log", "w")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen(
@@ -64,9 +67,10 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServ
     try:
         yield server
     finally:
-        proc.terminate()
+        proc.send_signal(signal.SIGINT)  # fast shutdown: don't wait for idle clients
         proc.wait(timeout=20)
         log.close()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -156,9 +160,9 @@ async def app(settings: Any) -> AsyncIterator[Any]:
     from app.main import create_app
 
     application = create_app(settings)
-    async with LifespanManager(application) as manager:
+    async with LifespanManager(application):
         await application.state.services.db.pool.wait(timeout=10)
-        yield manager.app
+        yield application
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from app.auth.tokens import API_KEY_PREFIX, SESSION_PREFIX, token_digest
 from app.kit.db import Conn, set_tenant
 from app.kit.deps import DbConn, get_services
 from app.kit.errors import AuthenticationError, AuthorizationError, NotFoundError, ValidationError
+from app.kit.ratelimit import enforce_caller
 
 ORG_HEADER = "X-Record-Org"
 
@@ -122,6 +123,9 @@ async def authenticate(request: Request, conn: DbConn) -> Principal:
         user_id=str(principal.user_id) if principal.user_id else None,
     )
     request.state.principal = principal
+    # Every authenticated request counts against the caller's `api` limit (per user, or per
+    # key when a key has no user); a 429 here stops the route before it does any work.
+    await enforce_caller(request, "api", principal)
     return principal
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Depends, Request, Response, status
 
 from app.auth import repository as repo
 from app.auth import service
@@ -20,17 +20,23 @@ from app.auth.schemas import (
 from app.kit.db import set_tenant
 from app.kit.deps import DbConn, ServicesDep
 from app.kit.errors import ValidationError
+from app.kit.ratelimit import email_subject, enforce, rate_limit
 
 router = APIRouter(prefix="/api", tags=["auth"])
 
+# Anonymous endpoints count per client IP (behind trusted proxies, the forwarded address).
+PerClientIp = Depends(rate_limit("anonymous"))
 
-@router.post("/auth/signup", status_code=status.HTTP_201_CREATED)
+
+@router.post("/auth/signup", status_code=status.HTTP_201_CREATED, dependencies=[PerClientIp])
 async def signup(body: SignupIn, conn: DbConn, services: ServicesDep) -> SignupOut:
     return await service.signup(conn, services.settings, body)
 
 
-@router.post("/auth/login")
-async def login(body: LoginIn, conn: DbConn, services: ServicesDep) -> LoginOut:
+@router.post("/auth/login", dependencies=[PerClientIp])
+async def login(body: LoginIn, request: Request, conn: DbConn, services: ServicesDep) -> LoginOut:
+    # And per account: password guessing spread over many IPs still meets this limit.
+    await enforce(request, "anonymous", email_subject(body.email))
     return await service.login(conn, services.settings, body.email, body.password)
 
 

@@ -121,6 +121,8 @@ async def oidc_user(conn: Conn, identity: OidcIdentity) -> tuple[UUID, UUID | No
             )
         else:
             user_id = new_id()
+            # INSERT ... RETURNING must see the new row: scope to the user first.
+            await set_tenant(conn, org_id=None, user_id=user_id)
             await repo.insert_user(
                 conn,
                 user_id=user_id,

@@ -13,21 +13,61 @@ import logging.config
 import re
 import sys
 from collections.abc import Mapping, MutableMapping
+from contextvars import ContextVar, Token
 from typing import Any
 
 import structlog
 
+# Key names whose values are secrets. "tokens" (a count of LLM tokens) is not one.
 SECRET_KEYS = re.compile(
-    r"pass(word)?|secret|token|authorization|api[-_]?key|cookie|credential|^key$|private",
+    r"pass(word|wd)?|secret|token(?!s\b|s_|_count)|authorization|api[-_]?key|cookie|"
+    r"credential|^key$|private|signature|dsn$",
     re.IGNORECASE,
+)
+_SECRET_NAMES = (
+    r"(?:password|passwd|pwd|secret|token|access_token|refresh_token|api_?key|key|signature)"
 )
 SECRET_VALUES = (
     (re.compile(r"\brk_[A-Za-z0-9_\-]{8,}"), "rk_[REDACTED]"),
     (re.compile(r"\brs_[A-Za-z0-9_\-]{8,}"), "rs_[REDACTED]"),
     (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._\-~+/]+=*"), "Bearer [REDACTED]"),
+    (re.compile(r"(?i)\bbasic\s+[A-Za-z0-9+/]{6,}=*"), "Basic [REDACTED]"),
+    # A JWT anywhere (OIDC tokens): three base64url parts, the first a JSON header.
+    (re.compile(r"\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"), "[REDACTED_JWT]"),
     (re.compile(r"(?i)(://[^:/@\s]*:)[^@\s]+@"), r"\1[REDACTED]@"),
+    # Secrets in query strings (uvicorn's access line carries the raw query) and in text
+    # such as "password=..." or '"password": "..."' that reached a message.
+    (re.compile(rf"(?i)([?&;]{_SECRET_NAMES}=)[^&\s#]*"), r"\1[REDACTED]"),
+    (
+        re.compile(rf"""(?i)(["']?\b{_SECRET_NAMES}["']?\s*[:=]\s*)(["']?)[^"'&\s,}}]+\2"""),
+        r"\1\2[REDACTED]\2",
+    ),
 )
 REDACTED = "[REDACTED]"
+
+# The ASGI scope of the request being served. The router fills in the matched route after the
+# middleware has started, so the template is read when a line is written, not when bound.
+_request_scope: ContextVar[Mapping[str, Any] | None] = ContextVar("request_scope", default=None)
+
+
+def bind_request_scope(scope: Mapping[str, Any]) -> Token[Mapping[str, Any] | None]:
+    return _request_scope.set(scope)
+
+
+def unbind_request_scope(token: Token[Mapping[str, Any] | None]) -> None:
+    _request_scope.reset(token)
+
+
+def add_route(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Every line written while serving a request names its route template."""
+    scope = _request_scope.get()
+    if scope is not None and "route" not in event_dict:
+        path = getattr(scope.get("route"), "path", None)
+        if isinstance(path, str):
+            event_dict["route"] = path
+    return event_dict
 
 
 def _redact_value(value: Any) -> Any:
@@ -60,6 +100,7 @@ def redact_secrets(
 def _shared_processors() -> list[Any]:
     return [
         structlog.contextvars.merge_contextvars,
+        add_route,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.ExtraAdder(),
@@ -68,11 +109,7 @@ def _shared_processors() -> list[Any]:
 
 
 def configure_logging(*, level: str = "INFO", json: bool = False) -> None:
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    )
+    """Install the pipeline for structlog and the standard library (idempotent)."""
     structlog.configure(
         processors=[
             *_shared_processors(),
@@ -82,6 +119,17 @@ def configure_logging(*, level: str = "INFO", json: bool = False) -> None:
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
+    )
+    logging.config.dictConfig(logging_config(level=level, json=json))
+
+
+def logging_config(*, level: str = "INFO", json: bool = False) -> dict[str, Any]:
+    """The standard library's half as a dictConfig: gunicorn's master takes it as
+    ``logconfig_dict`` so its own lines come out in the same format as the workers'."""
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     formatter = {
         "()": structlog.stdlib.ProcessorFormatter,
@@ -93,36 +141,39 @@ def configure_logging(*, level: str = "INFO", json: bool = False) -> None:
             renderer,
         ],
     }
-    logging.config.dictConfig(
-        {
-            "version": 1,
-            "disable_existing_loggers": False,
-            "formatters": {"structlog": formatter},
-            "handlers": {
-                "default": {
-                    "class": "logging.StreamHandler",
-                    "formatter": "structlog",
-                    "stream": "ext://sys.stderr",
-                }
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"structlog": formatter},
+        "handlers": {
+            "default": {
+                "class": "logging.StreamHandler",
+                "formatter": "structlog",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"handlers": ["default"], "level": level.upper()},
+        "loggers": {
+            # Servers log through the root handler in our format, once.
+            **{
+                name: {"handlers": [], "propagate": True}
+                for name in (
+                    "uvicorn",
+                    "uvicorn.error",
+                    "uvicorn.access",
+                    "gunicorn.error",
+                    "gunicorn.access",
+                )
             },
-            "root": {"handlers": ["default"], "level": level.upper()},
-            "loggers": {
-                # Servers log through the root handler in our format, once.
-                **{
-                    name: {"handlers": [], "propagate": True}
-                    for name in (
-                        "uvicorn",
-                        "uvicorn.error",
-                        "uvicorn.access",
-                        "gunicorn.error",
-                        "gunicorn.access",
-                    )
-                },
-                # Alembic announces every plugin at INFO; its migrations log at WARNING+.
-                "alembic.runtime.plugins": {"level": "WARNING"},
-            },
-        }
-    )
+            # RequestContextMiddleware writes the access line, with request_id, route and
+            # duration; uvicorn's own would be a second, poorer line per request.
+            "uvicorn.access": {"handlers": [], "propagate": True, "level": "WARNING"},
+            # Alembic announces every plugin at INFO; its migrations log at WARNING+.
+            "alembic.runtime.plugins": {"level": "WARNING"},
+            # One line per outgoing request is noise; failures surface where they matter.
+            "httpx": {"level": "WARNING"},
+        },
+    }
 
 
 def _passthrough(
