@@ -381,7 +381,7 @@ def load(project: str | None = None, stack: str | None = None) -> StackConfig:
         oidc_audience=wl.get("oidcAudience"),
         openai_api_key=None if use_local else cfg.require_secret("openaiApiKey"),
         db_app_password=cfg.require_secret("dbAppPassword"),
-        cache_auth_token=cfg.require_secret("cacheAuthToken"),
+        cache_auth_token=cfg.get_secret("cacheAuthToken"),
     )
     if not workloads.certificate_arn.startswith("arn:aws:acm:"):
         raise ConfigError(f"{NAMESPACE}:certificateArn must be an ACM certificate ARN")
@@ -427,6 +427,11 @@ def load(project: str | None = None, stack: str | None = None) -> StackConfig:
             raise ConfigError("a preview stack cannot be a production stack")
         proj = replace(proj, instance=preview.slug)
 
+    if preview is None and workloads.cache_auth_token is None:
+        raise ConfigError(
+            f"missing secret {NAMESPACE}:cacheAuthToken "
+            "(pulumi config set --secret record:cacheAuthToken ...)"
+        )
     config = StackConfig(
         project=proj,
         network=network,

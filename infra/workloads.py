@@ -41,7 +41,7 @@ class WorkloadsArgs:
     rollout: RolloutConfig
     namespace: str
     provider: pulumi.ProviderResource
-    vpc_cidr: str
+    vpc_cidr: pulumi.Input[str]
     db_host: pulumi.Input[str]
     db_port: pulumi.Input[int]
     db_name: str

@@ -17,8 +17,8 @@ DATASOURCE = DataSourceRef(type_val="prometheus", uid="prometheus")
 SEARCH_ROUTE = "/api/search"
 
 
-def _query(expr: str, legend: str = "") -> prometheus.Dataquery:
-    query = prometheus.Dataquery().expr(expr).range()
+def _query(expr: str, legend: str = "", ref_id: str = "A") -> prometheus.Dataquery:
+    query = prometheus.Dataquery().expr(expr).range().ref_id(ref_id)
     if legend:
         query = query.legend_format(legend)
     return query
@@ -26,8 +26,8 @@ def _query(expr: str, legend: str = "") -> prometheus.Dataquery:
 
 def _series(title: str, unit: str, *queries: prometheus.Dataquery) -> timeseries.Panel:
     panel = timeseries.Panel().title(title).unit(unit).datasource(DATASOURCE).height(8).span(12)
-    for query in queries:
-        panel = panel.with_target(query)
+    for index, query in enumerate(queries):
+        panel = panel.with_target(query.ref_id(chr(ord("A") + index)))
     return panel
 
 

@@ -1,0 +1,219 @@
+"""The program: a list of blocks and the wiring between them. ``__main__`` calls ``build``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+from infra.cache import Cache, CacheArgs
+from infra.cluster import Cluster, ClusterArgs
+from infra.config import StackConfig
+from infra.database import Database, DatabaseArgs
+from infra.identity import Identity, IdentityArgs
+from infra.monitoring import Monitoring, MonitoringArgs
+from infra.network import Network, NetworkArgs
+from infra.preview import Preview, PreviewArgs
+from infra.storage import RECORDINGS_PREFIX, Storage, StorageArgs
+from infra.workloads import Workloads, WorkloadsArgs
+
+
+def build(config: StackConfig) -> dict[str, Any]:
+    """Declares every resource of the stack; returns the stack outputs it exported."""
+    if config.preview is not None:
+        return _build_preview(config)
+    return _build_base(config)
+
+
+def _build_base(config: StackConfig) -> dict[str, Any]:
+    p = config.project
+    prefix = p.prefix
+    if config.cluster.mode == "eks":
+        network = Network(prefix, NetworkArgs(project=p, network=config.network))
+        vpc_id: pulumi.Input[str] = network.vpc_id
+        vpc_cidr = network.vpc_cidr
+        private_subnets: list[pulumi.Input[str]] = list(network.private_subnet_ids)
+    else:
+        assert config.cluster.vpc_id and config.cluster.vpc_cidr
+        vpc_id = config.cluster.vpc_id
+        vpc_cidr = config.cluster.vpc_cidr
+        private_subnets = list(config.cluster.private_subnet_ids)
+
+    topic_name = f"{prefix}-alerts"
+    topic_arn = pulumi.Output.concat(
+        "arn:aws:sns:", p.region, ":", aws.get_caller_identity_output().account_id, ":",
+        topic_name,
+    )
+    cluster = Cluster(
+        prefix,
+        ClusterArgs(
+            project=p,
+            cluster=config.cluster,
+            vpc_id=vpc_id,
+            vpc_cidr=vpc_cidr,
+            private_subnet_ids=private_subnets,
+            install_argo_rollouts=config.rollout.canary,
+            alertmanager_topic_arn=topic_arn,
+        ),
+    )
+    storage = Storage(prefix, StorageArgs(project=p, storage=config.storage))
+    database = Database(
+        prefix,
+        DatabaseArgs(
+            project=p,
+            database=config.database,
+            vpc_id=vpc_id,
+            subnet_ids=private_subnets,
+            client_security_group_id=cluster.node_security_group_id,
+        ),
+    )
+    cache_token = config.workloads.cache_auth_token
+    assert cache_token is not None
+    cache = Cache(
+        prefix,
+        CacheArgs(
+            project=p,
+            cache=config.cache,
+            vpc_id=vpc_id,
+            subnet_ids=private_subnets,
+            client_security_group_id=cluster.node_security_group_id,
+            auth_token=cache_token,
+        ),
+    )
+    namespace = prefix
+    identity = Identity(
+        prefix,
+        IdentityArgs(
+            project=p,
+            namespace=namespace,
+            oidc_provider_arn=cluster.oidc_provider_arn,
+            oidc_issuer=cluster.oidc_issuer,
+            bucket_arn=storage.bucket_arn,
+            bucket_kms_key_arn=storage.kms_key_arn,
+            object_prefix=RECORDINGS_PREFIX,
+            db_master_secret_arn=database.master_secret_arn,
+            db_secret_kms_key_arn=database.master_secret_kms_key_arn,
+        ),
+    )
+    workloads = Workloads(
+        prefix,
+        WorkloadsArgs(
+            project=p,
+            workloads=config.workloads,
+            rollout=config.rollout,
+            namespace=namespace,
+            provider=cluster.provider,
+            vpc_cidr=vpc_cidr,
+            db_host=database.address,
+            db_port=database.port,
+            db_name=config.database.name,
+            db_app_user=config.database.app_user,
+            db_master_secret_arn=database.master_secret_arn,
+            cache_host=cache.primary_endpoint,
+            cache_db=0,
+            bucket_name=storage.bucket_name,
+            object_prefix=RECORDINGS_PREFIX,
+            api_role_arn=identity.api_role.arn,
+            worker_role_arn=identity.worker_role.arn,
+            migrate_role_arn=identity.migrate_role.arn,
+            # CRDs (KEDA, Prometheus operator, Argo Rollouts) exist once the charts are in.
+            depends_on=list(cluster.releases),
+        ),
+    )
+    monitoring = Monitoring(
+        prefix,
+        MonitoringArgs(
+            project=p,
+            monitoring=config.monitoring,
+            rollout=config.rollout,
+            namespace=namespace,
+            provider=cluster.provider,
+            topic_name=topic_name,
+            db_identifier=database.identifier,
+            cache_group_id=cache.replication_group_id,
+            ingress=workloads.ingress,
+            depends_on=[workloads, *cluster.releases],
+        ),
+    )
+    outputs: dict[str, Any] = {
+        "namespace": namespace,
+        "url": config.workloads.public_url,
+        "kubeconfig": cluster.kubeconfig,
+        "vpcCidr": vpc_cidr,
+        "dbAddress": database.address,
+        "dbPort": database.port,
+        "dbMasterSecretArn": database.master_secret_arn,
+        "dbSecretKmsKeyArn": database.master_secret_kms_key_arn,
+        "cacheEndpoint": cache.primary_endpoint,
+        "cacheAuthToken": pulumi.Output.secret(cache_token),
+        "bucketName": storage.bucket_name,
+        "bucketArn": storage.bucket_arn,
+        "bucketKmsKeyArn": storage.kms_key_arn,
+        "oidcProviderArn": cluster.oidc_provider_arn,
+        "oidcIssuer": cluster.oidc_issuer,
+        "alertTopicArn": monitoring.topic_arn,
+    }
+    for key, value in outputs.items():
+        pulumi.export(key, value)
+    return outputs
+
+
+def _build_preview(config: StackConfig) -> dict[str, Any]:
+    p = config.project
+    assert config.preview is not None
+    prefix = p.prefix
+    preview = Preview(prefix, PreviewArgs(project=p, preview=config.preview))
+    base = preview.outputs
+    identity = Identity(
+        prefix,
+        IdentityArgs(
+            project=p,
+            namespace=preview.namespace,
+            oidc_provider_arn=base["oidcProviderArn"],  # type: ignore[arg-type]
+            oidc_issuer=base["oidcIssuer"],  # type: ignore[arg-type]
+            bucket_arn=base["bucketArn"],  # type: ignore[arg-type]
+            bucket_kms_key_arn=base["bucketKmsKeyArn"],  # type: ignore[arg-type]
+            object_prefix=preview.object_prefix,
+            db_master_secret_arn=base["dbMasterSecretArn"],  # type: ignore[arg-type]
+            db_secret_kms_key_arn=base["dbSecretKmsKeyArn"],  # type: ignore[arg-type]
+        ),
+        opts=pulumi.ResourceOptions(parent=preview),
+    )
+    from dataclasses import replace
+
+    # The preview's Valkey token is the base stack's: one instance, one token.
+    workloads_cfg = replace(config.workloads, cache_auth_token=base["cacheAuthToken"])
+    Workloads(
+        prefix,
+        WorkloadsArgs(
+            project=p,
+            workloads=workloads_cfg,
+            rollout=config.rollout,
+            namespace=preview.namespace,
+            provider=preview.provider,
+            vpc_cidr=base["vpcCidr"],  # type: ignore[arg-type]
+            db_host=base["dbAddress"],  # type: ignore[arg-type]
+            db_port=base["dbPort"],  # type: ignore[arg-type]
+            db_name=preview.database,
+            db_app_user=f"record_pr_{config.preview.pr_number}",
+            db_master_secret_arn=base["dbMasterSecretArn"],  # type: ignore[arg-type]
+            cache_host=base["cacheEndpoint"],  # type: ignore[arg-type]
+            cache_db=preview.cache_db,
+            bucket_name=base["bucketName"],  # type: ignore[arg-type]
+            object_prefix=preview.object_prefix,
+            api_role_arn=identity.api_role.arn,
+            worker_role_arn=identity.worker_role.arn,
+            migrate_role_arn=identity.migrate_role.arn,
+            depends_on=[],
+        ),
+        opts=pulumi.ResourceOptions(parent=preview),
+    )
+    outputs: dict[str, Any] = {
+        "namespace": preview.namespace,
+        "database": preview.database,
+        "url": config.workloads.public_url,
+    }
+    for key, value in outputs.items():
+        pulumi.export(key, value)
+    return outputs
