@@ -9,11 +9,14 @@ without any detail.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,6 +27,50 @@ from app.kit.metrics import HTTP_UNHANDLED
 from app.kit.middleware import route_template
 
 log = structlog.stdlib.get_logger("record.errors")
+
+
+class FieldProblem(BaseModel):
+    loc: list[str | int] = Field(description="Where: ['body', 'email'], ['path', 'org_id'].")
+    msg: str
+    type: str
+
+
+class ProblemDetails(BaseModel):
+    """An RFC 9457 problem, as every error response of this API carries it."""
+
+    # Development adds a `debug` member to 500s; RFC 9457 allows extension members.
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="A URI naming the kind of problem.")
+    title: str
+    status: int
+    detail: str
+    code: str = Field(description="A stable machine-readable name for `type`.")
+    instance: str | None = None
+    request_id: str | None = Field(
+        default=None, description="Quote it when reporting a problem; also in X-Request-ID."
+    )
+    errors: list[FieldProblem] | None = Field(
+        default=None, description="Per-field problems of a 400; the input is never echoed."
+    )
+
+
+# What any API operation may answer besides its own responses: auth, validation, limits and
+# the server's own failures. Health probes answer only their own bodies or a 500.
+_API_PROBLEMS: dict[int, str] = {
+    400: "The request is not valid (see `errors`).",
+    401: "Authentication is missing or not accepted.",
+    403: "The caller's role does not allow this.",
+    404: "Not found, or not in the caller's org.",
+    405: "The method is not allowed on this path.",
+    409: "Conflicts with the current state.",
+    413: "The request body is too large.",
+    415: "The media type is not accepted.",
+    429: "Rate limited; see Retry-After.",
+    500: "A server error; the body says nothing of its cause.",
+    503: "A dependency is unavailable; try again.",
+}
+_PROBE_PROBLEMS: dict[int, str] = {500: _API_PROBLEMS[500]}
 
 
 def problem_response(error: AppError, *, instance: str | None) -> JSONResponse:
@@ -75,6 +122,47 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.openapi = _openapi_with_problems(app)  # type: ignore[method-assign]
+
+
+def _openapi_with_problems(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """Declare the problem responses in the OpenAPI document, as the handlers send them.
+
+    FastAPI documents a 422 with its own body for every operation that takes input; this API
+    answers 400 problem+json instead, so clients and schemathesis read what really comes back.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        model_schema = ProblemDetails.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(model_schema.pop("$defs", {}))
+        components["ProblemDetails"] = model_schema
+        ref = {"$ref": "#/components/schemas/ProblemDetails"}
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                responses.pop("422", None)
+                probe = "health" in operation.get("tags", [])
+                for status, description in (_PROBE_PROBLEMS if probe else _API_PROBLEMS).items():
+                    responses.setdefault(
+                        str(status),
+                        {
+                            "description": description,
+                            "content": {PROBLEM_JSON: {"schema": ref}},
+                        },
+                    )
+        # FastAPI's 422 body models, unless something else still refers to them.
+        for unused in ("HTTPValidationError", "ValidationError"):
+            if f'"#/components/schemas/{unused}"' not in json.dumps(schema["paths"]):
+                components.pop(unused, None)
+        app.openapi_schema = schema
+        return schema
+
+    return openapi
 
 
 class UnhandledErrorMiddleware:
