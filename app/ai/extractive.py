@@ -5,8 +5,9 @@ the conventions of ``app.ai.prompts``:
 
 - Answers: every sentence of the numbered context passages is scored by cosine similarity
   between its MiniLM embedding and the question's (the same model the search index uses, so
-  "relevant" means what it means in search). The best few sentences above a floor are returned
-  in passage order, each followed by its passage's ``[n]``.
+  "relevant" means what it means in search). The best few sentences above a floor (absolute,
+  and relative to the best score) are returned in passage order, each followed by its
+  passage's ``[n]``; near-duplicates are quoted once.
 - Documents: sentences are ranked by centrality (cosine similarity to the centroid of all
   sentence vectors, i.e. how typical a sentence is of the whole meeting); the summary is the top
   three in transcript order, key points the top distinct ones (maximal marginal relevance), and
@@ -33,6 +34,9 @@ Embed = Callable[[list[str]], npt.NDArray[np.float32]]
 # MiniLM cosine between a question and an unrelated sentence sits around 0.0-0.15; a sentence
 # that shares the topic scores 0.3 and up. Below the floor the answer says it found nothing.
 RELEVANCE_FLOOR = 0.2
+# ...and a sentence scoring under half the best one is a topical neighbour, not an answer
+# (seen: "Lunch moves to the terrace" at 0.24 beside the launch-date answer at 0.55).
+RELATIVE_FLOOR = 0.5
 MAX_ANSWER_SENTENCES = 3
 # Two sentences this similar say the same thing: quote only the first.
 DUPLICATE_SIMILARITY = 0.9
@@ -80,9 +84,10 @@ class ExtractiveAnswerer:
             return Answer(NOT_FOUND, [])
         vectors = self._embed([question] + [sentence for _, _, sentence in candidates])
         scores = vectors[1:] @ vectors[0]
+        floor = max(RELEVANCE_FLOOR, RELATIVE_FLOOR * float(scores.max()))
         chosen: list[int] = []
         for index in np.argsort(-scores, kind="stable"):
-            if scores[index] < RELEVANCE_FLOOR or len(chosen) == max_sentences:
+            if scores[index] < floor or len(chosen) == max_sentences:
                 break
             similarities = (float(vectors[1 + index] @ vectors[1 + j]) for j in chosen)
             if any(similarity >= DUPLICATE_SIMILARITY for similarity in similarities):
