@@ -240,6 +240,8 @@ class Stack:
                     os.environ.get("WEB_CONCURRENCY", "2"),
                     "--worker-class",
                     "uvicorn_worker.UvicornWorker",
+                    # One control socket per user by default: two stacks on a machine collide.
+                    "--no-control-socket",
                     *(
                         ["-c", "python:app.gunicorn_conf"]
                         if _has_module("app.gunicorn_conf")

@@ -13,16 +13,18 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.kit.context import current_request_id
-from app.kit.errors import PROBLEM_JSON, AppError, internal_problem
+from app.kit.errors import PROBLEM_JSON, AppError, ServiceUnavailableError, internal_problem
 from app.kit.metrics import HTTP_UNHANDLED
 from app.kit.middleware import route_template
 
@@ -118,7 +120,21 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(error, instance=request.url.path)
 
 
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # The database being away is operational (a restart, a failover), not a bug: say so.
+    log.warning("database unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
+    return problem_response(
+        ServiceUnavailableError(
+            "The database is not reachable right now; retry in a few seconds.",
+            headers={"Retry-After": "5"},
+        ),
+        instance=request.url.path,
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(PoolTimeout, _database_unavailable)
+    app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
