@@ -17,8 +17,11 @@ from app.kit.middleware import (
     SecurityHeadersMiddleware,
 )
 from app.kit.problems import UnhandledErrorMiddleware, install_error_handlers
+from app.kit.ratelimit import SERVICES_KEY as RATELIMIT_KEY
+from app.kit.ratelimit import RateLimiter, RateLimitHeadersMiddleware
 from app.kit.redis import create_redis
 from app.kit.services import Services
+from app.kit.tracing import configure_tracing
 from app.settings import Environment, Settings, get_settings
 
 API_DESCRIPTION = """
@@ -39,10 +42,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Don't wait for the pool at start-up: /readyz says when the database is there.
         await db.open(wait=False)
         redis = create_redis(settings.redis_url)
-        app.state.services = Services(settings=settings, db=db, redis=redis)
+        limiter = RateLimiter.from_settings(settings)
+        app.state.services = Services(
+            settings=settings, db=db, redis=redis, extras={RATELIMIT_KEY: limiter}
+        )
         try:
             yield
         finally:
+            await limiter.aclose()
             await redis.aclose()
             await db.close()
 
@@ -64,7 +71,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (health_router, auth_router, orgs_router, recordings_router):
         app.include_router(router)
 
-    # Outermost last: request context → security headers → CORS → errors → body limit → app.
+    # Outermost last: request context → security headers → CORS → rate-limit headers → errors
+    # → body limit → app.
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=settings.max_body_bytes,
@@ -74,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         UnhandledErrorMiddleware,
         expose_errors=settings.environment is Environment.development,
     )
+    app.add_middleware(RateLimitHeadersMiddleware)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -91,4 +100,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(SecurityHeadersMiddleware, hsts=settings.is_production)
     app.add_middleware(RequestContextMiddleware, skip_access_log=("/livez", "/readyz", "/metrics"))
+    # Off unless OTEL_EXPORTER_OTLP_ENDPOINT is set; imports OpenTelemetry only then.
+    configure_tracing(app, settings)
     return app
