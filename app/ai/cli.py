@@ -15,6 +15,12 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def models() -> None:
+    """The local OpenAI-compatible model server."""
+    # A callback keeps `serve` a sub-command even while it is the only one.
+
+
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),

@@ -245,7 +245,7 @@ class EmbeddingClient(_Base):
         try:
             with track_external(SERVICE, "embeddings"):
                 response = await self._client.embeddings.create(model=model, input=batch, **extra)
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, ValueError) as exc:  # ValueError: SDK parse failures
             raise self._error(exc, "embeddings") from exc
         _record_llm(model, "embed", started, response.usage.prompt_tokens, 0)
         rows = sorted(response.data, key=lambda item: item.index)
@@ -293,7 +293,7 @@ class TranscriptionClient(_Base):
                     timeout=self._config.transcription_timeout_seconds,
                     **extra,
                 )
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, ValueError) as exc:  # ValueError: SDK parse failures
             raise self._error(exc, "transcription") from exc
         _record_llm(model, "transcribe", started, 0, 0)
         segments = [
@@ -331,7 +331,7 @@ class ChatClient(_Base):
                     for choice in chunk.choices:
                         if choice.delta.content:
                             yield choice.delta.content
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, ValueError) as exc:  # ValueError: SDK parse failures
             raise self._error(exc, "chat") from exc
         _record_llm(model, "chat", started, prompt, completion)
 
@@ -356,7 +356,7 @@ class ChatClient(_Base):
                     messages=_to_params(messages),
                     response_format={"type": "json_object"},
                 )
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, ValueError) as exc:  # ValueError: SDK parse failures
             raise self._error(exc, operation) from exc
         usage = response.usage
         _record_llm(

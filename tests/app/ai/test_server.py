@@ -133,6 +133,7 @@ async def test_transcribes_speech_with_segment_timestamps(
     assert segments[-1].end <= result.duration + 0.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "media",
     [
@@ -157,6 +158,7 @@ async def test_transcribes_any_container_pyav_decodes(
     assert len(heard) >= 4, result.text
 
 
+@pytest.mark.slow
 async def test_text_and_subtitle_formats(
     model_http: httpx2.AsyncClient, short_wav_bytes: bytes
 ) -> None:
