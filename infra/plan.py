@@ -9,7 +9,9 @@ nobody mistakes a plan for a deployment. Secret values never reach the output: e
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,6 +199,18 @@ def render(stack: str) -> Plan:
                 }
             return {}
 
+    # A loop of our own, closed at the end: Pulumi would otherwise leave one open per render.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    # The mock monitor answers on executor threads and each wants an event loop: give every
+    # thread one we can close afterwards (unclosed loops are ResourceWarnings under pytest).
+    thread_loops: list[asyncio.AbstractEventLoop] = []
+
+    def thread_loop() -> None:
+        thread_loops.append(asyncio.new_event_loop())
+        asyncio.set_event_loop(thread_loops[-1])
+
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=4, initializer=thread_loop))
     settings.reset_options(project=PROJECT, stack=stack)
     set_all_config(config, secret_keys)
     mocks.set_mocks(Mocks(), project=PROJECT, stack=stack, preview=False)
@@ -213,8 +227,15 @@ def render(stack: str) -> Plan:
     finally:
         settings.reset_options()
         set_all_config({}, [])
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+        for other in thread_loops:
+            other.close()
+        asyncio.set_event_loop(None)
     _ = pulumi  # imported for its side effect of initialising the runtime
     return plan
+
 
 
 def manifest_filename(index: int, manifest: dict[str, Any]) -> str:

@@ -1,0 +1,59 @@
+# syntax=docker/dockerfile:1.7
+# One image for every Record process; the command picks the role:
+#   api           gunicorn app.main:create_app --factory -c python:app.gunicorn_conf -k uvicorn.workers.UvicornWorker
+#   worker        record worker
+#   migrations    record db upgrade      (after `python -m infra.db_bootstrap`)
+#   model server  record models serve
+# Build:  docker build -t record:$(git rev-parse --short HEAD) .
+#         docker build --build-arg EXTRAS=models ...   (adds the local model server's models)
+
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+
+# --- build: resolve and install into a venv; nothing from here but the venv ships ------------
+FROM ${PYTHON_IMAGE} AS build
+ARG EXTRAS=""
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+# Dependencies first, from pyproject alone, so a code change reuses this layer. The install is
+# of the project itself: every dependency is pinned with == in pyproject.toml.
+COPY pyproject.toml README.md ./
+# hadolint ignore=DL3013
+RUN mkdir -p app worker infra monitoring \
+    && touch app/__init__.py worker/__init__.py infra/__init__.py monitoring/__init__.py \
+    && pip install --no-cache-dir ".${EXTRAS:+[$EXTRAS]}" \
+    && pip uninstall --yes record
+COPY app ./app
+COPY worker ./worker
+COPY infra ./infra
+COPY monitoring ./monitoring
+RUN pip install --no-cache-dir --no-deps . \
+    && python -m compileall -q /opt/venv/lib
+
+# --- runtime: slim base, no compilers, no pip cache, non-root ------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="record" \
+      org.opencontainers.image.description="Record API, worker, migrations and model server" \
+      org.opencontainers.image.source="https://github.com/record/record"
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    PROMETHEUS_MULTIPROC_DIR=/run/metrics \
+    PGSSLROOTCERT=/etc/ssl/certs/rds-global-bundle.pem
+# RDS's certificate authorities: the app verifies the database's certificate (verify-full).
+ADD --chmod=0644 https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem /etc/ssl/certs/rds-global-bundle.pem
+RUN groupadd --gid 10001 record \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin record \
+    && mkdir -p /run/metrics && chown record:record /run/metrics
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+USER 10001:10001
+EXPOSE 8000 8100
+STOPSIGNAL SIGTERM
+CMD ["gunicorn", "app.main:create_app", "--factory", "-c", "python:app.gunicorn_conf", "-k", "uvicorn.workers.UvicornWorker", "--bind", "0.0.0.0:8000"]
