@@ -9,8 +9,9 @@ the conventions of ``app.ai.prompts``:
   and relative to the best score) are returned in passage order, each followed by its
   passage's ``[n]``; near-duplicates are quoted once.
 - Documents: sentences are ranked by centrality (cosine similarity to the centroid of all
-  sentence vectors, i.e. how typical a sentence is of the whole meeting); the summary is the top
-  three in transcript order, key points the top distinct ones (maximal marginal relevance), and
+  sentence vectors, i.e. how typical a sentence is of the whole meeting); the summary is the
+  three most central distinct sentences (maximal marginal relevance) in transcript order, key
+  points the five most central distinct ones, the title the most central one shortened, and
   action items the sentences carrying an action cue ("will", "should", "need to", "let's", ...).
 """
 
@@ -38,15 +39,17 @@ RELEVANCE_FLOOR = 0.2
 # (seen: "Lunch moves to the terrace" at 0.24 beside the launch-date answer at 0.55).
 RELATIVE_FLOOR = 0.5
 MAX_ANSWER_SENTENCES = 3
-# Two sentences this similar say the same thing: quote only the first.
-DUPLICATE_SIMILARITY = 0.9
+# Two sentences this similar say the same thing: quote only the better one. (0.9 let through a
+# transcript's "Alice will send the report on Friday." beside "That is we'll send the report
+# on Friday.")
+DUPLICATE_SIMILARITY = 0.8
 NOT_FOUND = "I could not find that in the recordings."
 NO_CONTEXT = "There is nothing to answer from: no context passages were given."
 
 _ACTION_CUE = re.compile(
     r"\b(will|should|need(?:s)? to|have to|has to|must|let'?s|let us|to-?do|action items?|"
     r"follow[- ]up|going to|assign(?:ed)?|deadline|by (?:monday|tuesday|wednesday|thursday|"
-    r"friday|saturday|sunday|tomorrow|next week|end of (?:day|week|month)))\b",
+    r"friday|saturday|sunday|tomorrow|next week|end of (?:day|week|month)))\b|\w['\u2019]ll\b",
     re.I,
 )
 _MIN_KEY_POINT_WORDS = 4
@@ -120,13 +123,16 @@ class ExtractiveAnswerer:
         centrality = vectors @ (centroid / norm) if norm > 0 else np.zeros(len(sentences))
         ranked = [int(i) for i in np.argsort(-centrality, kind="stable")]
 
-        summary_ids = sorted(ranked[:3])
         informative = [i for i in ranked if len(sentences[i].split()) >= _MIN_KEY_POINT_WORDS]
-        key_ids = _maximal_marginal_relevance(informative or ranked, vectors, centrality, limit=5)
+        candidates = informative or ranked
+        # Speech repeats itself; without the redundancy penalty the summary was the same
+        # sentence three times in slightly different words.
+        summary_ids = _maximal_marginal_relevance(candidates, vectors, centrality, limit=3)
+        key_ids = _maximal_marginal_relevance(candidates, vectors, centrality, limit=5)
         action_items = [s for s in sentences if _ACTION_CUE.search(s)][:10]
         return {
-            "title": _title(sentences[(informative or ranked)[0]]),
-            "summary": " ".join(sentences[i] for i in summary_ids),
+            "title": _title(sentences[candidates[0]]),
+            "summary": " ".join(sentences[i] for i in sorted(summary_ids)),
             "key_points": [sentences[i] for i in sorted(key_ids)],
             "action_items": action_items,
         }
@@ -163,13 +169,18 @@ def _maximal_marginal_relevance(
     """Pick central sentences that do not repeat each other (Carbonell & Goldstein, 1998)."""
     picked: list[int] = []
     pool = list(candidates)
+
+    def redundancy(i: int) -> float:
+        return max((float(vectors[i] @ vectors[j]) for j in picked), default=0.0)
+
     while pool and len(picked) < limit:
-
-        def gain(i: int) -> float:
-            redundancy = max((float(vectors[i] @ vectors[j]) for j in picked), default=0.0)
-            return trade_off * float(relevance[i]) - (1 - trade_off) * redundancy
-
-        best = max(pool, key=gain)
+        # A near-duplicate of a sentence already picked is never worth its place.
+        pool = [i for i in pool if redundancy(i) < DUPLICATE_SIMILARITY]
+        if not pool:
+            break
+        best = max(
+            pool, key=lambda i: trade_off * float(relevance[i]) - (1 - trade_off) * redundancy(i)
+        )
         picked.append(best)
         pool.remove(best)
     return picked

@@ -158,8 +158,14 @@ class LocalModels:
             language=TRANSCRIPTION_LANGUAGE,
             beam_size=_BEAM_SIZE,
             word_timestamps=word_timestamps,
-            # Skips long silences (VAD would need the Silero ONNX file, which the model package
-            # does not ship; whisper's own no-speech check is enough for meetings).
+            # No temperature fallback: on repetitive speech the fallback re-decoded most windows
+            # at rising temperatures, 61 s of audio took 22-26 s instead of 2.5 s and came back
+            # with invented words ("Launquin-Mae"). Not conditioning on the previous window is
+            # what keeps greedy decoding out of repetition loops instead.
+            temperature=0.0,
+            condition_on_previous_text=False,
+            # Whisper's own no-speech check handles silences; VAD would need the Silero model,
+            # which the model package does not ship.
             vad_filter=False,
         )
         timed = [
