@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     openai_api_key: SecretStr = SecretStr("local")
 
+    # Serving (app/gunicorn_conf.py) and tracing: OpenTelemetry is on only when this is set.
+    bind: str = "127.0.0.1:8000"
+    web_concurrency: int = Field(default=2, ge=1, le=64)
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_service_name: str = "record-api"
+
     @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:

@@ -13,10 +13,12 @@ from collections.abc import Iterable
 
 import structlog
 from starlette.datastructures import MutableHeaders
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.kit.context import request_id_var
-from app.kit.errors import PayloadTooLargeError
+from app.kit.errors import PROBLEM_JSON, PayloadTooLargeError
+from app.kit.logging import bind_request_scope, unbind_request_scope
 from app.kit.metrics import HTTP_DURATION, HTTP_REQUESTS
 
 log = structlog.stdlib.get_logger("record.access")
@@ -45,6 +47,7 @@ class RequestContextMiddleware:
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
+        scope_token = bind_request_scope(scope)  # lines name the route once it is matched
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
@@ -75,6 +78,7 @@ class RequestContextMiddleware:
                     duration_ms=round(elapsed * 1000, 2),
                 )
             structlog.contextvars.clear_contextvars()
+            unbind_request_scope(scope_token)
             request_id_var.reset(token)
 
 
@@ -160,14 +164,40 @@ class BodySizeLimitMiddleware:
                 "/api/recordings."
             )
         seen = 0
+        too_large = False
+        started = False
 
         async def receive_wrapper() -> Message:
-            nonlocal seen
+            nonlocal seen, too_large
+            if too_large:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    too_large = True
                     raise PayloadTooLargeError(f"Request body over {self.max_bytes} bytes.")
             return message
 
-        await self.app(scope, receive_wrapper, send)
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            # FastAPI turns any error while reading the body into "400 There was an error
+            # parsing the body"; that answer is replaced by the 413 below.
+            if too_large and not started:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive_wrapper, send_wrapper)
+        except PayloadTooLargeError:
+            if started or not too_large:
+                raise
+        if too_large and not started:
+            error = PayloadTooLargeError(f"Request body over {self.max_bytes} bytes.")
+            response = JSONResponse(
+                error.problem(instance=scope["path"], request_id=request_id_var.get()),
+                status_code=error.status_code,
+                media_type=PROBLEM_JSON,
+            )
+            await response(scope, receive, send)

@@ -1,0 +1,59 @@
+"""gunicorn's configuration: ``gunicorn -c python:app.gunicorn_conf 'app.main:create_app()'``.
+
+Values come from the one Settings object (BIND, WEB_CONCURRENCY, LOG_LEVEL, TRUSTED_PROXIES,
+PROMETHEUS_MULTIPROC_DIR); command-line flags still win over them. Logging is ours in the
+master too (``logconfig_dict``), so gunicorn's, uvicorn's and the app's lines share a format.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from app.kit.logging import configure_logging, logging_config
+from app.settings import get_settings
+
+_settings = get_settings()
+
+bind = [_settings.bind]
+workers = _settings.web_concurrency
+# uvicorn.workers is deprecated since uvicorn 0.30; the worker lives in its own package now.
+worker_class = "uvicorn_worker.UvicornWorker"
+# Kubernetes sends SIGTERM after the pod's preStop sleep; in-flight requests (a chat stream can
+# run ~30 s) get this long before workers are killed. The pod's grace period is longer.
+graceful_timeout = 30
+timeout = 60
+keepalive = 5
+# Only these peers may set X-Forwarded-For/-Proto; the default trusts loopback only.
+forwarded_allow_ips = ",".join(_settings.trusted_proxies) or "127.0.0.1,::1"
+# RequestContextMiddleware writes the access line (with request_id and route).
+accesslog = None
+loglevel = _settings.log_level.lower()
+logconfig_dict = logging_config(level=_settings.log_level, json=_settings.is_production)
+# The control socket is per user by default: two servers on one machine would collide.
+control_socket_disable = True
+
+
+def on_starting(server: Any) -> None:
+    configure_logging(level=_settings.log_level, json=_settings.is_production)
+    multiproc_dir = _settings.prometheus_multiproc_dir
+    if multiproc_dir:
+        # Samples of a previous run's workers would be summed into this one's.
+        path = Path(multiproc_dir)
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True, exist_ok=True)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    # The worker class points uvicorn's loggers at gunicorn's handlers and stops them
+    # propagating; put them back on our pipeline.
+    configure_logging(level=_settings.log_level, json=_settings.is_production)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    if _settings.prometheus_multiproc_dir:
+        from prometheus_client import multiprocess
+
+        # Drops the dead worker's live gauges; its counters stay summed, as they should.
+        multiprocess.mark_process_dead(worker.pid, _settings.prometheus_multiproc_dir)  # type: ignore[no-untyped-call]
