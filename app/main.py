@@ -65,10 +65,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     from app.auth.routes import router as auth_router
     from app.health.routes import router as health_router
+    from app.jobs.routes import router as jobs_router
     from app.orgs.routes import router as orgs_router
     from app.recordings.routes import router as recordings_router
 
-    for router in (health_router, auth_router, orgs_router, recordings_router):
+    for router in (health_router, auth_router, orgs_router, recordings_router, jobs_router):
         app.include_router(router)
 
     # Outermost last: request context → security headers → CORS → rate-limit headers → errors

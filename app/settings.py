@@ -8,7 +8,7 @@ from __future__ import annotations
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -69,6 +69,23 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = []
     trusted_proxies: Annotated[list[str], NoDecode] = []
     max_body_bytes: int = Field(default=1 * 1024 * 1024, ge=1024)
+
+    # Object storage for recordings: files under STATE_DIR/objects, or an S3 bucket.
+    storage_backend: Literal["file", "s3"] = "file"
+    s3_bucket: str | None = None
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = None
+    aws_region: str | None = None
+    upload_max_bytes: int = Field(default=2 * 1024**3, ge=1024)
+
+    # Background jobs (procrastinate, on the same PostgreSQL).
+    worker_concurrency: int = Field(default=2, ge=1, le=64)
+    job_max_attempts: int = Field(default=5, ge=1, le=50)
+    # A job whose worker sent no heartbeat for this long is considered stalled and retried.
+    job_stalled_seconds: int = Field(default=120, ge=10)
+    embed_batch_size: int = Field(default=64, ge=1, le=2048)
+    chunk_max_tokens: int = Field(default=300, ge=20, le=8000)
+    chunk_overlap_tokens: int = Field(default=50, ge=0, le=2000)
 
     # Rate limits, "<count>/<seconds>" (exact sliding windows in Redis). Fail open: when Redis
     # cannot answer within the timeout, requests pass and a breaker skips Redis for a while.

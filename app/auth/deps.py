@@ -155,16 +155,32 @@ def require(permission: Permission) -> Callable[..., Awaitable[Principal]]:
     """
 
     async def dependency(principal: CurrentPrincipal) -> Principal:
-        if principal.org_id is None or principal.role is None:
-            raise ValidationError(
-                f"Say which org this request is for: send the '{ORG_HEADER}' header "
-                "(GET /api/me lists your orgs)."
-            )
-        if scope_of(principal.role, permission) is None:
-            raise AuthorizationError(
-                f"Your role ({principal.role}) does not allow {permission.value}."
-            )
-        return principal
+        return _check_permission(principal, permission)
 
     dependency.__name__ = f"require_{permission.name}"
+    return dependency
+
+
+def _check_permission(principal: Principal, permission: Permission) -> Principal:
+    if principal.org_id is None or principal.role is None:
+        raise ValidationError(
+            f"Say which org this request is for: send the '{ORG_HEADER}' header "
+            "(GET /api/me lists your orgs)."
+        )
+    if scope_of(principal.role, permission) is None:
+        raise AuthorizationError(f"Your role ({principal.role}) does not allow {permission.value}.")
+    return principal
+
+
+def require_detached(permission: Permission) -> Callable[..., Awaitable[Principal]]:
+    """``require`` for long requests (uploads): authenticate in a short transaction of its own
+    instead of holding a pooled connection for the whole request. The route opens its own
+    transaction when it has something to write."""
+
+    async def dependency(request: Request) -> Principal:
+        async with get_services(request).db.transaction() as conn:
+            principal = await authenticate(request, conn)
+        return _check_permission(principal, permission)
+
+    dependency.__name__ = f"require_detached_{permission.name}"
     return dependency

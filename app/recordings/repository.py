@@ -55,7 +55,8 @@ async def rename(conn: Conn, org_id: UUID, recording_id: UUID, title: str) -> Di
     )
 
 
-async def delete(conn: Conn, org_id: UUID, recording_id: UUID) -> int:
+async def delete(conn: Conn, org_id: UUID, recording_id: UUID) -> str | None:
+    """Delete the recording and everything made from it; returns its media key."""
     # Transcripts, segments, chunks and documents go by ON DELETE CASCADE; shares point at the
     # recording by id without a foreign key (they may point at other kinds), so go explicitly.
     await execute(
@@ -64,6 +65,42 @@ async def delete(conn: Conn, org_id: UUID, recording_id: UUID) -> int:
         "AND resource_id = %s",
         (org_id, recording_id),
     )
-    return await execute(
-        conn, "DELETE FROM recordings WHERE org_id = %s AND id = %s", (org_id, recording_id)
+    row = await fetch_one(
+        conn,
+        "DELETE FROM recordings WHERE org_id = %s AND id = %s RETURNING media_key",
+        (org_id, recording_id),
+    )
+    return row["media_key"] if row else None
+
+
+async def insert(
+    conn: Conn,
+    *,
+    recording_id: UUID,
+    org_id: UUID,
+    created_by: UUID | None,
+    title: str,
+    media_key: str,
+    content_type: str,
+    size_bytes: int,
+) -> DictRow:
+    row = await fetch_one(
+        conn,
+        f"""
+        INSERT INTO recordings
+            (id, org_id, created_by, title, status, media_key, content_type, size_bytes)
+        VALUES (%s, %s, %s, %s, 'uploaded', %s, %s, %s)
+        RETURNING {COLUMNS}
+        """,  # noqa: S608 - fixed column list
+        (recording_id, org_id, created_by, title, media_key, content_type, size_bytes),
+    )
+    assert row is not None
+    return row
+
+
+async def set_job(conn: Conn, org_id: UUID, recording_id: UUID, job_id: int) -> None:
+    await execute(
+        conn,
+        "UPDATE recordings SET job_id = %s WHERE org_id = %s AND id = %s",
+        (job_id, org_id, recording_id),
     )

@@ -5,20 +5,44 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response, status
+from fastapi.responses import FileResponse, RedirectResponse
 
-from app.auth.deps import require
+from app.auth.deps import require, require_detached
 from app.auth.principal import Principal
 from app.auth.rbac import Permission
-from app.kit.deps import DbConn
+from app.kit.deps import DbConn, ServicesDep
 from app.kit.pagination import Cursor, Limit
 from app.recordings import service
-from app.recordings.schemas import RecordingOut, RecordingPage, RecordingPatch, RecordingStatus
+from app.recordings.schemas import (
+    UPLOAD_REQUEST_BODY,
+    RecordingOut,
+    RecordingPage,
+    RecordingPatch,
+    RecordingStatus,
+    UploadAccepted,
+)
 
 router = APIRouter(prefix="/api/recordings", tags=["recordings"])
 
 Reader = Annotated[Principal, Depends(require(Permission.recordings_read))]
 Writer = Annotated[Principal, Depends(require(Permission.recordings_write))]
+
+
+Creator = Annotated[Principal, Depends(require_detached(Permission.recordings_create))]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    openapi_extra={"requestBody": UPLOAD_REQUEST_BODY},
+)
+async def upload_recording(
+    request: Request, principal: Creator, services: ServicesDep
+) -> UploadAccepted:
+    """Upload a recording (multipart: ``file``, ``title``). Processing starts at once: follow it
+    with ``GET /api/jobs/{job_id}`` or the recording's ``status``."""
+    return await service.create_recording(request, services, principal)
 
 
 @router.get("")
@@ -47,6 +71,31 @@ async def update_recording(
 
 
 @router.delete("/{recording_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_recording(recording_id: UUID, principal: Writer, conn: DbConn) -> Response:
-    await service.delete_recording(conn, principal, recording_id)
+async def delete_recording(
+    recording_id: UUID,
+    principal: Writer,
+    conn: DbConn,
+    services: ServicesDep,
+    background: BackgroundTasks,
+) -> Response:
+    media_key = await service.delete_recording(conn, principal, recording_id)
+    if media_key:
+        # After the response, so after the request's transaction has committed: a rolled-back
+        # delete must not lose the media.
+        background.add_task(service.storage_of(services).delete, media_key)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{recording_id}/media", response_model=None)
+async def get_media(
+    recording_id: UUID, principal: Reader, conn: DbConn, services: ServicesDep
+) -> Response:
+    """The recording's media: a redirect to a short-lived signed URL (S3), or the file itself."""
+    store = service.storage_of(services)
+    _key, content_type, path, url = await service.media_location(
+        conn, principal, store, recording_id
+    )
+    if url is not None:
+        return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
+    assert path is not None
+    return FileResponse(path, media_type=content_type or "application/octet-stream")

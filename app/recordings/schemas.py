@@ -39,3 +39,29 @@ class RecordingPage(BaseModel):
 
 class RecordingPatch(Strict):
     title: str = Field(min_length=1, max_length=300)
+
+
+class UploadAccepted(BaseModel):
+    recording: RecordingOut
+    job_id: int
+
+
+UPLOAD_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "webm, mp4, mov, m4a, mp3, wav or ogg",
+                    },
+                    "title": {"type": "string", "maxLength": 300},
+                },
+            }
+        }
+    },
+}

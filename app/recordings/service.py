@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from uuid import UUID
+
+import anyio
+import structlog
+from starlette.requests import Request
 
 from app.auth.principal import Principal
 from app.auth.rbac import Permission
+from app.jobs.queue import defer_pipeline
 from app.kit.db import Conn
 from app.kit.errors import AuthorizationError, NotFoundError
+from app.kit.ids import new_id
 from app.kit.pagination import decode_cursor, encode_cursor
 from app.kit.security.text import plain_text
+from app.kit.services import Services
+from app.kit.storage import ObjectStore, create_store, recording_key
 from app.recordings import repository as repo
-from app.recordings.schemas import RecordingOut, RecordingPage, RecordingStatus
+from app.recordings.schemas import RecordingOut, RecordingPage, RecordingStatus, UploadAccepted
+from app.recordings.upload import StreamingUpload
+
+log = structlog.stdlib.get_logger(__name__)
 
 
 async def list_recordings(
@@ -63,6 +75,72 @@ async def rename_recording(
     return RecordingOut.model_validate(row)
 
 
-async def delete_recording(conn: Conn, principal: Principal, recording_id: UUID) -> None:
+async def delete_recording(conn: Conn, principal: Principal, recording_id: UUID) -> str | None:
+    """Delete the rows; returns the media key, to delete once the deletion has committed."""
     await _writable(conn, principal, recording_id)
-    await repo.delete(conn, principal.org, recording_id)
+    return await repo.delete(conn, principal.org, recording_id)
+
+
+async def create_recording(
+    request: Request, services: Services, principal: Principal
+) -> UploadAccepted:
+    """Stream the upload to storage, then write the row and its job in one transaction.
+
+    Whatever is refused or fails on the way leaves no object and no row behind.
+    """
+    store = storage_of(services)
+    recording_id = new_id()
+    upload = StreamingUpload(
+        store,
+        lambda media: recording_key(principal.org, recording_id, media.extension),
+        max_bytes=services.settings.upload_max_bytes,
+    )
+    try:
+        result = await upload.run(request)
+        raw_title = result.fields.get("title") or Path(result.filename).stem or "Untitled"
+        title = plain_text(raw_title, max_length=300)
+        assert upload.key is not None
+        async with services.db.transaction(org_id=principal.org, user_id=principal.user_id) as conn:
+            row = await repo.insert(
+                conn,
+                recording_id=recording_id,
+                org_id=principal.org,
+                created_by=principal.user_id,
+                title=title,
+                media_key=upload.key,
+                content_type=result.media.content_type,
+                size_bytes=result.size,
+            )
+            job_id = await defer_pipeline(conn, org_id=principal.org, recording_id=recording_id)
+            await repo.set_job(conn, principal.org, recording_id, job_id)
+    except BaseException:
+        if upload.key is not None:
+            with anyio.CancelScope(shield=True):
+                await store.delete(upload.key)
+        raise
+    log.info(
+        "recording accepted",
+        recording_id=str(recording_id),
+        job_id=job_id,
+        size=result.size,
+        content_type=result.media.content_type,
+    )
+    return UploadAccepted(recording=RecordingOut.model_validate(row), job_id=job_id)
+
+
+def storage_of(services: Services) -> ObjectStore:
+    store = services.extras.get("storage")
+    if store is None:
+        store = services.extras["storage"] = create_store(services.settings)
+    return store
+
+
+async def media_location(
+    conn: Conn, principal: Principal, store: ObjectStore, recording_id: UUID
+) -> tuple[str, str | None, Path | None, str | None]:
+    """(key, content type, local path or None, presigned URL or None) of a recording's media."""
+    row = await repo.get(conn, principal.org, recording_id)
+    if row is None or not row["media_key"]:
+        raise NotFoundError("No such recording.")
+    key = row["media_key"]
+    return key, row["content_type"], store.local_path(key), await store.presigned_get(key)

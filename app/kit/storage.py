@@ -1,0 +1,369 @@
+"""Object storage: one interface, two backends (local files, S3).
+
+Keys are made by the server (``org/<org_id>/recordings/<id>/original.<ext>``); no user string
+ever becomes a path. Writes stream: the file backend writes to a temporary file and renames it
+into place, the S3 backend sends a multipart upload part by part, so neither holds a whole
+upload in memory, and an aborted write leaves no object behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from uuid import UUID
+
+import anyio
+
+from app.kit.metrics import STORAGE_BYTES, STORAGE_OPS
+from app.kit.security.files import resolve_under
+
+READ_CHUNK = 1024 * 1024
+# S3 parts must be at least 5 MiB (except the last); 8 MiB keeps memory bounded and requests few.
+PART_SIZE = 8 * 1024 * 1024
+_KEY = re.compile(r"^[a-z0-9][a-z0-9/._\-]{0,500}$")
+
+
+def recording_key(org_id: UUID, recording_id: UUID, extension: str) -> str:
+    return f"org/{org_id}/recordings/{recording_id}/original.{extension}"
+
+
+def _check_key(key: str) -> str:
+    if not _KEY.match(key) or ".." in key or "//" in key:
+        raise ValueError(f"not a server-made object key: {key!r}")
+    return key
+
+
+@dataclass(frozen=True)
+class PresignedUpload:
+    url: str
+    method: str
+    headers: dict[str, str]
+    expires_in: int
+
+
+class ObjectStore(Protocol):
+    backend: str
+
+    async def write(self, key: str, chunks: AsyncIterable[bytes], *, content_type: str) -> int: ...
+
+    def read(self, key: str) -> AsyncIterator[bytes]: ...
+
+    async def download_to(self, key: str, path: Path) -> int: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def exists(self, key: str) -> bool: ...
+
+    async def size(self, key: str) -> int | None: ...
+
+    async def head(self, key: str, length: int) -> bytes: ...
+
+    async def presigned_get(self, key: str, *, expires_in: int = 900) -> str | None: ...
+
+    async def presigned_put(
+        self, key: str, *, content_type: str, expires_in: int = 900
+    ) -> PresignedUpload | None: ...
+
+    def local_path(self, key: str) -> Path | None: ...
+
+
+class _Timed:
+    def __init__(self, op: str) -> None:
+        self.op = op
+        self.started = time.perf_counter()
+
+    def done(self, nbytes: int = 0, status: str = "ok") -> None:
+        STORAGE_OPS.labels(self.op, status).inc()
+        if nbytes:
+            STORAGE_BYTES.labels(self.op).inc(nbytes)
+
+
+class FileStore:
+    """Objects as files under one directory (the local stack's default: `.record/objects`)."""
+
+    backend = "file"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return resolve_under(self.root, *_check_key(key).split("/"))
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
+    async def write(self, key: str, chunks: AsyncIterable[bytes], *, content_type: str) -> int:
+        timer = _Timed("upload")
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
+        written = 0
+        try:
+            async with await anyio.open_file(fd, "wb", closefd=True) as handle:
+                async for chunk in chunks:
+                    await handle.write(chunk)
+                    written += len(chunk)
+            os.replace(tmp_name, path)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.Path(tmp_name).unlink(missing_ok=True)
+            timer.done(status="error")
+            raise
+        timer.done(written)
+        return written
+
+    async def read(self, key: str) -> AsyncIterator[bytes]:
+        timer = _Timed("download")
+        total = 0
+        async with await anyio.open_file(self._path(key), "rb") as handle:
+            while chunk := await handle.read(READ_CHUNK):
+                total += len(chunk)
+                yield chunk
+        timer.done(total)
+
+    async def download_to(self, key: str, path: Path) -> int:
+        timer = _Timed("download")
+        source = self._path(key)
+        await anyio.to_thread.run_sync(shutil.copyfile, source, path)
+        size = (await anyio.Path(path).stat()).st_size
+        timer.done(size)
+        return size
+
+    async def delete(self, key: str) -> None:
+        timer = _Timed("delete")
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        # Drop the recording's now-empty folders, never the root.
+        for parent in path.parents:
+            if parent == self.root or not parent.is_relative_to(self.root):
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+        timer.done()
+
+    async def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    async def size(self, key: str) -> int | None:
+        path = self._path(key)
+        return path.stat().st_size if path.is_file() else None
+
+    async def head(self, key: str, length: int) -> bytes:
+        async with await anyio.open_file(self._path(key), "rb") as handle:
+            return bytes(await handle.read(length))
+
+    async def presigned_get(self, key: str, *, expires_in: int = 900) -> str | None:
+        return None  # served by the API itself
+
+    async def presigned_put(
+        self, key: str, *, content_type: str, expires_in: int = 900
+    ) -> PresignedUpload | None:
+        return None  # browsers upload through the API
+
+
+class S3Store:
+    """Objects in an S3 bucket (or any S3-compatible server), under an optional prefix.
+
+    boto3 is synchronous: every call runs in a worker thread so the event loop never blocks.
+    """
+
+    backend = "s3"
+
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        prefix: str = "",
+        region: str | None = None,
+        endpoint_url: str | None = None,
+        client_factory: Callable[[], Any] | None = None,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        if client_factory is None:
+            import boto3
+            from botocore.config import Config
+
+            def client_factory() -> Any:
+                return boto3.client(
+                    "s3",
+                    region_name=region,
+                    endpoint_url=endpoint_url,
+                    config=Config(signature_version="s3v4", retries={"mode": "standard"}),
+                )
+
+        self._client = client_factory()
+
+    def _key(self, key: str) -> str:
+        key = _check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def local_path(self, key: str) -> Path | None:
+        return None
+
+    async def _call(self, method: str, **kwargs: Any) -> Any:
+        return await anyio.to_thread.run_sync(lambda: getattr(self._client, method)(**kwargs))
+
+    async def write(self, key: str, chunks: AsyncIterable[bytes], *, content_type: str) -> int:
+        timer = _Timed("upload")
+        full_key = self._key(key)
+        upload = await self._call(
+            "create_multipart_upload",
+            Bucket=self.bucket,
+            Key=full_key,
+            ContentType=content_type,
+            ServerSideEncryption="aws:kms",
+        )
+        upload_id = upload["UploadId"]
+        parts: list[dict[str, Any]] = []
+        buffer = bytearray()
+        written = 0
+
+        async def send(data: bytes) -> None:
+            number = len(parts) + 1
+            result = await self._call(
+                "upload_part",
+                Bucket=self.bucket,
+                Key=full_key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data,
+            )
+            parts.append({"PartNumber": number, "ETag": result["ETag"]})
+
+        try:
+            async for chunk in chunks:
+                buffer += chunk
+                written += len(chunk)
+                while len(buffer) >= PART_SIZE:
+                    await send(bytes(buffer[:PART_SIZE]))
+                    del buffer[:PART_SIZE]
+            if buffer or not parts:
+                await send(bytes(buffer))
+            await self._call(
+                "complete_multipart_upload",
+                Bucket=self.bucket,
+                Key=full_key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except BaseException:
+            # Abort, so a refused or broken upload leaves no object and no stored parts.
+            with anyio.CancelScope(shield=True):
+                await self._call(
+                    "abort_multipart_upload",
+                    Bucket=self.bucket,
+                    Key=full_key,
+                    UploadId=upload_id,
+                )
+            timer.done(status="error")
+            raise
+        timer.done(written)
+        return written
+
+    async def read(self, key: str) -> AsyncIterator[bytes]:
+        timer = _Timed("download")
+        response = await self._call("get_object", Bucket=self.bucket, Key=self._key(key))
+        body = response["Body"]
+        total = 0
+        try:
+            while chunk := await anyio.to_thread.run_sync(body.read, READ_CHUNK):
+                total += len(chunk)
+                yield chunk
+        finally:
+            body.close()
+        timer.done(total)
+
+    async def download_to(self, key: str, path: Path) -> int:
+        timer = _Timed("download")
+        await anyio.to_thread.run_sync(
+            lambda: self._client.download_file(self.bucket, self._key(key), str(path))
+        )
+        size = (await anyio.Path(path).stat()).st_size
+        timer.done(size)
+        return size
+
+    async def delete(self, key: str) -> None:
+        timer = _Timed("delete")
+        await self._call("delete_object", Bucket=self.bucket, Key=self._key(key))
+        timer.done()
+
+    async def size(self, key: str) -> int | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            head = await self._call("head_object", Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise
+        return int(head["ContentLength"])
+
+    async def exists(self, key: str) -> bool:
+        return await self.size(key) is not None
+
+    async def head(self, key: str, length: int) -> bytes:
+        response = await self._call(
+            "get_object", Bucket=self.bucket, Key=self._key(key), Range=f"bytes=0-{length - 1}"
+        )
+        body = response["Body"]
+        try:
+            return bytes(await anyio.to_thread.run_sync(body.read))
+        finally:
+            body.close()
+
+    async def presigned_get(self, key: str, *, expires_in: int = 900) -> str | None:
+        return str(
+            await anyio.to_thread.run_sync(
+                lambda: self._client.generate_presigned_url(
+                    "get_object",
+                    Params={"Bucket": self.bucket, "Key": self._key(key)},
+                    ExpiresIn=expires_in,
+                )
+            )
+        )
+
+    async def presigned_put(
+        self, key: str, *, content_type: str, expires_in: int = 900
+    ) -> PresignedUpload | None:
+        url = await anyio.to_thread.run_sync(
+            lambda: self._client.generate_presigned_url(
+                "put_object",
+                Params={
+                    "Bucket": self.bucket,
+                    "Key": self._key(key),
+                    "ContentType": content_type,
+                    "ServerSideEncryption": "aws:kms",
+                },
+                ExpiresIn=expires_in,
+            )
+        )
+        return PresignedUpload(
+            url=str(url),
+            method="PUT",
+            headers={"Content-Type": content_type, "x-amz-server-side-encryption": "aws:kms"},
+            expires_in=expires_in,
+        )
+
+
+def create_store(settings: Any) -> ObjectStore:
+    if settings.storage_backend == "s3":
+        if not settings.s3_bucket:
+            raise ValueError("STORAGE_BACKEND=s3 needs S3_BUCKET")
+        return S3Store(
+            bucket=settings.s3_bucket,
+            prefix=settings.s3_prefix,
+            region=settings.aws_region,
+            endpoint_url=settings.s3_endpoint_url,
+        )
+    return FileStore(settings.state_dir / "objects")

@@ -1,0 +1,152 @@
+"""Uploads: streamed to storage, checked by magic bytes and name, all-or-nothing."""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import wave
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.app.conftest import Tenant
+
+
+def wav_bytes(seconds: float = 0.5, rate: int = 16000) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        frames = b"".join(
+            struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate)))
+            for i in range(int(seconds * rate))
+        )
+        out.writeframes(frames)
+    return buffer.getvalue()
+
+
+def objects_under(settings) -> list[Path]:
+    root = settings.state_dir / "objects"
+    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+def counts(settings) -> tuple[int, int]:
+    with psycopg.connect(settings.database_url) as conn:
+        recordings = conn.execute("SELECT count(*) FROM recordings").fetchone()[0]
+        jobs = conn.execute("SELECT count(*) FROM procrastinate_jobs").fetchone()[0]
+    return recordings, jobs
+
+
+async def upload(
+    client, tenant: Tenant, content: bytes, filename: str, title: str | None = "T", headers=None
+):
+    data = {"title": title} if title is not None else {}
+    return await client.post(
+        "/api/recordings",
+        files={"file": (filename, content, "application/octet-stream")},
+        data=data,
+        headers=headers or tenant.auth(),
+    )
+
+
+async def test_upload_streams_to_storage_and_queues_one_job(
+    client, settings, org_a: Tenant, org_b: Tenant
+):
+    content = wav_bytes(1.0)
+    response = await upload(client, org_a, content, "standup.wav", title="<i>Stand-up</i>")
+    assert response.status_code == 202, response.text
+    body = response.json()
+    recording = body["recording"]
+    assert recording["status"] == "uploaded"
+    assert recording["title"] == "Stand-up"
+    assert recording["content_type"] == "audio/wav"
+    assert recording["size_bytes"] == len(content)
+    [stored] = objects_under(settings)
+    assert stored.read_bytes() == content
+    assert f"org/{org_a.org_id}/recordings/{recording['id']}/original.wav" in str(stored)
+    with psycopg.connect(settings.database_url) as conn:
+        job = conn.execute(
+            "SELECT task_name, queueing_lock, args, status FROM procrastinate_jobs WHERE id = %s",
+            (body["job_id"],),
+        ).fetchone()
+    assert job[0] == "record.process_recording"
+    assert job[1] == f"recording:{recording['id']}"
+    assert job[2] == {"org_id": org_a.org_id, "recording_id": recording["id"]}
+    assert job[3] == "todo"
+
+    job_view = await client.get(f"/api/jobs/{body['job_id']}", headers=org_a.auth())
+    assert job_view.status_code == 200
+    assert job_view.json()["status"] == "todo"
+    assert job_view.json()["recording_id"] == recording["id"]
+    assert (
+        await client.get(f"/api/jobs/{body['job_id']}", headers=org_b.auth())
+    ).status_code == 404
+
+    media = await client.get(f"/api/recordings/{recording['id']}/media", headers=org_a.auth())
+    assert media.status_code == 200
+    assert media.content == content
+    assert media.headers["content-type"].startswith("audio/wav")
+    other = await client.get(f"/api/recordings/{recording['id']}/media", headers=org_b.auth())
+    assert other.status_code == 404
+
+    deleted = await client.delete(f"/api/recordings/{recording['id']}", headers=org_a.auth())
+    assert deleted.status_code == 204
+    assert objects_under(settings) == []
+
+
+@pytest.mark.parametrize(
+    ("content", "filename", "status"),
+    [
+        (b"just some text, not a video at all\n" * 10, "x.webm", 415),
+        (wav_bytes(0.2), "meeting.webm", 415),  # a WAV named .webm: bytes and name disagree
+        (wav_bytes(0.2), "../../etc/x.wav", 400),
+        (wav_bytes(0.2), "..\\\\x.wav", 400),
+        (b"", "empty.wav", 400),
+    ],
+)
+async def test_refused_uploads_leave_nothing(
+    client, settings, org_a: Tenant, content, filename, status
+):
+    response = await upload(client, org_a, content, filename)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert counts(settings) == (0, 0)
+    assert objects_under(settings) == []
+
+
+async def test_oversized_upload_is_413_and_leaves_nothing(app, client, settings, org_a: Tenant):
+    services = app.state.services
+    services.settings = services.settings.model_copy(update={"upload_max_bytes": 10_000})
+    response = await upload(client, org_a, wav_bytes(2.0), "long.wav")
+    assert response.status_code == 413
+    assert counts(settings) == (0, 0)
+    assert objects_under(settings) == []
+
+
+async def test_not_multipart_and_missing_file(client, settings, org_a: Tenant):
+    response = await client.post("/api/recordings", json={"title": "x"}, headers=org_a.auth())
+    assert response.status_code == 400
+    response = await client.post(
+        "/api/recordings",
+        data={"title": "x"},
+        files={"other": ("a.txt", b"x")},
+        headers=org_a.auth(),
+    )
+    assert response.status_code == 400
+    assert counts(settings) == (0, 0)
+
+
+async def test_reader_cannot_upload(client, settings, org_a: Tenant):
+    reader = org_a.auth(await org_a.key("reader"))
+    response = await upload(client, org_a, wav_bytes(0.2), "a.wav", headers=reader)
+    assert response.status_code == 403
+    assert counts(settings) == (0, 0)
+
+
+async def test_title_defaults_to_file_name(client, org_a: Tenant):
+    response = await upload(client, org_a, wav_bytes(0.2), "Quarterly review.wav", title=None)
+    assert response.status_code == 202
+    assert response.json()["recording"]["title"] == "Quarterly review"
