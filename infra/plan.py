@@ -159,8 +159,11 @@ def _computed(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def render(stack: str) -> Plan:
-    """Runs the program for ``stack`` under mocks. Not re-entrant: one render at a time."""
+def render(stack: str, overrides: dict[str, Any] | None = None) -> Plan:
+    """Runs the program for ``stack`` under mocks. Not re-entrant: one render at a time.
+
+    ``overrides`` replaces config keys (``"record:database"`` -> a mapping) for what-if plans.
+    """
     import pulumi
     from pulumi.runtime import mocks, settings
     from pulumi.runtime.config import set_all_config
@@ -168,6 +171,11 @@ def render(stack: str) -> Plan:
     from pulumi.runtime.sync_await import _sync_await
 
     config, secret_keys = stack_config(stack)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value if isinstance(value, str) else json.dumps(value)
     plan = Plan(stack=stack)
     region = config.get("aws:region", "us-east-1")
 
@@ -211,9 +219,20 @@ def render(stack: str) -> Plan:
         asyncio.set_event_loop(thread_loops[-1])
 
     loop.set_default_executor(ThreadPoolExecutor(max_workers=4, initializer=thread_loop))
+    class Monitor(mocks.MockMonitor):
+        """Records what each resource waits for: mocks see inputs, not dependencies."""
+
+        def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
+            depends[(request.type, request.name)] = sorted(
+                {urn.rsplit("::", 1)[-1] for urn in request.dependencies}
+            )
+            return super().RegisterResource(request)
+
+    depends: dict[tuple[str, str], list[str]] = {}
     settings.reset_options(project=PROJECT, stack=stack)
     set_all_config(config, secret_keys)
-    mocks.set_mocks(Mocks(), project=PROJECT, stack=stack, preview=False)
+    mock = Mocks()
+    mocks.set_mocks(mock, project=PROJECT, stack=stack, preview=False, monitor=Monitor(mock))
 
     from infra import config as infra_config
     from infra.stack import build
@@ -233,6 +252,8 @@ def render(stack: str) -> Plan:
         for other in thread_loops:
             other.close()
         asyncio.set_event_loop(None)
+    for resource in plan.resources:
+        resource["dependsOn"] = depends.get((resource["type"], resource["name"]), [])
     _ = pulumi  # imported for its side effect of initialising the runtime
     return plan
 

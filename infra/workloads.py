@@ -472,7 +472,7 @@ class Workloads(pulumi.ComponentResource):
         return {
             "apiVersion": "argoproj.io/v1alpha1",
             "kind": "Rollout",
-            "metadata": self._meta("record-api", "api"),
+            "metadata": self._meta("record-api", "api", {"checkov.io/skip1": SECRETS_AS_ENV_SKIP}),
             "spec": {
                 "revisionHistoryLimit": 5,
                 "selector": {"matchLabels": kube.selector(self.args.project, "api")},
