@@ -9,9 +9,12 @@ passage that straddles a cut is still found whole by one of them.
 Each chunk carries the start of the first and the end of the last transcript segment its text
 came from, so a search hit or a chat citation can jump to that moment of the recording.
 
-Tokens are counted by ``app.ai.text.count_tokens``, an approximation of BPE tokens: keep
-``max_tokens`` well under the embedding model's limit (MiniLM reads 256 word pieces, OpenAI's
-embedding models 8191 tokens) — the default 300 approximate tokens is ~1.5 minutes of speech.
+Tokens are counted by ``app.ai.text.count_tokens``, an approximation of BPE tokens. The budget
+must stay under what the embedding model reads, or the tail of every chunk is invisible to
+vector search: the local MiniLM reads 256 word pieces including [CLS] and [SEP], and measured
+here one approximate token is 1.0 word piece on conversational speech (1.25 on technical
+prose). Hence a default of 250 (about 1.5 minutes of speech); with OpenAI's embedding models
+(8191 tokens) a larger budget is fine.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ class TimedText(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ChunkingConfig:
-    max_tokens: int = 300
+    max_tokens: int = 250
     overlap_tokens: int = 50
     # A silence this long between two segments reads as a change of topic or speaker: a
     # paragraph break, where a chunk prefers to end.
