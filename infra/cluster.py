@@ -249,12 +249,12 @@ class Cluster(pulumi.ComponentResource):
         lbc_role = irsa_role(
             self,
             p,
-            "aws-load-balancer-controller",
-            self.oidc_provider_arn,
-            self.oidc_issuer,
-            "kube-system",
-            "aws-load-balancer-controller",
-            _load_balancer_controller_policy(),
+            purpose="aws-load-balancer-controller",
+            oidc_provider_arn=self.oidc_provider_arn,
+            oidc_issuer=self.oidc_issuer,
+            namespace="kube-system",
+            service_account="aws-load-balancer-controller",
+            role_policy=_load_balancer_controller_policy(),
         )
         releases.append(
             _release(
@@ -280,7 +280,10 @@ class Cluster(pulumi.ComponentResource):
         if args.install_argo_rollouts:
             releases.append(
                 _release(
-                    "argo-rollouts", "argo-rollouts", {"dashboard": {"enabled": False}}, opts,
+                    "argo-rollouts",
+                    "argo-rollouts",
+                    {"dashboard": {"enabled": False}},
+                    opts,
                     prefix,
                 )
             )
@@ -320,20 +323,18 @@ def _release(
     )
 
 
-def _prometheus_values(
-    p: ProjectConfig, cluster: Cluster, args: ClusterArgs
-) -> dict[str, object]:
+def _prometheus_values(p: ProjectConfig, cluster: Cluster, args: ClusterArgs) -> dict[str, object]:
     alertmanager_sa: dict[str, object] = {}
     if args.alertmanager_topic_arn is not None:
         role = irsa_role(
             cluster,
             p,
-            "alertmanager",
-            cluster.oidc_provider_arn,
-            cluster.oidc_issuer,
-            MONITORING_NAMESPACE,
-            "kube-prometheus-stack-alertmanager",
-            policy(
+            purpose="alertmanager",
+            oidc_provider_arn=cluster.oidc_provider_arn,
+            oidc_issuer=cluster.oidc_issuer,
+            namespace=MONITORING_NAMESPACE,
+            service_account="kube-prometheus-stack-alertmanager",
+            role_policy=policy(
                 {
                     "Effect": "Allow",
                     "Action": "sns:Publish",
@@ -374,6 +375,7 @@ def _prometheus_values(
 def irsa_role(
     parent: pulumi.Resource,
     p: ProjectConfig,
+    *,
     purpose: str,
     oidc_provider_arn: pulumi.Input[str],
     oidc_issuer: pulumi.Input[str],
@@ -383,6 +385,7 @@ def irsa_role(
 ) -> aws.iam.Role:
     """A role only the one ServiceAccount can assume (IRSA), with one inline policy."""
     name = f"{p.prefix}-{purpose}"
+    subject = f"system:serviceaccount:{namespace}:{service_account}"
     issuer_host = pulumi.Output.from_input(oidc_issuer).apply(
         lambda url: url.removeprefix("https://")
     )
@@ -397,7 +400,7 @@ def irsa_role(
                         "Action": "sts:AssumeRoleWithWebIdentity",
                         "Condition": {
                             "StringEquals": {
-                                f"{a[1]}:sub": f"system:serviceaccount:{namespace}:{service_account}",
+                                f"{a[1]}:sub": subject,
                                 f"{a[1]}:aud": "sts.amazonaws.com",
                             }
                         },
@@ -486,7 +489,10 @@ def _kubeconfig(name: str, endpoint: str, ca_data: str, region: str) -> str:
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [
-                {"name": name, "cluster": {"server": endpoint, "certificate-authority-data": ca_data}}
+                {
+                    "name": name,
+                    "cluster": {"server": endpoint, "certificate-authority-data": ca_data},
+                }
             ],
             "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
             "current-context": name,
@@ -497,7 +503,14 @@ def _kubeconfig(name: str, endpoint: str, ca_data: str, region: str) -> str:
                         "exec": {
                             "apiVersion": "client.authentication.k8s.io/v1beta1",
                             "command": "aws",
-                            "args": ["eks", "get-token", "--cluster-name", name, "--region", region],
+                            "args": [
+                                "eks",
+                                "get-token",
+                                "--cluster-name",
+                                name,
+                                "--region",
+                                region,
+                            ],
                         }
                     },
                 }

@@ -232,6 +232,41 @@ def load(project: str | None = None, stack: str | None = None) -> StackConfig:
         production=production,
     )
 
+    network = _network(cfg, proj)
+    cluster = _cluster(cfg, proj)
+    database = _database(cfg, proj)
+    cache = _cache(cfg, proj)
+    storage = _storage(cfg, proj)
+    workloads = _workloads(cfg, proj)
+    monitoring = _monitoring(cfg, proj)
+    rollout = _rollout(cfg, proj)
+    preview = _preview(cfg, proj)
+    if preview is not None:
+        # One stack per pull request: the slug keeps their names apart.
+        proj = replace(proj, instance=preview.slug)
+    if preview is None and workloads.cache_auth_token is None:
+        raise ConfigError(
+            f"missing secret {NAMESPACE}:cacheAuthToken "
+            "(pulumi config set --secret record:cacheAuthToken ...)"
+        )
+    config = StackConfig(
+        project=proj,
+        network=network,
+        cluster=cluster,
+        database=database,
+        cache=cache,
+        storage=storage,
+        workloads=workloads,
+        monitoring=monitoring,
+        rollout=rollout,
+        preview=preview,
+    )
+    validate_production(config)
+    return config
+
+
+def _network(cfg: pulumi.Config, proj: ProjectConfig) -> NetworkConfig:
+    production = proj.production
     net = _obj(cfg, "network")
     _unknown_keys(net, {"cidr", "azCount", "natPerAz"}, "network")
     network = NetworkConfig(
@@ -241,13 +276,24 @@ def load(project: str | None = None, stack: str | None = None) -> StackConfig:
     )
     if network.az_count < 2 or network.az_count > 3:
         raise ConfigError(f"{NAMESPACE}:network.azCount must be 2 or 3, got {network.az_count}")
+    return network
 
+
+def _cluster(cfg: pulumi.Config, proj: ProjectConfig) -> ClusterConfig:
     cl = _obj(cfg, "cluster")
     _unknown_keys(
         cl,
         {
-            "mode", "version", "publicEndpoint", "adminCidrs", "vpcId", "vpcCidr",
-            "privateSubnetIds", "nodeSecurityGroupId", "oidcProviderArn", "oidcIssuer",
+            "mode",
+            "version",
+            "publicEndpoint",
+            "adminCidrs",
+            "vpcId",
+            "vpcCidr",
+            "privateSubnetIds",
+            "nodeSecurityGroupId",
+            "oidcProviderArn",
+            "oidcIssuer",
             "existingPrometheus",
         },
         "cluster",
@@ -288,14 +334,24 @@ def load(project: str | None = None, stack: str | None = None) -> StackConfig:
         raise ConfigError(
             f"{NAMESPACE}:cluster.publicEndpoint needs cluster.adminCidrs (never 0.0.0.0/0)"
         )
+    return cluster
 
+
+def _database(cfg: pulumi.Config, proj: ProjectConfig) -> DatabaseConfig:
+    production, size = proj.production, proj.size
     db = _obj(cfg, "database")
     _unknown_keys(
         db,
         {
-            "instanceClass", "allocatedStorageGb", "maxAllocatedStorageGb", "multiAz",
-            "deletionProtection", "backupRetentionDays", "maintenanceWorkMemKb",
-            "logMinDurationMs", "engineVersion",
+            "instanceClass",
+            "allocatedStorageGb",
+            "maxAllocatedStorageGb",
+            "multiAz",
+            "deletionProtection",
+            "backupRetentionDays",
+            "maintenanceWorkMemKb",
+            "logMinDurationMs",
+            "engineVersion",
         },
         "database",
     )
@@ -320,7 +376,11 @@ def load(project: str | None = None, stack: str | None = None) -> StackConfig:
         raise ConfigError(f"{NAMESPACE}:database.engineVersion must be PostgreSQL 16.x")
     if database.backup_retention_days < 1:
         raise ConfigError(f"{NAMESPACE}:database.backupRetentionDays must be >= 1 (PITR)")
+    return database
 
+
+def _cache(cfg: pulumi.Config, proj: ProjectConfig) -> CacheConfig:
+    production, size = proj.production, proj.size
     ca = _obj(cfg, "cache")
     _unknown_keys(ca, {"nodeType", "replicas", "automaticFailover"}, "cache")
     cache = CacheConfig(
@@ -330,7 +390,10 @@ def load(project: str | None = None, stack: str | None = None) -> StackConfig:
     )
     if cache.automatic_failover and cache.replicas < 1:
         raise ConfigError(f"{NAMESPACE}:cache.automaticFailover needs cache.replicas >= 1")
+    return cache
 
+
+def _storage(cfg: pulumi.Config, proj: ProjectConfig) -> StorageConfig:
     st = _obj(cfg, "storage")
     _unknown_keys(st, {"corsOrigins", "noncurrentVersionDays", "forceDestroy"}, "storage")
     domain = cfg.require("domain")
@@ -341,17 +404,32 @@ def load(project: str | None = None, stack: str | None = None) -> StackConfig:
     )
     if any(origin == "*" for origin in storage.cors_origins):
         raise ConfigError(f"{NAMESPACE}:storage.corsOrigins must name origins, not '*'")
+    return storage
 
+
+def _workloads(cfg: pulumi.Config, proj: ProjectConfig) -> WorkloadsConfig:
+    size = proj.size
     wl = _obj(cfg, "workloads")
     _unknown_keys(
         wl,
         {
-            "apiReplicas", "apiMaxReplicas", "apiWorkers", "workerMinReplicas",
-            "workerMaxReplicas", "workerConcurrency", "useLocalModels", "openaiBaseUrl",
-            "signupMode", "logLevel", "oidcIssuer", "oidcJwksUrl", "oidcAudience",
+            "apiReplicas",
+            "apiMaxReplicas",
+            "apiWorkers",
+            "workerMinReplicas",
+            "workerMaxReplicas",
+            "workerConcurrency",
+            "useLocalModels",
+            "openaiBaseUrl",
+            "signupMode",
+            "logLevel",
+            "oidcIssuer",
+            "oidcJwksUrl",
+            "oidcAudience",
         },
         "workloads",
     )
+    domain = cfg.require("domain")
     image = cfg.require("image")
     if not _IMAGE_DIGEST.match(image):
         raise ConfigError(
@@ -391,7 +469,10 @@ def load(project: str | None = None, stack: str | None = None) -> StackConfig:
         raise ConfigError(f"{NAMESPACE}:workloads.apiReplicas exceeds apiMaxReplicas")
     if workloads.worker_min_replicas > workloads.worker_max_replicas:
         raise ConfigError(f"{NAMESPACE}:workloads.workerMinReplicas exceeds workerMaxReplicas")
+    return workloads
 
+
+def _monitoring(cfg: pulumi.Config, proj: ProjectConfig) -> MonitoringConfig:
     mon = _obj(cfg, "monitoring")
     _unknown_keys(mon, {"alertEmail", "grafanaEnabled"}, "monitoring")
     monitoring = MonitoringConfig(
@@ -399,7 +480,10 @@ def load(project: str | None = None, stack: str | None = None) -> StackConfig:
         alert_webhook_url=cfg.get_secret("alertWebhookUrl"),
         grafana_enabled=_pick(mon, "grafanaEnabled", True, bool, "monitoring"),
     )
+    return monitoring
 
+
+def _rollout(cfg: pulumi.Config, proj: ProjectConfig) -> RolloutConfig:
     ro = _obj(cfg, "rollout")
     _unknown_keys(ro, {"canary", "steps", "pauseSeconds", "minSuccessRate"}, "rollout")
     rollout = RolloutConfig(
@@ -412,7 +496,10 @@ def load(project: str | None = None, stack: str | None = None) -> StackConfig:
         rollout.steps
     ):
         raise ConfigError(f"{NAMESPACE}:rollout.steps must rise within 1..99, got {rollout.steps}")
+    return rollout
 
+
+def _preview(cfg: pulumi.Config, proj: ProjectConfig) -> PreviewConfig | None:
     pv = _obj(cfg, "preview")
     preview = None
     if pv:
@@ -423,29 +510,9 @@ def load(project: str | None = None, stack: str | None = None) -> StackConfig:
         )
         if not preview.base_stack or preview.pr_number is None or preview.pr_number < 0:
             raise ConfigError(f"{NAMESPACE}:preview needs baseStack and a prNumber >= 0")
-        if production:
+        if proj.production:
             raise ConfigError("a preview stack cannot be a production stack")
-        proj = replace(proj, instance=preview.slug)
-
-    if preview is None and workloads.cache_auth_token is None:
-        raise ConfigError(
-            f"missing secret {NAMESPACE}:cacheAuthToken "
-            "(pulumi config set --secret record:cacheAuthToken ...)"
-        )
-    config = StackConfig(
-        project=proj,
-        network=network,
-        cluster=cluster,
-        database=database,
-        cache=cache,
-        storage=storage,
-        workloads=workloads,
-        monitoring=monitoring,
-        rollout=rollout,
-        preview=preview,
-    )
-    validate_production(config)
-    return config
+    return preview
 
 
 def validate_production(config: StackConfig) -> None:

@@ -64,16 +64,23 @@ class Identity(pulumi.ComponentResource):
 
         def role(purpose: str, service_account: str, doc: pulumi.Output[str]) -> aws.iam.Role:
             return irsa_role(
-                self, p, purpose, args.oidc_provider_arn, args.oidc_issuer, args.namespace,
-                service_account, doc,
+                self,
+                p,
+                purpose=purpose,
+                oidc_provider_arn=args.oidc_provider_arn,
+                oidc_issuer=args.oidc_issuer,
+                namespace=args.namespace,
+                service_account=service_account,
+                role_policy=doc,
             )
 
         # The API stores uploads and serves media; it never deletes versions.
         self.api_role = role(
             "api",
             "record-api",
-            object_access("s3:GetObject", "s3:PutObject", "s3:DeleteObject",
-                          "s3:AbortMultipartUpload"),
+            object_access(
+                "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"
+            ),
         )
         # The worker reads media to transcribe it and writes derived artefacts.
         self.worker_role = role(

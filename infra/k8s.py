@@ -26,7 +26,10 @@ _KINDS: dict[str, Any] = {
     "HorizontalPodAutoscaler": k8s.autoscaling.v2.HorizontalPodAutoscaler,
     "PodDisruptionBudget": k8s.policy.v1.PodDisruptionBudget,
 }
-_TOP_LEVEL = {"stringData": "string_data", "automountServiceAccountToken": "automount_service_account_token"}
+_TOP_LEVEL = {
+    "stringData": "string_data",
+    "automountServiceAccountToken": "automount_service_account_token",
+}
 
 
 def labels(project: ProjectConfig, component: str | None = None) -> dict[str, str]:

@@ -197,19 +197,26 @@ class Monitoring(pulumi.ComponentResource):
                 "snsConfigs": [
                     {
                         "topicARN": pulumi.Output.concat(
-                            "arn:aws:sns:", p.region, ":", _account_id(), ":",
+                            "arn:aws:sns:",
+                            p.region,
+                            ":",
+                            _account_id(),
+                            ":",
                             self.args.topic_name,
                         ),
                         "sigv4": {"region": p.region},
-                        "subject": '[{{ .Status | toUpper }}] {{ .CommonLabels.alertname }}',
+                        "subject": "[{{ .Status | toUpper }}] {{ .CommonLabels.alertname }}",
                         "sendResolved": True,
                     }
                 ],
             }
         ]
         routes: list[dict[str, Any]] = [
-            {"receiver": "sns", "matchers": [{"name": "severity", "value": "page"}],
-             "repeatInterval": "1h"},
+            {
+                "receiver": "sns",
+                "matchers": [{"name": "severity", "value": "page"}],
+                "repeatInterval": "1h",
+            },
         ]
         if self.args.monitoring.alert_webhook_url is not None:
             secret_name = "record-alert-webhook"
@@ -234,13 +241,19 @@ class Monitoring(pulumi.ComponentResource):
                 }
             )
             routes.append(
-                {"receiver": "tickets", "matchers": [{"name": "severity", "value": "ticket"}],
-                 "repeatInterval": "12h"}
+                {
+                    "receiver": "tickets",
+                    "matchers": [{"name": "severity", "value": "ticket"}],
+                    "repeatInterval": "12h",
+                }
             )
         else:
             routes.append(
-                {"receiver": "sns", "matchers": [{"name": "severity", "value": "ticket"}],
-                 "repeatInterval": "12h"}
+                {
+                    "receiver": "sns",
+                    "matchers": [{"name": "severity", "value": "ticket"}],
+                    "repeatInterval": "12h",
+                }
             )
         self._apply(
             "alertmanagerconfig",
@@ -312,41 +325,125 @@ class Monitoring(pulumi.ComponentResource):
         p = a.project
         alarms: list[tuple[str, str, str, dict[str, Any], str, float, int, str]] = [
             # name, namespace, metric, dimensions, statistic, threshold, periods, comparison
-            ("rds-cpu", "AWS/RDS", "CPUUtilization", {"DBInstanceIdentifier": a.db_identifier},
-             "Average", 80, 3, "GreaterThanThreshold"),
-            ("rds-free-storage", "AWS/RDS", "FreeStorageSpace",
-             {"DBInstanceIdentifier": a.db_identifier}, "Minimum", 10 * 1024**3, 1,
-             "LessThanThreshold"),
-            ("rds-freeable-memory", "AWS/RDS", "FreeableMemory",
-             {"DBInstanceIdentifier": a.db_identifier}, "Minimum", 256 * 1024**2, 3,
-             "LessThanThreshold"),
-            ("rds-read-latency", "AWS/RDS", "ReadLatency",
-             {"DBInstanceIdentifier": a.db_identifier}, "Average", 0.02, 3,
-             "GreaterThanThreshold"),
-            ("rds-connections", "AWS/RDS", "DatabaseConnections",
-             {"DBInstanceIdentifier": a.db_identifier}, "Maximum", 400, 3,
-             "GreaterThanThreshold"),
-            ("cache-engine-cpu", "AWS/ElastiCache", "EngineCPUUtilization",
-             {"ReplicationGroupId": a.cache_group_id}, "Average", 80, 3, "GreaterThanThreshold"),
-            ("cache-memory", "AWS/ElastiCache", "DatabaseMemoryUsagePercentage",
-             {"ReplicationGroupId": a.cache_group_id}, "Maximum", 85, 3, "GreaterThanThreshold"),
-            ("cache-evictions", "AWS/ElastiCache", "Evictions",
-             {"ReplicationGroupId": a.cache_group_id}, "Sum", 100, 3, "GreaterThanThreshold"),
+            (
+                "rds-cpu",
+                "AWS/RDS",
+                "CPUUtilization",
+                {"DBInstanceIdentifier": a.db_identifier},
+                "Average",
+                80,
+                3,
+                "GreaterThanThreshold",
+            ),
+            (
+                "rds-free-storage",
+                "AWS/RDS",
+                "FreeStorageSpace",
+                {"DBInstanceIdentifier": a.db_identifier},
+                "Minimum",
+                10 * 1024**3,
+                1,
+                "LessThanThreshold",
+            ),
+            (
+                "rds-freeable-memory",
+                "AWS/RDS",
+                "FreeableMemory",
+                {"DBInstanceIdentifier": a.db_identifier},
+                "Minimum",
+                256 * 1024**2,
+                3,
+                "LessThanThreshold",
+            ),
+            (
+                "rds-read-latency",
+                "AWS/RDS",
+                "ReadLatency",
+                {"DBInstanceIdentifier": a.db_identifier},
+                "Average",
+                0.02,
+                3,
+                "GreaterThanThreshold",
+            ),
+            (
+                "rds-connections",
+                "AWS/RDS",
+                "DatabaseConnections",
+                {"DBInstanceIdentifier": a.db_identifier},
+                "Maximum",
+                400,
+                3,
+                "GreaterThanThreshold",
+            ),
+            (
+                "cache-engine-cpu",
+                "AWS/ElastiCache",
+                "EngineCPUUtilization",
+                {"ReplicationGroupId": a.cache_group_id},
+                "Average",
+                80,
+                3,
+                "GreaterThanThreshold",
+            ),
+            (
+                "cache-memory",
+                "AWS/ElastiCache",
+                "DatabaseMemoryUsagePercentage",
+                {"ReplicationGroupId": a.cache_group_id},
+                "Maximum",
+                85,
+                3,
+                "GreaterThanThreshold",
+            ),
+            (
+                "cache-evictions",
+                "AWS/ElastiCache",
+                "Evictions",
+                {"ReplicationGroupId": a.cache_group_id},
+                "Sum",
+                100,
+                3,
+                "GreaterThanThreshold",
+            ),
         ]
         # The ALB belongs to the load balancer controller; its name is known once the Ingress
         # is admitted, so the ALB alarms read it from the ingress status.
         alb_suffix = a.ingress.status.apply(  # type: ignore[attr-defined]
-            lambda _status: aws.lb.get_load_balancer(
-                tags={"ingress.k8s.aws/stack": p.prefix}
-            ).arn_suffix
+            lambda _status: (
+                aws.lb.get_load_balancer(tags={"ingress.k8s.aws/stack": p.prefix}).arn_suffix
+            )
         )
         alarms += [
-            ("alb-5xx", "AWS/ApplicationELB", "HTTPCode_ELB_5XX_Count",
-             {"LoadBalancer": alb_suffix}, "Sum", 50, 3, "GreaterThanThreshold"),
-            ("alb-target-5xx", "AWS/ApplicationELB", "HTTPCode_Target_5XX_Count",
-             {"LoadBalancer": alb_suffix}, "Sum", 50, 3, "GreaterThanThreshold"),
-            ("alb-target-latency", "AWS/ApplicationELB", "TargetResponseTime",
-             {"LoadBalancer": alb_suffix}, "p95", 1.0, 5, "GreaterThanThreshold"),
+            (
+                "alb-5xx",
+                "AWS/ApplicationELB",
+                "HTTPCode_ELB_5XX_Count",
+                {"LoadBalancer": alb_suffix},
+                "Sum",
+                50,
+                3,
+                "GreaterThanThreshold",
+            ),
+            (
+                "alb-target-5xx",
+                "AWS/ApplicationELB",
+                "HTTPCode_Target_5XX_Count",
+                {"LoadBalancer": alb_suffix},
+                "Sum",
+                50,
+                3,
+                "GreaterThanThreshold",
+            ),
+            (
+                "alb-target-latency",
+                "AWS/ApplicationELB",
+                "TargetResponseTime",
+                {"LoadBalancer": alb_suffix},
+                "p95",
+                1.0,
+                5,
+                "GreaterThanThreshold",
+            ),
         ]
         for short, namespace, metric, dims, stat, threshold, periods, comparison in alarms:
             name = f"{p.prefix}-{short}"

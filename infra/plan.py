@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,9 +67,10 @@ def stack_config(stack: str) -> tuple[dict[str, str], list[str]]:
     raw = yaml.safe_load(path.read_text()) or {}
     config: dict[str, str] = {}
     secret_keys: list[str] = []
-    for key, value in (raw.get("config") or {}).items():
+    for key, raw_value in (raw.get("config") or {}).items():
         full_key = key if ":" in key else f"{PROJECT}:{key}"
-        if isinstance(value, dict) and set(value) == {"secure"}:
+        value = raw_value
+        if isinstance(raw_value, dict) and set(raw_value) == {"secure"}:
             # Encrypted with the stack's secrets provider; offline there is no key to open it.
             value = f"{PLACEHOLDER}-secret-{full_key.split(':', 1)[1]}"
             secret_keys.append(full_key)
@@ -115,7 +116,9 @@ def _arn(service: str, kind: str, name: str, region: str = "us-east-1") -> str:
 def _computed(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
     """Placeholder values for outputs the cloud assigns."""
     token = hashlib.sha256(f"{typ}/{name}".encode()).hexdigest()[:8]
-    out: dict[str, Any] = {"arn": _arn(typ.split(":")[1].split("/")[0], "resource", name)}
+    out: dict[str, Any] = {
+        "arn": _arn(typ.split(":")[1].split("/", maxsplit=1)[0], "resource", name)
+    }
     if typ == "aws:eks/cluster:Cluster":
         out.update(
             endpoint=f"https://{PLACEHOLDER}-{token}.eks.amazonaws.com",
@@ -123,16 +126,20 @@ def _computed(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
             identities=[
                 {"oidcs": [{"issuer": f"https://oidc.eks.amazonaws.com/id/{PLACEHOLDER}-{token}"}]}
             ],
-            vpcConfig={**inputs.get("vpcConfig", {}),
-                       "clusterSecurityGroupId": f"sg-{PLACEHOLDER}-{token}"},
+            vpcConfig={
+                **inputs.get("vpcConfig", {}),
+                "clusterSecurityGroupId": f"sg-{PLACEHOLDER}-{token}",
+            },
         )
     elif typ == "aws:rds/instance:Instance":
         out.update(
             address=f"{inputs.get('identifier', name)}.{PLACEHOLDER}.rds.amazonaws.com",
             port=5432,
             masterUserSecrets=[
-                {"secretArn": _arn("secretsmanager", "secret", f"rds-{name}"),
-                 "kmsKeyId": _arn("kms", "key", name)}
+                {
+                    "secretArn": _arn("secretsmanager", "secret", f"rds-{name}"),
+                    "kmsKeyId": _arn("kms", "key", name),
+                }
             ],
         )
     elif typ == "aws:elasticache/replicationGroup:ReplicationGroup":
@@ -194,7 +201,9 @@ def render(stack: str, overrides: dict[str, Any] | None = None) -> Plan:
             state = {**args.inputs, **_computed(args.typ, args.name, inputs)}
             return f"{PLACEHOLDER}-{args.name}", state
 
-        def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], list[Any]] | dict[str, Any]:
+        def call(
+            self, args: mocks.MockCallArgs
+        ) -> tuple[dict[str, Any], list[Any]] | dict[str, Any]:
             if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
                 return {"names": [f"{region}{z}" for z in "abc"], "zoneIds": ["z1", "z2", "z3"]}
             if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
@@ -219,10 +228,11 @@ def render(stack: str, overrides: dict[str, Any] | None = None) -> Plan:
         asyncio.set_event_loop(thread_loops[-1])
 
     loop.set_default_executor(ThreadPoolExecutor(max_workers=4, initializer=thread_loop))
+
     class Monitor(mocks.MockMonitor):
         """Records what each resource waits for: mocks see inputs, not dependencies."""
 
-        def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
+        def RegisterResource(self, request: Any) -> Any:
             depends[(request.type, request.name)] = sorted(
                 {urn.rsplit("::", 1)[-1] for urn in request.dependencies}
             )
@@ -256,7 +266,6 @@ def render(stack: str, overrides: dict[str, Any] | None = None) -> Plan:
         resource["dependsOn"] = depends.get((resource["type"], resource["name"]), [])
     _ = pulumi  # imported for its side effect of initialising the runtime
     return plan
-
 
 
 def manifest_filename(index: int, manifest: dict[str, Any]) -> str:

@@ -35,14 +35,19 @@ def _build_base(config: StackConfig) -> dict[str, Any]:
         vpc_cidr = network.vpc_cidr
         private_subnets: list[pulumi.Input[str]] = list(network.private_subnet_ids)
     else:
-        assert config.cluster.vpc_id and config.cluster.vpc_cidr
+        assert config.cluster.vpc_id
+        assert config.cluster.vpc_cidr
         vpc_id = config.cluster.vpc_id
         vpc_cidr = config.cluster.vpc_cidr
         private_subnets = list(config.cluster.private_subnet_ids)
 
     topic_name = f"{prefix}-alerts"
     topic_arn = pulumi.Output.concat(
-        "arn:aws:sns:", p.region, ":", aws.get_caller_identity_output().account_id, ":",
+        "arn:aws:sns:",
+        p.region,
+        ":",
+        aws.get_caller_identity_output().account_id,
+        ":",
         topic_name,
     )
     cluster = Cluster(

@@ -23,7 +23,12 @@ MODEL_PORT = 8100
 WORKER_METRICS_PORT = 9100
 UID = 10001
 # Paths the ALB routes. Everything else (/metrics, /livez, /readyz) answers only in-cluster.
-PUBLIC_PATHS = (("/api", "Prefix"), ("/s", "Prefix"), ("/docs", "Exact"), ("/openapi.json", "Exact"))
+PUBLIC_PATHS = (
+    ("/api", "Prefix"),
+    ("/s", "Prefix"),
+    ("/docs", "Exact"),
+    ("/openapi.json", "Exact"),
+)
 RDS_CA_BUNDLE = "/etc/ssl/certs/rds-global-bundle.pem"
 # The ScaledObject counts jobs waiting or running in procrastinate's table.
 QUEUE_DEPTH_QUERY = "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
@@ -160,9 +165,9 @@ class Workloads(pulumi.ComponentResource):
                 f"/{args.db_name}?sslmode=verify-full&sslrootcert={RDS_CA_BUNDLE}"
             )
         )
-        redis_url = pulumi.Output.all(args.cache_host, pulumi.Output.secret(cfg.cache_auth_token)).apply(
-            lambda a: f"rediss://:{quote(str(a[1]), safe='')}@{a[0]}:6379/{args.cache_db}"
-        )
+        redis_url = pulumi.Output.all(
+            args.cache_host, pulumi.Output.secret(cfg.cache_auth_token)
+        ).apply(lambda a: f"rediss://:{quote(str(a[1]), safe='')}@{a[0]}:6379/{args.cache_db}")
         secret_data: dict[str, Any] = {
             "DATABASE_URL": pulumi.Output.secret(database_url),
             "REDIS_URL": pulumi.Output.secret(redis_url),
@@ -316,8 +321,10 @@ class Workloads(pulumi.ComponentResource):
                 "apiVersion": "policy/v1",
                 "kind": "PodDisruptionBudget",
                 "metadata": self._meta(f"record-{component}", component),
-                "spec": {"selector": {"matchLabels": kube.selector(self.args.project, component)},
-                         **budget},
+                "spec": {
+                    "selector": {"matchLabels": kube.selector(self.args.project, component)},
+                    **budget,
+                },
             },
             self.opts_ns,
         )
@@ -354,7 +361,8 @@ class Workloads(pulumi.ComponentResource):
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
             "volumeMounts": [
-                {"name": "tmp", "mountPath": "/tmp"},
+                # An emptyDir of the pod's own, not the node's /tmp.
+                {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
                 {"name": "metrics", "mountPath": "/run/metrics"},
             ],
             **extra,
@@ -576,15 +584,12 @@ class Workloads(pulumi.ComponentResource):
         }
 
     def _worker_deployment(self) -> dict[str, Any]:
-        cfg = self.args.workloads
         container = self._container(
             "worker",
             ["record", "worker"],
             cpu=("500m", "2"),
             memory=("1Gi", "2Gi"),
-            ports=[
-                {"name": "metrics", "containerPort": WORKER_METRICS_PORT, "protocol": "TCP"}
-            ],
+            ports=[{"name": "metrics", "containerPort": WORKER_METRICS_PORT, "protocol": "TCP"}],
         )
         pod = self._pod(
             "worker",
@@ -671,7 +676,8 @@ class Workloads(pulumi.ComponentResource):
         probe = {"tcpSocket": {"port": "http"}, "periodSeconds": 10, "timeoutSeconds": 2}
         container = self._container(
             "model-server",
-            ["record", "models", "serve", "--host", "0.0.0.0", "--port", str(MODEL_PORT)],
+            # The pod's own address; NetworkPolicy admits only the API and the worker.
+            ["record", "models", "serve", "--host", "0.0.0.0", "--port", str(MODEL_PORT)],  # noqa: S104
             cpu=("1", "2"),
             memory=("2Gi", "4Gi"),
             ports=[{"name": "http", "containerPort": MODEL_PORT, "protocol": "TCP"}],
@@ -718,9 +724,7 @@ class Workloads(pulumi.ComponentResource):
             return [{"protocol": "TCP", "port": port} for port in ports]
 
         prometheus = {
-            "namespaceSelector": {
-                "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}
-            },
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
             "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
         }
         data_stores = {"to": [vpc], "ports": tcp(5432, 6379)}

@@ -167,11 +167,7 @@ def jobs_dashboard() -> dash.Dashboard:
         .tags(["record", "worker"])
         .refresh("30s")
         .time("now-6h", "now")
-        .with_panel(
-            _stat(
-                "Oldest queued job", "s", "max(record_job_queue_oldest_age_seconds)"
-            )
-        )
+        .with_panel(_stat("Oldest queued job", "s", "max(record_job_queue_oldest_age_seconds)"))
         .with_panel(
             _stat(
                 "Job failure ratio (1h)",

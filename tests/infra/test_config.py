@@ -17,8 +17,10 @@ def _prod_database(**changes: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"record:database": _prod_database(deletionProtection=False)},
-         "database.deletionProtection must be true"),
+        (
+            {"record:database": _prod_database(deletionProtection=False)},
+            "database.deletionProtection must be true",
+        ),
         ({"record:database": _prod_database(multiAz=False)}, "database.multiAz must be true"),
         ({"record:cache": {"automaticFailover": False}}, "cache.automaticFailover must be true"),
         ({"record:network": {"azCount": 2}}, "network.azCount must be 3"),

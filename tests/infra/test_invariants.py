@@ -38,11 +38,11 @@ def test_every_taggable_resource_carries_the_cost_tags(plans: dict[str, Plan], s
     assert len(taggable) >= 3
     for resource in taggable:
         tags = resource["inputs"].get("tags") or {}
-        assert TAG_KEYS <= set(tags), f"{resource['type']} {resource['name']} tags: {tags}"
+        assert set(tags) >= TAG_KEYS, f"{resource['type']} {resource['name']} tags: {tags}"
         assert tags["stack"] == stack
     for manifest in plan.manifests:
         labels = manifest["metadata"].get("labels", {})
-        assert LABEL_KEYS <= set(labels), f"{manifest['kind']} {manifest['metadata']['name']}"
+        assert set(labels) >= LABEL_KEYS, f"{manifest['kind']} {manifest['metadata']['name']}"
 
 
 def test_the_tag_check_knows_untaggable_types() -> None:
@@ -61,8 +61,10 @@ def test_names_derive_from_project_and_stack(plans: dict[str, Plan], stack: str)
             if isinstance(value, str) and not value.startswith("/"):
                 assert value.startswith(prefix), f"{resource['type']}.{key} = {value}"
     for manifest in plan.manifests:
-        assert manifest["metadata"].get("namespace", manifest["metadata"]["name"]).startswith(
-            "record-"
+        assert (
+            manifest["metadata"]
+            .get("namespace", manifest["metadata"]["name"])
+            .startswith("record-")
         )
 
 
@@ -70,11 +72,15 @@ def test_names_derive_from_project_and_stack(plans: dict[str, Plan], stack: str)
 def test_encryption_everywhere(plans: dict[str, Plan], stack: str) -> None:
     plan = plans[stack]
     db = one(plan.of_type("aws:rds/instance:Instance"))["inputs"]
-    assert db["storageEncrypted"] is True and db["kmsKeyId"]
-    assert db["performanceInsightsEnabled"] is True and db["performanceInsightsKmsKeyId"]
-    assert db["manageMasterUserPassword"] is True and "password" not in db
+    assert db["storageEncrypted"] is True
+    assert db["kmsKeyId"]
+    assert db["performanceInsightsEnabled"] is True
+    assert db["performanceInsightsKmsKeyId"]
+    assert db["manageMasterUserPassword"] is True
+    assert "password" not in db
     cache_ = one(plan.of_type("aws:elasticache/replicationGroup:ReplicationGroup"))["inputs"]
-    assert cache_["atRestEncryptionEnabled"] is True and cache_["kmsKeyId"]
+    assert cache_["atRestEncryptionEnabled"] is True
+    assert cache_["kmsKeyId"]
     assert cache_["transitEncryptionEnabled"] is True
     assert cache_["transitEncryptionMode"] == "required"
     assert cache_["authToken"] == "[secret]"
@@ -84,7 +90,8 @@ def test_encryption_everywhere(plans: dict[str, Plan], stack: str) -> None:
     )
     assert len(sse) == len(buckets) == 1
     rule = sse[0]["inputs"]["rules"][0]["applyServerSideEncryptionByDefault"]
-    assert rule["sseAlgorithm"] == "aws:kms" and rule["kmsMasterKeyId"]
+    assert rule["sseAlgorithm"] == "aws:kms"
+    assert rule["kmsMasterKeyId"]
     for key in plan.of_type("aws:kms/key:Key"):
         assert key["inputs"]["enableKeyRotation"] is True
     for topic in plan.of_type("aws:sns/topic:Topic"):
@@ -100,19 +107,27 @@ def test_encryption_everywhere(plans: dict[str, Plan], stack: str) -> None:
 def test_database_and_cache_are_private(plans: dict[str, Plan], stack: str) -> None:
     plan = plans[stack]
     assert one(plan.of_type("aws:rds/instance:Instance"))["inputs"]["publiclyAccessible"] is False
-    groups = {r["inputs"]["name"]: r["inputs"] for r in plan.of_type("aws:ec2/securityGroup:SecurityGroup")}
+    groups = {
+        r["inputs"]["name"]: r["inputs"]
+        for r in plan.of_type("aws:ec2/securityGroup:SecurityGroup")
+    }
     for name in (f"record-{stack}-db", f"record-{stack}-cache"):
         rules = groups[name]["ingress"]
         assert rules, name
         for rule in rules:
-            assert not rule.get("cidrBlocks") and not rule.get("ipv6CidrBlocks"), name
+            assert not rule.get("cidrBlocks"), name
+            assert not rule.get("ipv6CidrBlocks"), name
             assert len(rule["securityGroups"]) == 1, name
         assert groups[name]["egress"] == []
     policy = one(plan.of_type("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"))
     assert all(
         policy["inputs"][key] is True
-        for key in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls",
-                    "restrictPublicBuckets")
+        for key in (
+            "blockPublicAcls",
+            "blockPublicPolicy",
+            "ignorePublicAcls",
+            "restrictPublicBuckets",
+        )
     )
     bucket_policy = one(plan.of_type("aws:s3/bucketPolicy:BucketPolicy"))["inputs"]["policy"]
     assert '"aws:SecureTransport": "false"' in bucket_policy
@@ -121,11 +136,15 @@ def test_database_and_cache_are_private(plans: dict[str, Plan], stack: str) -> N
 def test_prod_keeps_its_data_through_a_bad_day(plans: dict[str, Plan]) -> None:
     plan = plans["prod"]
     db = one(plan.of_type("aws:rds/instance:Instance"))["inputs"]
-    assert db["engine"] == "postgres" and db["engineVersion"].startswith("16")
-    assert db["multiAz"] is True and db["deletionProtection"] is True
-    assert db["backupRetentionPeriod"] >= 7 and db["skipFinalSnapshot"] is False
+    assert db["engine"] == "postgres"
+    assert db["engineVersion"].startswith("16")
+    assert db["multiAz"] is True
+    assert db["deletionProtection"] is True
+    assert db["backupRetentionPeriod"] >= 7
+    assert db["skipFinalSnapshot"] is False
     cache_ = one(plan.of_type("aws:elasticache/replicationGroup:ReplicationGroup"))["inputs"]
-    assert cache_["automaticFailoverEnabled"] is True and cache_["multiAzEnabled"] is True
+    assert cache_["automaticFailoverEnabled"] is True
+    assert cache_["multiAzEnabled"] is True
     assert cache_["numCacheClusters"] >= 2
     assert len(plan.of_type("aws:ec2/natGateway:NatGateway")) == 3
     params = {
@@ -137,7 +156,7 @@ def test_prod_keeps_its_data_through_a_bad_day(plans: dict[str, Plan]) -> None:
     assert "log_min_duration_statement" in params
 
 
-@pytest.mark.parametrize("stack", ("staging",))
+@pytest.mark.parametrize("stack", ["staging"])
 def test_non_prod_shares_one_nat(plans: dict[str, Plan], stack: str) -> None:
     plan = plans[stack]
     assert len(plan.of_type("aws:ec2/natGateway:NatGateway")) == 1
@@ -155,7 +174,9 @@ def test_migration_job_runs_before_the_api(plans: dict[str, Plan], stack: str) -
     assert container["command"] == ["record", "db", "upgrade"]
     api_types = {"kubernetes:apps/v1:Deployment", "kubernetes:argoproj.io/v1alpha1:Rollout"}
     waiting = [
-        r for r in plan.resources if r["type"] in api_types and r["name"].endswith(("-api", "-worker"))
+        r
+        for r in plan.resources
+        if r["type"] in api_types and r["name"].endswith(("-api", "-worker"))
     ]
     assert len(waiting) == 2
     for resource in waiting:
@@ -198,14 +219,18 @@ def test_every_pod_is_restricted(plans: dict[str, Plan], stack: str) -> None:
             assert sc["readOnlyRootFilesystem"] is True, name
             assert sc["capabilities"]["drop"] == ["ALL"], name
             assert sc["runAsUser"] >= 10000, name
-            assert container["resources"]["limits"] and container["resources"]["requests"]
+            assert container["resources"]["limits"]
+            assert container["resources"]["requests"]
             assert "@sha256:" in container["image"]
 
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_api_has_probes_drain_and_spread(plans: dict[str, Plan], stack: str) -> None:
-    api = next(m for m in plans[stack].manifests
-               if m["kind"] in {"Deployment", "Rollout"} and m["metadata"]["name"] == "record-api")
+    api = next(
+        m
+        for m in plans[stack].manifests
+        if m["kind"] in {"Deployment", "Rollout"} and m["metadata"]["name"] == "record-api"
+    )
     pod = api["spec"]["template"]["spec"]
     container = one(pod["containers"])
     assert container["command"][:2] == ["gunicorn", "app.main:create_app"]
@@ -213,9 +238,12 @@ def test_api_has_probes_drain_and_spread(plans: dict[str, Plan], stack: str) -> 
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
-    assert pod["terminationGracePeriodSeconds"] > container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert (
+        pod["terminationGracePeriodSeconds"] > container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    )
     assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} == {
-        "topology.kubernetes.io/zone", "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+        "kubernetes.io/hostname",
     }
 
 
@@ -225,18 +253,23 @@ def test_scaling_and_disruption_objects(plans: dict[str, Plan], stack: str) -> N
     hpa = one(of_kind(plan, "HorizontalPodAutoscaler"))
     assert hpa["spec"]["scaleTargetRef"]["name"] == "record-api"
     assert {p["metadata"]["name"] for p in of_kind(plan, "PodDisruptionBudget")} == {
-        "record-api", "record-worker",
+        "record-api",
+        "record-worker",
     }
     scaled = one(of_kind(plan, "ScaledObject"))
     trigger = one(scaled["spec"]["triggers"])
     assert trigger["type"] == "postgresql"
     assert "procrastinate_jobs" in trigger["metadata"]["query"]
-    assert trigger["authenticationRef"]["name"] == one(of_kind(plan, "TriggerAuthentication"))[
-        "metadata"]["name"]
+    assert (
+        trigger["authenticationRef"]["name"]
+        == one(of_kind(plan, "TriggerAuthentication"))["metadata"]["name"]
+    )
     policies = {p["metadata"]["name"]: p["spec"] for p in of_kind(plan, "NetworkPolicy")}
     deny = policies["record-default-deny"]
-    assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
-    assert "ingress" not in deny and "egress" not in deny
+    assert deny["podSelector"] == {}
+    assert set(deny["policyTypes"]) == {"Ingress", "Egress"}
+    assert "ingress" not in deny
+    assert "egress" not in deny
     for name in ("record-api", "record-worker", "record-migrate"):
         assert name in policies
 
@@ -250,7 +283,8 @@ def test_dev_scales_workers_to_zero_and_runs_local_models(plans: dict[str, Plan]
     assert config["data"]["OPENAI_BASE_URL"].startswith("http://record-model-server.")
     assert "record-model-server" in {p["metadata"]["name"] for p in of_kind(dev, "NetworkPolicy")}
     # An existing cluster: no VPC, no EKS built.
-    assert not dev.of_type("aws:eks/cluster:Cluster") and not dev.of_type("aws:ec2/vpc:Vpc")
+    assert not dev.of_type("aws:eks/cluster:Cluster")
+    assert not dev.of_type("aws:ec2/vpc:Vpc")
 
 
 def test_prod_uses_the_hosted_models_and_a_canary(plans: dict[str, Plan]) -> None:
@@ -261,8 +295,13 @@ def test_prod_uses_the_hosted_models_and_a_canary(plans: dict[str, Plan]) -> Non
     assert [s["setWeight"] for s in canary["steps"] if "setWeight" in s] == [10, 25, 50]
     template = one(of_kind(prod, "AnalysisTemplate"))
     assert canary["analysis"]["templates"][0]["templateName"] == template["metadata"]["name"]
-    assert "record_http_requests_total" in template["spec"]["metrics"][0]["provider"]["prometheus"]["query"]
-    assert one(of_kind(prod, "HorizontalPodAutoscaler"))["spec"]["scaleTargetRef"]["kind"] == "Rollout"
+    assert (
+        "record_http_requests_total"
+        in template["spec"]["metrics"][0]["provider"]["prometheus"]["query"]
+    )
+    assert (
+        one(of_kind(prod, "HorizontalPodAutoscaler"))["spec"]["scaleTargetRef"]["kind"] == "Rollout"
+    )
     assert not of_kind(prod, "Deployment") or all(
         m["metadata"]["name"] != "record-api" for m in of_kind(prod, "Deployment")
     )
@@ -290,20 +329,26 @@ def test_controllers_are_installed_with_helm(plans: dict[str, Plan], stack: str)
     assert ("argo-rollouts" in charts) == bool(of_kind(plans[stack], "Rollout"))
 
 
-@pytest.mark.parametrize("stack", ("staging", "prod"))
+@pytest.mark.parametrize("stack", ["staging", "prod"])
 def test_eks_has_irsa_and_encrypted_secrets(plans: dict[str, Plan], stack: str) -> None:
     plan = plans[stack]
     cluster = one(plan.of_type("aws:eks/cluster:Cluster"))["inputs"]
     assert cluster["vpcConfig"]["endpointPublicAccess"] is False
     one(plan.of_type("aws:iam/openIdConnectProvider:OpenIdConnectProvider"))
     assert plan.of_type("aws:eks/nodeGroup:NodeGroup")
-    roles = {r["inputs"]["name"]: r["inputs"] for r in plan.of_type("aws:iam/role:Role")
-             if "name" in r["inputs"]}
+    roles = {
+        r["inputs"]["name"]: r["inputs"]
+        for r in plan.of_type("aws:iam/role:Role")
+        if "name" in r["inputs"]
+    }
     api_trust = roles[f"record-{stack}-api"]["assumeRolePolicy"]
     assert f"system:serviceaccount:record-{stack}:record-api" in api_trust
-    policies = {r["name"]: r["inputs"]["policy"] for r in plan.of_type("aws:iam/rolePolicy:RolePolicy")}
+    policies = {
+        r["name"]: r["inputs"]["policy"] for r in plan.of_type("aws:iam/rolePolicy:RolePolicy")
+    }
     api_policy = policies[f"record-{stack}-api"]
-    assert "/recordings/*" in api_policy and '"s3:*"' not in api_policy
+    assert "/recordings/*" in api_policy
+    assert '"s3:*"' not in api_policy
     assert "secretsmanager" not in api_policy
     assert "secretsmanager:GetSecretValue" in policies[f"record-{stack}-migrate"]
 
@@ -330,22 +375,44 @@ def test_monitoring_objects_ship(plans: dict[str, Plan], stack: str) -> None:
     rule = one(of_kind(plan, "PrometheusRule"))
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
     assert {"RecordApiErrorBudgetFastBurn", "RecordSearchLatencyHigh"} <= alerts
-    dashboards = [m for m in of_kind(plan, "ConfigMap")
-                  if m["metadata"]["labels"].get("grafana_dashboard") == "1"]
+    dashboards = [
+        m
+        for m in of_kind(plan, "ConfigMap")
+        if m["metadata"]["labels"].get("grafana_dashboard") == "1"
+    ]
     assert len(dashboards) == 2
 
 
 def test_preview_reuses_the_base_stack(plans: dict[str, Plan]) -> None:
     plan = plans["preview"]
     one(plan.of_type("pulumi:pulumi:StackReference"))
-    for absent in ("aws:rds/instance:Instance", "aws:eks/cluster:Cluster", "aws:ec2/vpc:Vpc",
-                   "aws:elasticache/replicationGroup:ReplicationGroup", "aws:s3/bucket:Bucket"):
+    for absent in (
+        "aws:rds/instance:Instance",
+        "aws:eks/cluster:Cluster",
+        "aws:ec2/vpc:Vpc",
+        "aws:elasticache/replicationGroup:ReplicationGroup",
+        "aws:s3/bucket:Bucket",
+    ):
         assert not plan.of_type(absent), absent
     namespace = one(of_kind(plan, "Namespace"))
     assert namespace["metadata"]["name"] == "record-pr-0"
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     job = one(of_kind(plan, "Job"))
-    env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["initContainers"][0]["env"]}
+    env = {
+        e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["initContainers"][0]["env"]
+    }
     assert env["DB_NAME"] == "record_pr_0"
     config = one(m for m in of_kind(plan, "ConfigMap") if m["metadata"]["name"] == "record-config")
     assert config["data"]["S3_PREFIX"] == "previews/pr-0/"
+
+
+def test_canary_analysis_queries_app_metrics(plans: dict[str, Plan]) -> None:
+    from tests.monitoring.conftest import TARGET_LABELS, selectors
+
+    template = one(of_kind(plans["prod"], "AnalysisTemplate"))
+    query = template["spec"]["metrics"][0]["provider"]["prometheus"]["query"]
+    found = selectors(query)
+    assert found
+    assert {name for name, _ in found} == {"record_http_requests_total"}
+    for _, labels in found:
+        assert labels <= {"status", *TARGET_LABELS}

@@ -29,8 +29,12 @@ BROKEN_POD = {
             "metadata": {"labels": {"app": "broken"}},
             "spec": {
                 "containers": [
-                    {"name": "c", "image": "nginx:latest", "securityContext": {"privileged": True},
-                     "unknownField": 1}
+                    {
+                        "name": "c",
+                        "image": "nginx:latest",
+                        "securityContext": {"privileged": True},
+                        "unknownField": 1,
+                    }
                 ]
             },
         },
@@ -69,25 +73,41 @@ def test_manifests_match_the_kubernetes_schemas(manifest_tree: Path, tools_bin: 
     files = sorted(manifest_tree.glob("*/manifests/*.yaml"))
     result = subprocess.run(
         [str(tools_bin / "kubernetes-validate"), "--strict", "-k", K8S_VERSION, *map(str, files)],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     lines = (result.stdout + result.stderr).splitlines()
     errors = [line for line in lines if line.startswith("ERROR")]
     # Only the deliberately broken manifest fails.
-    assert errors and all("canary/manifests/broken.yaml" in line for line in errors), errors
+    assert errors
+    assert all("canary/manifests/broken.yaml" in line for line in errors), errors
     # Only CRDs lack a schema; every built-in kind was checked.
     for line in lines:
         if line.startswith("WARN"):
-            assert "Couldn't find schema" in line and any(g in line for g in CRD_GROUPS), line
+            assert "Couldn't find schema" in line, line
+            assert any(g in line for g in CRD_GROUPS), line
     passed = [line for line in lines if line.startswith("INFO") and " passed for " in line]
     assert len(passed) >= 60
 
 
 def test_checkov_finds_nothing_to_fix(manifest_tree: Path, tools_bin: Path) -> None:
     result = subprocess.run(
-        [str(tools_bin / "checkov"), "--skip-download", "--framework", "kubernetes",
-         "-d", str(manifest_tree), "-o", "json"],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            str(tools_bin / "checkov"),
+            "--skip-download",
+            "--framework",
+            "kubernetes",
+            "-d",
+            str(manifest_tree),
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     report = json.loads(result.stdout)
     results = report["results"]
@@ -107,14 +127,21 @@ def test_checkov_finds_nothing_to_fix(manifest_tree: Path, tools_bin: Path) -> N
 
 def test_dockerfile_passes_hadolint(tools_bin: Path, tmp_path: Path) -> None:
     hadolint = str(tools_bin / "hadolint")
-    ours = subprocess.run([hadolint, str(REPO_ROOT / "Dockerfile")], capture_output=True,
-                          text=True, timeout=60, check=False)
+    ours = subprocess.run(
+        [hadolint, str(REPO_ROOT / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert ours.returncode == 0, ours.stdout + ours.stderr
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN apt-get install gcc\n")
-    broken = subprocess.run([hadolint, str(bad)], capture_output=True, text=True, timeout=60,
-                            check=False)
-    assert broken.returncode != 0 and "DL3007" in broken.stdout
+    broken = subprocess.run(
+        [hadolint, str(bad)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert broken.returncode != 0
+    assert "DL3007" in broken.stdout
 
 
 def test_image_is_one_non_root_image_without_build_tools() -> None:
@@ -128,6 +155,6 @@ def test_image_is_one_non_root_image_without_build_tools() -> None:
         assert tool not in runtime, tool
     assert "COPY --from=build /opt/venv /opt/venv" in runtime
     ignored = (REPO_ROOT / ".dockerignore").read_text().splitlines()
-    assert ignored[1] == "*" and "!app/" in ignored and ".venv" not in "".join(
-        line for line in ignored if line.startswith("!")
-    )
+    assert ignored[1] == "*"
+    assert "!app/" in ignored
+    assert ".venv" not in "".join(line for line in ignored if line.startswith("!"))
