@@ -10,6 +10,11 @@ import typer
 app = typer.Typer(help="Infrastructure (Pulumi): offline plans of a stack.", no_args_is_help=True)
 
 
+@app.callback()
+def infra() -> None:
+    """Infrastructure (Pulumi): offline plans of a stack."""
+
+
 @app.command()
 def plan(
     stack: Annotated[str, typer.Option(help="Stack name: dev, staging, prod or preview.")],

@@ -218,6 +218,7 @@ def render(stack: str, overrides: dict[str, Any] | None = None) -> Plan:
 
     # A loop of our own, closed at the end: Pulumi would otherwise leave one open per render.
     loop = asyncio.new_event_loop()
+    previous_loop = _installed_loop()
     asyncio.set_event_loop(loop)
     # The mock monitor answers on executor threads and each wants an event loop: give every
     # thread one we can close afterwards (unclosed loops are ResourceWarnings under pytest).
@@ -261,11 +262,18 @@ def render(stack: str, overrides: dict[str, Any] | None = None) -> Plan:
         loop.close()
         for other in thread_loops:
             other.close()
-        asyncio.set_event_loop(None)
+        asyncio.set_event_loop(previous_loop)
     for resource in plan.resources:
         resource["dependsOn"] = depends.get((resource["type"], resource["name"]), [])
     _ = pulumi  # imported for its side effect of initialising the runtime
     return plan
+
+
+def _installed_loop() -> asyncio.AbstractEventLoop | None:
+    """The thread's current loop, without creating one (get_event_loop would): a caller such
+    as pytest-asyncio gets back exactly what it had."""
+    local = getattr(asyncio.get_event_loop_policy(), "_local", None)
+    return getattr(local, "_loop", None)
 
 
 def manifest_filename(index: int, manifest: dict[str, Any]) -> str:
