@@ -449,7 +449,8 @@ def _workloads(cfg: pulumi.Config, proj: ProjectConfig) -> WorkloadsConfig:
         worker_max_replicas=_pick(
             wl, "workerMaxReplicas", size.worker_max_replicas, int, "workloads"
         ),
-        worker_concurrency=_pick(wl, "workerConcurrency", 10, int, "workloads"),
+        # Transcription is CPU-bound: two jobs per 2-CPU worker pod.
+        worker_concurrency=_pick(wl, "workerConcurrency", 2, int, "workloads"),
         use_local_models=use_local,
         openai_base_url=None if use_local else wl.get("openaiBaseUrl", "https://api.openai.com/v1"),
         signup_mode=_pick(wl, "signupMode", "invite-only", str, "workloads"),

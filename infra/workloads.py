@@ -139,6 +139,9 @@ class Workloads(pulumi.ComponentResource):
             "PROMETHEUS_MULTIPROC_DIR": "/run/metrics",
             "HF_HUB_OFFLINE": "1",
             "PGSSLROOTCERT": RDS_CA_BUNDLE,
+            "WORKER_CONCURRENCY": str(cfg.worker_concurrency),
+            "WEB_CONCURRENCY": str(cfg.api_workers),
+            "BIND": f"0.0.0.0:{API_PORT}",
         }
         for key, value in (
             ("OIDC_ISSUER", cfg.oidc_issuer),
@@ -427,8 +430,9 @@ class Workloads(pulumi.ComponentResource):
             "--factory",
             "-c",
             "python:app.gunicorn_conf",
+            # uvicorn.workers is deprecated since uvicorn 0.30; gunicorn_conf names the same.
             "-k",
-            "uvicorn.workers.UvicornWorker",
+            "uvicorn_worker.UvicornWorker",
             "--workers",
             str(cfg.api_workers),
             "--bind",

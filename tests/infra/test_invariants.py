@@ -234,7 +234,7 @@ def test_api_has_probes_drain_and_spread(plans: dict[str, Plan], stack: str) -> 
     pod = api["spec"]["template"]["spec"]
     container = one(pod["containers"])
     assert container["command"][:2] == ["gunicorn", "app.main:create_app"]
-    assert "uvicorn.workers.UvicornWorker" in container["command"]
+    assert "uvicorn_worker.UvicornWorker" in container["command"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
