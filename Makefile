@@ -16,7 +16,7 @@ $(BIN)/python:
 	$(BIN)/pip install --disable-pip-version-check --quiet --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(PIP) -e '.[local,dev]'
+	$(PIP) -e '.[local,dev,ai,infra]'
 	@touch $@
 
 install: $(VENV)/.installed

@@ -22,6 +22,18 @@ def up() -> None:
     raise typer.Exit(run_stack())
 
 
+@app.command()
+def worker(
+    concurrency: int = typer.Option(None, help="Jobs run at once (default: WORKER_CONCURRENCY)"),
+) -> None:
+    """Run background jobs (the recording pipeline) until SIGTERM."""
+    import asyncio
+
+    from worker.main import run_worker
+
+    asyncio.run(run_worker(concurrency=concurrency))
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: str = "head") -> None:
     """Apply migrations up to REVISION (default: head)."""

@@ -64,12 +64,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
 
     from app.auth.routes import router as auth_router
+    from app.documents.routes import router as documents_router
     from app.health.routes import router as health_router
     from app.jobs.routes import router as jobs_router
     from app.orgs.routes import router as orgs_router
     from app.recordings.routes import router as recordings_router
+    from app.transcripts.routes import router as transcripts_router
 
-    for router in (health_router, auth_router, orgs_router, recordings_router, jobs_router):
+    for router in (
+        health_router,
+        auth_router,
+        orgs_router,
+        recordings_router,
+        transcripts_router,
+        documents_router,
+        jobs_router,
+    ):
         app.include_router(router)
 
     # Outermost last: request context → security headers → CORS → rate-limit headers → errors

@@ -81,11 +81,14 @@ class Settings(BaseSettings):
     # Background jobs (procrastinate, on the same PostgreSQL).
     worker_concurrency: int = Field(default=2, ge=1, le=64)
     job_max_attempts: int = Field(default=5, ge=1, le=50)
+    job_retry_base_seconds: float = Field(default=2.0, ge=0)  # doubles every attempt
     # A job whose worker sent no heartbeat for this long is considered stalled and retried.
     job_stalled_seconds: int = Field(default=120, ge=10)
-    embed_batch_size: int = Field(default=64, ge=1, le=2048)
-    chunk_max_tokens: int = Field(default=300, ge=20, le=8000)
-    chunk_overlap_tokens: int = Field(default=50, ge=0, le=2000)
+    # all-MiniLM-L6-v2 reads at most 256 word pieces and silently drops the rest, so chunks
+    # stay under that by default; with OpenAI embeddings (8191 tokens) 300+ is fine.
+    chunk_max_tokens: int = Field(default=200, ge=20, le=8000)
+    chunk_overlap_tokens: int = Field(default=40, ge=0, le=2000)
+    embedding_cache_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=0)
 
     # Rate limits, "<count>/<seconds>" (exact sliding windows in Redis). Fail open: when Redis
     # cannot answer within the timeout, requests pass and a breaker skips Redis for a while.
@@ -98,6 +101,17 @@ class Settings(BaseSettings):
     ratelimit_anonymous: str = "10/60"  # per client IP
     ratelimit_timeout_ms: int = Field(default=50, ge=1, le=1000)
     ratelimit_breaker_seconds: float = Field(default=5.0, ge=0)
+
+    # Models, by the names the OpenAI-protocol server knows. The local model server answers to
+    # these and to OpenAI's (text-embedding-3-small, whisper-1).
+    embedding_model: str = "all-minilm-l6-v2"
+    embedding_dimensions: int = 384
+    embedding_batch_size: int = Field(default=128, ge=1, le=2048)
+    transcription_model: str = "whisper-1"
+    chat_model: str = "record-extractive-1"
+    openai_timeout_seconds: float = Field(default=60.0, gt=0)
+    transcription_timeout_seconds: float = Field(default=1800.0, gt=0)
+    openai_max_retries: int = Field(default=2, ge=0, le=10)
 
     # AI: any OpenAI-protocol server. `record up` points this at the local model server.
     openai_base_url: str | None = None

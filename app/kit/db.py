@@ -8,12 +8,15 @@ org filter sees nothing rather than everything.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 from uuid import UUID
 
+import psycopg
+from pgvector.psycopg import register_vector_async
 from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
@@ -61,6 +64,10 @@ class Database:
             "SELECT set_config('statement_timeout', %s, false)",
             (str(self._settings.database_statement_timeout_ms),),
         )
+        # pgvector's adapters (text and binary): embeddings go in and out as numpy arrays.
+        # (The extension arrives with the first migration; until then /readyz reports that.)
+        with contextlib.suppress(psycopg.ProgrammingError):
+            await register_vector_async(conn)
         await conn.set_autocommit(False)
 
     async def open(self, *, wait: bool = True) -> None:

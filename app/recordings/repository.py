@@ -104,3 +104,26 @@ async def set_job(conn: Conn, org_id: UUID, recording_id: UUID, job_id: int) -> 
         "UPDATE recordings SET job_id = %s WHERE org_id = %s AND id = %s",
         (job_id, org_id, recording_id),
     )
+
+
+async def set_status(
+    conn: Conn,
+    org_id: UUID,
+    recording_id: UUID,
+    status: str,
+    *,
+    error: str | None = None,
+    duration_seconds: float | None = None,
+) -> DictRow | None:
+    """Move a recording along the pipeline. Returns None when the recording is gone."""
+    return await fetch_one(
+        conn,
+        """
+        UPDATE recordings
+           SET status = %s, error = %s,
+               duration_seconds = coalesce(%s, duration_seconds), updated_at = now()
+         WHERE org_id = %s AND id = %s
+        RETURNING id, status, media_key, title
+        """,
+        (status, error, duration_seconds, org_id, recording_id),
+    )

@@ -13,6 +13,7 @@ from app.auth.principal import Principal
 from app.auth.rbac import Permission
 from app.kit.deps import DbConn, ServicesDep
 from app.kit.pagination import Cursor, Limit
+from app.kit.ratelimit import Decision, rate_limit
 from app.recordings import service
 from app.recordings.schemas import (
     UPLOAD_REQUEST_BODY,
@@ -38,7 +39,10 @@ Creator = Annotated[Principal, Depends(require_detached(Permission.recordings_cr
     openapi_extra={"requestBody": UPLOAD_REQUEST_BODY},
 )
 async def upload_recording(
-    request: Request, principal: Creator, services: ServicesDep
+    request: Request,
+    principal: Creator,
+    _limit: Annotated[Decision | None, Depends(rate_limit("upload"))],
+    services: ServicesDep,
 ) -> UploadAccepted:
     """Upload a recording (multipart: ``file``, ``title``). Processing starts at once: follow it
     with ``GET /api/jobs/{job_id}`` or the recording's ``status``."""

@@ -1,0 +1,1 @@
+"""Documents: a recording's title, summary, key points and action items."""

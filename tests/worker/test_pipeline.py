@@ -1,0 +1,229 @@
+"""The pipeline through procrastinate's real worker, on real PostgreSQL/Valkey/storage."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import psycopg
+import pytest
+
+from tests.app.conftest import Tenant
+from tests.app.recordings.test_upload import wav_bytes
+from tests.worker.conftest import SENTENCES
+from worker.jobs import build_app, sweep
+from worker.pipeline import process_recording
+
+
+@pytest.fixture
+def upload_settings(app, worker_settings):
+    app.state.services.settings = worker_settings
+    return worker_settings
+
+
+async def upload(client, tenant: Tenant, content: bytes | None = None, name: str = "m.wav"):
+    response = await client.post(
+        "/api/recordings",
+        files={"file": (name, content or wav_bytes(1.0))},
+        data={"title": "Planning"},
+        headers=tenant.auth(),
+    )
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+async def run_jobs(settings) -> None:
+    """Run procrastinate's worker until the queue is empty (wait=False)."""
+    app = build_app(settings)
+    async with app.open_async():
+        await app.run_worker_async(
+            wait=False, install_signal_handlers=False, concurrency=1, listen_notify=False
+        )
+
+
+def db_counts(url: str, recording_id: str) -> dict[str, int]:
+    with psycopg.connect(url) as conn:
+        return {
+            table: conn.execute(
+                f"SELECT count(*) FROM {table} WHERE recording_id = %s", (recording_id,)
+            ).fetchone()[0]
+            for table in ("transcripts", "transcript_chunks", "documents")
+        }
+
+
+async def test_upload_to_ready(
+    client, deps, upload_settings, org_a: Tenant, org_b: Tenant, fake_openai
+):
+    accepted = await upload(client, org_a)
+    rid = accepted["recording"]["id"]
+    await run_jobs(upload_settings)
+
+    recording = (await client.get(f"/api/recordings/{rid}", headers=org_a.auth())).json()
+    assert recording["status"] == "ready", recording
+    assert recording["error"] is None
+    assert recording["duration_seconds"] == pytest.approx(1.0, abs=0.05)
+    job = (await client.get(f"/api/jobs/{accepted['job_id']}", headers=org_a.auth())).json()
+    assert job["status"] == "succeeded"
+    assert job["started_at"]
+    assert job["finished_at"]
+
+    transcript = await client.get(f"/api/recordings/{rid}/transcript", headers=org_a.auth())
+    assert transcript.status_code == 200
+    assert [s["text"] for s in transcript.json()["segments"]] == SENTENCES
+    assert transcript.json()["language"] == "en"
+    document = (await client.get(f"/api/recordings/{rid}/document", headers=org_a.auth())).json()
+    assert document["title"] == "Quarterly planning"
+    assert document["action_items"] == [SENTENCES[2]]
+    for suffix in ("transcript", "document"):
+        other = await client.get(f"/api/recordings/{rid}/{suffix}", headers=org_b.auth())
+        assert other.status_code == 404
+
+    with psycopg.connect(upload_settings.database_url) as conn:
+        chunks = conn.execute(
+            "SELECT idx, text, start_seconds, end_seconds, embedding IS NOT NULL, org_id::text "
+            "FROM transcript_chunks WHERE recording_id = %s ORDER BY idx",
+            (rid,),
+        ).fetchall()
+    assert chunks
+    assert all(c[4] for c in chunks)
+    assert all(c[5] == org_a.org_id for c in chunks)
+    assert chunks[0][2] == 0.0
+    assert chunks[-1][3] == pytest.approx(7.8)
+    joined = " ".join(c[1] for c in chunks)
+    assert all(sentence in joined for sentence in SENTENCES)
+
+
+async def test_rerun_is_idempotent_and_reuses_transcript_and_cache(
+    client, deps, upload_settings, org_a: Tenant, fake_openai
+):
+    accepted = await upload(client, org_a)
+    rid = accepted["recording"]["id"]
+    await run_jobs(upload_settings)
+    before = db_counts(upload_settings.database_url, rid)
+    embedded = len(fake_openai.embedded)
+    result = await process_recording(deps, uuid.UUID(org_a.org_id), uuid.UUID(rid))
+    assert result.reused_transcript
+    assert db_counts(upload_settings.database_url, rid) == before
+    assert before["transcripts"] == before["documents"] == 1
+    assert fake_openai.calls["/v1/audio/transcriptions"] == 1
+    assert len(fake_openai.embedded) == embedded  # every chunk came from the cache
+
+
+async def test_undecodable_media_fails_permanently(
+    client, deps, upload_settings, org_a: Tenant, fake_openai
+):
+    # The right magic bytes, then garbage: accepted at upload, refused by the decoder.
+    corrupt = b"RIFF" + (100_000).to_bytes(4, "little") + b"WAVEfmt " + b"\xff" * 5000
+    accepted = await upload(client, org_a, io.BytesIO(corrupt).getvalue())
+    rid = accepted["recording"]["id"]
+    await run_jobs(upload_settings)
+    recording = (await client.get(f"/api/recordings/{rid}", headers=org_a.auth())).json()
+    assert recording["status"] == "failed"
+    assert "could not" in recording["error"]
+    job = (await client.get(f"/api/jobs/{accepted['job_id']}", headers=org_a.auth())).json()
+    assert job["status"] == "failed"
+    assert job["attempts"] == 1  # not retried
+    assert fake_openai.calls["/v1/audio/transcriptions"] == 0
+
+
+async def test_transient_errors_retry_then_fail_with_reason(
+    client, deps, upload_settings, org_a: Tenant, fake_openai
+):
+    fake_openai.fail["/v1/audio/transcriptions"] = 503
+    accepted = await upload(client, org_a)
+    rid = accepted["recording"]["id"]
+    await run_jobs(upload_settings)
+    recording = (await client.get(f"/api/recordings/{rid}", headers=org_a.auth())).json()
+    assert recording["status"] == "failed"
+    assert recording["error"].startswith("Gave up after 3 attempts")
+    job = (await client.get(f"/api/jobs/{accepted['job_id']}", headers=org_a.auth())).json()
+    assert job["status"] == "failed"
+    assert job["attempts"] == 3
+
+
+async def test_transient_error_then_success(
+    client, deps, upload_settings, org_a: Tenant, fake_openai
+):
+    fake_openai.fail_times["/v1/embeddings"] = 1
+    accepted = await upload(client, org_a)
+    rid = accepted["recording"]["id"]
+    await run_jobs(upload_settings)
+    recording = (await client.get(f"/api/recordings/{rid}", headers=org_a.auth())).json()
+    assert recording["status"] == "ready"
+    job = (await client.get(f"/api/jobs/{accepted['job_id']}", headers=org_a.auth())).json()
+    assert job["status"] == "succeeded"
+    assert job["attempts"] == 2
+    # The retry reused the saved transcript instead of transcribing again.
+    assert fake_openai.calls["/v1/audio/transcriptions"] == 1
+    assert db_counts(upload_settings.database_url, rid) == {
+        "transcripts": 1,
+        "transcript_chunks": 1,
+        "documents": 1,
+    }
+
+
+async def test_deleted_recording_is_skipped(client, deps, upload_settings, org_a: Tenant):
+    accepted = await upload(client, org_a)
+    rid = accepted["recording"]["id"]
+    assert (await client.delete(f"/api/recordings/{rid}", headers=org_a.auth())).status_code == 204
+    await run_jobs(upload_settings)
+    with psycopg.connect(upload_settings.database_url) as conn:
+        status = conn.execute(
+            "SELECT status::text FROM procrastinate_jobs WHERE id = %s", (accepted["job_id"],)
+        ).fetchone()[0]
+    assert status == "succeeded"
+    assert db_counts(upload_settings.database_url, rid) == {
+        "transcripts": 0,
+        "transcript_chunks": 0,
+        "documents": 0,
+    }
+
+
+async def test_sweep_retries_stalled_jobs_and_fails_orphans(
+    client, deps, upload_settings, org_a: Tenant
+):
+    from app.kit.db import Database
+
+    stalled = await upload(client, org_a)
+    orphan = await upload(client, org_a)
+    url = upload_settings.database_url
+    with psycopg.connect(url) as conn:
+        # A worker that died an hour ago, holding the first job.
+        worker_id = conn.execute(
+            "INSERT INTO procrastinate_workers (last_heartbeat) VALUES (now() - interval '1 hour')"
+            " RETURNING id"
+        ).fetchone()[0]
+        conn.execute(
+            "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s WHERE id = %s",
+            (worker_id, stalled["job_id"]),
+        )
+        # The second job ended without the recording finishing (e.g. cancelled by an operator).
+        conn.execute(
+            "UPDATE procrastinate_jobs SET status = 'cancelled' WHERE id = %s", (orphan["job_id"],)
+        )
+    app = build_app(upload_settings)
+    owner = Database(upload_settings, app_role=False)
+    await owner.open()
+    try:
+        async with app.open_async():
+            result = await sweep(app, owner, upload_settings)
+    finally:
+        await owner.close()
+    assert result == {"retried": 1, "failed": 1}
+    with psycopg.connect(url) as conn:
+        assert (
+            conn.execute(
+                "SELECT status::text FROM procrastinate_jobs WHERE id = %s", (stalled["job_id"],)
+            ).fetchone()[0]
+            == "todo"
+        )
+    recording = (
+        await client.get(f"/api/recordings/{orphan['recording']['id']}", headers=org_a.auth())
+    ).json()
+    assert recording["status"] == "failed"
+    assert "cancelled" in recording["error"]
+    await run_jobs(upload_settings)
+    recording = (
+        await client.get(f"/api/recordings/{stalled['recording']['id']}", headers=org_a.auth())
+    ).json()
+    assert recording["status"] == "ready"

@@ -1,0 +1,156 @@
+"""procrastinate wiring: the App, the pipeline task, its retry policy, the stalled-job sweeper."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from uuid import UUID
+
+import procrastinate
+import structlog
+from procrastinate.jobs import Job
+from procrastinate.retry import BaseRetryStrategy, RetryDecision
+
+from app.jobs.queue import PIPELINE_QUEUE, PIPELINE_TASK
+from app.kit.db import Database, libpq_conninfo
+from app.kit.metrics import JOB_DURATION, JOB_QUEUE_AGE, JOBS
+from app.settings import Settings
+from worker.pipeline import (
+    PermanentError,
+    PipelineDeps,
+    RecordingGone,
+    mark_failed,
+    process_recording,
+)
+
+log = structlog.stdlib.get_logger(__name__)
+
+MAX_BACKOFF_SECONDS = 300
+
+
+class PipelineRetry(BaseRetryStrategy):
+    """Retry transient failures with exponential backoff; never retry a permanent one."""
+
+    def __init__(self, max_attempts: int, base_seconds: float = 2.0) -> None:
+        self.max_attempts = max_attempts
+        self.base_seconds = base_seconds
+
+    def is_last_attempt(self, attempts: int) -> bool:
+        return attempts + 1 >= self.max_attempts
+
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        if isinstance(exception, PermanentError) or self.is_last_attempt(job.attempts):
+            return None
+        wait = min(self.base_seconds * 2**job.attempts, MAX_BACKOFF_SECONDS)
+        return RetryDecision(retry_in={"seconds": int(wait)})
+
+
+class WorkerState:
+    """What tasks need, built once when the worker starts (tasks are plain functions)."""
+
+    deps: PipelineDeps | None = None
+
+
+STATE = WorkerState()
+
+
+def build_app(settings: Settings) -> procrastinate.App:
+    connector = procrastinate.PsycopgConnector(
+        conninfo=libpq_conninfo(settings.database_url),
+        kwargs={"application_name": "record-worker"},
+        min_size=1,
+        max_size=max(2, settings.worker_concurrency + 1),
+    )
+    app = procrastinate.App(connector=connector)
+    retry = PipelineRetry(settings.job_max_attempts, settings.job_retry_base_seconds)
+
+    @app.task(
+        name=PIPELINE_TASK,
+        queue=PIPELINE_QUEUE,
+        pass_context=True,
+        retry=retry,
+    )
+    async def process_recording_task(
+        context: procrastinate.JobContext, org_id: str, recording_id: str
+    ) -> None:
+        deps = STATE.deps
+        assert deps is not None, "the worker sets up its dependencies before running tasks"
+        job = context.job
+        started = time.perf_counter()
+        status = "succeeded"
+        org, recording = UUID(org_id), UUID(recording_id)
+        try:
+            await process_recording(deps, org, recording)
+        except RecordingGone:
+            status = "skipped"
+            log.info("recording deleted before its pipeline finished", recording_id=recording_id)
+        except PermanentError as exc:
+            status = "failed"
+            await mark_failed(deps, org, recording, str(exc))
+            raise
+        except Exception as exc:
+            if retry.is_last_attempt(job.attempts):
+                status = "failed"
+                await mark_failed(
+                    deps,
+                    org,
+                    recording,
+                    f"Gave up after {job.attempts + 1} attempts: {type(exc).__name__}: {exc}",
+                )
+            else:
+                status = "retried"
+                log.warning(
+                    "pipeline attempt failed; will retry",
+                    recording_id=recording_id,
+                    attempt=job.attempts + 1,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+            raise
+        finally:
+            JOBS.labels("process_recording", status).inc()
+            JOB_DURATION.labels("process_recording").observe(time.perf_counter() - started)
+
+    return app
+
+
+async def sweep(app: procrastinate.App, db: Database, settings: Settings) -> dict[str, int]:
+    """Retry jobs whose worker died (no heartbeat), fail recordings whose job ended without
+    finishing them, and export the queue's age. Safe to run from every worker at once."""
+    retried = 0
+    stalled = await app.job_manager.get_stalled_jobs(
+        seconds_since_heartbeat=settings.job_stalled_seconds
+    )
+    for job in stalled:
+        log.warning("retrying stalled job", job_id=job.id, task=job.task_name)
+        await app.job_manager.retry_job(job)
+        retried += 1
+    failed = 0
+    async with db.pool.connection() as conn, conn.transaction():
+        # The owner connection: this crosses orgs on purpose (it is maintenance, not a request).
+        cur = await conn.execute(
+            """
+            UPDATE recordings AS r
+               SET status = 'failed', updated_at = now(),
+                   error = coalesce(r.error, 'Processing stopped: its job ended as ' || j.status)
+              FROM procrastinate_jobs AS j
+             WHERE j.id = r.job_id
+               AND r.status IN ('uploaded', 'transcribing', 'embedding')
+               AND j.status IN ('failed', 'cancelled', 'aborted', 'succeeded')
+            RETURNING r.id
+            """
+        )
+        failed = len(await cur.fetchall())
+        cur = await conn.execute(
+            """
+            SELECT coalesce(extract(epoch FROM now() - min(e.at)), 0) AS age
+              FROM procrastinate_jobs AS j
+              JOIN procrastinate_events AS e ON e.job_id = j.id AND e.type = 'deferred'
+             WHERE j.status = 'todo' AND j.queue_name = %s
+            """,
+            (PIPELINE_QUEUE,),
+        )
+        row: Any = await cur.fetchone()
+        JOB_QUEUE_AGE.labels(PIPELINE_QUEUE).set(float(row["age"]) if row else 0.0)
+    if failed:
+        log.warning("failed recordings whose job ended early", count=failed)
+    return {"retried": retried, "failed": failed}

@@ -1,0 +1,70 @@
+"""`record worker`: run the pipeline jobs, sweep for stalled ones, stop gracefully on SIGTERM.
+
+procrastinate handles SIGINT/SIGTERM itself: it stops fetching new jobs and waits for the
+running ones (up to ``shutdown_graceful_timeout``, then cancels them, which hands them back
+to the queue through the stalled-job sweep).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import anyio
+import structlog
+
+from app.ai.clients import ModelClients
+from app.kit.db import Database
+from app.kit.logging import configure_logging
+from app.kit.redis import create_redis
+from app.kit.storage import create_store
+from app.settings import Settings, get_settings
+from worker.jobs import STATE, build_app, sweep
+from worker.pipeline import PipelineDeps
+
+log = structlog.stdlib.get_logger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 30.0
+
+
+async def _sweep_forever(app: object, owner_db: Database, settings: Settings) -> None:
+    interval = max(2.0, settings.job_stalled_seconds / 4)
+    while True:
+        try:
+            await sweep(app, owner_db, settings)  # type: ignore[arg-type]
+        except Exception:
+            log.exception("sweep failed")
+        await anyio.sleep(interval)
+
+
+async def run_worker(settings: Settings | None = None, *, concurrency: int | None = None) -> None:
+    settings = settings or get_settings()
+    configure_logging(level=settings.log_level, json=settings.is_production)
+    db = Database(settings)
+    owner_db = Database(settings, app_role=False)  # the sweep works across orgs
+    await db.open()
+    await owner_db.open()
+    redis = create_redis(settings.redis_url, timeout=2.0)
+    models = ModelClients.from_settings(settings)
+    STATE.deps = PipelineDeps(
+        settings=settings, db=db, store=create_store(settings), models=models, redis=redis
+    )
+    app = build_app(settings)
+    try:
+        async with app.open_async(), anyio.create_task_group() as tg:
+            tg.start_soon(_sweep_forever, app, owner_db, settings)
+            log.info("worker started", concurrency=concurrency or settings.worker_concurrency)
+            await app.run_worker_async(
+                concurrency=concurrency or settings.worker_concurrency,
+                shutdown_graceful_timeout=SHUTDOWN_GRACE_SECONDS,
+                update_heartbeat_interval=max(1.0, settings.job_stalled_seconds / 6),
+                stalled_worker_timeout=settings.job_stalled_seconds,
+            )
+            tg.cancel_scope.cancel()
+    finally:
+        STATE.deps = None
+        with contextlib.suppress(Exception):
+            await models.aclose()
+        await redis.aclose()
+        await owner_db.close()
+        await db.close()
+        log.info("worker stopped")

@@ -1,0 +1,270 @@
+"""The recording pipeline: media → audio → transcript → chunks + embeddings → document.
+
+Every step is idempotent and writes in its own transaction, scoped to the recording's org
+(the worker is bound by row-level security like the API): a job killed anywhere and retried
+leaves exactly one transcript, one set of chunks and one document. A transcript that was
+already saved is reused on retry instead of transcribing again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+import wave
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import UUID
+
+import anyio
+import numpy as np
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from app.ai.clients import ModelClients, Segment
+from app.documents import repository as documents
+from app.kit.db import Database
+from app.kit.metrics import CACHE_REQUESTS
+from app.kit.storage import ObjectStore
+from app.recordings import repository as recordings
+from app.settings import Settings
+from app.transcripts import repository as transcripts
+from worker.chunking import ChunkingConfig, chunk_transcript
+
+log = structlog.stdlib.get_logger(__name__)
+
+SAMPLE_RATE = 16_000
+NO_SPEECH_SUMMARY = "No speech was detected in this recording."
+
+
+class PermanentError(Exception):
+    """The recording cannot be processed, and retrying will not change that."""
+
+
+class RecordingGone(Exception):
+    """The recording was deleted while its job waited or ran."""
+
+
+@dataclass
+class PipelineDeps:
+    settings: Settings
+    db: Database
+    store: ObjectStore
+    models: ModelClients
+    redis: Redis
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    segments: int
+    chunks: int
+    duration_seconds: float
+    reused_transcript: bool
+
+
+# -- decode ------------------------------------------------------------------------------------
+
+
+def decode_to_wav(source: Path, target: Path) -> float:
+    """Decode the first audio stream of any container PyAV reads to 16 kHz mono PCM WAV.
+
+    Returns the audio's duration in seconds. Runs in a worker thread (CPU-bound).
+    """
+    import av
+
+    try:
+        container = av.open(str(source))
+    except (av.FFmpegError, OSError) as exc:
+        raise PermanentError(f"The media could not be read: {exc}") from exc
+    frames = 0
+    with container:
+        if not container.streams.audio:
+            raise PermanentError("The recording has no audio track to transcribe.")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        with wave.open(str(target), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(SAMPLE_RATE)
+            try:
+                for frame in container.decode(stream):
+                    for resampled in resampler.resample(frame):
+                        data = resampled.to_ndarray().astype(np.int16).tobytes()
+                        out.writeframes(data)
+                        frames += resampled.samples
+                for resampled in resampler.resample(None):
+                    out.writeframes(resampled.to_ndarray().astype(np.int16).tobytes())
+                    frames += resampled.samples
+            except av.FFmpegError as exc:
+                raise PermanentError(f"The audio could not be decoded: {exc}") from exc
+    if frames == 0:
+        raise PermanentError("The recording's audio track is empty.")
+    return frames / SAMPLE_RATE
+
+
+# -- embeddings, cached --------------------------------------------------------------------------
+
+
+def _cache_key(model: str, text: str) -> str:
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return f"emb:v1:{model}:{digest}"
+
+
+async def embed_with_cache(deps: PipelineDeps, texts: Sequence[str]) -> list[np.ndarray]:
+    """Embeddings for ``texts``, from the cache (model + text hash) where it has them.
+
+    The cache is an optimisation: when Redis fails, everything is embedded afresh.
+    """
+    model = deps.models.config.embedding_model
+    keys = [_cache_key(model, text) for text in texts]
+    cached: list[bytes | None] = [None] * len(texts)
+    try:
+        if keys:
+            cached = [
+                raw if isinstance(raw, bytes) else None for raw in await deps.redis.mget(keys)
+            ]
+    except RedisError as exc:
+        log.warning("embedding cache unavailable", error=str(exc))
+    vectors: list[np.ndarray | None] = [
+        np.frombuffer(raw, dtype=np.float32) if raw is not None else None for raw in cached
+    ]
+    missing = [i for i, vector in enumerate(vectors) if vector is None]
+    CACHE_REQUESTS.labels("embeddings", "hit").inc(len(texts) - len(missing))
+    CACHE_REQUESTS.labels("embeddings", "miss").inc(len(missing))
+    batch = deps.settings.embedding_batch_size
+    for start in range(0, len(missing), batch):
+        indexes = missing[start : start + batch]
+        result = await deps.models.embeddings.embed([texts[i] for i in indexes])
+        fresh = {
+            keys[i]: np.asarray(vector, dtype=np.float32)
+            for i, vector in zip(indexes, result.vectors, strict=True)
+        }
+        for i in indexes:
+            vectors[i] = fresh[keys[i]]
+        try:
+            async with deps.redis.pipeline(transaction=False) as pipe:
+                for key, vector in fresh.items():
+                    pipe.set(key, vector.tobytes(), ex=deps.settings.embedding_cache_ttl_seconds)
+                await pipe.execute()
+        except RedisError as exc:
+            log.warning("embedding cache not written", error=str(exc))
+    return [vector for vector in vectors if vector is not None]
+
+
+# -- the pipeline --------------------------------------------------------------------------------
+
+
+async def _mark(
+    deps: PipelineDeps, org_id: UUID, recording_id: UUID, status: str, **kw: object
+) -> str:
+    async with deps.db.transaction(org_id=org_id) as conn:
+        row = await recordings.set_status(conn, org_id, recording_id, status, **kw)  # type: ignore[arg-type]
+    if row is None:
+        raise RecordingGone(str(recording_id))
+    return str(row["media_key"] or "")
+
+
+async def _transcribe(
+    deps: PipelineDeps, org_id: UUID, recording_id: UUID, media_key: str
+) -> tuple[list[Segment], str, str | None, float, bool]:
+    """(segments, text, language, duration, reused) — from the database when a previous
+    attempt already saved the transcript."""
+    async with deps.db.transaction(org_id=org_id) as conn:
+        saved = await transcripts.get_transcript(conn, org_id, recording_id)
+        rows = await transcripts.get_segments(conn, saved["id"]) if saved else []
+        recording = await recordings.get(conn, org_id, recording_id)
+    if saved is not None and recording is not None and recording["duration_seconds"]:
+        segments = [Segment(r["start"], r["end"], r["text"]) for r in rows]
+        return segments, saved["text"], saved["language"], recording["duration_seconds"], True
+
+    with tempfile.TemporaryDirectory(prefix="record-pipeline-") as tmp:
+        source, audio = Path(tmp) / "media", Path(tmp) / "audio.wav"
+        await deps.store.download_to(media_key, source)
+        duration = await anyio.to_thread.run_sync(decode_to_wav, source, audio)
+        transcript = await deps.models.transcription.transcribe(audio, filename="audio.wav")
+    segments = transcript.segments
+    async with deps.db.transaction(org_id=org_id) as conn:
+        await transcripts.save_transcript(
+            conn,
+            org_id=org_id,
+            recording_id=recording_id,
+            language=transcript.language or None,
+            text=transcript.text,
+            model=deps.models.config.transcription_model,
+            segments=[(s.start, s.end, s.text) for s in segments],
+        )
+        if (
+            await recordings.set_status(
+                conn, org_id, recording_id, "transcribing", duration_seconds=duration
+            )
+            is None
+        ):
+            raise RecordingGone(str(recording_id))
+    return segments, transcript.text, transcript.language, duration, False
+
+
+async def process_recording(deps: PipelineDeps, org_id: UUID, recording_id: UUID) -> PipelineResult:
+    started = time.perf_counter()
+    bound = log.bind(org_id=str(org_id), recording_id=str(recording_id))
+    media_key = await _mark(deps, org_id, recording_id, "transcribing")
+    if not media_key:
+        raise PermanentError("The recording has no stored media.")
+    segments, text, _language, duration, reused = await _transcribe(
+        deps, org_id, recording_id, media_key
+    )
+    bound.info("transcribed", segments=len(segments), seconds=duration, reused=reused)
+
+    await _mark(deps, org_id, recording_id, "embedding")
+    config = ChunkingConfig(
+        max_tokens=deps.settings.chunk_max_tokens,
+        overlap_tokens=deps.settings.chunk_overlap_tokens,
+    )
+    chunks = chunk_transcript(segments, config)
+    vectors = await embed_with_cache(deps, [chunk.text for chunk in chunks])
+    rows = [
+        transcripts.ChunkRow(
+            idx=chunk.index,
+            text=chunk.text,
+            token_count=chunk.token_count,
+            start_seconds=chunk.start_seconds,
+            end_seconds=chunk.end_seconds,
+            embedding=vector,
+        )
+        for chunk, vector in zip(chunks, vectors, strict=True)
+    ]
+    async with deps.db.transaction(org_id=org_id) as conn:
+        await transcripts.replace_chunks(
+            conn, org_id=org_id, recording_id=recording_id, chunks=rows
+        )
+    bound.info("embedded", chunks=len(rows))
+
+    if text.strip():
+        draft = await deps.models.chat.generate_document(text)
+        title, summary, model = draft.title, draft.summary, draft.model
+        key_points, action_items = draft.key_points, draft.action_items
+    else:
+        title, summary, model, key_points, action_items = "", NO_SPEECH_SUMMARY, "none", [], []
+    async with deps.db.transaction(org_id=org_id) as conn:
+        recording = await recordings.get(conn, org_id, recording_id)
+        if recording is None:
+            raise RecordingGone(str(recording_id))
+        await documents.save_document(
+            conn,
+            org_id=org_id,
+            recording_id=recording_id,
+            title=title or recording["title"],
+            summary=summary,
+            key_points=key_points,
+            action_items=action_items,
+            model=model,
+        )
+        await recordings.set_status(conn, org_id, recording_id, "ready")
+    bound.info("ready", seconds=round(time.perf_counter() - started, 2))
+    return PipelineResult(len(segments), len(rows), duration, reused)
+
+
+async def mark_failed(deps: PipelineDeps, org_id: UUID, recording_id: UUID, reason: str) -> None:
+    async with deps.db.transaction(org_id=org_id) as conn:
+        await recordings.set_status(conn, org_id, recording_id, "failed", error=reason[:1000])
