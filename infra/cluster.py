@@ -235,7 +235,7 @@ class Cluster(pulumi.ComponentResource):
         self.oidc_issuer = issuer
         self.kubeconfig = pulumi.Output.secret(
             pulumi.Output.all(cluster.name, cluster.endpoint, cluster.certificate_authority).apply(
-                lambda a: _kubeconfig(a[0], a[1], a[2]["data"], p.region)
+                lambda a: _kubeconfig(a[0], a[1], _field(a[2], "data"), p.region)
             )
         )
         return [node_group, *addons]
@@ -481,6 +481,13 @@ def _load_balancer_controller_policy() -> pulumi.Output[str]:
             "Condition": {"Null": {"aws:RequestTag/elbv2.k8s.aws/cluster": "false"}},
         },
     )
+
+
+def _field(value: object, name: str) -> str:
+    # A typed output object on a deploy, a plain mapping under mocks.
+    if isinstance(value, dict):
+        return str(value[name])
+    return str(getattr(value, name))
 
 
 def _kubeconfig(name: str, endpoint: str, ca_data: str, region: str) -> str:
