@@ -26,6 +26,7 @@ from app.kit.security.files import resolve_under
 
 READ_CHUNK = 1024 * 1024
 # S3 parts must be at least 5 MiB (except the last); 8 MiB keeps memory bounded and requests few.
+MIN_PART_SIZE = 5 * 1024 * 1024
 PART_SIZE = 8 * 1024 * 1024
 _KEY = re.compile(r"^[a-z0-9][a-z0-9/._\-]{0,500}$")
 
@@ -35,7 +36,9 @@ def recording_key(org_id: UUID, recording_id: UUID, extension: str) -> str:
 
 
 def _check_key(key: str) -> str:
-    if not _KEY.match(key) or ".." in key or "//" in key:
+    # Every segment must be a real name: "a/./b" or "a/" would map two keys to one file (or a
+    # folder) in FileStore and to surprising names in S3.
+    if not _KEY.match(key) or ".." in key or any(p in {"", "."} for p in key.split("/")):
         raise ValueError(f"not a server-made object key: {key!r}")
     return key
 
@@ -68,7 +71,12 @@ class ObjectStore(Protocol):
     async def presigned_get(self, key: str, *, expires_in: int = 900) -> str | None: ...
 
     async def presigned_put(
-        self, key: str, *, content_type: str, expires_in: int = 900
+        self,
+        key: str,
+        *,
+        content_type: str,
+        expires_in: int = 900,
+        content_length: int | None = None,
     ) -> PresignedUpload | None: ...
 
     def local_path(self, key: str) -> Path | None: ...
@@ -166,7 +174,12 @@ class FileStore:
         return None  # served by the API itself
 
     async def presigned_put(
-        self, key: str, *, content_type: str, expires_in: int = 900
+        self,
+        key: str,
+        *,
+        content_type: str,
+        expires_in: int = 900,
+        content_length: int | None = None,
     ) -> PresignedUpload | None:
         return None  # browsers upload through the API
 
@@ -187,9 +200,23 @@ class S3Store:
         region: str | None = None,
         endpoint_url: str | None = None,
         client_factory: Callable[[], Any] | None = None,
+        part_size: int = PART_SIZE,
+        sse: str | None = "aws:kms",
+        kms_key_id: str | None = None,
     ) -> None:
+        if part_size < MIN_PART_SIZE:
+            # S3 refuses the completion, not the part: fail here instead of after the upload.
+            raise ValueError(f"S3 multipart parts must be at least {MIN_PART_SIZE} bytes")
+        if kms_key_id and sse != "aws:kms":
+            raise ValueError("kms_key_id needs sse='aws:kms'")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
+        self.part_size = part_size
+        # Encryption at rest is requested on every write (default aws:kms with the bucket's or
+        # account's key); None leaves it to the bucket's default encryption, for S3-compatible
+        # servers without a KMS.
+        self.sse = sse
+        self.kms_key_id = kms_key_id
         if client_factory is None:
             import boto3
             from botocore.config import Config
@@ -211,6 +238,23 @@ class S3Store:
     def local_path(self, key: str) -> Path | None:
         return None
 
+    def _sse_params(self) -> dict[str, str]:
+        params: dict[str, str] = {}
+        if self.sse:
+            params["ServerSideEncryption"] = self.sse
+        if self.kms_key_id:
+            params["SSEKMSKeyId"] = self.kms_key_id
+        return params
+
+    def _sse_headers(self) -> dict[str, str]:
+        # A presigned PUT signs these headers: the uploader must send them exactly.
+        headers: dict[str, str] = {}
+        if self.sse:
+            headers["x-amz-server-side-encryption"] = self.sse
+        if self.kms_key_id:
+            headers["x-amz-server-side-encryption-aws-kms-key-id"] = self.kms_key_id
+        return headers
+
     async def _call(self, method: str, **kwargs: Any) -> Any:
         return await anyio.to_thread.run_sync(lambda: getattr(self._client, method)(**kwargs))
 
@@ -222,7 +266,7 @@ class S3Store:
             Bucket=self.bucket,
             Key=full_key,
             ContentType=content_type,
-            ServerSideEncryption="aws:kms",
+            **self._sse_params(),
         )
         upload_id = upload["UploadId"]
         parts: list[dict[str, Any]] = []
@@ -245,9 +289,9 @@ class S3Store:
             async for chunk in chunks:
                 buffer += chunk
                 written += len(chunk)
-                while len(buffer) >= PART_SIZE:
-                    await send(bytes(buffer[:PART_SIZE]))
-                    del buffer[:PART_SIZE]
+                while len(buffer) >= self.part_size:
+                    await send(bytes(buffer[: self.part_size]))
+                    del buffer[: self.part_size]
             if buffer or not parts:
                 await send(bytes(buffer))
             await self._call(
@@ -257,15 +301,21 @@ class S3Store:
                 UploadId=upload_id,
                 MultipartUpload={"Parts": parts},
             )
-        except BaseException:
+        except BaseException as exc:
             # Abort, so a refused or broken upload leaves no object and no stored parts.
             with anyio.CancelScope(shield=True):
-                await self._call(
-                    "abort_multipart_upload",
-                    Bucket=self.bucket,
-                    Key=full_key,
-                    UploadId=upload_id,
-                )
+                try:
+                    await self._call(
+                        "abort_multipart_upload",
+                        Bucket=self.bucket,
+                        Key=full_key,
+                        UploadId=upload_id,
+                    )
+                except Exception as abort_error:
+                    # The caller needs the upload's own error (a 413 stays a 413); the parts
+                    # left behind are what a bucket lifecycle rule for incomplete multipart
+                    # uploads is for.
+                    exc.add_note(f"aborting the multipart upload failed too: {abort_error!r}")
             timer.done(status="error")
             raise
         timer.done(written)
@@ -334,24 +384,32 @@ class S3Store:
         )
 
     async def presigned_put(
-        self, key: str, *, content_type: str, expires_in: int = 900
+        self,
+        key: str,
+        *,
+        content_type: str,
+        expires_in: int = 900,
+        content_length: int | None = None,
     ) -> PresignedUpload | None:
+        params: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": self._key(key),
+            "ContentType": content_type,
+            **self._sse_params(),
+        }
+        if content_length is not None:
+            # Signed, so S3 itself refuses a body of any other size (a presigned PUT has no
+            # content-length-range). Browsers and HTTP clients send Content-Length on their own.
+            params["ContentLength"] = content_length
         url = await anyio.to_thread.run_sync(
             lambda: self._client.generate_presigned_url(
-                "put_object",
-                Params={
-                    "Bucket": self.bucket,
-                    "Key": self._key(key),
-                    "ContentType": content_type,
-                    "ServerSideEncryption": "aws:kms",
-                },
-                ExpiresIn=expires_in,
+                "put_object", Params=params, ExpiresIn=expires_in
             )
         )
         return PresignedUpload(
             url=str(url),
             method="PUT",
-            headers={"Content-Type": content_type, "x-amz-server-side-encryption": "aws:kms"},
+            headers={"Content-Type": content_type, **self._sse_headers()},
             expires_in=expires_in,
         )
 

@@ -14,9 +14,11 @@ from app.auth.rbac import Permission
 from app.kit.deps import DbConn, ServicesDep
 from app.kit.pagination import Cursor, Limit
 from app.kit.ratelimit import Decision, rate_limit
-from app.recordings import service
+from app.recordings import direct, service
 from app.recordings.schemas import (
     UPLOAD_REQUEST_BODY,
+    DirectUploadIn,
+    DirectUploadOut,
     RecordingOut,
     RecordingPage,
     RecordingPatch,
@@ -103,3 +105,28 @@ async def get_media(
         return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
     assert path is not None
     return FileResponse(path, media_type=content_type or "application/octet-stream")
+
+
+# Direct uploads (S3 only): sign a PUT, the client sends the file to the bucket, then completes.
+# Detached authentication like the streaming upload: these routes wait on S3 and Redis, and
+# hold no pooled connection meanwhile.
+@router.post("/uploads", status_code=status.HTTP_201_CREATED)
+async def start_direct_upload(
+    body: DirectUploadIn,
+    principal: Creator,
+    _limit: Annotated[Decision | None, Depends(rate_limit("upload"))],
+    services: ServicesDep,
+) -> DirectUploadOut:
+    """Start an upload straight to object storage: PUT the file to ``url`` with exactly
+    ``headers``, then call ``complete``. Needs the S3 backend; otherwise 409 (use multipart
+    ``POST /api/recordings``)."""
+    return await direct.start_direct_upload(services, principal, body)
+
+
+@router.post("/uploads/{upload_id}/complete", status_code=status.HTTP_202_ACCEPTED)
+async def complete_direct_upload(
+    upload_id: UUID, principal: Creator, services: ServicesDep
+) -> UploadAccepted:
+    """Check the uploaded file (size, type by its first bytes) and start processing it, like
+    ``POST /api/recordings`` does. A refused file is deleted (415/400); twice is a 409."""
+    return await direct.complete_direct_upload(services, principal, upload_id)

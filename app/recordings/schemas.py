@@ -65,3 +65,26 @@ UPLOAD_REQUEST_BODY = {
         }
     },
 }
+
+
+class DirectUploadIn(Strict):
+    """A browser's request to upload straight to object storage (S3 backend only)."""
+
+    filename: str = Field(min_length=1, max_length=255)
+    title: str | None = Field(default=None, max_length=300)
+    size: int = Field(ge=1, description="The file's exact size in bytes.")
+    # Accepted for the client's convenience, never trusted: the stored type comes from the
+    # extension now and from the file's first bytes at `complete`.
+    content_type: str | None = Field(default=None, max_length=255)
+
+
+class DirectUploadOut(BaseModel):
+    """Where to PUT the file: send exactly ``headers`` (they are signed), then POST
+    ``/api/recordings/uploads/{upload_id}/complete``."""
+
+    upload_id: UUID
+    recording_id: UUID
+    url: str
+    method: str
+    headers: dict[str, str]
+    expires_in: int
