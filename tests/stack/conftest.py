@@ -54,7 +54,9 @@ class RunningStack:
         return self.proc.returncode
 
 
-def start_stack(state: Path, api_port: int, valkey_port: int) -> RunningStack:
+def start_stack(
+    state: Path, api_port: int, valkey_port: int, extra_env: dict[str, str] | None = None
+) -> RunningStack:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -68,6 +70,7 @@ def start_stack(state: Path, api_port: int, valkey_port: int) -> RunningStack:
         WEB_CONCURRENCY="2",
         LOG_LEVEL="INFO",
     )
+    env.update(extra_env or {})
     log = state.parent / f"record-up-{int(time.time() * 1000)}.log"
     record = str(Path(sys.executable).parent / "record")
     with open(log, "wb") as handle:
