@@ -113,7 +113,7 @@ def _arn(service: str, kind: str, name: str, region: str = "us-east-1") -> str:
     return f"arn:aws:{service}:{region}:{ACCOUNT}:{kind}/{PLACEHOLDER}-{name}"
 
 
-def _computed(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+def _computed(typ: str, name: str, inputs: dict[str, Any], region: str) -> dict[str, Any]:
     """Placeholder values for outputs the cloud assigns."""
     token = hashlib.sha256(f"{typ}/{name}".encode()).hexdigest()[:8]
     out: dict[str, Any] = {
@@ -198,7 +198,7 @@ def render(stack: str, overrides: dict[str, Any] | None = None) -> Plan:
                 outputs["vpcCidr"] = "10.40.0.0/16"
                 outputs["kubeconfig"] = "{}"
                 return f"{args.name}", {"name": args.name, "outputs": outputs}
-            state = {**args.inputs, **_computed(args.typ, args.name, inputs)}
+            state = {**args.inputs, **_computed(args.typ, args.name, inputs, region)}
             return f"{PLACEHOLDER}-{args.name}", state
 
         def call(
