@@ -137,8 +137,8 @@ def _computed(typ: str, name: str, inputs: dict[str, Any], region: str) -> dict[
             port=5432,
             masterUserSecrets=[
                 {
-                    "secretArn": _arn("secretsmanager", "secret", f"rds-{name}"),
-                    "kmsKeyId": _arn("kms", "key", name),
+                    "secretArn": _arn("secretsmanager", "secret", f"rds-{name}", region),
+                    "kmsKeyId": _arn("kms", "key", name, region),
                 }
             ],
         )
