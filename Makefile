@@ -17,6 +17,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(PIP) -e '.[local,dev,ai,infra]'
+	bash infra/tools.sh
 	@touch $@
 
 install: $(VENV)/.installed
@@ -38,4 +39,4 @@ test-fast: install
 	$(BIN)/python -m pytest -m "not slow" -x $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage*
+	rm -rf $(VENV) .venv-tools .pytest_cache .mypy_cache .ruff_cache .coverage*

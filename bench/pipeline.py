@@ -1,0 +1,249 @@
+"""The pipeline's three speed figures, each against a baseline measured in the same run.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python -m bench.pipeline [--texts 256] [--chunks 10000] [--rounds 3]
+
+1. Transcription real-time factor (seconds of work per second of audio) of espeak-ng speech,
+   through the pipeline's path (PyAV decode to 16 kHz WAV, then the OpenAI-protocol client to
+   the local model server) and, as the baseline, the bare faster-whisper model on the same file.
+2. Embedding throughput through the pipeline (``worker.pipeline.embed_with_cache`` with a cold
+   cache: Redis look-up, OpenAI-protocol client, the model server, Redis write) as a ratio of
+   the bare model's throughput (``SentenceTransformer.encode``) on the same texts. Goal ≥ 0.9.
+3. Writing 10,000 chunks with their 384-dim embeddings as the application role under
+   row-level security: binary COPY into a staging table + one INSERT ... SELECT (what the
+   worker does) vs ``executemany`` of INSERTs (psycopg 3 pipelines those). Goal ≥ 5×.
+
+The model server runs in-process over ASGI (no sockets), so the figure is our protocol layer's
+cost, not the loopback's. PostgreSQL and Valkey are the embedded servers, started here.
+Rounds alternate baseline and contender; the median round is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SPEECH = (
+    "The quarterly budget meeting starts now. Alice will send the marketing report on Friday. "
+    "We need to hire two engineers before the product launch in May. The payment provider "
+    "asked for another round of security testing. Let's schedule a rehearsal for the launch "
+    "next Tuesday."
+)
+
+
+def wait_for(check, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"{what} did not start")
+
+
+def start_servers(base: Path):
+    from app.devstack.servers import PostgresServer, ValkeyServer, service_user_kwargs
+    from tests.conftest import free_port
+
+    pg = PostgresServer(data_dir=base / "pg", socket_dir=base / "run")
+    pg.initdb()
+    pg_proc = subprocess.Popen(
+        pg.command(extra={"fsync": "off", "synchronous_commit": "off"}),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        **service_user_kwargs(),
+    )
+    wait_for(pg.is_ready, "PostgreSQL")
+    valkey = ValkeyServer(data_dir=base / "valkey", port=free_port(), password="bench-only")
+    valkey_proc = subprocess.Popen(
+        valkey.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+    def valkey_ready() -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis.from_url(valkey.url).ping())
+        except redis.RedisError:
+            return False
+
+    wait_for(valkey_ready, "Valkey")
+    return pg, pg_proc, valkey, valkey_proc
+
+
+async def bench_copy(settings, n: int, rounds: int) -> tuple[float, float]:
+    """Median seconds for (staged COPY, executemany) writing ``n`` chunks as record_app."""
+    from app.kit.db import Database
+    from app.transcripts.repository import CHUNK_COLUMNS, ChunkRow, replace_chunks
+
+    db = Database(settings)
+    await db.open()
+    org_id, recording_id, user_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    async with db.pool.connection() as conn:
+        await conn.execute("RESET ROLE")  # set-up as the owner
+        await conn.execute("INSERT INTO orgs (id, name) VALUES (%s, 'bench')", (org_id,))
+        await conn.execute(
+            "INSERT INTO recordings (id, org_id, title) VALUES (%s, %s, 'bench')",
+            (recording_id, org_id),
+        )
+        await conn.commit()
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((n, 384)).astype(np.float32)
+    rows = [
+        ChunkRow(i, f"chunk {i} " + "word " * 150, 160, i * 10.0, i * 10.0 + 9.5, vectors[i])
+        for i in range(n)
+    ]
+    copy_times, many_times = [], []
+    for _ in range(rounds):
+        async with db.transaction(org_id=org_id, user_id=user_id) as conn:
+            await conn.execute("DELETE FROM transcript_chunks")
+        started = time.perf_counter()
+        async with db.transaction(org_id=org_id, user_id=user_id) as conn:
+            await replace_chunks(conn, org_id=org_id, recording_id=recording_id, chunks=rows)
+        copy_times.append(time.perf_counter() - started)
+
+        async with db.transaction(org_id=org_id, user_id=user_id) as conn:
+            await conn.execute("DELETE FROM transcript_chunks")
+        started = time.perf_counter()
+        async with db.transaction(org_id=org_id, user_id=user_id) as conn, conn.cursor() as cur:
+            await cur.executemany(
+                f"INSERT INTO transcript_chunks ({CHUNK_COLUMNS}) "  # noqa: S608
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [
+                    (uuid.uuid4(), org_id, recording_id, r.idx, r.text, r.token_count,
+                     r.start_seconds, r.end_seconds, r.embedding)
+                    for r in rows
+                ],
+            )
+        many_times.append(time.perf_counter() - started)
+    async with db.transaction(org_id=org_id, user_id=user_id) as conn:
+        cur = await conn.execute("SELECT count(*) AS n FROM transcript_chunks")
+        row = await cur.fetchone()
+        assert row is not None and row["n"] == n, row
+    await db.close()
+    return statistics.median(copy_times), statistics.median(many_times)
+
+
+async def bench_models(settings, texts_count: int, rounds: int, base: Path) -> dict[str, float]:
+    import httpx2
+    from redis.asyncio import Redis
+
+    from app.ai.clients import ModelClients, ModelConfig
+    from app.ai.local_models import LocalModels
+    from app.ai.server import create_model_app
+    from app.kit.db import Database
+    from app.kit.storage import FileStore
+    from bench.embeddings_model import chunk_texts
+    from worker.pipeline import PipelineDeps, decode_to_wav, embed_with_cache
+
+    models = LocalModels()
+    models.load_all()
+    app = create_model_app(models, preload=False)
+    http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), timeout=600)
+    clients = ModelClients.from_settings(
+        settings, config=ModelConfig(max_retries=0), http_client=http
+    )
+    redis = Redis.from_url(settings.redis_url)
+    deps = PipelineDeps(
+        settings=settings, db=Database(settings), store=FileStore(base / "objects"),
+        models=clients, redis=redis,
+    )
+    # The worker's real chunks: ~200-token pieces of meeting speech.
+    texts = chunk_texts(texts_count)
+    speech = base / "speech.wav"
+    subprocess.run(["espeak-ng", "-w", str(speech), " ".join([SPEECH] * 4)], check=True)
+
+    bare_e, pipe_e, bare_t, pipe_t = [], [], [], []
+    duration = 0.0
+    for round_no in range(rounds):
+        started = time.perf_counter()
+        await asyncio.to_thread(models.embed, texts)
+        bare_e.append(time.perf_counter() - started)
+        await redis.flushdb()  # cold cache: every text goes to the model
+        unique = [f"{text} ({round_no})" for text in texts]
+        started = time.perf_counter()
+        vectors = await embed_with_cache(deps, unique)
+        pipe_e.append(time.perf_counter() - started)
+        assert len(vectors) == len(texts)
+
+        started = time.perf_counter()
+        duration = (await asyncio.to_thread(models.transcribe, str(speech))).duration
+        bare_t.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        wav = base / "decoded.wav"
+        await asyncio.to_thread(decode_to_wav, speech, wav)
+        await clients.transcription.transcribe(wav)
+        pipe_t.append(time.perf_counter() - started)
+    await clients.aclose()
+    await redis.aclose()
+    return {
+        "texts": len(texts),
+        "bare_embed": statistics.median(bare_e),
+        "pipe_embed": statistics.median(pipe_e),
+        "duration": duration,
+        "bare_transcribe": statistics.median(bare_t),
+        "pipe_transcribe": statistics.median(pipe_t),
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--texts", type=int, default=256)
+    parser.add_argument("--chunks", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if not shutil.which("espeak-ng"):
+        raise SystemExit("espeak-ng is needed: apt-get install espeak-ng")
+
+    from app.kit.migrate import upgrade
+    from app.settings import Settings
+
+    base = Path(tempfile.mkdtemp(prefix="record-bench-"))
+    pg, pg_proc, valkey, valkey_proc = start_servers(base)
+    try:
+        pg.create_database("bench")
+        upgrade(pg.url("bench"))
+        settings = Settings(
+            database_url=pg.url("bench"), redis_url=valkey.url, state_dir=base,
+            openai_base_url="http://models.bench/v1", log_level="WARNING",
+        )
+        copy_s, many_s = await bench_copy(settings, args.chunks, args.rounds)
+        m = await bench_models(settings, args.texts, args.rounds, base)
+    finally:
+        pg_proc.send_signal(signal.SIGINT)
+        valkey_proc.terminate()
+        pg_proc.wait(timeout=30)
+        valkey_proc.wait(timeout=30)
+        shutil.rmtree(base, ignore_errors=True)
+
+    bare_rate, pipe_rate = m["texts"] / m["bare_embed"], m["texts"] / m["pipe_embed"]
+    print(f"\n{'figure':<58}{'baseline':>12}{'record':>12}{'ratio':>9}")
+    print(
+        f"{'transcription RTF, %.0f s of speech (bare model / pipeline)' % m['duration']:<58}"
+        f"{m['bare_transcribe'] / m['duration']:>12.3f}{m['pipe_transcribe'] / m['duration']:>12.3f}"
+        f"{m['bare_transcribe'] / m['pipe_transcribe']:>9.2f}"
+    )
+    print(
+        f"{'embeddings/s, %d chunks (bare model / pipeline, goal >= 0.9)' % m['texts']:<58}"
+        f"{bare_rate:>12.1f}{pipe_rate:>12.1f}{pipe_rate / bare_rate:>9.2f}"
+    )
+    print(
+        f"{'chunks/s written, %d (executemany / staged COPY, goal >= 5)' % args.chunks:<58}"
+        f"{args.chunks / many_s:>12.0f}{args.chunks / copy_s:>12.0f}{many_s / copy_s:>9.2f}"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
