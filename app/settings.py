@@ -80,6 +80,9 @@ class Settings(BaseSettings):
 
     # Background jobs (procrastinate, on the same PostgreSQL).
     worker_concurrency: int = Field(default=2, ge=1, le=64)
+    # The worker serves its own /metrics here for the cluster's Prometheus (0: don't serve; the
+    # local stack shares the API's multiprocess metrics directory instead).
+    worker_metrics_port: int = Field(default=9100, ge=0, le=65535)
     job_max_attempts: int = Field(default=5, ge=1, le=50)
     job_retry_base_seconds: float = Field(default=2.0, ge=0)  # doubles every attempt
     # A job whose worker sent no heartbeat for this long is considered stalled and retried.

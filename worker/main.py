@@ -8,9 +8,11 @@ to the queue through the stalled-job sweep).
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import anyio
 import structlog
+from prometheus_client import REGISTRY
 
 from app.ai.clients import ModelClients
 from app.kit.db import Database
@@ -36,9 +38,28 @@ async def _sweep_forever(app: object, owner_db: Database, settings: Settings) ->
         await anyio.sleep(interval)
 
 
+def serve_metrics(settings: Settings) -> Any:
+    """/metrics for the cluster's Prometheus (PodMonitor on port ``metrics``); returns the
+    server (None when disabled)."""
+    if not settings.worker_metrics_port:
+        return None
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import multiprocess as prom_multiprocess
+
+    registry = None
+    if settings.prometheus_multiproc_dir:
+        registry = CollectorRegistry()
+        prom_multiprocess.MultiProcessCollector(registry, path=settings.prometheus_multiproc_dir)  # type: ignore[no-untyped-call]
+    server, _thread = start_http_server(
+        settings.worker_metrics_port, addr="0.0.0.0", registry=registry or REGISTRY
+    )  # noqa: S104 - scraped from inside the cluster; NetworkPolicy limits who
+    return server
+
+
 async def run_worker(settings: Settings | None = None, *, concurrency: int | None = None) -> None:
     settings = settings or get_settings()
     configure_logging(level=settings.log_level, json=settings.is_production)
+    serve_metrics(settings)
     db = Database(settings)
     owner_db = Database(settings, app_role=False)  # the sweep works across orgs
     await db.open()

@@ -253,7 +253,10 @@ class Stack:
             )
         )
         if _has_module("worker.main"):
-            self.add(Child("worker", [record, "worker"], api_env, self.logs / "worker.log"))
+            # Locally the worker's samples go to the API's multiprocess directory (so the API's
+            # /metrics shows them); no second metrics port to collide with.
+            worker_env = {**api_env, "WORKER_METRICS_PORT": "0"}
+            self.add(Child("worker", [record, "worker"], worker_env, self.logs / "worker.log"))
 
     def wait_ready(self) -> None:
         url = f"http://{API_HOST}:{self.settings.local_api_port}/readyz"
