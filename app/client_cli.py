@@ -1,0 +1,440 @@
+"""The HTTP API from a terminal: ``record upload`` and ``record recordings list``.
+
+These commands are a client like any other: they talk to a running server (``make up``, or
+any deployment) with an API key and never touch the database or storage themselves. Which
+server and which key: ``RECORD_API_URL`` / ``RECORD_API_KEY``, else the ``.record/dev.env``
+that ``make up`` writes.
+
+Uploads stream from disk: the multipart body is generated chunk by chunk, so a 2 GiB
+recording costs a megabyte of memory, and the progress bar counts the bytes as they are sent.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    import httpx
+    from rich.console import Console
+
+CHUNK = 1024 * 1024
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+# The pipeline's steps, in order (DESIGN.md: uploaded -> transcribing -> embedding -> ready).
+STEPS = ("uploaded", "transcribing", "embedding", "ready")
+JOB_GAVE_UP = {"failed", "cancelled", "aborted"}
+MAX_PAGE = 100  # the API's largest page
+
+recordings_app = typer.Typer(help="Recordings on a Record server.", no_args_is_help=True)
+
+
+class ClientSettings(BaseSettings):
+    """Where the client finds its server. Not the server's ``Settings``: a laptop running
+    ``record upload`` against production has no DATABASE_URL, and needs none."""
+
+    model_config = SettingsConfigDict(env_prefix="RECORD_", extra="ignore", populate_by_name=True)
+
+    api_url: str | None = None
+    api_key: SecretStr | None = None
+    # The same variable the server's settings use, so `make up` and the client agree.
+    state_dir: Path = Field(default=Path(".record"), validation_alias="STATE_DIR")
+
+
+class CliError(Exception):
+    """A failure the user can act on: printed as one line, exit status 1, no traceback."""
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    url: str
+    key: str
+
+
+def load_config() -> ApiConfig:
+    from app.devstack.supervisor import read_env_file
+
+    env = ClientSettings()
+    dev_env = env.state_dir / "dev.env"
+    from_file = read_env_file(dev_env)
+    url = env.api_url or from_file.get("RECORD_API_URL") or DEFAULT_API_URL
+    key = (env.api_key.get_secret_value() if env.api_key else "") or from_file.get(
+        "RECORD_API_KEY", ""
+    )
+    if not key:
+        raise CliError(
+            f"no API key: run `make up` (it writes {dev_env}) or set RECORD_API_KEY "
+            "(create one with POST /api/orgs/{org_id}/api-keys)"
+        )
+    return ApiConfig(url=url.rstrip("/"), key=key)
+
+
+def problem_message(response: httpx.Response) -> str:
+    """One line from an RFC 9457 problem (or whatever the server sent instead)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return f"HTTP {response.status_code}: {response.text[:200] or response.reason_phrase}"
+    detail = str(body.get("detail") or body.get("title") or response.reason_phrase)
+    fields = [
+        f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg')}"
+        for e in body.get("errors") or []
+        if isinstance(e, dict)
+    ]
+    if fields:
+        detail = f"{detail} ({'; '.join(fields)})"
+    if response.status_code == 401:
+        return (
+            f"the server refused the API key: {detail} Set RECORD_API_KEY to a valid key "
+            "(or run `make up` for the demo org's key)."
+        )
+    return f"HTTP {response.status_code}: {detail}"
+
+
+class Api:
+    """A thin httpx client that turns transport errors and problems into ``CliError``."""
+
+    def __init__(self, config: ApiConfig) -> None:
+        import httpx
+
+        self.config = config
+        self.http = httpx.Client(
+            base_url=config.url,
+            headers={"Authorization": f"Bearer {config.key}", "User-Agent": "record-cli"},
+            # No overall limit: a large upload takes as long as it takes; each read or write
+            # that stalls for a minute fails.
+            timeout=httpx.Timeout(60.0, connect=10.0),
+        )
+
+    def __enter__(self) -> Api:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.close()
+
+    def call(self, method: str, path: str, *, retry_limited: bool = True, **kwargs: Any) -> Any:
+        import httpx
+
+        while True:
+            try:
+                response = self.http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                raise CliError(
+                    f"cannot reach {self.config.url} ({exc.__class__.__name__}: {exc}); is the "
+                    "server running? Start it with `make up`, or set RECORD_API_URL."
+                ) from exc
+            if response.status_code == 429 and retry_limited:
+                # Polling shares the caller's API rate limit: wait as told, then go on.
+                time.sleep(min(float(response.headers.get("retry-after", "1")), 60.0))
+                continue
+            if response.is_error:
+                raise CliError(problem_message(response))
+            return response.json()
+
+
+# --- upload ------------------------------------------------------------------------------------
+
+
+def _quote(value: str) -> str:
+    # What browsers do in a multipart Content-Disposition (WHATWG form encoding): the name stays
+    # UTF-8, quotes and line breaks are percent-encoded so they cannot end the header.
+    return value.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+
+
+@dataclass
+class MultipartFile:
+    """A multipart/form-data body with a ``title`` field and one ``file``, read lazily."""
+
+    path: Path
+    title: str | None
+    boundary: str = field(default_factory=lambda: f"record-{secrets.token_hex(16)}")
+
+    @property
+    def content_type(self) -> str:
+        return f"multipart/form-data; boundary={self.boundary}"
+
+    def _head(self) -> bytes:
+        parts = []
+        if self.title is not None:
+            parts.append(
+                f'--{self.boundary}\r\nContent-Disposition: form-data; name="title"\r\n\r\n'
+                f"{self.title}\r\n"
+            )
+        parts.append(
+            f'--{self.boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="{_quote(self.path.name)}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        )
+        return "".join(parts).encode()
+
+    def _tail(self) -> bytes:
+        return f"\r\n--{self.boundary}--\r\n".encode()
+
+    @property
+    def file_size(self) -> int:
+        return self.path.stat().st_size
+
+    def __len__(self) -> int:
+        return len(self._head()) + self.file_size + len(self._tail())
+
+    def chunks(self, on_file_bytes: Callable[[int], None] | None = None) -> Iterator[bytes]:
+        yield self._head()
+        with self.path.open("rb") as handle:
+            while chunk := handle.read(CHUNK):
+                yield chunk
+                # Counted once the client has taken the chunk to send it.
+                if on_file_bytes is not None:
+                    on_file_bytes(len(chunk))
+        yield self._tail()
+
+
+def _check_local_file(path: Path) -> None:
+    """Refuse locally what the server would refuse after the whole upload."""
+    from app.kit.security.files import ACCEPTED, extension_of
+
+    if extension_of(path.name) is None:
+        raise CliError(f"{path.name}: not an accepted recording; upload one of: {ACCEPTED}.")
+    if path.stat().st_size == 0:
+        raise CliError(f"{path.name}: the file is empty.")
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _upload_one(api: Api, path: Path, title: str | None, console: Console) -> dict[str, Any]:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    body = MultipartFile(path, title)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(path.name, total=body.file_size)
+        result: dict[str, Any] = api.call(
+            "POST",
+            "/api/recordings",
+            content=body.chunks(lambda n: progress.advance(task, n)),
+            # An explicit length (not chunked): the server refuses an oversized upload before
+            # reading it, and proxies that need a length get one.
+            headers={"Content-Type": body.content_type, "Content-Length": str(len(body))},
+            # Never resent by itself: the body generator is consumed once.
+            retry_limited=False,
+        )
+    return result
+
+
+def upload(
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            exists=True, dir_okay=False, readable=True, help="Recordings to upload (audio/video)."
+        ),
+    ],
+    title: Annotated[
+        str | None, typer.Option("--title", "-t", help="Title (default: the file's name).")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", "-w", help="Follow processing until ready or failed.")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(help="With --wait: give up after this many seconds.")
+    ] = 3600.0,
+    poll_interval: Annotated[float, typer.Option(hidden=True)] = 2.0,
+) -> None:
+    """Upload recordings to the server; with --wait, follow them until they are ready."""
+    console = _console()
+    try:
+        if title is not None and len(files) > 1:
+            raise CliError("--title names one recording: give a single FILE with it.")
+        for path in files:
+            _check_local_file(path)
+        config = load_config()
+        accepted: list[dict[str, Any]] = []
+        with Api(config) as api:
+            for path in files:
+                result = _upload_one(api, path, title, console)
+                recording = result["recording"]
+                accepted.append(result)
+                typer.echo(
+                    f"{path.name}: recording {recording['id']} (job {result['job_id']}), "
+                    f"{recording['status']}"
+                )
+            if wait:
+                failures = follow_jobs(api, accepted, console, timeout, poll_interval)
+                if failures:
+                    for line in failures:
+                        console.print(f"[red]✗[/red] {line}")
+                    raise typer.Exit(1)
+    except CliError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+def follow_jobs(
+    api: Api,
+    accepted: list[dict[str, Any]],
+    console: Console,
+    timeout: float,
+    poll_interval: float,
+) -> list[str]:
+    """Poll each job until its recording is ready or failed; returns the failures."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    failures: list[str] = []
+    # Polling counts against the caller's API rate limit (100/min by default): many
+    # recordings are polled less often each.
+    interval = max(poll_interval, 0.7 * len(accepted))
+    deadline = time.monotonic() + timeout
+    with Progress(
+        TextColumn("[bold]{task.fields[name]}"),
+        BarColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        tasks = {
+            item["job_id"]: progress.add_task(
+                "uploaded", total=len(STEPS) - 1, name=item["recording"]["title"]
+            )
+            for item in accepted
+        }
+        pending = {item["job_id"]: item["recording"] for item in accepted}
+        while pending:
+            for job_id, recording in list(pending.items()):
+                job = api.call("GET", f"/api/jobs/{job_id}")
+                status = job["recording_status"]
+                task = tasks[job_id]
+                if status == "ready":
+                    progress.update(task, completed=len(STEPS) - 1, description="[green]ready")
+                    del pending[job_id]
+                elif status == "failed" or job["status"] in JOB_GAVE_UP:
+                    reason = job.get("error") or f"job {job['status']}"
+                    progress.update(task, description=f"[red]failed: {reason}")
+                    failures.append(f"{recording['title']} ({recording['id']}): failed: {reason}")
+                    del pending[job_id]
+                else:
+                    step = STEPS.index(status) if status in STEPS else 0
+                    retry = f" (attempt {job['attempts'] + 1})" if job["attempts"] else ""
+                    progress.update(task, completed=step, description=f"{status}{retry}")
+            if pending and time.monotonic() > deadline:
+                for recording in pending.values():
+                    failures.append(
+                        f"{recording['title']} ({recording['id']}): not ready after "
+                        f"{timeout:g} s; follow it with `record recordings list`."
+                    )
+                break
+            if pending:
+                time.sleep(interval)
+    return failures
+
+
+# --- recordings list ---------------------------------------------------------------------------
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "-"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return "-"  # pragma: no cover - the loop always returns
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+@recordings_app.command("list")
+def list_recordings(
+    status: Annotated[
+        str | None,
+        typer.Option(help="Only this status: uploaded, transcribing, embedding, ready, failed."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 20,
+    page_size: Annotated[int, typer.Option(hidden=True, min=1, max=MAX_PAGE)] = MAX_PAGE,
+) -> None:
+    """The org's recordings, newest first."""
+    from rich.table import Table
+
+    console = _console()
+    try:
+        if status is not None and status not in {*STEPS, "failed"}:
+            raise CliError(f"--status must be one of: {', '.join((*STEPS, 'failed'))}.")
+        items: list[dict[str, Any]] = []
+        cursor: str | None = None
+        with Api(load_config()) as api:
+            # Follow the cursor until enough rows are in (or there are no more).
+            while len(items) < limit:
+                params: dict[str, Any] = {"limit": min(page_size, limit - len(items))}
+                if status:
+                    params["status"] = status
+                if cursor:
+                    params["cursor"] = cursor
+                page = api.call("GET", "/api/recordings", params=params)
+                items.extend(page["items"])
+                cursor = page["next_cursor"]
+                if not cursor:
+                    break
+    except CliError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    if not items:
+        typer.echo("No recordings." if status is None else f"No {status} recordings.")
+        return
+    table = Table(show_edge=False)
+    table.add_column("ID", no_wrap=True)  # whole, to copy into the next command
+    table.add_column("Title", min_width=12, overflow="fold")
+    for column in ("Status", "Size", "Duration", "Created"):
+        table.add_column(column, no_wrap=True)
+    colours = {"ready": "green", "failed": "red"}
+    for item in items:
+        state = item["status"]
+        if item.get("error"):
+            state = f"{state}: {item['error']}"
+        colour = colours.get(item["status"])
+        table.add_row(
+            item["id"],
+            item["title"],
+            f"[{colour}]{state}[/{colour}]" if colour else state,
+            _size(item.get("size_bytes")),
+            _duration(item.get("duration_seconds")),
+            item["created_at"][:16].replace("T", " "),
+        )
+    from rich.console import Console
+
+    out = Console(highlight=False)
+    if not out.is_terminal:
+        # Piped or redirected: whole rows for grep and awk, not a table squeezed to 80 columns.
+        out.width = 200
+    out.print(table)
+    if cursor:
+        console.print(f"(more: show them with --limit {limit + MAX_PAGE})")
