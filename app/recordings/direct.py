@@ -223,8 +223,14 @@ async def complete_direct_upload(
             await redis.delete(state_key(upload_id))
         raise
     # Kept until the pending upload expires, so a repeated `complete` is a 409, not a second
-    # recording.
-    await redis.set(state_key(upload_id), json.dumps({"job_id": job_id}).encode(), ex=ttl, xx=True)
+    # recording. The recording is committed by now: a Redis hiccup here must not turn it into
+    # a 500 (the "completing" claim still answers a retry with 409 until it expires).
+    try:
+        await redis.set(
+            state_key(upload_id), json.dumps({"job_id": job_id}).encode(), ex=ttl, xx=True
+        )
+    except RedisError:
+        log.warning("could not record a completed upload", upload_id=str(upload_id))
     log.info(
         "recording accepted",
         recording_id=str(pending.recording_id),
