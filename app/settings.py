@@ -80,6 +80,8 @@ class Settings(BaseSettings):
 
     # Background jobs (procrastinate, on the same PostgreSQL).
     worker_concurrency: int = Field(default=2, ge=1, le=64)
+    # Pipeline writes (thousands of chunks into the HNSW index) take longer than a request may.
+    worker_statement_timeout_ms: int = Field(default=600_000, ge=1000)
     # The worker serves its own /metrics here for the cluster's Prometheus (0: don't serve; the
     # local stack shares the API's multiprocess metrics directory instead).
     worker_metrics_port: int = Field(default=9100, ge=0, le=65535)

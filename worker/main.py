@@ -60,7 +60,7 @@ async def run_worker(settings: Settings | None = None, *, concurrency: int | Non
     settings = settings or get_settings()
     configure_logging(level=settings.log_level, json=settings.is_production)
     serve_metrics(settings)
-    db = Database(settings)
+    db = Database(settings, statement_timeout_ms=settings.worker_statement_timeout_ms)
     owner_db = Database(settings, app_role=False)  # the sweep works across orgs
     await db.open()
     await owner_db.open()

@@ -42,9 +42,12 @@ def database_name(url: str) -> str:
 
 
 class Database:
-    def __init__(self, settings: Settings, *, app_role: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, *, app_role: bool = True, statement_timeout_ms: int | None = None
+    ) -> None:
         self._settings = settings
         self._app_role = app_role
+        self._statement_timeout_ms = statement_timeout_ms or settings.database_statement_timeout_ms
         self.pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             libpq_conninfo(settings.database_url),
             min_size=settings.database_pool_min,
@@ -62,7 +65,7 @@ class Database:
             await conn.execute(f"SET ROLE {APP_ROLE}")
         await conn.execute(
             "SELECT set_config('statement_timeout', %s, false)",
-            (str(self._settings.database_statement_timeout_ms),),
+            (str(self._statement_timeout_ms),),
         )
         # pgvector's adapters (text and binary): embeddings go in and out as numpy arrays.
         # (The extension arrives with the first migration; until then /readyz reports that.)
