@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     s3_prefix: str = ""
     s3_endpoint_url: str | None = None
     aws_region: str | None = None
+    # Encryption requested on every write: "aws:kms" (with S3_KMS_KEY_ID, or the account's key),
+    # "AES256", or "" to leave it to the bucket's default (S3-compatible servers without KMS).
+    s3_sse: Literal["aws:kms", "AES256", ""] = "aws:kms"
+    s3_kms_key_id: str | None = None
     upload_max_bytes: int = Field(default=2 * 1024**3, ge=1024)
 
     # Background jobs (procrastinate, on the same PostgreSQL).

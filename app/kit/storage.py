@@ -23,6 +23,7 @@ import anyio
 
 from app.kit.metrics import STORAGE_BYTES, STORAGE_OPS
 from app.kit.security.files import resolve_under
+from app.settings import Settings
 
 READ_CHUNK = 1024 * 1024
 # S3 parts must be at least 5 MiB (except the last); 8 MiB keeps memory bounded and requests few.
@@ -414,7 +415,7 @@ class S3Store:
         )
 
 
-def create_store(settings: Any) -> ObjectStore:
+def create_store(settings: Settings) -> ObjectStore:
     if settings.storage_backend == "s3":
         if not settings.s3_bucket:
             raise ValueError("STORAGE_BACKEND=s3 needs S3_BUCKET")
@@ -423,5 +424,7 @@ def create_store(settings: Any) -> ObjectStore:
             prefix=settings.s3_prefix,
             region=settings.aws_region,
             endpoint_url=settings.s3_endpoint_url,
+            sse=settings.s3_sse or None,
+            kms_key_id=settings.s3_kms_key_id,
         )
     return FileStore(settings.state_dir / "objects")
