@@ -24,7 +24,6 @@ import structlog
 from redis.exceptions import RedisError
 
 from app.auth.principal import Principal
-from app.jobs.queue import defer_pipeline
 from app.kit.errors import (
     AppError,
     ConflictError,
@@ -46,10 +45,9 @@ from app.kit.security.files import (
 from app.kit.security.text import plain_text
 from app.kit.services import Services
 from app.kit.storage import ObjectStore, recording_key
-from app.recordings import repository as repo
 from app.recordings.schemas import DirectUploadIn, DirectUploadOut, RecordingOut, UploadAccepted
-from app.recordings.service import storage_of
-from app.recordings.upload import _check_filename
+from app.recordings.service import accept_recording, storage_of
+from app.recordings.upload import check_filename
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -118,7 +116,7 @@ async def start_direct_upload(
     """Check what the client says it will upload, sign a PUT for it and remember it."""
     store = storage_of(services)
     # The same rules as the streaming upload, applied before any byte moves.
-    filename = _check_filename(body.filename)
+    filename = check_filename(body.filename)
     extension = extension_of(filename)
     if extension is None:
         raise UnsupportedMediaTypeError(
@@ -201,21 +199,16 @@ async def complete_direct_upload(
     store = storage_of(services)
     try:
         content_type = await _check_object(store, pending, upload_id, services)
-        async with services.db.transaction(org_id=principal.org, user_id=principal.user_id) as conn:
-            row = await repo.insert(
-                conn,
-                recording_id=pending.recording_id,
-                org_id=pending.org_id,
-                created_by=pending.user_id,
-                title=pending.title,
-                media_key=pending.key,
-                content_type=content_type,
-                size_bytes=pending.size,
-            )
-            job_id = await defer_pipeline(
-                conn, org_id=pending.org_id, recording_id=pending.recording_id
-            )
-            await repo.set_job(conn, pending.org_id, pending.recording_id, job_id)
+        row, job_id = await accept_recording(
+            services,
+            recording_id=pending.recording_id,
+            org_id=pending.org_id,
+            created_by=pending.user_id,
+            title=pending.title,
+            media_key=pending.key,
+            content_type=content_type,
+            size_bytes=pending.size,
+        )
     except BaseException:
         # Not completed: release the claim so the client can retry (after uploading, or after
         # a database hiccup). A refused file has already ended the upload.

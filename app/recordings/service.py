@@ -7,6 +7,7 @@ from uuid import UUID
 
 import anyio
 import structlog
+from psycopg.rows import DictRow
 from starlette.requests import Request
 
 from app.auth.principal import Principal
@@ -100,19 +101,16 @@ async def create_recording(
         raw_title = result.fields.get("title") or Path(result.filename).stem or "Untitled"
         title = plain_text(raw_title, max_length=300)
         assert upload.key is not None
-        async with services.db.transaction(org_id=principal.org, user_id=principal.user_id) as conn:
-            row = await repo.insert(
-                conn,
-                recording_id=recording_id,
-                org_id=principal.org,
-                created_by=principal.user_id,
-                title=title,
-                media_key=upload.key,
-                content_type=result.media.content_type,
-                size_bytes=result.size,
-            )
-            job_id = await defer_pipeline(conn, org_id=principal.org, recording_id=recording_id)
-            await repo.set_job(conn, principal.org, recording_id, job_id)
+        row, job_id = await accept_recording(
+            services,
+            recording_id=recording_id,
+            org_id=principal.org,
+            created_by=principal.user_id,
+            title=title,
+            media_key=upload.key,
+            content_type=result.media.content_type,
+            size_bytes=result.size,
+        )
     except BaseException:
         if upload.key is not None:
             with anyio.CancelScope(shield=True):
@@ -126,6 +124,34 @@ async def create_recording(
         content_type=result.media.content_type,
     )
     return UploadAccepted(recording=RecordingOut.model_validate(row), job_id=job_id)
+
+
+async def accept_recording(
+    services: Services,
+    *,
+    recording_id: UUID,
+    org_id: UUID,
+    created_by: UUID | None,
+    title: str,
+    media_key: str,
+    content_type: str,
+    size_bytes: int,
+) -> tuple[DictRow, int]:
+    """The stored media becomes a recording: its row and its pipeline job, one transaction."""
+    async with services.db.transaction(org_id=org_id, user_id=created_by) as conn:
+        row = await repo.insert(
+            conn,
+            recording_id=recording_id,
+            org_id=org_id,
+            created_by=created_by,
+            title=title,
+            media_key=media_key,
+            content_type=content_type,
+            size_bytes=size_bytes,
+        )
+        job_id = await defer_pipeline(conn, org_id=org_id, recording_id=recording_id)
+        await repo.set_job(conn, org_id, recording_id, job_id)
+    return row, job_id
 
 
 def storage_of(services: Services) -> ObjectStore:

@@ -44,7 +44,7 @@ class UploadResult:
     size: int
 
 
-def _check_filename(filename: str) -> str:
+def check_filename(filename: str) -> str:
     # A name that carries a path is refused, not quietly trimmed: the client is doing something
     # it should not, and saying so helps more than guessing what it meant.
     if (
@@ -217,7 +217,7 @@ class StreamingUpload:
         if self._file_seen or part.name != "file":
             raise ValidationError("Send exactly one file, in the part named 'file'.")
         self._file_seen = True
-        self._filename = _check_filename(part.filename or "")
+        self._filename = check_filename(part.filename or "")
 
     async def _file_data(self, data: bytes) -> None:
         self._size += len(data)
