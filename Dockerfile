@@ -1,11 +1,11 @@
 # syntax=docker/dockerfile:1.7
 # One image for every Record process; the command picks the role:
-#   api           gunicorn app.main:create_app --factory -c python:app.gunicorn_conf -k uvicorn_worker.UvicornWorker
+#   api           gunicorn 'app.main:create_app()' -c python:app.gunicorn_conf -k uvicorn_worker.UvicornWorker
 #   worker        record worker
 #   migrations    record db upgrade      (after `python -m infra.db_bootstrap`)
 #   model server  record models serve
 # Build:  docker build -t record:$(git rev-parse --short HEAD) .
-#         docker build --build-arg EXTRAS=models ...   (adds the local model server's models)
+#         docker build --build-arg EXTRAS=ai ...   (adds the local model server's models)
 
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
@@ -56,4 +56,4 @@ WORKDIR /app
 USER 10001:10001
 EXPOSE 8000 8100
 STOPSIGNAL SIGTERM
-CMD ["gunicorn", "app.main:create_app", "--factory", "-c", "python:app.gunicorn_conf", "-k", "uvicorn_worker.UvicornWorker", "--bind", "0.0.0.0:8000"]
+CMD ["gunicorn", "app.main:create_app()", "-c", "python:app.gunicorn_conf", "-k", "uvicorn_worker.UvicornWorker", "--bind", "0.0.0.0:8000"]

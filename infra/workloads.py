@@ -426,8 +426,8 @@ class Workloads(pulumi.ComponentResource):
         cfg = self.args.workloads
         command = [
             "gunicorn",
-            "app.main:create_app",
-            "--factory",
+            # gunicorn calls the factory (it has no --factory flag).
+            "app.main:create_app()",
             "-c",
             "python:app.gunicorn_conf",
             # uvicorn.workers is deprecated since uvicorn 0.30; gunicorn_conf names the same.

@@ -233,8 +233,13 @@ def test_api_has_probes_drain_and_spread(plans: dict[str, Plan], stack: str) -> 
     )
     pod = api["spec"]["template"]["spec"]
     container = one(pod["containers"])
-    assert container["command"][:2] == ["gunicorn", "app.main:create_app"]
+    assert container["command"][:2] == ["gunicorn", "app.main:create_app()"]
     assert "uvicorn_worker.UvicornWorker" in container["command"]
+    # Every flag is one the installed gunicorn knows (it exits on an unknown one).
+    from gunicorn.config import Config
+
+    parsed = Config().parser().parse_args(container["command"][1:])
+    assert parsed.args == ["app.main:create_app()"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["lifecycle"]["preStop"]["sleep"]["seconds"] > 0

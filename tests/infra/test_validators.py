@@ -158,3 +158,19 @@ def test_image_is_one_non_root_image_without_build_tools() -> None:
     assert ignored[1] == "*"
     assert "!app/" in ignored
     assert ".venv" not in "".join(line for line in ignored if line.startswith("!"))
+
+
+def test_image_default_command_is_one_gunicorn_accepts() -> None:
+    import json
+
+    from gunicorn.config import Config
+
+    cmd_line = next(
+        line
+        for line in (REPO_ROOT / "Dockerfile").read_text().splitlines()
+        if line.startswith("CMD ")
+    )
+    command = json.loads(cmd_line.removeprefix("CMD "))
+    assert command[0] == "gunicorn"
+    parsed = Config().parser().parse_args(command[1:])  # exits on an unknown flag
+    assert parsed.args == ["app.main:create_app()"]
