@@ -7,11 +7,12 @@ master too (``logconfig_dict``), so gunicorn's, uvicorn's and the app's lines sh
 
 from __future__ import annotations
 
-import shutil
+import os
 from pathlib import Path
 from typing import Any
 
 from app.kit.logging import configure_logging, logging_config
+from app.kit.process import die_with_parent
 from app.settings import get_settings
 
 _settings = get_settings()
@@ -39,13 +40,33 @@ def on_starting(server: Any) -> None:
     configure_logging(level=_settings.log_level, json=_settings.is_production)
     multiproc_dir = _settings.prometheus_multiproc_dir
     if multiproc_dir:
-        # Samples of a previous run's workers would be summed into this one's.
+        # Samples of a previous run's dead workers would be summed into this one's. Files of
+        # live processes stay: locally the job worker writes into the same directory.
         path = Path(multiproc_dir)
-        shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True, exist_ok=True)
+        for sample_file in path.glob("*.db"):
+            if not _alive(sample_file.stem.rsplit("_", 1)[-1]):
+                sample_file.unlink(missing_ok=True)
+
+
+def _alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def post_fork(server: Any, worker: Any) -> None:
+    # A worker must not outlive its master: uvicorn's worker does not watch its parent, and an
+    # orphan keeps serving on the shared socket with no one to restart or stop it.
+    die_with_parent()
+    if os.getppid() != server.pid:  # the master died before prctl took effect
+        os._exit(0)
     # The worker class points uvicorn's loggers at gunicorn's handlers and stops them
     # propagating; put them back on our pipeline.
     configure_logging(level=_settings.log_level, json=_settings.is_production)

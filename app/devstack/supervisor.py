@@ -8,8 +8,6 @@ stops every child, newest first, and waits for each. Data lives in `.record/` an
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import secrets
 import shutil
@@ -26,6 +24,7 @@ import httpx
 from rich.console import Console
 
 from app.devstack.servers import PostgresServer, ValkeyServer, service_user_kwargs, socket_dir_for
+from app.kit.process import die_with_parent
 from app.settings import Settings, get_settings
 
 console = Console(stderr=True, highlight=False)
@@ -34,14 +33,6 @@ API_HOST = "127.0.0.1"
 STOP_TIMEOUT = 15.0
 MAX_BACKOFF = 30.0
 STABLE_AFTER = 60.0  # a child that ran this long has its backoff reset
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # If the supervisor is killed outright (SIGKILL), its children get SIGTERM instead of
-    # living on as orphans holding the ports and the data directory.
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -70,7 +61,7 @@ class Child:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops us
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - single-threaded here
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - single-threaded here
                 **(service_user_kwargs() if self.run_as_service_user else {}),
             )
         finally:

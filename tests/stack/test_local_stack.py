@@ -133,8 +133,13 @@ def test_killed_api_worker_comes_back(stack: RunningStack):
 def test_killed_api_master_is_restarted(stack: RunningStack):
     master = gunicorn_master(stack)
     assert master is not None
+    old_workers = children_of(master)
     started = time.monotonic()
     os.kill(master, signal.SIGKILL)
+    # Its workers die with it (no orphans left serving on the shared socket)...
+    assert wait_until(
+        lambda: not any(Path(f"/proc/{pid}").exists() for pid in old_workers), timeout=20
+    )
     assert wait_until(lambda: gunicorn_master(stack) not in (None, master), timeout=20)
     assert wait_until(
         lambda: httpx.get(f"{stack.api_url}/readyz", timeout=2).status_code == 200, timeout=30
