@@ -20,7 +20,10 @@ def get_services(request: Request) -> Services:
 async def get_conn(request: Request) -> AsyncIterator[Conn]:
     """The request owns one transaction: committed when the route returns, rolled back on error.
 
-    The dependency exits before the response is sent, so a failed commit is a failed request.
+    ``scope="function"`` makes FastAPI leave this dependency (commit) when the route function
+    returns, *before* the response is sent: a client that got its 2xx can read what it wrote
+    with its next request, and a failed commit is a failed request, never a 2xx. (FastAPI's
+    default for ``yield`` dependencies is to finish them after the response.)
     """
     services = get_services(request)
     async with services.db.transaction() as conn:
@@ -29,4 +32,4 @@ async def get_conn(request: Request) -> AsyncIterator[Conn]:
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(lambda request: get_services(request).settings)]
-DbConn = Annotated[Conn, Depends(get_conn)]
+DbConn = Annotated[Conn, Depends(get_conn, scope="function")]
