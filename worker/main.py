@@ -49,10 +49,15 @@ def serve_metrics(settings: Settings) -> Any:
     registry = None
     if settings.prometheus_multiproc_dir:
         registry = CollectorRegistry()
-        prom_multiprocess.MultiProcessCollector(registry, path=settings.prometheus_multiproc_dir)  # type: ignore[no-untyped-call]
+        prom_multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
+            registry, path=settings.prometheus_multiproc_dir
+        )
+    # All interfaces: Prometheus scrapes the pod from inside the cluster (NetworkPolicy decides
+    # who may); locally this server is off.
+    bind_all = "0.0.0.0"  # noqa: S104
     server, _thread = start_http_server(
-        settings.worker_metrics_port, addr="0.0.0.0", registry=registry or REGISTRY
-    )  # noqa: S104 - scraped from inside the cluster; NetworkPolicy limits who
+        settings.worker_metrics_port, addr=bind_all, registry=registry or REGISTRY
+    )
     return server
 
 
