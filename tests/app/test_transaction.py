@@ -49,8 +49,11 @@ async def test_signup_then_immediately_me(client):
     for n in range(5):
         signed = await client.post(
             "/api/auth/signup",
-            json={"email": f"fast{n}@example.com", "password": "plum-tide-orbit-velvet-42",
-                  "name": "Fast"},
+            json={
+                "email": f"fast{n}@example.com",
+                "password": "plum-tide-orbit-velvet-42",
+                "name": "Fast",
+            },
         )
         assert signed.status_code == 201
         me = await client.get(
