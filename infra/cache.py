@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from infra.common import child, tags
+from infra.common import child, ingress_only_from, kms_key, tags
 from infra.config import CacheConfig, ProjectConfig
 
 
@@ -31,14 +31,7 @@ class Cache(pulumi.ComponentResource):
         super().__init__("record:infra:Cache", name, None, opts)
         p, cfg = args.project, args.cache
         prefix = p.prefix
-        key = aws.kms.Key(
-            f"{prefix}-cache",
-            description=f"{prefix} ElastiCache at-rest encryption",
-            enable_key_rotation=True,
-            deletion_window_in_days=30,
-            tags=tags(p, f"{prefix}-cache"),
-            opts=child(self),
-        )
+        key = kms_key(self, p, f"{prefix}-cache", f"{prefix} ElastiCache at-rest encryption")
         subnets = aws.elasticache.SubnetGroup(
             f"{prefix}-cache",
             name=f"{prefix}-cache",
@@ -46,23 +39,14 @@ class Cache(pulumi.ComponentResource):
             tags=tags(p, f"{prefix}-cache"),
             opts=child(self),
         )
-        sg = aws.ec2.SecurityGroup(
+        sg = ingress_only_from(
+            self,
+            p,
             f"{prefix}-cache",
-            name=f"{prefix}-cache",
-            description="Valkey from the cluster's nodes and pods only",
+            service="Valkey",
+            port=6379,
             vpc_id=args.vpc_id,
-            ingress=[
-                {
-                    "description": "Valkey from the cluster security group",
-                    "protocol": "tcp",
-                    "from_port": 6379,
-                    "to_port": 6379,
-                    "security_groups": [args.client_security_group_id],
-                }
-            ],
-            egress=[],
-            tags=tags(p, f"{prefix}-cache"),
-            opts=child(self),
+            client_security_group_id=args.client_security_group_id,
         )
         group = aws.elasticache.ReplicationGroup(
             f"{prefix}-valkey",

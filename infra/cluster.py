@@ -10,7 +10,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
-from infra.common import assume_role_policy, child, policy, tags
+from infra.common import assume_role_policy, child, kms_key, policy, tags
 from infra.config import ClusterConfig, ProjectConfig
 
 # The root CA of EKS's OIDC issuer (oidc.eks.<region>.amazonaws.com); IAM no longer checks it
@@ -82,13 +82,8 @@ class Cluster(pulumi.ComponentResource):
         self, p: ProjectConfig, cfg: ClusterConfig, args: ClusterArgs
     ) -> list[pulumi.Resource]:
         prefix = p.prefix
-        secrets_key = aws.kms.Key(
-            f"{prefix}-eks-secrets",
-            description=f"{prefix} EKS secrets envelope encryption",
-            enable_key_rotation=True,
-            deletion_window_in_days=30,
-            tags=tags(p, f"{prefix}-eks-secrets"),
-            opts=child(self),
+        secrets_key = kms_key(
+            self, p, f"{prefix}-eks-secrets", f"{prefix} EKS secrets envelope encryption"
         )
         role = aws.iam.Role(
             f"{prefix}-eks-cluster",

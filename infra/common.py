@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pulumi
+import pulumi_aws as aws
 
 from infra.config import ProjectConfig
 
@@ -38,3 +39,50 @@ def assume_role_policy(service: str) -> str:
 
 def child(parent: pulumi.Resource, **kwargs: Any) -> pulumi.ResourceOptions:
     return pulumi.ResourceOptions(parent=parent, **kwargs)
+
+
+def kms_key(
+    parent: pulumi.Resource, project: ProjectConfig, name: str, description: str, **extra: Any
+) -> aws.kms.Key:
+    """A customer-managed key with rotation on: every block encrypts its data with its own."""
+    return aws.kms.Key(
+        name,
+        description=description,
+        enable_key_rotation=True,
+        deletion_window_in_days=30,
+        tags=tags(project, name),
+        opts=child(parent),
+        **extra,
+    )
+
+
+def ingress_only_from(
+    parent: pulumi.Resource,
+    project: ProjectConfig,
+    name: str,
+    *,
+    service: str,
+    port: int,
+    vpc_id: pulumi.Input[str],
+    client_security_group_id: pulumi.Input[str],
+) -> aws.ec2.SecurityGroup:
+    """A security group that lets ``service`` be reached on ``port`` from one client security
+    group (the cluster's) and from nowhere else, with no egress."""
+    return aws.ec2.SecurityGroup(
+        name,
+        name=name,
+        description=f"{service} from the cluster's nodes and pods only",
+        vpc_id=vpc_id,
+        ingress=[
+            {
+                "description": f"{service} from the cluster security group",
+                "protocol": "tcp",
+                "from_port": port,
+                "to_port": port,
+                "security_groups": [client_security_group_id],
+            }
+        ],
+        egress=[],
+        tags=tags(project, name),
+        opts=child(parent),
+    )

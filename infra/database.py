@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from infra.common import assume_role_policy, child, tags
+from infra.common import assume_role_policy, child, ingress_only_from, kms_key, tags
 from infra.config import DatabaseConfig, ProjectConfig
 
 
@@ -34,13 +34,8 @@ class Database(pulumi.ComponentResource):
         super().__init__("record:infra:Database", name, None, opts)
         p, cfg = args.project, args.database
         prefix = p.prefix
-        key = aws.kms.Key(
-            f"{prefix}-db",
-            description=f"{prefix} RDS storage, Performance Insights and master secret",
-            enable_key_rotation=True,
-            deletion_window_in_days=30,
-            tags=tags(p, f"{prefix}-db"),
-            opts=child(self),
+        key = kms_key(
+            self, p, f"{prefix}-db", f"{prefix} RDS storage, Performance Insights and master secret"
         )
         subnets = aws.rds.SubnetGroup(
             f"{prefix}-db",
@@ -49,23 +44,14 @@ class Database(pulumi.ComponentResource):
             tags=tags(p, f"{prefix}-db"),
             opts=child(self),
         )
-        sg = aws.ec2.SecurityGroup(
+        sg = ingress_only_from(
+            self,
+            p,
             f"{prefix}-db",
-            name=f"{prefix}-db",
-            description="PostgreSQL from the cluster's nodes and pods only",
+            service="PostgreSQL",
+            port=5432,
             vpc_id=args.vpc_id,
-            ingress=[
-                {
-                    "description": "PostgreSQL from the cluster security group",
-                    "protocol": "tcp",
-                    "from_port": 5432,
-                    "to_port": 5432,
-                    "security_groups": [args.client_security_group_id],
-                }
-            ],
-            egress=[],
-            tags=tags(p, f"{prefix}-db"),
-            opts=child(self),
+            client_security_group_id=args.client_security_group_id,
         )
         params = aws.rds.ParameterGroup(
             f"{prefix}-pg16",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from infra.common import child, policy, tags
+from infra.common import child, kms_key, policy, tags
 from infra.config import ProjectConfig, StorageConfig
 
 RECORDINGS_PREFIX = "recordings/"
@@ -30,14 +30,7 @@ class Storage(pulumi.ComponentResource):
         super().__init__("record:infra:Storage", name, None, opts)
         p, cfg = args.project, args.storage
         prefix = p.prefix
-        key = aws.kms.Key(
-            f"{prefix}-recordings",
-            description=f"{prefix} recordings bucket",
-            enable_key_rotation=True,
-            deletion_window_in_days=30,
-            tags=tags(p, f"{prefix}-recordings"),
-            opts=child(self),
-        )
+        key = kms_key(self, p, f"{prefix}-recordings", f"{prefix} recordings bucket")
         bucket = aws.s3.Bucket(
             f"{prefix}-recordings",
             # S3 names are global: the prefix keeps two installs in one account apart, the
