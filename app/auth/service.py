@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import anyio
+from psycopg.errors import UniqueViolation
 
 from app.auth import repository as repo
 from app.auth.oidc import OidcIdentity
@@ -49,9 +50,18 @@ async def signup(conn: Conn, settings: Settings, body: SignupIn) -> SignupOut:
     password_hash = await anyio.to_thread.run_sync(hash_password, body.password)
     user_id = new_id()
     await set_tenant(conn, org_id=None, user_id=user_id)
-    user = await repo.insert_user(
-        conn, user_id=user_id, email=body.email, name=body.name, password_hash=password_hash
-    )
+    try:
+        # A savepoint: two signups racing for one email meet the unique index here.
+        async with conn.transaction():
+            user = await repo.insert_user(
+                conn,
+                user_id=user_id,
+                email=body.email,
+                name=body.name,
+                password_hash=password_hash,
+            )
+    except UniqueViolation as exc:
+        raise ConflictError("An account with this email exists; log in instead.") from exc
     invited = await repo.claim_invitations(conn, user_id=user_id, email=body.email)
     org: OrgOut | None = None
     if invited:

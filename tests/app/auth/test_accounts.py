@@ -168,3 +168,14 @@ async def test_disabled_signup(client, app):
         assert response.status_code == 403
     finally:
         services.settings = original
+
+
+async def test_concurrent_signups_for_one_email_make_one_account(client):
+    import asyncio
+
+    body = {"email": "race@example.com", "password": PASSWORD, "name": "Race"}
+    responses = await asyncio.gather(
+        *[client.post("/api/auth/signup", json=body) for _ in range(4)]
+    )
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [201, 409, 409, 409]
