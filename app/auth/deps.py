@@ -13,6 +13,7 @@ from uuid import UUID
 
 import structlog
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.auth import repository as repo
 from app.auth.oidc import OidcIdentity, OidcVerifier
@@ -25,6 +26,14 @@ from app.kit.errors import AuthenticationError, AuthorizationError, NotFoundErro
 from app.kit.ratelimit import enforce_caller
 
 ORG_HEADER = "X-Record-Org"
+
+# Documents the scheme in OpenAPI (every operation that depends on it says it needs a bearer
+# token); parsing and the 401s stay ours, hence auto_error=False.
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    description="An org API key (rk_...), a session token (rs_...) or an OIDC JWT.",
+)
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
 
 
 def bearer_token(request: Request) -> str | None:
@@ -94,7 +103,7 @@ async def _oidc_principal(conn: Conn, identity: OidcIdentity) -> Principal:
     return Principal(kind=AuthKind.oidc, user_id=user_id, org_id=org_id, role=role)
 
 
-async def authenticate(request: Request, conn: DbConn) -> Principal:
+async def authenticate(request: Request, conn: DbConn, _bearer: Bearer = None) -> Principal:
     """Who is calling. The org is resolved too when the request names one (or a key implies it)."""
     token = bearer_token(request)
     if token is None:
@@ -177,7 +186,7 @@ def require_detached(permission: Permission) -> Callable[..., Awaitable[Principa
     instead of holding a pooled connection for the whole request. The route opens its own
     transaction when it has something to write."""
 
-    async def dependency(request: Request) -> Principal:
+    async def dependency(request: Request, _bearer: Bearer = None) -> Principal:
         async with get_services(request).db.transaction() as conn:
             principal = await authenticate(request, conn)
         return _check_permission(principal, permission)

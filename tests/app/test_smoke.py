@@ -6,3 +6,18 @@ async def test_recordings_empty_with_key_and_401_without(client, org_a):
     assert response.status_code == 401
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["request_id"] == response.headers["x-request-id"]
+
+
+async def test_openapi_declares_bearer_auth_where_it_is_needed(client):
+    schema = (await client.get("/openapi.json")).json()
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    public = {
+        ("post", "/api/auth/signup"),
+        ("post", "/api/auth/login"),
+        ("get", "/livez"),
+        ("get", "/readyz"),
+    }
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            secured = bool(operation.get("security"))
+            assert secured == ((method, path) not in public), (method, path)
