@@ -162,7 +162,9 @@ def logging_config(*, level: str = "INFO", json: bool = False) -> dict[str, Any]
         "foreign_pre_chain": _shared_processors(),
         "processors": [
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info if json else _passthrough,
+            # Tracebacks become text *before* redaction, in the console format too: a secret in
+            # an exception message must not reach a developer's terminal or CI logs either.
+            structlog.processors.format_exc_info,
             redact_secrets,
             renderer,
         ],
@@ -200,12 +202,6 @@ def logging_config(*, level: str = "INFO", json: bool = False) -> dict[str, Any]
             "httpx": {"level": "WARNING"},
         },
     }
-
-
-def _passthrough(
-    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    return event_dict
 
 
 def get_logger(name: str | None = None, **context: Any) -> Any:

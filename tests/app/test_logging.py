@@ -190,3 +190,21 @@ def test_gunicorn_conf(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     finally:
         sys.modules.pop("app.gunicorn_conf", None)
         get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("json_lines", [True, False])
+def test_secrets_in_exception_messages_are_redacted_in_both_formats(capsys, json_lines) -> None:
+    configure_logging(level="INFO", json=json_lines)
+    try:
+        secret = "rk_" + "S3cr3tKeyMaterial" * 2
+        try:
+            raise RuntimeError(f"upstream refused Authorization: Bearer {secret}")
+        except RuntimeError:
+            get_logger("test.redaction").exception("call failed")
+        err = capsys.readouterr().err
+        assert "call failed" in err
+        assert "RuntimeError" in err
+        assert secret not in err
+        assert "S3cr3tKeyMaterial" not in err
+    finally:
+        configure_logging(level="WARNING", json=False)
