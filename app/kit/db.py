@@ -22,6 +22,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from app.kit.metrics import observe_query
 from app.settings import Settings
 
 APP_ROLE = "record_app"
@@ -121,6 +122,4 @@ async def execute(conn: Conn, query: str, params: Any = None) -> int:
 
 
 def _observe(query: str, started: float) -> None:
-    from app.kit.metrics import observe_query
-
     observe_query(query, time.perf_counter() - started)
