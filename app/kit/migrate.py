@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 from alembic import command
@@ -41,5 +42,8 @@ def upgrade_sql(revision: str = "head") -> str:
     return buffer.getvalue()
 
 
-def head_revisions() -> set[str]:
-    return set(ScriptDirectory.from_config(alembic_config()).get_heads())
+@lru_cache(maxsize=1)
+def head_revisions() -> frozenset[str]:
+    """The code's head revision(s). Cached: the migration files don't change while we run,
+    and /readyz asks on every probe."""
+    return frozenset(ScriptDirectory.from_config(alembic_config()).get_heads())
