@@ -78,8 +78,14 @@ class Identity(pulumi.ComponentResource):
         self.api_role = role(
             "api",
             "record-api",
+            # PutObjectTagging: direct uploads are signed with their staging tag, and the copy
+            # to the recording's key replaces the tags.
             object_access(
-                "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"
+                "s3:GetObject",
+                "s3:PutObject",
+                "s3:PutObjectTagging",
+                "s3:DeleteObject",
+                "s3:AbortMultipartUpload",
             ),
         )
         # The worker reads media to transcribe it and writes derived artefacts.

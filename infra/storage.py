@@ -110,6 +110,16 @@ class Storage(pulumi.ComponentResource):
                     "abort_incomplete_multipart_upload": {"days_after_initiation": 7},
                 },
                 {
+                    # Direct uploads PUT to a staging key tagged record-staging=1; `complete`
+                    # copies them to the recording's key without the tag. What is never
+                    # completed expires here (a tag, not a prefix: previews share the bucket
+                    # under their own prefixes).
+                    "id": "expire-abandoned-direct-uploads",
+                    "status": "Enabled",
+                    "filter": {"tag": {"key": "record-staging", "value": "1"}},
+                    "expiration": {"days": 2},
+                },
+                {
                     "id": "expire-noncurrent-versions",
                     "status": "Enabled",
                     "filter": {"prefix": ""},

@@ -36,6 +36,16 @@ def recording_key(org_id: UUID, recording_id: UUID, extension: str) -> str:
     return f"org/{org_id}/recordings/{recording_id}/original.{extension}"
 
 
+# Direct uploads land here first, tagged; ``complete`` copies them to their recording key. An
+# upload never completed keeps the tag, and the bucket's lifecycle rule expires it.
+STAGING_TAG_KEY = "record-staging"
+STAGING_TAGGING = f"{STAGING_TAG_KEY}=1"
+
+
+def staging_key(org_id: UUID, recording_id: UUID, extension: str) -> str:
+    return f"staging/{recording_key(org_id, recording_id, extension)}"
+
+
 def _check_key(key: str) -> str:
     # Every segment must be a real name: "a/./b" or "a/" would map two keys to one file (or a
     # folder) in FileStore and to surprising names in S3.
@@ -63,6 +73,8 @@ class ObjectStore(Protocol):
 
     async def delete(self, key: str) -> None: ...
 
+    async def copy(self, source: str, target: str) -> None: ...
+
     async def exists(self, key: str) -> bool: ...
 
     async def size(self, key: str) -> int | None: ...
@@ -78,6 +90,7 @@ class ObjectStore(Protocol):
         content_type: str,
         expires_in: int = 900,
         content_length: int | None = None,
+        tagging: str | None = None,
     ) -> PresignedUpload | None: ...
 
     def local_path(self, key: str) -> Path | None: ...
@@ -181,8 +194,19 @@ class FileStore:
         content_type: str,
         expires_in: int = 900,
         content_length: int | None = None,
+        tagging: str | None = None,
     ) -> PresignedUpload | None:
         return None  # browsers upload through the API
+
+    async def copy(self, source: str, target: str) -> None:
+        source_path = self._path(source)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async with await anyio.open_file(source_path, "rb") as handle:
+                while chunk := await handle.read(READ_CHUNK):
+                    yield chunk
+
+        await self.write(target, chunks(), content_type="application/octet-stream")
 
 
 class S3Store:
@@ -349,6 +373,21 @@ class S3Store:
         await self._call("delete_object", Bucket=self.bucket, Key=self._key(key))
         timer.done()
 
+    async def copy(self, source: str, target: str) -> None:
+        """A server-side copy (no bytes through us), with the tags dropped: a staged upload's
+        ``record-staging`` tag must not follow it, or the lifecycle rule would expire it."""
+        timer = _Timed("copy")
+        await self._call(
+            "copy_object",
+            Bucket=self.bucket,
+            Key=self._key(target),
+            CopySource={"Bucket": self.bucket, "Key": self._key(source)},
+            MetadataDirective="COPY",
+            TaggingDirective="REPLACE",
+            **self._sse_params(),
+        )
+        timer.done()
+
     async def size(self, key: str) -> int | None:
         from botocore.exceptions import ClientError
 
@@ -391,6 +430,7 @@ class S3Store:
         content_type: str,
         expires_in: int = 900,
         content_length: int | None = None,
+        tagging: str | None = None,
     ) -> PresignedUpload | None:
         params: dict[str, Any] = {
             "Bucket": self.bucket,
@@ -402,6 +442,11 @@ class S3Store:
             # Signed, so S3 itself refuses a body of any other size (a presigned PUT has no
             # content-length-range). Browsers and HTTP clients send Content-Length on their own.
             params["ContentLength"] = content_length
+        headers = {"Content-Type": content_type, **self._sse_headers()}
+        if tagging:
+            # Signed too: the uploader must send exactly these tags.
+            params["Tagging"] = tagging
+            headers["x-amz-tagging"] = tagging
         url = await anyio.to_thread.run_sync(
             lambda: self._client.generate_presigned_url(
                 "put_object", Params=params, ExpiresIn=expires_in
@@ -410,7 +455,7 @@ class S3Store:
         return PresignedUpload(
             url=str(url),
             method="PUT",
-            headers={"Content-Type": content_type, **self._sse_headers()},
+            headers=headers,
             expires_in=expires_in,
         )
 

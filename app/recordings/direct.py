@@ -44,7 +44,7 @@ from app.kit.security.files import (
 )
 from app.kit.security.text import plain_text
 from app.kit.services import Services
-from app.kit.storage import ObjectStore, recording_key
+from app.kit.storage import STAGING_TAGGING, ObjectStore, recording_key, staging_key
 from app.recordings.schemas import DirectUploadIn, DirectUploadOut, RecordingOut, UploadAccepted
 from app.recordings.service import accept_recording, storage_of
 from app.recordings.upload import check_filename
@@ -129,12 +129,14 @@ async def start_direct_upload(
             f"The recording is larger than the {max_bytes // 1024**2} MiB limit."
         )
     upload_id, recording_id = new_id(), new_id()
-    key = recording_key(principal.org, recording_id, extension)
+    # The browser writes to a tagged staging key; only `complete` makes it a recording's media.
+    key = staging_key(principal.org, recording_id, extension)
     presigned = await store.presigned_put(
         key,
         content_type=MEDIA_TYPES[extension],
         expires_in=UPLOAD_URL_SECONDS,
         content_length=body.size,
+        tagging=STAGING_TAGGING,
     )
     if presigned is None:
         raise ConflictError(
@@ -197,24 +199,36 @@ async def complete_direct_upload(
             f"with GET /api/recordings/{pending.recording_id}."
         )
     store = storage_of(services)
+    media_key = recording_key(pending.org_id, pending.recording_id, pending.extension)
+    copied = False
     try:
         content_type = await _check_object(store, pending, upload_id, services)
+        # Server-side copy to the recording's key, without the staging tag.
+        await store.copy(pending.key, media_key)
+        copied = True
         row, job_id = await accept_recording(
             services,
             recording_id=pending.recording_id,
             org_id=pending.org_id,
             created_by=pending.user_id,
             title=pending.title,
-            media_key=pending.key,
+            media_key=media_key,
             content_type=content_type,
             size_bytes=pending.size,
         )
     except BaseException:
         # Not completed: release the claim so the client can retry (after uploading, or after
-        # a database hiccup). A refused file has already ended the upload.
+        # a database hiccup). A refused file has already ended the upload. The staged object
+        # stays for a retry; the copy goes (a retry copies again).
         with anyio.CancelScope(shield=True):
+            if copied:
+                await store.delete(media_key)
             await redis.delete(state_key(upload_id))
         raise
+    try:
+        await store.delete(pending.key)
+    except Exception as exc:  # the lifecycle rule removes it anyway
+        log.warning("staged upload not deleted", key=pending.key, error=str(exc))
     # Kept until the pending upload expires, so a repeated `complete` is a 409, not a second
     # recording. The recording is committed by now: a Redis hiccup here must not turn it into
     # a 500 (the "completing" claim still answers a retry with 409 until it expires).

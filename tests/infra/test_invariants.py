@@ -421,3 +421,31 @@ def test_canary_analysis_queries_app_metrics(plans: dict[str, Plan]) -> None:
     assert {name for name, _ in found} == {"record_http_requests_total"}
     for _, labels in found:
         assert labels <= {"status", *TARGET_LABELS}
+
+
+@pytest.mark.parametrize("stack", [s for s in STACKS if s != "preview"])
+def test_abandoned_uploads_do_not_pile_up(plans: dict[str, Plan], stack: str) -> None:
+    import json
+
+    resources = plans[stack].resources
+    lifecycle = one([r for r in resources if r["type"].endswith(":BucketLifecycleConfiguration")])
+    rules = {rule["id"]: rule for rule in lifecycle["inputs"]["rules"]}
+    assert rules["abort-incomplete-multipart"]["abortIncompleteMultipartUpload"] == {
+        "daysAfterInitiation": 7
+    }
+    staged = rules["expire-abandoned-direct-uploads"]
+    # The tag direct uploads are signed with (app.kit.storage.STAGING_TAGGING).
+    from app.kit.storage import STAGING_TAG_KEY
+
+    assert staged["filter"] == {"tag": {"key": STAGING_TAG_KEY, "value": "1"}}
+    assert staged["status"] == "Enabled"
+    assert staged["expiration"]["days"] <= 7
+    api_policy = one(
+        [
+            r
+            for r in resources
+            if r["type"] == "aws:iam/rolePolicy:RolePolicy" and r["name"].endswith("-api")
+        ]
+    )
+    actions = json.loads(api_policy["inputs"]["policy"])["Statement"][0]["Action"]
+    assert "s3:PutObjectTagging" in actions

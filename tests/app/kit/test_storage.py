@@ -400,3 +400,33 @@ def test_recording_key_shape() -> None:
     org = UUID("0b6c1b8e-0000-4000-8000-000000000001")
     rec = UUID("0b6c1b8e-0000-4000-8000-000000000002")
     assert recording_key(org, rec, "wav") == f"org/{org}/recordings/{rec}/original.wav"
+
+
+# --- copy (direct uploads move from their staging key) -------------------------------------
+
+
+async def test_file_store_copy(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "objects")
+    data = pattern(2 * MiB + 5)
+    await store.write(f"staging/{KEY}", chunked(data, MiB), content_type="audio/wav")
+    await store.copy(f"staging/{KEY}", KEY)
+    assert await collect(store.read(KEY)) == data
+    assert await store.exists(f"staging/{KEY}")  # a copy, not a move
+
+
+async def test_s3_copy_is_server_side_and_drops_the_staging_tag(
+    moto_s3: MotoS3, bucket: str
+) -> None:
+    from app.kit.storage import STAGING_TAGGING
+
+    store = moto_s3.store(bucket)
+    s3 = moto_s3.client()
+    data = pattern(MiB)
+    s3.put_object(Bucket=bucket, Key=f"staging/{KEY}", Body=data, Tagging=STAGING_TAGGING)
+    await store.copy(f"staging/{KEY}", KEY)
+    assert s3.get_object(Bucket=bucket, Key=KEY)["Body"].read() == data
+    assert s3.get_object_tagging(Bucket=bucket, Key=KEY)["TagSet"] == []
+    assert s3.get_object_tagging(Bucket=bucket, Key=f"staging/{KEY}")["TagSet"] == [
+        {"Key": "record-staging", "Value": "1"}
+    ]
+    assert s3.head_object(Bucket=bucket, Key=KEY)["ServerSideEncryption"] == "aws:kms"

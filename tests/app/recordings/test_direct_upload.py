@@ -162,22 +162,32 @@ async def test_direct_upload_end_to_end_for_two_orgs(
     assert started["headers"] == {
         "Content-Type": "audio/wav",  # from the name, not the client's content_type
         "x-amz-server-side-encryption": "aws:kms",
+        # Until `complete`, the object is staged and tagged for the lifecycle rule.
+        "x-amz-tagging": "record-staging=1",
     }
     key = media_key(org_a.org_id, started["recording_id"])
-    assert f"/{settings.s3_bucket}/{key}?" in started["url"]
+    staged = f"staging/{key}"
+    assert f"/{settings.s3_bucket}/{staged}?" in started["url"]
     ttl = redis.Redis.from_url(settings.redis_url).ttl(f"upload:{started['upload_id']}")
     assert 900 < ttl <= 900 + 3600
     assert counts(settings) == (0, 0), "nothing is written before the file is there"
 
     put_response = await put(started, content)
     assert put_response.status_code == 200, put_response.text
-    assert moto_s3.keys(settings.s3_bucket) == [key]
+    assert moto_s3.keys(settings.s3_bucket) == [staged]
+    s3 = moto_s3.client()
+    tags = s3.get_object_tagging(Bucket=settings.s3_bucket, Key=staged)["TagSet"]
+    assert tags == [{"Key": "record-staging", "Value": "1"}]
 
     # Another org cannot complete (or even see) it, and trying does not spend it.
     assert_problem(await complete(client, org_b, started["upload_id"]), 404)
 
     done = await complete(client, org_a, started["upload_id"])
     assert done.status_code == 202, done.text
+    # Moved to the recording's key, untagged (the lifecycle rule must not expire it).
+    assert moto_s3.keys(settings.s3_bucket) == [key]
+    assert s3.get_object_tagging(Bucket=settings.s3_bucket, Key=key)["TagSet"] == []
+    assert s3.get_object(Bucket=settings.s3_bucket, Key=key)["Body"].read() == content
     body = done.json()
     recording = body["recording"]
     assert recording["id"] == started["recording_id"]
@@ -318,3 +328,29 @@ async def test_direct_upload_on_the_file_backend_says_use_multipart(
     assert "S3" in body["detail"]
     assert "POST /api/recordings" in body["detail"]
     assert pending_uploads(settings) == []
+
+
+async def test_failed_complete_leaves_only_the_staged_upload_and_can_be_retried(
+    client, settings, moto_s3: MotoS3, org_a: Tenant, monkeypatch
+):
+    from app.recordings import direct
+
+    content = wav_bytes(0.3)
+    started = (await start(client, org_a, filename="a.wav", size=len(content))).json()
+    assert (await put(started, content)).status_code == 200
+    staged = f"staging/{media_key(org_a.org_id, started['recording_id'])}"
+    real_accept = direct.accept_recording
+
+    async def database_down(*args, **kwargs):
+        raise direct.ServiceUnavailableError("database restarting")
+
+    monkeypatch.setattr(direct, "accept_recording", database_down)
+    assert_problem(await complete(client, org_a, started["upload_id"]), 503)
+    # The copy made before the failure is gone; the staged upload waits for a retry.
+    assert moto_s3.keys(settings.s3_bucket) == [staged]
+    assert counts(settings) == (0, 0)
+
+    monkeypatch.setattr(direct, "accept_recording", real_accept)
+    done = await complete(client, org_a, started["upload_id"])
+    assert done.status_code == 202, done.text
+    assert moto_s3.keys(settings.s3_bucket) == [media_key(org_a.org_id, started["recording_id"])]
