@@ -57,6 +57,7 @@ UPLOAD_URL_SECONDS = 15 * 60
 # The pending upload outlives its URL: a PUT that started just before expiry may take a while
 # (2 GiB at 10 Mbit/s is ~30 minutes) and must still be completable.
 PENDING_MARGIN_SECONDS = 60 * 60
+S3_SINGLE_COPY_MAX_BYTES = 5 * 1024**3
 NOT_FOUND = (
     "No such upload: it expired or belongs elsewhere; start again with POST "
     "/api/recordings/uploads."
@@ -123,7 +124,8 @@ async def start_direct_upload(
             f"Files named like {safe_filename(filename)!r} are not accepted; "
             f"upload one of: {ACCEPTED}."
         )
-    max_bytes = services.settings.upload_max_bytes
+    # `complete` moves the object with one server-side CopyObject, which S3 allows up to 5 GiB.
+    max_bytes = min(services.settings.upload_max_bytes, S3_SINGLE_COPY_MAX_BYTES)
     if body.size > max_bytes:
         raise PayloadTooLargeError(
             f"The recording is larger than the {max_bytes // 1024**2} MiB limit."

@@ -354,3 +354,24 @@ async def test_failed_complete_leaves_only_the_staged_upload_and_can_be_retried(
     done = await complete(client, org_a, started["upload_id"])
     assert done.status_code == 202, done.text
     assert moto_s3.keys(settings.s3_bucket) == [media_key(org_a.org_id, started["recording_id"])]
+
+
+async def test_direct_uploads_stop_at_what_one_s3_copy_can_move(
+    app, client, moto_s3: MotoS3, org_a: Tenant
+):
+    # Even with a larger configured cap, `complete` moves the object with one CopyObject (S3
+    # allows 5 GiB), so a larger direct upload is refused up front.
+    services = app.state.services
+    services.settings = services.settings.model_copy(update={"upload_max_bytes": 8 * 1024**3})
+    response = await client.post(
+        "/api/recordings/uploads",
+        json={"filename": "a.wav", "size": 6 * 1024**3},
+        headers=org_a.auth(),
+    )
+    assert_problem(response, 413)
+    ok = await client.post(
+        "/api/recordings/uploads",
+        json={"filename": "a.wav", "size": 4 * 1024**3},
+        headers=org_a.auth(),
+    )
+    assert ok.status_code == 201, ok.text
