@@ -15,10 +15,11 @@ and Valkey replicate a script by its effects, so calling ``TIME`` before writing
 Keys are ``rl:{<limiter>:<subject>}``: the whole name is the cluster hash tag and a decision
 touches exactly one key, so the script runs unchanged on Redis Cluster.
 
-The limiter must never be the reason a request fails. It has its own client with a socket
-timeout of ``ratelimit_timeout_ms`` (and no retries), every call is also bounded by that time,
-and after a failure a circuit breaker skips Redis for ``ratelimit_breaker_seconds`` before
-letting one probe through (half-open). While Redis cannot decide, requests pass, a warning is
+The limiter must never be the reason a request fails. It has connections of its own (no
+retries; see "the limiter's connections" below for why it writes its command on them directly),
+every call — connect, write, read — is bounded by ``ratelimit_timeout_ms``, and after a failure
+a circuit breaker skips Redis for ``ratelimit_breaker_seconds`` before letting one probe through
+(half-open). While Redis cannot decide, requests pass, a warning is
 logged and ``record_ratelimit_fail_open_total`` counts them.
 
 Responses of a limited route carry ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and
@@ -44,8 +45,10 @@ from uuid import UUID
 import redis
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection as AsyncConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.connection import AbstractConnection as SyncConnection
 from redis.exceptions import NoScriptError
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
@@ -95,6 +98,17 @@ return math.min(math.max(limit - count, 0), 2097151) * 4294967296 + reset_ms
 """
 MAX_REMAINING = 2**21 - 1  # what the packed reply can carry; only limits above it are clamped
 
+
+def resp_bulk(value: bytes) -> bytes:
+    """One RESP bulk string: ``$<length>\\r\\n<bytes>\\r\\n``."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def resp_command(*parts: bytes) -> bytes:
+    """A command as Redis reads it: an array of bulk strings (what redis-py's packer writes)."""
+    return b"*%d\r\n" % len(parts) + b"".join(resp_bulk(part) for part in parts)
+
+
 LimiterName = Literal["api", "search", "chat", "upload", "share", "anonymous"]
 LIMITER_NAMES: tuple[LimiterName, ...] = ("api", "search", "chat", "upload", "share", "anonymous")
 
@@ -121,12 +135,12 @@ class Rate:
 
     limit: int
     seconds: float
-    # The script's ARGV[1:2], encoded once: redis-py would re-encode the ints on every call.
-    script_args: tuple[bytes, bytes] = field(init=False, repr=False, compare=False)
+    # The script's ARGV[1:2] as RESP bulk strings, encoded once rather than on every decision.
+    resp_args: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        args = (str(self.limit).encode(), str(self.window_ms).encode())
-        object.__setattr__(self, "script_args", args)
+        args = resp_bulk(str(self.limit).encode()) + resp_bulk(str(self.window_ms).encode())
+        object.__setattr__(self, "resp_args", args)
 
     @property
     def window_ms(self) -> int:
@@ -191,27 +205,138 @@ def unpack_reply(reply: int) -> tuple[bool, int, int]:
 
 
 class SlidingWindowScript:
-    """The script's EVALSHA command for one decision, with as little client work as we can.
+    """The EVALSHA of one decision, packed as the bytes Redis reads, with little client work.
 
-    Hand-rolled rather than redis-py's ``Script`` (which does the same EVALSHA, then SCRIPT
-    LOAD and again on NOSCRIPT): the constant arguments are encoded once, not per call.
+    Everything but the key and the member is constant per rate, so it is encoded once; a
+    decision formats two bulk strings into a template (redis-py's packer would encode all seven
+    arguments every time).
     """
 
     def __init__(self) -> None:
         self.sha = hashlib.sha1(SLIDING_WINDOW_LUA.encode(), usedforsecurity=False).hexdigest()
+        # EVALSHA <sha> 1: the head of a seven-part command; key, limit, window, member follow.
+        self._head = (
+            b"*7\r\n" + resp_bulk(b"EVALSHA") + resp_bulk(self.sha.encode()) + resp_bulk(b"1")
+        )
+        self.load = resp_command(b"SCRIPT", b"LOAD", SLIDING_WINDOW_LUA.encode())
         # Member names unique across processes: a random per-process prefix and a counter.
         self._prefix = secrets.token_hex(8).encode() + b":"
         self._counter = itertools.count()
 
-    def command(self, limiter: str, subject: str, rate: Rate) -> tuple[str | bytes, ...]:
+    def packed(self, limiter: str, subject: str, rate: Rate) -> bytes:
+        key = window_key(limiter, subject).encode()
         member = b"%s%d" % (self._prefix, next(self._counter))
-        limit, window_ms = rate.script_args
-        return ("EVALSHA", self.sha, b"1", window_key(limiter, subject), limit, window_ms, member)
+        return b"%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n" % (
+            self._head,
+            len(key),
+            key,
+            rate.resp_args,
+            len(member),
+            member,
+        )
 
     @staticmethod
     def decision(limiter: str, rate: Rate, reply: int) -> Decision:
         allowed, remaining, reset_ms = unpack_reply(reply)
         return Decision(limiter, allowed, rate.limit, remaining, reset_ms)
+
+
+# --- the limiter's connections ------------------------------------------------------------------
+#
+# A decision writes one EVALSHA and reads one integer. redis-py's command path around that costs
+# about as much client CPU as the round trip's own system calls: every command checks a
+# connection out of the pool under a lock, probes it for stray bytes with a zero-timeout read (the
+# guard against a connection handed back with a reply unread), and with a socket timeout set the
+# asyncio client wraps each write in ``asyncio.wait_for`` (a task per call on Python 3.11).
+# Measured on one client thread against a loopback Valkey: PING through ``execute_command`` about
+# 8,300/s, the same PING written and read directly on a connection about 11,700/s.
+#
+# The probe is needless when no connection can go back with a reply unread, and that is what the
+# two classes below guarantee: a connection returns to the idle list only after its reply was read
+# whole (an error reply such as NOSCRIPT is whole too); any other exception, a timeout or a
+# cancellation between writing and reading drops it (redis-py's read also disconnects on those;
+# the write and everything around it are ours to guard). The connections themselves are redis-py's,
+# made with the client's settings (URL, password, TLS, parser): only the checkout is ours.
+
+IDLE_CONNECTIONS = 16  # kept open per process; more are opened under bursts, then closed
+
+
+class ScriptConnections:
+    """The async limiter's connections. Calls are bounded by the caller's ``asyncio.timeout``."""
+
+    def __init__(self, client: Redis, *, max_idle: int = IDLE_CONNECTIONS) -> None:
+        pool = client.connection_pool
+        self._connection_class = pool.connection_class
+        # No socket timeout: the caller's asyncio.timeout bounds connect, write and read at once,
+        # and redis-py would pay a task per write (asyncio.wait_for) to enforce its own.
+        self._kwargs = {**pool.connection_kwargs, "socket_timeout": None}
+        self._idle: list[AsyncConnection] = []
+        self._max_idle = max_idle
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    async def call(self, packed: bytes) -> Any:
+        conn = self._idle.pop() if self._idle else self._connection_class(**self._kwargs)
+        try:
+            await conn.send_packed_command((packed,), check_health=False)
+            reply = await conn.read_response()
+        except redis.ResponseError:  # an error reply, read whole: the connection is in step
+            await self._release(conn)
+            raise
+        except BaseException:  # failed, timed out or cancelled with the reply maybe in flight
+            await conn.disconnect(nowait=True)
+            raise
+        await self._release(conn)
+        return reply
+
+    async def _release(self, conn: AsyncConnection) -> None:
+        if len(self._idle) < self._max_idle:
+            self._idle.append(conn)
+        else:
+            await conn.disconnect(nowait=True)
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.disconnect()
+
+
+class SyncScriptConnections:
+    """The same for a synchronous client (one thread); the socket timeout is the client's."""
+
+    def __init__(self, client: redis.Redis, *, max_idle: int = IDLE_CONNECTIONS) -> None:
+        pool = client.connection_pool
+        self._connection_class = pool.connection_class
+        self._kwargs = dict(pool.connection_kwargs)
+        self._idle: list[SyncConnection] = []
+        self._max_idle = max_idle
+
+    def call(self, packed: bytes) -> Any:
+        conn = self._idle.pop() if self._idle else self._connection_class(**self._kwargs)
+        try:
+            conn.send_packed_command((packed,), check_health=False)
+            reply = conn.read_response()
+        except redis.ResponseError:
+            self._release(conn)
+            raise
+        except BaseException:
+            conn.disconnect()
+            raise
+        self._release(conn)
+        return reply
+
+    def _release(self, conn: SyncConnection) -> None:
+        if len(self._idle) < self._max_idle:
+            self._idle.append(conn)
+        else:
+            conn.disconnect()  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.disconnect()  # type: ignore[no-untyped-call]
 
 
 class CircuitBreaker:
@@ -256,8 +381,9 @@ class CircuitBreaker:
 
 
 def create_limiter_redis(url: str, timeout_ms: int) -> Redis:
-    """A client of its own: a timeout in tens of ms would be wrong for everything else, and a
-    retry would only double the time a request waits for a Redis that is not answering."""
+    """The limiter's client, whose settings its connections are made with (``ScriptConnections``):
+    its own, because a timeout in tens of ms would be wrong for everything else, and without
+    retries, which would only double the time a request waits for a Redis that is not answering."""
     seconds = timeout_ms / 1000
     return Redis.from_url(
         url,
@@ -289,6 +415,7 @@ class RateLimiter:
         self.trusted_proxies = parse_networks(trusted_proxies)
         self.enabled = enabled
         self._script = SlidingWindowScript()
+        self._connections = ScriptConnections(client)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimiter:
@@ -302,6 +429,7 @@ class RateLimiter:
         )
 
     async def aclose(self) -> None:
+        await self._connections.aclose()
         await self.client.aclose()
 
     async def hit(self, limiter: str, subject: str) -> Decision:
@@ -315,7 +443,7 @@ class RateLimiter:
             return self._fail_open(limiter, rate, "breaker_open", None)
         try:
             async with asyncio.timeout(self.timeout):
-                reply = await self._evalsha(self._script.command(limiter, subject, rate))
+                reply = await self._evalsha(self._script.packed(limiter, subject, rate))
         except (TimeoutError, redis.TimeoutError) as exc:  # ours, or the socket's
             return self._failed(limiter, rate, "timeout", exc)
         except (redis.RedisError, OSError) as exc:
@@ -329,13 +457,12 @@ class RateLimiter:
         RATELIMIT_DECISIONS.labels(limiter, "allowed" if decision.allowed else "refused").inc()
         return decision
 
-    async def _evalsha(self, command: tuple[str | bytes, ...]) -> int:
+    async def _evalsha(self, packed: bytes) -> int:
         try:
-            # redis-py leaves execute_command untyped; the script returns an integer.
-            reply: int = await self.client.execute_command(*command)  # type: ignore[no-untyped-call]
+            reply: int = await self._connections.call(packed)
         except NoScriptError:  # a restarted or flushed Redis: load it, then the same again
-            await self.client.script_load(SLIDING_WINDOW_LUA)
-            reply = await self.client.execute_command(*command)  # type: ignore[no-untyped-call]
+            await self._connections.call(self._script.load)
+            reply = await self._connections.call(packed)
         return reply
 
     def _failed(self, limiter: str, rate: Rate, reason: FailReason, exc: BaseException) -> Decision:
@@ -367,20 +494,24 @@ class RateLimiter:
 
 
 class SyncSlidingWindow:
-    """The same script on a synchronous client, for the benchmark and scripts (no breaker)."""
+    """The same script and connections on a synchronous client, for the benchmark and scripts
+    (no timeout of its own beyond the client's socket timeout, no breaker)."""
 
     def __init__(self, client: redis.Redis) -> None:
-        self.client = client
         self._script = SlidingWindowScript()
+        self._connections = SyncScriptConnections(client)
 
     def hit(self, limiter: str, subject: str, rate: Rate) -> Decision:
-        command = self._script.command(limiter, subject, rate)
+        packed = self._script.packed(limiter, subject, rate)
         try:
-            reply: int = self.client.execute_command(*command)  # type: ignore[no-untyped-call]
+            reply: int = self._connections.call(packed)
         except NoScriptError:
-            self.client.script_load(SLIDING_WINDOW_LUA)
-            reply = self.client.execute_command(*command)  # type: ignore[no-untyped-call]
+            self._connections.call(self._script.load)
+            reply = self._connections.call(packed)
         return self._script.decision(limiter, rate, reply)
+
+    def close(self) -> None:
+        self._connections.close()
 
 
 # --- who is asking --------------------------------------------------------------------------

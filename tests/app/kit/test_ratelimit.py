@@ -12,10 +12,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.kit.ratelimit import (
+    IDLE_CONNECTIONS,
+    SLIDING_WINDOW_LUA,
     CircuitBreaker,
     Decision,
     Rate,
     RateLimiter,
+    ScriptConnections,
+    SlidingWindowScript,
+    SyncSlidingWindow,
     client_address,
     create_limiter_redis,
     email_subject,
@@ -125,6 +130,65 @@ async def test_a_zero_limit_refuses_everything(redis_url):
         assert decision.retry_after == 60
     finally:
         await limiter.aclose()
+
+
+@pytest.mark.parametrize("subject", ["user:1", "ip:2001:db8::/64", "email:déjà-vu"])
+def test_packed_commands_are_what_redis_py_would_send(subject: str):
+    from redis.connection import Connection
+
+    script = SlidingWindowScript()
+    packed = script.packed("api", subject, Rate(100, 60))
+    member = packed.rsplit(b"\r\n", 2)[-2]
+    packer = Connection()
+    key = window_key("api", subject)
+    expected = packer.pack_command("EVALSHA", script.sha, 1, key, 100, 60000, member)
+    assert packed == b"".join(expected)
+    assert script.load == b"".join(packer.pack_command("SCRIPT", "LOAD", SLIDING_WINDOW_LUA))
+
+
+async def test_connections_are_reused_and_bursts_do_not_stay_open(redis_url, raw):
+    connections = ScriptConnections(aioredis.Redis.from_url(redis_url))
+    ping = b"*1\r\n$4\r\nPING\r\n"
+    before = len(await raw.client_list())
+    replies = await asyncio.gather(*(connections.call(ping) for _ in range(40)))
+    assert replies == [b"PONG"] * 40
+    assert connections.idle == IDLE_CONNECTIONS  # the other 24 were closed
+    for _ in range(5):  # one at a time: the same idle connection each time
+        assert await connections.call(ping) == b"PONG"
+    assert connections.idle == IDLE_CONNECTIONS
+    await connections.aclose()
+    assert connections.idle == 0
+    for _ in range(50):
+        if len(await raw.client_list()) == before:
+            break
+        await asyncio.sleep(0.02)
+    assert len(await raw.client_list()) == before
+
+
+async def test_an_error_reply_keeps_the_connection_in_step(redis_url, raw):
+    connections = ScriptConnections(aioredis.Redis.from_url(redis_url))
+    with pytest.raises(aioredis.ResponseError):
+        await connections.call(b"*1\r\n$7\r\nNOSUCHC\r\n")
+    assert connections.idle == 1
+    assert await connections.call(b"*1\r\n$4\r\nPING\r\n") == b"PONG"
+    await connections.aclose()
+
+
+def test_sync_limiter_decides_like_the_async_one(redis_url):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.script_flush()  # the first call meets NOSCRIPT and loads the script
+    limiter = SyncSlidingWindow(client)
+    rate = Rate(2, 60)
+    subject = f"sync:{id(limiter)}"
+    first, second, third = (limiter.hit("t", subject, rate) for _ in range(3))
+    assert (first.allowed, first.remaining) == (True, 1)
+    assert (second.allowed, second.remaining) == (True, 0)
+    assert not third.allowed
+    assert 59_000 < third.reset_ms <= 60_000
+    limiter.close()
+    client.close()
 
 
 def test_keys_are_one_cluster_hash_tag():

@@ -195,6 +195,22 @@ async def test_redis_too_slow_fails_open_within_the_timeout(own_valkey, limiter,
     assert limiter.breaker.is_open
 
 
+async def test_a_reply_that_arrives_after_the_timeout_is_never_read_as_another(own_valkey, limiter):
+    """The limiter writes a command and gives up at 50 ms; the reply comes later. Were that
+    connection reused, the next decision would read the stale reply as its own."""
+    assert (await limiter.hit("fo", "user:4")).remaining == 1
+    own_valkey.freeze()
+    try:
+        assert (await limiter.hit("fo", "user:4")).fail_open  # written, never answered in time
+    finally:
+        own_valkey.thaw()
+    await asyncio.sleep(0.55)  # the breaker lets the next call through
+    fresh = await limiter.hit("fo", "user:5")
+    assert not fresh.fail_open
+    # user:4's late reply would say remaining 0; a fresh subject's own reply says 1.
+    assert (fresh.allowed, fresh.remaining) == (True, 1)
+
+
 async def test_api_requests_pass_while_redis_is_down(own_valkey, settings):
     from app.main import create_app
 
