@@ -278,7 +278,23 @@ class ScriptConnections:
         return len(self._idle)
 
     async def call(self, packed: bytes) -> Any:
-        conn = self._idle.pop() if self._idle else self._connection_class(**self._kwargs)
+        """Write ``packed`` (an idempotent command), read its reply.
+
+        A connection that sat idle may have been closed under us (Redis restarted or failed
+        over, an idle timeout, a proxy); redis-py's checkout probe would have reconnected it.
+        Here its write or read fails with ConnectionError instead: then the other idle ones are
+        dropped too (likely closed alike) and the command goes once more on a new connection.
+        Sending it twice is safe for the limiter's script: the member name is the same, so a ZADD
+        that did land is not doubled.
+        """
+        if self._idle:
+            try:
+                return await self._call_on(self._idle.pop(), packed)
+            except redis.ConnectionError:
+                await self._drop_idle()
+        return await self._call_on(self._connection_class(**self._kwargs), packed)
+
+    async def _call_on(self, conn: AsyncConnection, packed: bytes) -> Any:
         try:
             await conn.send_packed_command((packed,), check_health=False)
             reply = await conn.read_response()
@@ -291,6 +307,11 @@ class ScriptConnections:
         await self._release(conn)
         return reply
 
+    async def _drop_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.disconnect(nowait=True)
+
     async def _release(self, conn: AsyncConnection) -> None:
         if len(self._idle) < self._max_idle:
             self._idle.append(conn)
@@ -298,9 +319,7 @@ class ScriptConnections:
             await conn.disconnect(nowait=True)
 
     async def aclose(self) -> None:
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            await conn.disconnect()
+        await self._drop_idle()
 
 
 class SyncScriptConnections:
@@ -314,15 +333,23 @@ class SyncScriptConnections:
         self._max_idle = max_idle
 
     def call(self, packed: bytes) -> Any:
-        conn = self._idle.pop() if self._idle else self._connection_class(**self._kwargs)
+        """As ``ScriptConnections.call``: once more on a new connection if an idle one failed."""
+        if self._idle:
+            try:
+                return self._call_on(self._idle.pop(), packed)
+            except redis.ConnectionError:
+                self.close()
+        return self._call_on(self._connection_class(**self._kwargs), packed)
+
+    def _call_on(self, conn: SyncConnection, packed: bytes) -> Any:
         try:
-            conn.send_packed_command((packed,), check_health=False)
+            conn.send_packed_command((packed,), check_health=False)  # type: ignore[no-untyped-call]
             reply = conn.read_response()
         except redis.ResponseError:
             self._release(conn)
             raise
         except BaseException:
-            conn.disconnect()
+            conn.disconnect()  # type: ignore[no-untyped-call]
             raise
         self._release(conn)
         return reply

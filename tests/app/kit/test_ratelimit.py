@@ -187,6 +187,12 @@ def test_sync_limiter_decides_like_the_async_one(redis_url):
     assert (second.allowed, second.remaining) == (True, 0)
     assert not third.allowed
     assert 59_000 < third.reset_ms <= 60_000
+    # The server closes the idle connection: the next decision reconnects rather than fails.
+    (idle,) = limiter._connections._idle
+    host, port = idle._sock.getsockname()[:2]
+    assert client.client_kill(f"{host}:{port}")
+    fourth = limiter.hit("t", subject, rate)
+    assert (fourth.allowed, fourth.remaining) == (False, 0)
     limiter.close()
     client.close()
 

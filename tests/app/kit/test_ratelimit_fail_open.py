@@ -195,6 +195,24 @@ async def test_redis_too_slow_fails_open_within_the_timeout(own_valkey, limiter,
     assert limiter.breaker.is_open
 
 
+async def test_idle_connections_closed_by_a_restart_do_not_fail_the_next_decision(
+    own_valkey, limiter, logs
+):
+    """redis-py probes every pooled connection before use and reconnects a closed one; the
+    limiter skips that probe, so it must notice the closed connections on use and retry."""
+    first = await asyncio.gather(*(limiter.hit("fo", f"burst:{n}") for n in range(8)))
+    assert not any(d.fail_open for d in first)
+    assert limiter._connections.idle == 8  # several idle connections, all about to go stale
+    own_valkey.kill()
+    own_valkey.start()  # same port and data: every idle connection is now closed
+    again = await limiter.hit("fo", "burst:0")
+    assert not again.fail_open
+    assert (again.allowed, again.remaining) == (True, 0)  # counted once, before and after
+    assert not limiter.breaker.is_open
+    assert logs.lines == []
+    assert limiter._connections.idle == 1  # the stale ones were dropped, the new one kept
+
+
 async def test_a_reply_that_arrives_after_the_timeout_is_never_read_as_another(own_valkey, limiter):
     """The limiter writes a command and gives up at 50 ms; the reply comes later. Were that
     connection reused, the next decision would read the stale reply as its own."""
