@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     chat_model: str = "record-extractive-1"
     openai_timeout_seconds: float = Field(default=60.0, gt=0)
     transcription_timeout_seconds: float = Field(default=1800.0, gt=0)
+    # Recordings are transcribed in pieces of at most this long (worker/audio.py): OpenAI takes
+    # uploads up to 25 MB, 819 s of the 16 kHz 16-bit mono WAV the worker sends.
+    transcription_piece_seconds: float = Field(default=600.0, ge=10, le=780)
     openai_max_retries: int = Field(default=2, ge=0, le=10)
 
     # AI: any OpenAI-protocol server. `record up` points this at the local model server.

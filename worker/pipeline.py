@@ -31,11 +31,11 @@ from app.kit.storage import ObjectStore
 from app.recordings import repository as recordings
 from app.settings import Settings
 from app.transcripts import repository as transcripts
+from worker.audio import SAMPLE_RATE, transcribe_in_pieces
 from worker.chunking import ChunkingConfig, chunk_transcript
 
 log = structlog.stdlib.get_logger(__name__)
 
-SAMPLE_RATE = 16_000
 NO_SPEECH_SUMMARY = "No speech was detected in this recording."
 
 
@@ -183,7 +183,12 @@ async def _transcribe(
         source, audio = Path(tmp) / "media", Path(tmp) / "audio.wav"
         await deps.store.download_to(media_key, source)
         duration = await anyio.to_thread.run_sync(decode_to_wav, source, audio)
-        transcript = await deps.models.transcription.transcribe(audio, filename="audio.wav")
+        transcript = await transcribe_in_pieces(
+            deps.models.transcription,
+            audio,
+            piece_seconds=deps.settings.transcription_piece_seconds,
+            workdir=Path(tmp),
+        )
     segments = transcript.segments
     async with deps.db.transaction(org_id=org_id) as conn:
         await transcripts.save_transcript(

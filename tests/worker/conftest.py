@@ -29,6 +29,9 @@ SENTENCES = [
 ]
 
 
+OPENAI_MAX_UPLOAD = 25 * 1024 * 1024  # audio.transcriptions takes files up to 25 MB
+
+
 def fake_vector(text: str) -> list[float]:
     seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
     vector = np.random.default_rng(seed).standard_normal(384).astype(np.float32)
@@ -41,6 +44,7 @@ class FakeOpenAI:
         self.embedded: list[str] = []
         self.fail: dict[str, int] = {}  # path -> status to answer with
         self.fail_times: dict[str, int] = {}  # path -> how many more calls fail with 500
+        self.upload_bytes: list[int] = []  # the size of each transcription request
 
     def __call__(self, request: httpx2.Request) -> httpx2.Response:
         path = request.url.path
@@ -51,31 +55,7 @@ class FakeOpenAI:
             self.fail_times[path] -= 1
             return httpx2.Response(500, json={"error": {"message": "flaky"}})
         if path.endswith("/audio/transcriptions"):
-            segments = [
-                {
-                    "id": i,
-                    "seek": 0,
-                    "start": i * 2.0,
-                    "end": i * 2.0 + 1.8,
-                    "text": text,
-                    "tokens": [],
-                    "temperature": 0.0,
-                    "avg_logprob": 0.0,
-                    "compression_ratio": 1.0,
-                    "no_speech_prob": 0.0,
-                }
-                for i, text in enumerate(SENTENCES)
-            ]
-            return httpx2.Response(
-                200,
-                json={
-                    "task": "transcribe",
-                    "language": "english",
-                    "duration": 8.0,
-                    "text": " ".join(SENTENCES),
-                    "segments": segments,
-                },
-            )
+            return self.transcription(request)
         if path.endswith("/embeddings"):
             body = json.loads(request.content)
             inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
@@ -119,6 +99,37 @@ class FakeOpenAI:
                 },
             )
         return httpx2.Response(404, json={"error": {"message": "no such route"}})
+
+    def transcription(self, request: httpx2.Request) -> httpx2.Response:
+        self.upload_bytes.append(len(request.content))
+        if len(request.content) > OPENAI_MAX_UPLOAD:  # what OpenAI answers
+            message = f"Maximum content size limit ({OPENAI_MAX_UPLOAD}) exceeded"
+            return httpx2.Response(413, json={"error": {"message": message}})
+        segments = [
+            {
+                "id": i,
+                "seek": 0,
+                "start": i * 2.0,
+                "end": i * 2.0 + 1.8,
+                "text": text,
+                "tokens": [],
+                "temperature": 0.0,
+                "avg_logprob": 0.0,
+                "compression_ratio": 1.0,
+                "no_speech_prob": 0.0,
+            }
+            for i, text in enumerate(SENTENCES)
+        ]
+        return httpx2.Response(
+            200,
+            json={
+                "task": "transcribe",
+                "language": "english",
+                "duration": 8.0,
+                "text": " ".join(SENTENCES),
+                "segments": segments,
+            },
+        )
 
 
 @pytest.fixture

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import io
 import uuid
+import wave
 
+import numpy as np
 import psycopg
 import pytest
 
 from tests.app.conftest import Tenant
 from tests.app.recordings.test_upload import wav_bytes
-from tests.worker.conftest import SENTENCES
+from tests.worker.conftest import OPENAI_MAX_UPLOAD, SENTENCES
 from worker.jobs import build_app, sweep
 from worker.pipeline import process_recording
 
@@ -91,6 +93,43 @@ async def test_upload_to_ready(
     assert chunks[-1][3] == pytest.approx(7.8)
     joined = " ".join(c[1] for c in chunks)
     assert all(sentence in joined for sentence in SENTENCES)
+
+
+def long_quiet_wav(seconds: float) -> bytes:
+    """8 kHz 8-bit audio (small to upload) that decodes to more than OpenAI takes at once."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(1)
+        out.setframerate(8000)
+        samples = np.random.default_rng(0).integers(100, 156, int(seconds * 8000), dtype=np.uint8)
+        out.writeframes(samples.tobytes())
+    return buffer.getvalue()
+
+
+async def test_a_meeting_longer_than_one_openai_upload_is_transcribed_in_pieces(
+    client, deps, upload_settings, org_a: Tenant, fake_openai
+):
+    # 14 minutes decode to 26.9 MB of 16 kHz WAV: more than OpenAI's 25 MB in one request.
+    accepted = await upload(client, org_a, long_quiet_wav(14 * 60), name="long.wav")
+    rid = accepted["recording"]["id"]
+    await run_jobs(upload_settings)
+
+    recording = (await client.get(f"/api/recordings/{rid}", headers=org_a.auth())).json()
+    assert recording["status"] == "ready", recording
+    assert recording["duration_seconds"] == pytest.approx(840, abs=0.1)
+    assert len(fake_openai.upload_bytes) == 2  # 600 s pieces by default
+    assert all(size <= OPENAI_MAX_UPLOAD for size in fake_openai.upload_bytes)
+    transcript = await client.get(f"/api/recordings/{rid}/transcript", headers=org_a.auth())
+    segments = transcript.json()["segments"]
+    # Each piece answered the fake's four sentences; the second piece's are shifted by where
+    # the cut fell (the last 20 s before 600 s), onto the recording's clock.
+    assert [s["text"] for s in segments] == SENTENCES * 2
+    starts = [s["start"] for s in segments]
+    assert starts[:4] == [0.0, 2.0, 4.0, 6.0]
+    cut = starts[4]
+    assert 580 <= cut <= 600
+    assert starts[4:] == pytest.approx([cut, cut + 2.0, cut + 4.0, cut + 6.0])
 
 
 async def test_rerun_is_idempotent_and_reuses_transcript_and_cache(

@@ -1,0 +1,104 @@
+"""Cutting long recordings into pieces: where the cuts fall, and that nothing is lost or doubled."""
+
+from __future__ import annotations
+
+import itertools
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from worker.audio import SAMPLE_RATE, WINDOW, Piece, plan_pieces, write_piece
+
+
+def write_wav(path: Path, samples: np.ndarray) -> Path:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes(samples.astype("<i2").tobytes())
+    return path
+
+
+def speechlike(seconds: float, *, gaps: tuple[float, ...] = (), seed: int = 0) -> np.ndarray:
+    """Loud noise everywhere except half-second silences starting at ``gaps`` (seconds)."""
+    rng = np.random.default_rng(seed)
+    samples = rng.integers(-8000, 8000, int(seconds * SAMPLE_RATE)).astype(np.int16)
+    for at in gaps:
+        samples[int(at * SAMPLE_RATE) : int((at + 0.5) * SAMPLE_RATE)] = 0
+    return samples
+
+
+def assert_tiles(pieces: list[Piece], total: int, limit: int) -> None:
+    assert pieces[0].start == 0
+    assert pieces[-1].end == total
+    for before, after in itertools.pairwise(pieces):
+        assert before.end == after.start  # contiguous: no frame lost, none sent twice
+    assert all(0 < p.end - p.start <= limit for p in pieces)
+
+
+def test_a_recording_within_one_piece_is_not_cut(tmp_path: Path) -> None:
+    wav = write_wav(tmp_path / "a.wav", speechlike(12.0))
+    assert plan_pieces(wav, 600) == [Piece(0, 12 * SAMPLE_RATE)]
+
+
+def test_cuts_fall_in_the_pauses(tmp_path: Path) -> None:
+    gaps = (22.0, 47.0, 70.0)
+    wav = write_wav(tmp_path / "a.wav", speechlike(95.0, gaps=gaps))
+    pieces = plan_pieces(wav, 30)
+    assert_tiles(pieces, 95 * SAMPLE_RATE, 30 * SAMPLE_RATE)
+    assert len(pieces) == 4
+    for piece, gap in zip(pieces, gaps, strict=False):
+        assert gap * SAMPLE_RATE <= piece.end <= (gap + 0.5) * SAMPLE_RATE, (piece, gap)
+
+
+def test_without_a_pause_the_cut_comes_at_the_limit(tmp_path: Path) -> None:
+    tone = (8000 * np.sin(2 * np.pi * 440 * np.arange(70 * SAMPLE_RATE) / SAMPLE_RATE)).astype(
+        np.int16
+    )
+    wav = write_wav(tmp_path / "a.wav", tone)
+    pieces = plan_pieces(wav, 30)
+    assert_tiles(pieces, 70 * SAMPLE_RATE, 30 * SAMPLE_RATE)
+    assert len(pieces) == 3
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    seconds=st.floats(min_value=0.05, max_value=12.0),
+    piece_seconds=st.floats(min_value=0.2, max_value=5.0),
+    seed=st.integers(0, 2**16),
+)
+def test_pieces_always_tile_the_recording(
+    tmp_path: Path, seconds: float, piece_seconds: float, seed: int
+) -> None:
+    samples = speechlike(seconds, seed=seed)
+    samples[: len(samples) // 3] //= 50  # a quieter stretch, so cuts move about
+    wav = write_wav(tmp_path / f"p{seed}.wav", samples)
+    limit = max(int(piece_seconds * SAMPLE_RATE), 2 * WINDOW)
+    assert_tiles(plan_pieces(wav, piece_seconds), len(samples), limit)
+
+
+def test_a_piece_holds_exactly_its_frames(tmp_path: Path) -> None:
+    samples = speechlike(5.0, seed=3)
+    wav = write_wav(tmp_path / "a.wav", samples)
+    piece = Piece(12_345, 54_321)
+    with wave.open(str(write_piece(wav, piece, tmp_path / "p.wav")), "rb") as reader:
+        assert reader.getframerate() == SAMPLE_RATE
+        frames = np.frombuffer(reader.readframes(reader.getnframes()), dtype="<i2")
+    assert np.array_equal(frames, samples[12_345:54_321])
+
+
+def test_only_the_pipelines_format_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "stereo.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(2)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes(b"\0" * 400)
+    with pytest.raises(ValueError, match="16-bit mono"):
+        plan_pieces(path, 10)
