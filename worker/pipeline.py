@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 from app.ai.clients import ModelClients, Segment
 from app.documents import repository as documents
 from app.kit.db import Database
+from app.kit.errors import ExternalServiceError
 from app.kit.metrics import CACHE_REQUESTS
 from app.kit.storage import ObjectStore
 from app.recordings import repository as recordings
@@ -211,6 +212,17 @@ async def _transcribe(
 
 
 async def process_recording(deps: PipelineDeps, org_id: UUID, recording_id: UUID) -> PipelineResult:
+    """Transcribe, chunk, embed and summarise one recording; a model server's refusal of what
+    was sent (not a failure to answer) is permanent: retrying would send the same again."""
+    try:
+        return await _process(deps, org_id, recording_id)
+    except ExternalServiceError as exc:
+        if exc.retryable:
+            raise
+        raise PermanentError(str(exc)) from exc
+
+
+async def _process(deps: PipelineDeps, org_id: UUID, recording_id: UUID) -> PipelineResult:
     started = time.perf_counter()
     bound = log.bind(org_id=str(org_id), recording_id=str(recording_id))
     media_key = await _mark(deps, org_id, recording_id, "transcribing")

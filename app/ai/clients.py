@@ -157,6 +157,12 @@ def openai_client(
     )
 
 
+# Statuses that refuse the request's content (malformed, too large, unsupported, unprocessable):
+# sending the same again cannot succeed. Credentials (401/403), a missing model (404) and rate
+# limits (429) can be fixed while a job waits to retry, so those stay retryable.
+REFUSED_CONTENT = frozenset({400, 413, 415, 422})
+
+
 def external_error(exc: Exception, *, operation: str, base_url: str) -> ExternalServiceError:
     """An ``ExternalServiceError`` that tells the operator what to do about ``exc``."""
     where = f"the model server at {base_url}"
@@ -179,6 +185,9 @@ def external_error(exc: Exception, *, operation: str, base_url: str) -> External
         )
     elif isinstance(exc, openai.RateLimitError):
         detail = f"{where} is rate limiting {operation} requests; retry later or raise the quota."
+    elif isinstance(exc, openai.APIStatusError) and exc.status_code in REFUSED_CONTENT:
+        detail = f"{where} rejected the {operation} request: {_message(exc)}"
+        return ExternalServiceError(SERVICE, detail, retryable=False)
     elif isinstance(exc, openai.APIStatusError) and exc.status_code < 500:
         detail = f"{where} rejected the {operation} request: {_message(exc)}"
     elif isinstance(exc, openai.APIStatusError):

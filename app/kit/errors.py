@@ -104,9 +104,14 @@ class ExternalServiceError(AppError):
     status_code = 502
     code = "external_service_error"
 
-    def __init__(self, service: str, detail: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, service: str, detail: str | None = None, *, retryable: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(detail or f"{service} did not answer as expected; try again.", **kwargs)
         self.service = service
+        # False when the service refused what was sent (too large, malformed): the same request
+        # again would be refused again.
+        self.retryable = retryable
 
 
 class ServiceUnavailableError(AppError):

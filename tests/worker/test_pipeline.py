@@ -180,6 +180,33 @@ async def test_transient_errors_retry_then_fail_with_reason(
     assert job["attempts"] == 3
 
 
+@pytest.mark.parametrize("status", [400, 413, 415, 422])
+async def test_a_refused_request_fails_at_once_with_the_servers_reason(
+    client, deps, upload_settings, org_a: Tenant, fake_openai, status: int
+):
+    fake_openai.fail["/v1/embeddings"] = status  # sending the same again cannot pass
+    accepted = await upload(client, org_a)
+    rid = accepted["recording"]["id"]
+    await run_jobs(upload_settings)
+    recording = (await client.get(f"/api/recordings/{rid}", headers=org_a.auth())).json()
+    assert recording["status"] == "failed"
+    assert "rejected the embeddings request: boom" in recording["error"]
+    assert fake_openai.calls["/v1/embeddings"] == 1
+    job = (await client.get(f"/api/jobs/{accepted['job_id']}", headers=org_a.auth())).json()
+    assert (job["status"], job["attempts"]) == ("failed", 1)
+
+
+@pytest.mark.parametrize("status", [401, 404, 429])
+async def test_what_an_operator_can_fix_is_retried(
+    client, deps, upload_settings, org_a: Tenant, fake_openai, status: int
+):
+    fake_openai.fail["/v1/embeddings"] = status
+    accepted = await upload(client, org_a)
+    await run_jobs(upload_settings)
+    job = (await client.get(f"/api/jobs/{accepted['job_id']}", headers=org_a.auth())).json()
+    assert (job["status"], job["attempts"]) == ("failed", 3)
+
+
 async def test_transient_error_then_success(
     client, deps, upload_settings, org_a: Tenant, fake_openai
 ):
