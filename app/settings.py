@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     # Recordings are transcribed in pieces of at most this long (worker/audio.py): OpenAI takes
     # uploads up to 25 MB, 819 s of the 16 kHz 16-bit mono WAV the worker sends.
     transcription_piece_seconds: float = Field(default=600.0, ge=10, le=780)
+    # Pieces of one recording transcribed at once: 1 for the local model server (its CPU is the
+    # limit), more against OpenAI, where a long meeting's pieces can run side by side.
+    transcription_concurrency: int = Field(default=1, ge=1, le=16)
     openai_max_retries: int = Field(default=2, ge=0, le=10)
 
     # AI: any OpenAI-protocol server. `record up` points this at the local model server.

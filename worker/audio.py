@@ -11,15 +11,20 @@ splits a word. A recording within one piece is sent whole, as before.
 
 from __future__ import annotations
 
+import json
 import wave
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import anyio
 import numpy as np
 import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from app.ai.clients import Segment, Transcript, TranscriptionClient
+from app.kit.metrics import CACHE_REQUESTS
 
 log = structlog.stdlib.get_logger("record.worker.audio")
 
@@ -85,39 +90,127 @@ def write_piece(wav: Path, piece: Piece, target: Path) -> Path:
     return target
 
 
+class PieceCache(Protocol):
+    """Transcripts of pieces already done, so a retried job resumes instead of starting over."""
+
+    async def get(self, piece: Piece) -> Transcript | None: ...
+
+    async def put(self, piece: Piece, transcript: Transcript) -> None: ...
+
+
 async def transcribe_in_pieces(
-    client: TranscriptionClient, wav: Path, *, piece_seconds: float, workdir: Path
+    client: TranscriptionClient,
+    wav: Path,
+    *,
+    piece_seconds: float,
+    workdir: Path,
+    concurrency: int = 1,
+    cache: PieceCache | None = None,
 ) -> Transcript:
-    """The whole recording's transcript, one request per piece, on the recording's clock."""
+    """The whole recording's transcript, one request per piece, on the recording's clock.
+
+    Up to ``concurrency`` pieces are in flight at once (1 for the local model server, whose CPU
+    is the limit; more against OpenAI). Each piece's transcript goes to ``cache`` as it
+    arrives, so when another piece fails and the job is retried, only the missing ones are
+    sent again.
+    """
     pieces = await anyio.to_thread.run_sync(plan_pieces, wav, piece_seconds)
     if len(pieces) == 1:
         return await client.transcribe(wav, filename="audio.wav")
+    parts: list[Transcript | None] = [None] * len(pieces)
+    limiter = anyio.CapacityLimiter(concurrency)
+
+    async def transcribe(number: int, piece: Piece) -> None:
+        async with limiter:
+            part = await cache.get(piece) if cache is not None else None
+            if part is None:
+                path = workdir / f"piece-{number + 1}.wav"
+                await anyio.to_thread.run_sync(write_piece, wav, piece, path)
+                try:
+                    part = await client.transcribe(path, filename="audio.wav")
+                finally:
+                    path.unlink(missing_ok=True)
+                if cache is not None:
+                    await cache.put(piece, part)
+            parts[number] = part
+            log.info(
+                "transcribed a piece",
+                piece=number + 1,
+                pieces=len(pieces),
+                offset_seconds=round(piece.offset_seconds, 2),
+                segments=len(part.segments),
+            )
+
+    try:
+        async with anyio.create_task_group() as group:
+            for number, piece in enumerate(pieces):
+                group.start_soon(transcribe, number, piece)
+    except BaseExceptionGroup as failed:
+        # The first piece's error, as a single transcription would raise it: the worker tells
+        # permanent from transient failures by its type.
+        raise first_error(failed) from None
+    return join_pieces(pieces, [part for part in parts if part is not None])
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+def join_pieces(pieces: list[Piece], parts: list[Transcript]) -> Transcript:
     segments: list[Segment] = []
-    texts: list[str] = []
-    language = ""
-    for number, piece in enumerate(pieces, start=1):
-        path = await anyio.to_thread.run_sync(
-            write_piece, wav, piece, workdir / f"piece-{number}.wav"
-        )
-        try:
-            part = await client.transcribe(path, filename="audio.wav")
-        finally:
-            path.unlink(missing_ok=True)
+    for piece, part in zip(pieces, parts, strict=True):
         offset = piece.offset_seconds
         segments += [Segment(s.start + offset, s.end + offset, s.text) for s in part.segments]
-        if part.text:
-            texts.append(part.text)
-        language = language or part.language
-        log.info(
-            "transcribed a piece",
-            piece=number,
-            pieces=len(pieces),
-            offset_seconds=round(offset, 2),
-            segments=len(part.segments),
-        )
     return Transcript(
-        language=language,
-        text=" ".join(texts),
+        language=next((part.language for part in parts if part.language), ""),
+        text=" ".join(part.text for part in parts if part.text),
         duration=pieces[-1].end / SAMPLE_RATE,
         segments=segments,
     )
+
+
+class RedisPieceCache:
+    """Piece transcripts in Redis, per recording, media object and model, for a day.
+
+    A cache and nothing more: when Redis fails, the piece is transcribed again.
+    """
+
+    def __init__(self, redis: Redis, *, scope: str, ttl_seconds: int = 86_400) -> None:
+        self.redis = redis
+        self.prefix = f"transcript-piece:{{{scope}}}"
+        self.ttl_seconds = ttl_seconds
+
+    def _key(self, piece: Piece) -> str:
+        return f"{self.prefix}:{piece.start}-{piece.end}"
+
+    async def get(self, piece: Piece) -> Transcript | None:
+        try:
+            raw = await self.redis.get(self._key(piece))
+        except RedisError as exc:
+            log.warning("transcript piece cache unavailable", error=str(exc))
+            return None
+        CACHE_REQUESTS.labels("transcript_pieces", "miss" if raw is None else "hit").inc()
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return Transcript(
+            language=data["language"],
+            text=data["text"],
+            duration=data["duration"],
+            segments=[Segment(start, end, text) for start, end, text in data["segments"]],
+        )
+
+    async def put(self, piece: Piece, transcript: Transcript) -> None:
+        data = {
+            "language": transcript.language,
+            "text": transcript.text,
+            "duration": transcript.duration,
+            "segments": [[s.start, s.end, s.text] for s in transcript.segments],
+        }
+        try:
+            await self.redis.set(self._key(piece), json.dumps(data), ex=self.ttl_seconds)
+        except RedisError as exc:
+            log.warning("transcript piece not cached", error=str(exc))

@@ -32,7 +32,7 @@ from app.kit.storage import ObjectStore
 from app.recordings import repository as recordings
 from app.settings import Settings
 from app.transcripts import repository as transcripts
-from worker.audio import SAMPLE_RATE, transcribe_in_pieces
+from worker.audio import SAMPLE_RATE, RedisPieceCache, transcribe_in_pieces
 from worker.chunking import ChunkingConfig, chunk_transcript
 
 log = structlog.stdlib.get_logger(__name__)
@@ -184,11 +184,14 @@ async def _transcribe(
         source, audio = Path(tmp) / "media", Path(tmp) / "audio.wav"
         await deps.store.download_to(media_key, source)
         duration = await anyio.to_thread.run_sync(decode_to_wav, source, audio)
+        model = deps.models.config.transcription_model
         transcript = await transcribe_in_pieces(
             deps.models.transcription,
             audio,
             piece_seconds=deps.settings.transcription_piece_seconds,
             workdir=Path(tmp),
+            concurrency=deps.settings.transcription_concurrency,
+            cache=RedisPieceCache(deps.redis, scope=f"{org_id}:{recording_id}:{media_key}:{model}"),
         )
     segments = transcript.segments
     async with deps.db.transaction(org_id=org_id) as conn:

@@ -45,14 +45,16 @@ class FakeOpenAI:
         self.fail: dict[str, int] = {}  # path -> status to answer with
         self.fail_times: dict[str, int] = {}  # path -> how many more calls fail with 500
         self.upload_bytes: list[int] = []  # the size of each transcription request
+        self.fail_calls: dict[str, set[int]] = {}  # path -> which calls (1, 2, ...) answer 500
 
     def __call__(self, request: httpx2.Request) -> httpx2.Response:
         path = request.url.path
         self.calls[path] += 1
         if path in self.fail:
             return httpx2.Response(self.fail[path], json={"error": {"message": "boom"}})
-        if self.fail_times.get(path, 0) > 0:
-            self.fail_times[path] -= 1
+        if self.calls[path] in self.fail_calls.get(path, set()) or self.fail_times.get(path, 0):
+            if self.fail_times.get(path, 0):
+                self.fail_times[path] -= 1
             return httpx2.Response(500, json={"error": {"message": "flaky"}})
         if path.endswith("/audio/transcriptions"):
             return self.transcription(request)

@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import itertools
+import os
 import wave
 from pathlib import Path
 
+import anyio
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from redis.asyncio import Redis
 
-from worker.audio import SAMPLE_RATE, WINDOW, Piece, plan_pieces, write_piece
+from app.ai.clients import Segment, Transcript
+from app.kit.errors import ExternalServiceError
+from worker.audio import (
+    SAMPLE_RATE,
+    WINDOW,
+    Piece,
+    RedisPieceCache,
+    plan_pieces,
+    transcribe_in_pieces,
+    write_piece,
+)
 
 
 def write_wav(path: Path, samples: np.ndarray) -> Path:
@@ -102,3 +115,92 @@ def test_only_the_pipelines_format_is_read(tmp_path: Path) -> None:
         out.writeframes(b"\0" * 400)
     with pytest.raises(ValueError, match="16-bit mono"):
         plan_pieces(path, 10)
+
+
+# --- transcribing the pieces ---------------------------------------------------------------------
+
+
+class CountingClient:
+    """Stands in for the transcription client: answers one segment per piece, after a pause,
+    and records how many requests were in flight at once."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.calls = 0
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.fail_on = fail_on
+
+    async def transcribe(self, path: Path, *, filename: str) -> Transcript:
+        self.calls += 1
+        number = self.calls
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await anyio.sleep(0.02)
+            if number == self.fail_on:
+                raise ExternalServiceError("openai", "piece refused", retryable=False)
+            with wave.open(str(path), "rb") as reader:
+                seconds = reader.getnframes() / SAMPLE_RATE
+            return Transcript("en", f"part {path.stem}", seconds, [Segment(0.5, 1.0, path.stem)])
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.fixture
+def five_pieces(tmp_path: Path) -> Path:
+    return write_wav(tmp_path / "long.wav", speechlike(50.0, gaps=(9.0, 19.0, 29.0, 39.0)))
+
+
+@pytest.mark.parametrize("concurrency", [1, 2, 4])
+async def test_pieces_run_side_by_side_and_come_back_in_order(
+    five_pieces: Path, tmp_path: Path, concurrency: int
+) -> None:
+    client = CountingClient()
+    transcript = await transcribe_in_pieces(
+        client, five_pieces, piece_seconds=12, workdir=tmp_path, concurrency=concurrency
+    )
+    assert client.calls == 5
+    assert client.most_in_flight == concurrency
+    assert [s.text for s in transcript.segments] == [f"piece-{n}" for n in range(1, 6)]
+    cuts = [p.offset_seconds for p in plan_pieces(five_pieces, 12)]
+    assert [s.start for s in transcript.segments] == pytest.approx([c + 0.5 for c in cuts])
+    assert transcript.text == " ".join(f"part piece-{n}" for n in range(1, 6))
+    assert transcript.duration == 50.0
+
+
+async def test_a_failing_piece_raises_its_own_error_not_a_group(
+    five_pieces: Path, tmp_path: Path
+) -> None:
+    client = CountingClient(fail_on=3)
+    with pytest.raises(ExternalServiceError, match="piece refused") as caught:
+        await transcribe_in_pieces(
+            client, five_pieces, piece_seconds=12, workdir=tmp_path, concurrency=2
+        )
+    assert not caught.value.retryable
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("piece-")]
+
+
+async def test_a_retry_sends_only_the_pieces_not_yet_cached(
+    five_pieces: Path, tmp_path: Path, redis_url: str
+) -> None:
+    redis = Redis.from_url(redis_url)
+    try:
+        cache = RedisPieceCache(redis, scope=f"test:{tmp_path.name}")
+        failing = CountingClient(fail_on=4)
+        with pytest.raises(ExternalServiceError):
+            await transcribe_in_pieces(
+                failing, five_pieces, piece_seconds=12, workdir=tmp_path, cache=cache
+            )
+        assert (
+            failing.calls == 4
+        )  # one at a time: pieces 1-3 done and cached, 4 failed, 5 never sent
+        retry = CountingClient()
+        transcript = await transcribe_in_pieces(
+            retry, five_pieces, piece_seconds=12, workdir=tmp_path, cache=cache
+        )
+        assert retry.calls == 2  # pieces 4 and 5
+        assert [s.text for s in transcript.segments] == [f"piece-{n}" for n in range(1, 6)]
+        other = RedisPieceCache(redis, scope="another recording")
+        assert await other.get(plan_pieces(five_pieces, 12)[0]) is None
+    finally:
+        await redis.aclose()

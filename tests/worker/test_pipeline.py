@@ -132,6 +132,23 @@ async def test_a_meeting_longer_than_one_openai_upload_is_transcribed_in_pieces(
     assert starts[4:] == pytest.approx([cut, cut + 2.0, cut + 4.0, cut + 6.0])
 
 
+async def test_a_retried_long_meeting_sends_only_the_pieces_it_lacks(
+    client, deps, upload_settings, org_a: Tenant, fake_openai
+):
+    fake_openai.fail_calls["/v1/audio/transcriptions"] = {2}  # the second piece, once
+    accepted = await upload(client, org_a, long_quiet_wav(14 * 60), name="long.wav")
+    rid = accepted["recording"]["id"]
+    await run_jobs(upload_settings)
+    recording = (await client.get(f"/api/recordings/{rid}", headers=org_a.auth())).json()
+    assert recording["status"] == "ready", recording
+    job = (await client.get(f"/api/jobs/{accepted['job_id']}", headers=org_a.auth())).json()
+    assert job["attempts"] == 2
+    # Piece 1, piece 2 (500), then on the retry only piece 2: piece 1 came from the cache.
+    assert fake_openai.calls["/v1/audio/transcriptions"] == 3
+    transcript = await client.get(f"/api/recordings/{rid}/transcript", headers=org_a.auth())
+    assert [s["text"] for s in transcript.json()["segments"]] == SENTENCES * 2
+
+
 async def test_rerun_is_idempotent_and_reuses_transcript_and_cache(
     client, deps, upload_settings, org_a: Tenant, fake_openai
 ):
