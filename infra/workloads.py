@@ -140,6 +140,9 @@ class Workloads(pulumi.ComponentResource):
             "HF_HUB_OFFLINE": "1",
             "PGSSLROOTCERT": RDS_CA_BUNDLE,
             "WORKER_CONCURRENCY": str(cfg.worker_concurrency),
+            # A long meeting's pieces side by side against a hosted API; the in-cluster model
+            # server is CPU-bound, so one at a time there.
+            "TRANSCRIPTION_CONCURRENCY": "1" if cfg.use_local_models else "4",
             "WEB_CONCURRENCY": str(cfg.api_workers),
             "BIND": f"0.0.0.0:{API_PORT}",
         }
