@@ -32,6 +32,7 @@ SAMPLE_RATE = 16_000  # what the pipeline decodes to, and what Whisper models ta
 SEARCH_SECONDS = 20.0  # how far before a piece's limit a quiet place to cut is looked for
 WINDOW = SAMPLE_RATE // 10  # the quiet place: 100 ms of the lowest energy
 COPY_FRAMES = SAMPLE_RATE * 30  # frames copied at a time into a piece's file
+PCM = (1, 2, SAMPLE_RATE)  # channels, bytes per sample, rate: what decode_to_wav writes
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +48,10 @@ class Piece:
 def plan_pieces(wav: Path, piece_seconds: float) -> list[Piece]:
     """Contiguous pieces covering the whole WAV, each at most ``piece_seconds`` long."""
     with wave.open(str(wav), "rb") as reader:
-        if (reader.getnchannels(), reader.getsampwidth()) != (1, 2):
-            raise ValueError("plan_pieces reads 16-bit mono PCM, as decode_to_wav writes it")
+        if (reader.getnchannels(), reader.getsampwidth(), reader.getframerate()) != PCM:
+            raise ValueError("plan_pieces reads 16 kHz 16-bit mono PCM, as decode_to_wav writes")
         total = reader.getnframes()
-        limit = max(int(piece_seconds * reader.getframerate()), 2 * WINDOW)
+        limit = max(int(piece_seconds * SAMPLE_RATE), 2 * WINDOW)
         pieces: list[Piece] = []
         start = 0
         while total - start > limit:

@@ -113,7 +113,14 @@ def test_only_the_pipelines_format_is_read(tmp_path: Path) -> None:
         out.setsampwidth(2)
         out.setframerate(SAMPLE_RATE)
         out.writeframes(b"\0" * 400)
-    with pytest.raises(ValueError, match="16-bit mono"):
+    with pytest.raises(ValueError, match="16 kHz 16-bit mono"):
+        plan_pieces(path, 10)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(44_100)
+        out.writeframes(b"\0" * 400)
+    with pytest.raises(ValueError, match="16 kHz 16-bit mono"):
         plan_pieces(path, 10)
 
 
