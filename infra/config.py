@@ -128,6 +128,9 @@ class WorkloadsConfig:
     oidc_jwks_url: str | None = None
     oidc_audience: str | None = None
     openai_api_key: pulumi.Input[str] | None = None
+    # With useLocalModels: the in-cluster model server's own key (MODEL_SERVER_API_KEY there,
+    # OPENAI_API_KEY in the API and the worker, which call it).
+    model_server_api_key: pulumi.Input[str] | None = None
     db_app_password: pulumi.Input[str] | None = None
     cache_auth_token: pulumi.Input[str] | None = None
 
@@ -459,6 +462,7 @@ def _workloads(cfg: pulumi.Config, proj: ProjectConfig) -> WorkloadsConfig:
         oidc_jwks_url=wl.get("oidcJwksUrl"),
         oidc_audience=wl.get("oidcAudience"),
         openai_api_key=None if use_local else cfg.require_secret("openaiApiKey"),
+        model_server_api_key=cfg.require_secret("modelServerApiKey") if use_local else None,
         db_app_password=cfg.require_secret("dbAppPassword"),
         cache_auth_token=cfg.get_secret("cacheAuthToken"),
     )

@@ -26,7 +26,13 @@ PLACEHOLDER = "offline-placeholder"
 SECRET = "[secret]"
 _SECRET_SIG = "4dabf18193072939515e22adb298388d"
 # Secrets an operator sets with `pulumi config set --secret`; never in a stack file.
-OPERATOR_SECRETS = ("dbAppPassword", "cacheAuthToken", "openaiApiKey", "kubeconfig")
+OPERATOR_SECRETS = (
+    "dbAppPassword",
+    "cacheAuthToken",
+    "openaiApiKey",
+    "modelServerApiKey",
+    "kubeconfig",
+)
 OFFLINE_NOTE = (
     "Offline render (Pulumi mocks): no cloud was contacted. Values containing "
     f"'{PLACEHOLDER}' or account {ACCOUNT} are assigned by AWS at deploy time; "

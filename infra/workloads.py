@@ -181,6 +181,11 @@ class Workloads(pulumi.ComponentResource):
         }
         if cfg.openai_api_key is not None:
             secret_data["OPENAI_API_KEY"] = pulumi.Output.secret(cfg.openai_api_key)
+        if cfg.model_server_api_key is not None:
+            # The model server checks it; the API and the worker send it (same Secret, envFrom).
+            model_key = pulumi.Output.secret(cfg.model_server_api_key)
+            secret_data["MODEL_SERVER_API_KEY"] = model_key
+            secret_data["OPENAI_API_KEY"] = model_key
         secret = self._apply(
             "secret",
             {

@@ -4,14 +4,18 @@
 Routes are ``async def`` and push all model work to a worker thread, so one slow transcription
 never stalls the health checks or a quick embedding request. Errors use OpenAI's shape
 (``{"error": {"message", "type", "param", "code"}}``) so the ``openai`` SDK raises its usual
-exception classes. The server takes any bearer token: it listens on loopback locally and behind
-a network policy in a cluster.
+exception classes. With ``MODEL_SERVER_API_KEY`` set (``record up`` and the Pulumi stack set it)
+every ``/v1`` request must carry it as its bearer token, as OpenAI's API keys are carried; the
+health checks stay open for probes. That is on top of listening on loopback locally and of the
+network policy that admits only the API and the worker in a cluster.
 """
 
 from __future__ import annotations
 
 import base64
+import hmac
 import json
+import os
 import re
 import time
 import uuid
@@ -124,6 +128,29 @@ class UploadLimit:
         await self.app(scope, receive, send)
 
 
+class RequireKey:
+    """``/v1`` requests need ``Authorization: Bearer <key>``; a wrong or missing key is a 401 in
+    OpenAI's shape, so clients say "check OPENAI_API_KEY"."""
+
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            if not hmac.compare_digest(given, self.expected):
+                response = error_response(
+                    401,
+                    "Incorrect API key provided: send the model server's key "
+                    "(MODEL_SERVER_API_KEY) as the bearer token.",
+                    code="invalid_api_key",
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 @dataclass(frozen=True, slots=True)
 class ServerState:
     models: LocalModels
@@ -144,9 +171,15 @@ def create_model_app(
     *,
     preload: bool = True,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    api_key: str | None = None,
 ) -> FastAPI:
-    """The ASGI app. ``preload`` loads both models at start-up so /readyz means ready."""
+    """The ASGI app. ``preload`` loads both models at start-up so /readyz means ready.
+
+    ``api_key`` defaults to ``MODEL_SERVER_API_KEY`` from the environment (uvicorn calls this
+    factory without arguments); empty or unset, any bearer token is taken.
+    """
     local = models or LocalModels()
+    key = api_key if api_key is not None else os.environ.get("MODEL_SERVER_API_KEY", "")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -159,6 +192,8 @@ def create_model_app(
     )
     app.state.models = ServerState(local, ExtractiveAnswerer(local.embed))
     app.add_middleware(UploadLimit, max_bytes=max_upload_bytes)
+    if key:
+        app.add_middleware(RequireKey, key=key)  # outermost: no body is read before the key
     _install_error_handlers(app)
     app.include_router(router)
     return app

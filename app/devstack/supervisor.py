@@ -131,6 +131,7 @@ class Stack:
         )
         if "openai_base_url" not in self.settings.model_fields_set and self.models_available():
             env["OPENAI_BASE_URL"] = f"http://{API_HOST}:{self.settings.local_models_port}/v1"
+            env["OPENAI_API_KEY"] = self.secret("models")  # the local model server's own key
         return env
 
     def add(self, child: Child) -> Child:
@@ -215,7 +216,7 @@ class Stack:
                         "--port",
                         str(self.settings.local_models_port),
                     ],
-                    env,
+                    {**env, "MODEL_SERVER_API_KEY": self.secret("models")},
                     self.logs / "models.log",
                 )
             )

@@ -287,6 +287,9 @@ def test_dev_scales_workers_to_zero_and_runs_local_models(plans: dict[str, Plan]
     config = one(m for m in of_kind(dev, "ConfigMap") if m["metadata"]["name"] == "record-config")
     assert config["data"]["OPENAI_BASE_URL"].startswith("http://record-model-server.")
     assert config["data"]["TRANSCRIPTION_CONCURRENCY"] == "1"
+    # The model server's own key, sent by the API and the worker as their OpenAI key.
+    secret = one(m for m in of_kind(dev, "Secret") if m["metadata"]["name"] == "record-secrets")
+    assert {"MODEL_SERVER_API_KEY", "OPENAI_API_KEY"} <= set(secret["stringData"])
     assert "record-model-server" in {p["metadata"]["name"] for p in of_kind(dev, "NetworkPolicy")}
     # An existing cluster: no VPC, no EKS built.
     assert not dev.of_type("aws:eks/cluster:Cluster")
@@ -298,6 +301,9 @@ def test_prod_uses_the_hosted_models_and_a_canary(plans: dict[str, Plan]) -> Non
     assert "record-model-server" not in {m["metadata"]["name"] for m in of_kind(prod, "Deployment")}
     config = one(m for m in of_kind(prod, "ConfigMap") if m["metadata"]["name"] == "record-config")
     assert config["data"]["TRANSCRIPTION_CONCURRENCY"] == "4"
+    secret = one(m for m in of_kind(prod, "Secret") if m["metadata"]["name"] == "record-secrets")
+    assert "OPENAI_API_KEY" in secret["stringData"]
+    assert "MODEL_SERVER_API_KEY" not in secret["stringData"]
     rollout = one(of_kind(prod, "Rollout"))
     canary = rollout["spec"]["strategy"]["canary"]
     assert [s["setWeight"] for s in canary["steps"] if "setWeight" in s] == [10, 25, 50]

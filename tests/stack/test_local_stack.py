@@ -103,6 +103,20 @@ def test_supervised_processes(stack: RunningStack):
         assert all(os.stat(f"/proc/{pid}").st_uid == uid for pid in postgres)
 
 
+def test_the_model_server_wants_its_own_key(stack: RunningStack):
+    models = f"http://127.0.0.1:{stack.env['LOCAL_MODELS_PORT']}"
+    assert wait_until(lambda: httpx.get(f"{models}/healthz").status_code == 200, timeout=120)
+    assert httpx.get(f"{models}/v1/models").status_code == 401
+    assert (
+        httpx.get(f"{models}/v1/models", headers={"Authorization": "Bearer local"}).status_code
+        == 401
+    )
+    key = (stack.state / "secrets" / "models").read_text().strip()
+    assert len(key) >= 24
+    answer = httpx.get(f"{models}/v1/models", headers={"Authorization": f"Bearer {key}"})
+    assert answer.status_code == 200
+
+
 def test_secret_modes(stack: RunningStack):
     def mode(path) -> int:
         return stat.S_IMODE(os.stat(path).st_mode)
