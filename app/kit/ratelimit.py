@@ -258,7 +258,10 @@ class SlidingWindowScript:
 # the write and everything around it are ours to guard). The connections themselves are redis-py's,
 # made with the client's settings (URL, password, TLS, parser): only the checkout is ours.
 
-IDLE_CONNECTIONS = 16  # kept open per process; more are opened under bursts, then closed
+# Kept open per process: as many as a worker's usual peak of concurrent requests, so steady
+# load reuses connections rather than opening and closing them; a rarer burst above it opens
+# more and closes them after.
+IDLE_CONNECTIONS = 64
 
 
 class ScriptConnections:
