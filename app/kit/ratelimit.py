@@ -19,8 +19,8 @@ The limiter must never be the reason a request fails. It has connections of its 
 retries; see "the limiter's connections" below for why it writes its command on them directly),
 every call — connect, write, read — is bounded by ``ratelimit_timeout_ms``, and after a failure
 a circuit breaker skips Redis for ``ratelimit_breaker_seconds`` before letting one probe through
-(half-open). While Redis cannot decide, requests pass, a warning is
-logged and ``record_ratelimit_fail_open_total`` counts them.
+(half-open). While Redis cannot decide, requests pass, a warning is logged and
+``record_ratelimit_fail_open_total`` counts them.
 
 Responses of a limited route carry ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and
 ``X-RateLimit-Reset``. Reset is *delta seconds* (as in the IETF httpapi RateLimit header
