@@ -77,10 +77,13 @@ def build_app(settings: Settings) -> procrastinate.App:
         assert deps is not None, "the worker sets up its dependencies before running tasks"
         job = context.job
         started = time.perf_counter()
-        status = "succeeded"
+        # Unless it ends otherwise below: a worker shutting down cancels the job, which goes
+        # back to the queue (the stalled-job sweep retries it).
+        status = "cancelled"
         org, recording = UUID(org_id), UUID(recording_id)
         try:
             await process_recording(deps, org, recording)
+            status = "succeeded"
         except RecordingGone:
             status = "skipped"
             log.info("recording deleted before its pipeline finished", recording_id=recording_id)
