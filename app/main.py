@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=settings.max_body_bytes,
-        exempt_prefixes=("/api/recordings",),
+        exempt=(("POST", "/api/recordings"),),  # streamed, with the upload cap
     )
     app.add_middleware(
         UnhandledErrorMiddleware,

@@ -141,20 +141,20 @@ class SecurityHeadersMiddleware:
 class BodySizeLimitMiddleware:
     """Refuse request bodies over a limit, by Content-Length and by counting what arrives.
 
-    Upload routes have their own (much larger) cap, enforced while streaming to storage.
+    The streaming upload route has its own (much larger) cap, enforced while streaming to
+    storage: ``exempt`` names it exactly, as (method, path) — a prefix would also exempt the
+    JSON routes beside it, whose bodies are read whole before authentication.
     """
 
     def __init__(
-        self, app: ASGIApp, *, max_bytes: int, exempt_prefixes: Iterable[str] = ()
+        self, app: ASGIApp, *, max_bytes: int, exempt: Iterable[tuple[str, str]] = ()
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.exempt = tuple(exempt_prefixes)
+        self.exempt = frozenset(exempt)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (
-            self.exempt and scope["path"].startswith(self.exempt) and scope["method"] == "POST"
-        ):
+        if scope["type"] != "http" or (scope["method"], scope["path"]) in self.exempt:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")

@@ -25,8 +25,11 @@ from app.kit.security.files import SNIFF_BYTES, MediaType, check_media
 from app.kit.storage import ObjectStore
 
 MAX_FIELD_BYTES = 4096
-# Bytes of headers and boundaries a multipart body adds around the file.
+MAX_FIELDS = 8  # the form has a title; a few more are tolerated, not thousands
+# Bytes of headers, fields and boundaries a multipart body may add around the file: the whole
+# body, however it is sent (Content-Length or chunked), is held to the file's cap plus this.
 MULTIPART_OVERHEAD = 64 * 1024
+MAX_BOUNDARY = 70  # RFC 2046: a boundary is 1 to 70 characters
 
 
 @dataclass
@@ -83,6 +86,7 @@ class StreamingUpload:
         self._size = 0
         self._media: MediaType | None = None
         self._written: int | None = None
+        self._complete = False  # the closing boundary was read
         self._send: MemoryObjectSendStream[bytes]
         self._receive: MemoryObjectReceiveStream[bytes]
         self._tg: TaskGroup
@@ -122,33 +126,13 @@ class StreamingUpload:
     def _on_part_end(self) -> None:
         self._pending.append(("end", self._part, b""))
 
+    def _on_end(self) -> None:
+        self._complete = True
+
     # -- driving ------------------------------------------------------------------------------
 
     async def run(self, request: Request) -> UploadResult:
-        content_type = request.headers.get("content-type", "")
-        ctype, options = parse_options_header(content_type)
-        boundary = options.get(b"boundary")
-        if ctype != b"multipart/form-data" or not boundary:
-            raise ValidationError(
-                "Send the recording as multipart/form-data with a 'file' part (and a 'title')."
-            )
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_bytes + MULTIPART_OVERHEAD:
-            raise PayloadTooLargeError(
-                f"The recording is larger than the {self.max_bytes // 1024**2} MiB limit."
-            )
-        parser = MultipartParser(
-            boundary,
-            callbacks={
-                "on_part_begin": self._on_part_begin,
-                "on_part_data": self._on_part_data,
-                "on_part_end": self._on_part_end,
-                "on_header_field": self._on_header_field,
-                "on_header_value": self._on_header_value,
-                "on_header_end": self._on_header_end,
-                "on_headers_finished": self._on_headers_finished,
-            },
-        )
+        parser, body_limit = self._parser(request)
         send, receive = anyio.create_memory_object_stream[bytes](max_buffer_size=8)
         self._send = send
         self._receive = receive
@@ -156,22 +140,7 @@ class StreamingUpload:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 try:
-                    async for body in request.stream():
-                        try:
-                            parser.write(body)
-                        except MultipartParseError as exc:
-                            raise ValidationError(
-                                f"The multipart body is malformed: {exc}."
-                            ) from exc
-                        # Events carry their part: one network chunk may hold several parts.
-                        for kind, part, data in self._drain():
-                            await self._handle(kind, part, data)
-                    try:
-                        parser.finalize()
-                    except MultipartParseError as exc:
-                        raise ValidationError(f"The multipart body is malformed: {exc}.") from exc
-                    if not self._file_seen:
-                        raise ValidationError("The form has no 'file' part.")
+                    await self._parse(request, parser, body_limit)
                 except BaseException:
                     tg.cancel_scope.cancel()
                     raise
@@ -188,6 +157,61 @@ class StreamingUpload:
         return UploadResult(
             fields=self.fields, filename=self._filename, media=self._media, size=self._size
         )
+
+    def _parser(self, request: Request) -> tuple[MultipartParser, int]:
+        """The push parser for this request's boundary, and the cap on the whole body."""
+        ctype, options = parse_options_header(request.headers.get("content-type", ""))
+        boundary = options.get(b"boundary")
+        if ctype != b"multipart/form-data" or not boundary or len(boundary) > MAX_BOUNDARY:
+            raise ValidationError(
+                "Send the recording as multipart/form-data (a boundary of at most 70 "
+                "characters) with a 'file' part (and a 'title')."
+            )
+        body_limit = self.max_bytes + MULTIPART_OVERHEAD
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > body_limit:
+            raise self._too_large()
+        parser = MultipartParser(
+            boundary,
+            callbacks={
+                "on_part_begin": self._on_part_begin,
+                "on_part_data": self._on_part_data,
+                "on_part_end": self._on_part_end,
+                "on_header_field": self._on_header_field,
+                "on_header_value": self._on_header_value,
+                "on_header_end": self._on_header_end,
+                "on_headers_finished": self._on_headers_finished,
+                "on_end": self._on_end,
+            },
+        )
+        return parser, body_limit
+
+    async def _parse(self, request: Request, parser: MultipartParser, body_limit: int) -> None:
+        received = 0
+        async for body in request.stream():
+            received += len(body)
+            if received > body_limit:  # chunked, or more than it declared
+                raise self._too_large()
+            try:
+                parser.write(body)
+            except MultipartParseError as exc:
+                raise ValidationError(f"The multipart body is malformed: {exc}.") from exc
+            # Events carry their part: one network chunk may hold several parts.
+            for kind, part, data in self._drain():
+                await self._handle(kind, part, data)
+        try:
+            parser.finalize()  # checks nothing in python-multipart 0.0.x: the checks below do
+        except MultipartParseError as exc:
+            raise ValidationError(f"The multipart body is malformed: {exc}.") from exc
+        if not self._file_seen:
+            raise ValidationError("The form has no 'file' part.")
+        if not self._complete:
+            # Without its closing boundary the body was cut off, perhaps inside the file: what
+            # arrived must not be stored as if it were the recording.
+            raise ValidationError(
+                "The upload was cut off before the multipart body ended (no closing boundary); "
+                "send it again."
+            )
 
     # -- one parser event at a time -----------------------------------------------------------
 
@@ -208,6 +232,8 @@ class StreamingUpload:
                 await self._start_writing()
             await self._send.aclose()
         elif kind == "end":
+            if len(self.fields) >= MAX_FIELDS:
+                raise ValidationError(f"The form has more than {MAX_FIELDS} fields.")
             self.fields[part.name] = part.data.decode("utf-8", "replace")
 
     def _begin_part(self, part: _Part) -> None:
@@ -219,12 +245,15 @@ class StreamingUpload:
         self._file_seen = True
         self._filename = check_filename(part.filename or "")
 
+    def _too_large(self) -> PayloadTooLargeError:
+        return PayloadTooLargeError(
+            f"The recording is larger than the {self.max_bytes // 1024**2} MiB limit."
+        )
+
     async def _file_data(self, data: bytes) -> None:
         self._size += len(data)
         if self._size > self.max_bytes:
-            raise PayloadTooLargeError(
-                f"The recording is larger than the {self.max_bytes // 1024**2} MiB limit."
-            )
+            raise self._too_large()
         if self._media is not None:
             await self._send.send(data)
             return

@@ -139,6 +139,96 @@ async def test_not_multipart_and_missing_file(client, settings, org_a: Tenant):
     assert counts(settings) == (0, 0)
 
 
+BOUNDARY = b"RecordTestBoundary"
+MULTIPART = {"content-type": f"multipart/form-data; boundary={BOUNDARY.decode()}"}
+
+
+def form_part(name: str, value: bytes, filename: str | None = None) -> bytes:
+    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+    return b"--%s\r\nContent-Disposition: %s\r\n\r\n%s\r\n" % (
+        BOUNDARY,
+        disposition.encode(),
+        value,
+    )
+
+
+CLOSE = b"--%s--\r\n" % BOUNDARY
+
+
+async def test_a_body_cut_off_inside_the_file_is_refused(client, settings, org_a: Tenant):
+    # No closing boundary: the client went away (or was cut off) mid-file.
+    body = form_part("title", b"T") + form_part("file", wav_bytes(1.0), "a.wav")[:20_000]
+    response = await client.post(
+        "/api/recordings", content=body, headers={**org_a.auth(), **MULTIPART}
+    )
+    assert response.status_code == 400, response.text
+    assert "cut off" in response.json()["detail"]
+    assert counts(settings) == (0, 0)
+    assert objects_under(settings) == []
+
+
+async def test_a_whole_body_without_its_closing_boundary_is_refused(
+    client, settings, org_a: Tenant
+):
+    body = form_part("title", b"T") + form_part("file", wav_bytes(0.3), "a.wav")
+    response = await client.post(
+        "/api/recordings", content=body, headers={**org_a.auth(), **MULTIPART}
+    )
+    assert response.status_code == 400, response.text
+    assert counts(settings) == (0, 0)
+    assert objects_under(settings) == []
+
+
+async def test_chunked_bodies_are_held_to_the_cap_too(app, client, settings, org_a: Tenant):
+    """Without a Content-Length, fields and an epilogue count against the cap as well."""
+    services = app.state.services
+    services.settings = services.settings.model_copy(update={"upload_max_bytes": 10_000})
+    sent = 0
+
+    async def body():
+        nonlocal sent
+        yield form_part("file", wav_bytes(0.1), "a.wav") + CLOSE
+        for _ in range(100):  # an epilogue, 10 MB of it
+            sent += 100_000
+            yield b"z" * 100_000
+
+    response = await client.post(
+        "/api/recordings", content=body(), headers={**org_a.auth(), **MULTIPART}
+    )
+    assert response.status_code == 413, response.text
+    assert sent < 1_000_000  # refused early, not after reading it all
+    assert counts(settings) == (0, 0)
+    assert objects_under(settings) == []
+
+
+async def test_a_form_with_many_fields_is_refused(client, settings, org_a: Tenant):
+    fields = b"".join(form_part(f"f{n}", b"x") for n in range(20))
+    body = fields + form_part("file", wav_bytes(0.1), "a.wav") + CLOSE
+    response = await client.post(
+        "/api/recordings", content=body, headers={**org_a.auth(), **MULTIPART}
+    )
+    assert response.status_code == 400, response.text
+    assert "more than" in response.json()["detail"]
+    assert counts(settings) == (0, 0)
+
+
+async def test_an_over_long_boundary_is_a_400_not_a_500(client, settings, org_a: Tenant):
+    headers = {**org_a.auth(), "content-type": "multipart/form-data; boundary=" + "a" * 300}
+    response = await client.post("/api/recordings", content=b"--" + b"a" * 300, headers=headers)
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_only_the_streaming_upload_skips_the_body_limit(client, settings, org_a: Tenant):
+    # A JSON route beside it is read whole (before authentication): the 1 MiB limit holds.
+    big = b'{"filename": "a.wav", "size": 10, "title": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+    for path in ("/api/recordings/uploads", "/api/recordings/uploads/x/complete"):
+        response = await client.post(
+            path, content=big, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 413, (path, response.text)
+
+
 async def test_reader_cannot_upload(client, settings, org_a: Tenant):
     reader = org_a.auth(await org_a.key("reader"))
     response = await upload(client, org_a, wav_bytes(0.2), "a.wav", headers=reader)
