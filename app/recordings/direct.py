@@ -204,10 +204,17 @@ async def complete_direct_upload(
     media_key = recording_key(pending.org_id, pending.recording_id, pending.extension)
     copied = False
     try:
-        content_type = await _check_object(store, pending, upload_id, services)
-        # Server-side copy to the recording's key, without the staging tag.
+        if await store.size(pending.key) is None:
+            raise ConflictError(
+                "The file has not been uploaded yet: PUT it to the upload URL with the given "
+                "headers, then complete."
+            )
+        # Server-side copy to the recording's key, without the staging tag; then the checks, on
+        # the copy. The upload URL stays valid for a while, so the staged object could be
+        # replaced between a check and a copy; the recording's key only the server writes.
         await store.copy(pending.key, media_key)
         copied = True
+        content_type = await _check_object(store, pending, upload_id, services, media_key)
         row, job_id = await accept_recording(
             services,
             recording_id=pending.recording_id,
@@ -252,25 +259,22 @@ async def complete_direct_upload(
 
 
 async def _check_object(
-    store: ObjectStore, pending: PendingUpload, upload_id: UUID, services: Services
+    store: ObjectStore, pending: PendingUpload, upload_id: UUID, services: Services, key: str
 ) -> str:
-    """The stored type of the uploaded object; refuses (and deletes) what is not acceptable."""
-    size = await store.size(pending.key)
-    if size is None:
-        raise ConflictError(
-            "The file has not been uploaded yet: PUT it to the upload URL with the given "
-            "headers, then complete."
-        )
+    """The type of the uploaded file, checked on its copy at ``key``; refuses what is not
+    acceptable, and then deletes the copy and the staged object and spends the upload id."""
     try:
+        size = await store.size(key)
         if size != pending.size:
             raise ValidationError(
                 f"The uploaded file is {size} bytes but {pending.size} were declared; "
                 "start again with POST /api/recordings/uploads."
             )
-        media = check_media(await store.head(pending.key, SNIFF_BYTES), pending.filename)
+        media = check_media(await store.head(key, SNIFF_BYTES), pending.filename)
     except AppError:
         # The file is refused for good: nothing of it stays, and the upload id is spent.
         with anyio.CancelScope(shield=True):
+            await store.delete(key)
             await store.delete(pending.key)
             await services.redis.delete(pending_key(upload_id))
         raise

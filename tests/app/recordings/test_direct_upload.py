@@ -255,6 +255,33 @@ async def test_direct_upload_with_a_size_other_than_declared_is_deleted(
     assert counts(settings) == (0, 0)
 
 
+async def test_a_file_swapped_after_upload_is_checked_as_stored(
+    app, client, settings, moto_s3: MotoS3, org_a: Tenant
+):
+    """The upload URL stays valid after the first PUT: whatever the staged object holds when
+    the server copies it is what gets checked, not what was there a moment before."""
+    from app.recordings.service import storage_of
+
+    content = wav_bytes(0.5)
+    started = (await start(client, org_a, filename="a.wav", size=len(content))).json()
+    assert (await put(started, content)).status_code == 200
+    store = storage_of(app.state.services)
+    real_copy = store.copy
+
+    async def swapped_then_copied(source: str, target: str) -> None:
+        junk = b"#!/bin/sh\necho pwned\n".ljust(len(content), b" ")
+        assert (await put(started, junk)).status_code == 200  # same size, other bytes
+        await real_copy(source, target)
+
+    store.copy = swapped_then_copied
+    try:
+        assert_problem(await complete(client, org_a, started["upload_id"]), 415)
+    finally:
+        store.copy = real_copy
+    assert moto_s3.keys(settings.s3_bucket) == []
+    assert counts(settings) == (0, 0)
+
+
 async def test_complete_before_the_file_is_there_can_be_retried(
     client, settings, moto_s3: MotoS3, org_a: Tenant
 ):
