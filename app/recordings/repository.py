@@ -59,11 +59,14 @@ async def delete(conn: Conn, org_id: UUID, recording_id: UUID) -> str | None:
     """Delete the recording and everything made from it; returns its media key."""
     # Transcripts, segments, chunks and documents go by ON DELETE CASCADE; shares point at the
     # recording by id without a foreign key (they may point at other kinds), so go explicitly.
+    # A document share may name the recording or the document's own id: both go.
     await execute(
         conn,
-        "DELETE FROM shares WHERE org_id = %s AND resource_type IN ('recording', 'document') "
-        "AND resource_id = %s",
-        (org_id, recording_id),
+        "DELETE FROM shares WHERE org_id = %s AND ("
+        "(resource_type IN ('recording', 'document') AND resource_id = %s) "
+        "OR (resource_type = 'document' AND resource_id IN "
+        "(SELECT id FROM documents WHERE org_id = %s AND recording_id = %s)))",
+        (org_id, recording_id, org_id, recording_id),
     )
     row = await fetch_one(
         conn,

@@ -78,6 +78,37 @@ async def test_get_rename_delete_and_other_org_404(client, settings, org_a: Tena
     assert (await client.get("/api/recordings/not-a-uuid", headers=org_a.auth())).status_code == 400
 
 
+async def test_delete_takes_the_shares_of_the_recording_and_of_its_document(
+    client, settings, org_a: Tenant
+):
+    import secrets
+    import uuid
+
+    gone, kept = seed(settings.database_url, org_a, 2)
+    document_id = uuid.uuid4()
+    with psycopg.connect(settings.database_url) as conn:
+        conn.execute(
+            "INSERT INTO documents (id, org_id, recording_id, title, summary, model) "
+            "VALUES (%s, %s, %s, 't', 's', 'm')",
+            (document_id, org_a.org_id, gone),
+        )
+        for resource_type, resource_id in (
+            ("recording", gone),
+            ("document", gone),
+            ("document", document_id),
+            ("recording", kept),
+        ):
+            conn.execute(
+                "INSERT INTO shares (id, org_id, resource_type, resource_id) "
+                "VALUES (%s, %s, %s, %s)",
+                (secrets.token_urlsafe(16), org_a.org_id, resource_type, resource_id),
+            )
+    assert (await client.delete(f"/api/recordings/{gone}", headers=org_a.auth())).status_code == 204
+    with psycopg.connect(settings.database_url) as conn:
+        left = conn.execute("SELECT resource_type, resource_id::text FROM shares").fetchall()
+    assert left == [("recording", str(kept))]
+
+
 async def test_contributor_edits_only_own_and_reader_none(client, settings, org_a: Tenant):
     contributor_id, contributor_session = await org_a.member("contributor")
     (own,) = seed(settings.database_url, org_a, 1, created_by=contributor_id)
