@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 import procrastinate
 import structlog
-from procrastinate.jobs import Job
+from procrastinate.jobs import Job, Status
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
 
 from app.jobs.queue import PIPELINE_QUEUE, PIPELINE_TASK
@@ -38,11 +39,13 @@ class PipelineRetry(BaseRetryStrategy):
     def is_last_attempt(self, attempts: int) -> bool:
         return attempts + 1 >= self.max_attempts
 
+    def wait_seconds(self, attempts: int) -> int:
+        return int(min(self.base_seconds * 2**attempts, MAX_BACKOFF_SECONDS))
+
     def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
         if isinstance(exception, PermanentError) or self.is_last_attempt(job.attempts):
             return None
-        wait = min(self.base_seconds * 2**job.attempts, MAX_BACKOFF_SECONDS)
-        return RetryDecision(retry_in={"seconds": int(wait)})
+        return RetryDecision(retry_in={"seconds": self.wait_seconds(job.attempts)})
 
 
 class WorkerState:
@@ -116,17 +119,68 @@ def build_app(settings: Settings) -> procrastinate.App:
     return app
 
 
+# One sweeper at a time across all workers: two that list the same stalled job would both
+# requeue it, the second after a live worker had already picked it up again.
+SWEEP_LOCK = 0x5245_434F_5244  # "RECORD"
+
+
 async def sweep(app: procrastinate.App, db: Database, settings: Settings) -> dict[str, int]:
-    """Retry jobs whose worker died (no heartbeat), fail recordings whose job ended without
-    finishing them, and export the queue's age. Safe to run from every worker at once."""
-    retried = 0
-    stalled = await app.job_manager.get_stalled_jobs(
-        seconds_since_heartbeat=settings.job_stalled_seconds
+    """Retry jobs whose worker died (no heartbeat) — or fail them once they have used their
+    attempts, so a file that kills the worker every time ends ``failed`` instead of looping —
+    fail recordings whose job ended without finishing them, and export the queue's age.
+    Every worker runs it; an advisory lock lets one at a time do the work."""
+    retried = gave_up = 0
+    retry = PipelineRetry(settings.job_max_attempts, settings.job_retry_base_seconds)
+    async with db.pool.connection() as conn, conn.transaction():
+        # The owner connection: this crosses orgs on purpose (it is maintenance, not a request).
+        cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s) AS mine", (SWEEP_LOCK,))
+        lock: Any = await cur.fetchone()
+        # Without the lock, another worker is sweeping: nothing stalled is ours to touch.
+        stalled = (
+            await app.job_manager.get_stalled_jobs(
+                seconds_since_heartbeat=settings.job_stalled_seconds
+            )
+            if lock["mine"]
+            else []
+        )
+        for job in stalled:
+            try:
+                if retry.is_last_attempt(job.attempts):
+                    await _give_up(app, conn, job)
+                    gave_up += 1
+                else:
+                    log.warning("retrying stalled job", job_id=job.id, task=job.task_name)
+                    wait = retry.wait_seconds(job.attempts)
+                    await app.job_manager.retry_job(
+                        job, retry_at=datetime.now(UTC) + timedelta(seconds=wait)
+                    )
+                    retried += 1
+            except Exception:  # one job's trouble must not stop the sweep
+                log.exception("could not sweep a stalled job", job_id=job.id)
+    counts = await _fail_orphans_and_measure(db)
+    return {"retried": retried, "gave_up": gave_up, **counts}
+
+
+async def _give_up(app: procrastinate.App, conn: Any, job: Job) -> None:
+    attempts = job.attempts + 1
+    log.warning("stalled job out of attempts; failing it", job_id=job.id, attempts=attempts)
+    assert job.id is not None
+    await app.job_manager.finish_job(job, status=Status.FAILED, delete_job=False)
+    await conn.execute(
+        """
+        UPDATE recordings
+           SET status = 'failed', updated_at = now(), error = %s
+         WHERE job_id = %s AND status IN ('uploaded', 'transcribing', 'embedding')
+        """,
+        (
+            f"The worker stopped without finishing this recording {attempts} times (it may "
+            "run out of memory on it); upload it again, or shorten or re-encode it.",
+            job.id,
+        ),
     )
-    for job in stalled:
-        log.warning("retrying stalled job", job_id=job.id, task=job.task_name)
-        await app.job_manager.retry_job(job)
-        retried += 1
+
+
+async def _fail_orphans_and_measure(db: Database) -> dict[str, int]:
     failed = 0
     async with db.pool.connection() as conn, conn.transaction():
         # The owner connection: this crosses orgs on purpose (it is maintenance, not a request).
@@ -156,4 +210,4 @@ async def sweep(app: procrastinate.App, db: Database, settings: Settings) -> dic
         JOB_QUEUE_AGE.labels(PIPELINE_QUEUE).set(float(row["age"]) if row else 0.0)
     if failed:
         log.warning("failed recordings whose job ended early", count=failed)
-    return {"retried": retried, "failed": failed}
+    return {"failed": failed}

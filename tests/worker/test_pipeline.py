@@ -292,7 +292,7 @@ async def test_sweep_retries_stalled_jobs_and_fails_orphans(
             result = await sweep(app, owner, upload_settings)
     finally:
         await owner.close()
-    assert result == {"retried": 1, "failed": 1}
+    assert result == {"retried": 1, "gave_up": 0, "failed": 1}
     with psycopg.connect(url) as conn:
         assert (
             conn.execute(
@@ -310,3 +310,73 @@ async def test_sweep_retries_stalled_jobs_and_fails_orphans(
         await client.get(f"/api/recordings/{stalled['recording']['id']}", headers=org_a.auth())
     ).json()
     assert recording["status"] == "ready"
+
+
+def stall(url: str, job_id: int, attempts: int) -> None:
+    """Make ``job_id`` look held by a worker that died an hour ago, after ``attempts`` tries."""
+    with psycopg.connect(url) as conn:
+        worker_id = conn.execute(
+            "INSERT INTO procrastinate_workers (last_heartbeat) VALUES (now() - interval '1 hour')"
+            " RETURNING id"
+        ).fetchone()[0]
+        conn.execute(
+            "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s, attempts = %s "
+            "WHERE id = %s",
+            (worker_id, attempts, job_id),
+        )
+
+
+async def sweep_once(settings) -> dict[str, int]:
+    from app.kit.db import Database
+
+    app = build_app(settings)
+    owner = Database(settings, app_role=False)
+    await owner.open()
+    try:
+        async with app.open_async():
+            return await sweep(app, owner, settings)
+    finally:
+        await owner.close()
+
+
+def job_state(url: str, job_id: int) -> tuple[str, int]:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT status::text, attempts FROM procrastinate_jobs WHERE id = %s", (job_id,)
+        ).fetchone()
+    return row[0], row[1]
+
+
+async def test_a_job_whose_worker_keeps_dying_ends_failed_not_looping(
+    client, deps, upload_settings, org_a: Tenant
+):
+    accepted = await upload(client, org_a)
+    url = upload_settings.database_url
+    stall(url, accepted["job_id"], attempts=1)  # job_max_attempts is 3
+    assert (await sweep_once(upload_settings))["retried"] == 1
+    assert job_state(url, accepted["job_id"]) == ("todo", 2)
+    stall(url, accepted["job_id"], attempts=2)  # died again, on its last attempt
+    result = await sweep_once(upload_settings)
+    assert (result["retried"], result["gave_up"]) == (0, 1)
+    assert job_state(url, accepted["job_id"])[0] == "failed"
+    recording = (
+        await client.get(f"/api/recordings/{accepted['recording']['id']}", headers=org_a.auth())
+    ).json()
+    assert recording["status"] == "failed"
+    assert "stopped without finishing this recording 3 times" in recording["error"]
+
+
+async def test_one_sweeper_at_a_time(client, deps, upload_settings, org_a: Tenant):
+    from worker.jobs import SWEEP_LOCK
+
+    accepted = await upload(client, org_a)
+    url = upload_settings.database_url
+    stall(url, accepted["job_id"], attempts=0)
+    with psycopg.connect(url, autocommit=True) as other:  # another worker, mid-sweep
+        other.execute("SELECT pg_advisory_lock(%s)", (SWEEP_LOCK,))
+        result = await sweep_once(upload_settings)
+        assert (result["retried"], result["gave_up"]) == (0, 0)
+        assert job_state(url, accepted["job_id"]) == ("doing", 0)
+        other.execute("SELECT pg_advisory_unlock(%s)", (SWEEP_LOCK,))
+    assert (await sweep_once(upload_settings))["retried"] == 1
+    assert job_state(url, accepted["job_id"]) == ("todo", 1)
