@@ -12,9 +12,10 @@ import hashlib
 import tempfile
 import time
 import wave
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import anyio
@@ -84,25 +85,41 @@ def decode_to_wav(source: Path, target: Path) -> float:
         if not container.streams.audio:
             raise PermanentError("The recording has no audio track to transcribe.")
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
         with wave.open(str(target), "wb") as out:
             out.setnchannels(1)
             out.setsampwidth(2)
             out.setframerate(SAMPLE_RATE)
             try:
-                for frame in container.decode(stream):
-                    for resampled in resampler.resample(frame):
-                        data = resampled.to_ndarray().astype(np.int16).tobytes()
-                        out.writeframes(data)
-                        frames += resampled.samples
-                for resampled in resampler.resample(None):
+                for resampled in _resampled(container.decode(stream)):
                     out.writeframes(resampled.to_ndarray().astype(np.int16).tobytes())
                     frames += resampled.samples
-            except av.FFmpegError as exc:
+            # ValueError: PyAV's answer to frames it cannot take (no FFmpeg error code).
+            except (av.FFmpegError, ValueError) as exc:
                 raise PermanentError(f"The audio could not be decoded: {exc}") from exc
     if frames == 0:
         raise PermanentError("The recording's audio track is empty.")
     return frames / SAMPLE_RATE
+
+
+def _resampled(frames: Iterable[Any]) -> Iterator[Any]:
+    """16 kHz mono 16-bit frames from decoded ones, whatever their format, layout or rate —
+    even when those change mid-stream (files joined end to end, a browser recording whose
+    microphone was switched): a resampler takes one input format, so each change gets a new one
+    (the old one flushed first)."""
+    import av
+
+    resampler: Any = None
+    shape: tuple[str, str, int] | None = None
+    for frame in frames:
+        current = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if current != shape:
+            if resampler is not None:
+                yield from resampler.resample(None)
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+            shape = current
+        yield from resampler.resample(frame)
+    if resampler is not None:
+        yield from resampler.resample(None)
 
 
 # -- embeddings, cached --------------------------------------------------------------------------

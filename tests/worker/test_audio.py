@@ -211,3 +211,55 @@ async def test_a_retry_sends_only_the_pieces_not_yet_cached(
         assert await other.get(plan_pieces(five_pieces, 12)[0]) is None
     finally:
         await redis.aclose()
+
+
+# --- decoding ----------------------------------------------------------------------------------
+
+
+def adts(layout: str, rate: int, seconds: float, hz: float) -> bytes:
+    """An AAC (ADTS) stream of a sine tone: ADTS files may simply be joined end to end."""
+    import io
+
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="adts") as out:
+        stream = out.add_stream("aac", rate=rate, layout=layout)
+        count = int(rate * seconds)
+        tone = (0.3 * np.sin(2 * np.pi * hz * np.arange(count) / rate)).astype(np.float32)
+        channels = np.tile(tone, (1 if layout == "mono" else 2, 1))
+        for start in range(0, count, 1024):
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(channels[:, start : start + 1024]),
+                format="fltp",
+                layout=layout,
+            )
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buffer.getvalue()
+
+
+def test_audio_whose_format_changes_midway_decodes_whole(tmp_path: Path) -> None:
+    from worker.pipeline import decode_to_wav
+
+    source = tmp_path / "joined.aac"
+    source.write_bytes(adts("mono", 44_100, 2.0, 440) + adts("stereo", 48_000, 2.0, 880))
+    seconds = decode_to_wav(source, tmp_path / "out.wav")
+    assert seconds == pytest.approx(4.0, abs=0.1)
+    with wave.open(str(tmp_path / "out.wav"), "rb") as reader:
+        assert (reader.getnchannels(), reader.getsampwidth(), reader.getframerate()) == (
+            1,
+            2,
+            SAMPLE_RATE,
+        )
+        samples = np.frombuffer(reader.readframes(reader.getnframes()), dtype="<i2")
+    # Both halves are there, each with its own tone: count zero crossings per second.
+    for half, hz in (
+        (samples[SAMPLE_RATE // 2 : SAMPLE_RATE], 440),
+        (samples[-SAMPLE_RATE : -SAMPLE_RATE // 2], 880),
+    ):
+        crossings = np.count_nonzero(np.diff(np.signbit(half.astype(np.int32))))
+        assert crossings == pytest.approx(2 * hz * 0.5, rel=0.05)
