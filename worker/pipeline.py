@@ -125,9 +125,18 @@ def _resampled(frames: Iterable[Any]) -> Iterator[Any]:
 # -- embeddings, cached --------------------------------------------------------------------------
 
 
-def _cache_key(model: str, text: str) -> str:
+def _cache_space(deps: PipelineDeps) -> str:
+    """Which vectors these are: the server, the model name and the dimensions together. A model
+    name alone is not enough — the local model server answers to OpenAI's names with its own
+    model, and switching OPENAI_BASE_URL must not serve one space's vectors as the other's."""
+    config = deps.models.config
+    server = hashlib.sha256(str(deps.settings.openai_base_url).encode()).hexdigest()[:12]
+    return f"{config.embedding_model}:{config.embedding_dimensions}:{server}"
+
+
+def _cache_key(space: str, text: str) -> str:
     digest = hashlib.sha256(text.encode()).hexdigest()
-    return f"emb:v1:{model}:{digest}"
+    return f"emb:v2:{space}:{digest}"
 
 
 async def embed_with_cache(deps: PipelineDeps, texts: Sequence[str]) -> list[np.ndarray]:
@@ -135,8 +144,9 @@ async def embed_with_cache(deps: PipelineDeps, texts: Sequence[str]) -> list[np.
 
     The cache is an optimisation: when Redis fails, everything is embedded afresh.
     """
-    model = deps.models.config.embedding_model
-    keys = [_cache_key(model, text) for text in texts]
+    space = _cache_space(deps)
+    dims = deps.models.config.embedding_dimensions
+    keys = [_cache_key(space, text) for text in texts]
     cached: list[bytes | None] = [None] * len(texts)
     try:
         if keys:
@@ -146,7 +156,9 @@ async def embed_with_cache(deps: PipelineDeps, texts: Sequence[str]) -> list[np.
     except RedisError as exc:
         log.warning("embedding cache unavailable", error=str(exc))
     vectors: list[np.ndarray | None] = [
-        np.frombuffer(raw, dtype=np.float32) if raw is not None else None for raw in cached
+        # A value of the wrong size is not ours to trust (another writer, a truncated value).
+        np.frombuffer(raw, dtype=np.float32) if raw is not None and len(raw) == 4 * dims else None
+        for raw in cached
     ]
     missing = [i for i, vector in enumerate(vectors) if vector is None]
     CACHE_REQUESTS.labels("embeddings", "hit").inc(len(texts) - len(missing))

@@ -380,3 +380,27 @@ async def test_one_sweeper_at_a_time(client, deps, upload_settings, org_a: Tenan
         other.execute("SELECT pg_advisory_unlock(%s)", (SWEEP_LOCK,))
     assert (await sweep_once(upload_settings))["retried"] == 1
     assert job_state(url, accepted["job_id"]) == ("todo", 1)
+
+
+async def test_the_embedding_cache_keeps_servers_and_sizes_apart(deps, fake_openai):
+    import dataclasses
+
+    from worker.pipeline import _cache_key, _cache_space, embed_with_cache
+
+    text = "The launch moves to May."
+    first = await embed_with_cache(deps, [text])
+    cached = await embed_with_cache(deps, [text])  # from the cache
+    assert [v.tolist() for v in cached] == [v.tolist() for v in first]
+    assert fake_openai.embedded == [text]
+    # The same model name on another server is another vector space: not served from cache.
+    elsewhere = dataclasses.replace(
+        deps,
+        settings=deps.settings.model_copy(update={"openai_base_url": "https://api.openai.com/v1"}),
+    )
+    await embed_with_cache(elsewhere, [text])
+    assert fake_openai.embedded == [text, text]
+    # A cached value of the wrong size is ignored and replaced.
+    await deps.redis.set(_cache_key(_cache_space(deps), text), b"\0" * 10)
+    again = await embed_with_cache(deps, [text])
+    assert len(fake_openai.embedded) == 3
+    assert [v.tolist() for v in again] == [v.tolist() for v in first]
