@@ -63,6 +63,8 @@ log = structlog.stdlib.get_logger("record.ratelimit")
 # KEYS[1]: the subject's window. ARGV[1]: limit, ARGV[2]: window in ms, ARGV[3]: a member name
 # unique to this decision (a per-process random prefix and a counter: two requests admitted in
 # the same microsecond must stay two members, or the second would overwrite the first).
+# ARGV[4], only when the same decision is sent again because the first send's answer was lost:
+# '1' — then a member already there means the first send was admitted, and it still is.
 # Scores are microseconds since the epoch: about 1.8e15, exact in a double (< 2^53).
 #
 # The answer is packed into ONE integer, because an integer is the cheapest reply for redis-py's
@@ -77,11 +79,16 @@ local limit = tonumber(ARGV[1])
 local window_us = tonumber(ARGV[2]) * 1000
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_us - window_us)
 local count = redis.call('ZCARD', KEYS[1])
-local allowed = count < limit
-if allowed then
-  redis.call('ZADD', KEYS[1], now_us, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  count = count + 1
+local allowed
+if ARGV[4] == '1' and redis.call('ZSCORE', KEYS[1], ARGV[3]) then
+  allowed = true  -- a re-sent decision whose first send was admitted (its answer was lost)
+else
+  allowed = count < limit
+  if allowed then
+    redis.call('ZADD', KEYS[1], now_us, ARGV[3])
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    count = count + 1
+  end
 end
 local reset_us = window_us
 if count > 1 or not allowed then
@@ -236,6 +243,14 @@ class SlidingWindowScript:
         )
 
     @staticmethod
+    def resend(packed: bytes) -> bytes:
+        """The same decision, marked as sent again (ARGV[4] = '1'): if its first send was
+        admitted before the connection broke, the script answers admitted without adding a
+        second member, rather than counting the request twice or refusing it."""
+        assert packed.startswith(b"*7\r\n")
+        return b"*8" + packed[2:] + b"$1\r\n1\r\n"
+
+    @staticmethod
     def decision(limiter: str, rate: Rate, reply: int) -> Decision:
         allowed, remaining, reset_ms = unpack_reply(reply)
         return Decision(limiter, allowed, rate.limit, remaining, reset_ms)
@@ -280,21 +295,23 @@ class ScriptConnections:
     def idle(self) -> int:
         return len(self._idle)
 
-    async def call(self, packed: bytes) -> Any:
-        """Write ``packed`` (an idempotent command), read its reply.
+    async def call(self, packed: bytes, resend: Callable[[bytes], bytes] | None = None) -> Any:
+        """Write ``packed``, read its reply.
 
         A connection that sat idle may have been closed under us (Redis restarted or failed
         over, an idle timeout, a proxy); redis-py's checkout probe would have reconnected it.
         Here its write or read fails with ConnectionError instead: then the other idle ones are
-        dropped too (likely closed alike) and the command goes once more on a new connection.
-        Sending it twice is safe for the limiter's script: the member name is the same, so a ZADD
-        that did land is not doubled.
+        dropped too (likely closed alike) and the command goes once more on a new connection —
+        as ``resend(packed)`` when given, the form of the command that is safe to run twice
+        (the first send may have run before the connection broke).
         """
         if self._idle:
             try:
                 return await self._call_on(self._idle.pop(), packed)
             except redis.ConnectionError:
                 await self._drop_idle()
+                if resend is not None:
+                    packed = resend(packed)
         return await self._call_on(self._connection_class(**self._kwargs), packed)
 
     async def _call_on(self, conn: AsyncConnection, packed: bytes) -> Any:
@@ -335,13 +352,15 @@ class SyncScriptConnections:
         self._idle: list[SyncConnection] = []
         self._max_idle = max_idle
 
-    def call(self, packed: bytes) -> Any:
+    def call(self, packed: bytes, resend: Callable[[bytes], bytes] | None = None) -> Any:
         """As ``ScriptConnections.call``: once more on a new connection if an idle one failed."""
         if self._idle:
             try:
                 return self._call_on(self._idle.pop(), packed)
             except redis.ConnectionError:
                 self.close()
+                if resend is not None:
+                    packed = resend(packed)
         return self._call_on(self._connection_class(**self._kwargs), packed)
 
     def _call_on(self, conn: SyncConnection, packed: bytes) -> Any:
@@ -488,11 +507,12 @@ class RateLimiter:
         return decision
 
     async def _evalsha(self, packed: bytes) -> int:
+        resend = self._script.resend
         try:
-            reply: int = await self._connections.call(packed)
+            reply: int = await self._connections.call(packed, resend)
         except NoScriptError:  # a restarted or flushed Redis: load it, then the same again
             await self._connections.call(self._script.load)
-            reply = await self._connections.call(packed)
+            reply = await self._connections.call(resend(packed))
         return reply
 
     def _failed(self, limiter: str, rate: Rate, reason: FailReason, exc: BaseException) -> Decision:
@@ -533,11 +553,12 @@ class SyncSlidingWindow:
 
     def hit(self, limiter: str, subject: str, rate: Rate) -> Decision:
         packed = self._script.packed(limiter, subject, rate)
+        resend = self._script.resend
         try:
-            reply: int = self._connections.call(packed)
+            reply: int = self._connections.call(packed, resend)
         except NoScriptError:
             self._connections.call(self._script.load)
-            reply = self._connections.call(packed)
+            reply = self._connections.call(resend(packed))
         return self._script.decision(limiter, rate, reply)
 
     def close(self) -> None:

@@ -142,7 +142,37 @@ def test_packed_commands_are_what_redis_py_would_send(subject: str):
     key = window_key("api", subject)
     expected = packer.pack_command("EVALSHA", script.sha, 1, key, 100, 60000, member)
     assert packed == b"".join(expected)
+    again = packer.pack_command("EVALSHA", script.sha, 1, key, 100, 60000, member, 1)
+    assert script.resend(packed) == b"".join(again)
     assert script.load == b"".join(packer.pack_command("SCRIPT", "LOAD", SLIDING_WINDOW_LUA))
+
+
+def test_a_decision_sent_again_is_counted_once(redis_url: str):
+    """The first send ran but its answer was lost with the connection: sent again (marked as
+    such) it is still admitted, and still one member — not refused, not counted twice."""
+    import redis
+
+    from app.kit.ratelimit import SyncScriptConnections
+
+    client = redis.Redis.from_url(redis_url)
+    connections = SyncScriptConnections(client)
+    script = SlidingWindowScript()
+    connections.call(script.load)
+    rate = Rate(1, 60)
+    subject = f"resend:{id(script)}"
+    packed = script.packed("t", subject, rate)
+    first = script.decision("t", rate, connections.call(packed))
+    again = script.decision("t", rate, connections.call(script.resend(packed)))
+    assert (first.allowed, first.remaining) == (True, 0)
+    assert (again.allowed, again.remaining) == (True, 0)
+    assert client.zcard(window_key("t", subject)) == 1
+    # Unmarked, the same command would be a second request, and refused.
+    assert not script.decision("t", rate, connections.call(packed)).allowed
+    # A new decision is still refused, marked or not: the mark only vouches for its own member.
+    other = script.packed("t", subject, rate)
+    assert not script.decision("t", rate, connections.call(script.resend(other))).allowed
+    connections.close()
+    client.close()
 
 
 async def test_connections_are_reused_and_bursts_do_not_stay_open(redis_url, raw):
