@@ -52,10 +52,13 @@ def plan_pieces(wav: Path, piece_seconds: float) -> list[Piece]:
             raise ValueError("plan_pieces reads 16 kHz 16-bit mono PCM, as decode_to_wav writes")
         total = reader.getnframes()
         limit = max(int(piece_seconds * SAMPLE_RATE), 2 * WINDOW)
+        # No cut closer than this to the end: a sliver of a last piece (OpenAI refuses audio
+        # under 0.1 s) would fail the whole recording for nothing.
+        tail = min(SAMPLE_RATE, limit // 2)
         pieces: list[Piece] = []
         start = 0
         while total - start > limit:
-            cut = _quietest_cut(reader, start, start + limit)
+            cut = _quietest_cut(reader, start, min(start + limit, total - tail))
             pieces.append(Piece(start, cut))
             start = cut
         pieces.append(Piece(start, total))

@@ -93,7 +93,19 @@ def test_pieces_always_tile_the_recording(
     samples[: len(samples) // 3] //= 50  # a quieter stretch, so cuts move about
     wav = write_wav(tmp_path / f"p{seed}.wav", samples)
     limit = max(int(piece_seconds * SAMPLE_RATE), 2 * WINDOW)
-    assert_tiles(plan_pieces(wav, piece_seconds), len(samples), limit)
+    pieces = plan_pieces(wav, piece_seconds)
+    assert_tiles(pieces, len(samples), limit)
+    if len(pieces) > 1:  # never a sliver at the end
+        assert pieces[-1].end - pieces[-1].start >= min(SAMPLE_RATE, limit // 2)
+
+
+def test_no_sliver_is_left_at_the_end(tmp_path: Path) -> None:
+    # Just past a piece's limit, ending in silence: the latest quiet place would be the very end.
+    samples = speechlike(600.0 + 400 / SAMPLE_RATE)
+    samples[-5 * SAMPLE_RATE :] = 0
+    pieces = plan_pieces(write_wav(tmp_path / "a.wav", samples), 600)
+    assert len(pieces) == 2
+    assert pieces[-1].end - pieces[-1].start >= SAMPLE_RATE
 
 
 def test_a_piece_holds_exactly_its_frames(tmp_path: Path) -> None:
