@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -43,6 +44,10 @@ class PipelineRetry(BaseRetryStrategy):
         return int(min(self.base_seconds * 2**attempts, MAX_BACKOFF_SECONDS))
 
     def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        if isinstance(exception, asyncio.CancelledError):
+            # A worker shutting down cancelled it (a deploy, a scale-in): not the recording's
+            # fault, so it goes back to the queue at once, even on its last attempt.
+            return RetryDecision(retry_in={"seconds": 0})
         if isinstance(exception, PermanentError) or self.is_last_attempt(job.attempts):
             return None
         return RetryDecision(retry_in={"seconds": self.wait_seconds(job.attempts)})
@@ -81,7 +86,7 @@ def build_app(settings: Settings) -> procrastinate.App:
         job = context.job
         started = time.perf_counter()
         # Unless it ends otherwise below: a worker shutting down cancels the job, which goes
-        # back to the queue (the stalled-job sweep retries it).
+        # back to the queue (PipelineRetry retries a cancelled job at once).
         status = "cancelled"
         org, recording = UUID(org_id), UUID(recording_id)
         try:

@@ -1,8 +1,9 @@
 """`record worker`: run the pipeline jobs, sweep for stalled ones, stop gracefully on SIGTERM.
 
 procrastinate handles SIGINT/SIGTERM itself: it stops fetching new jobs and waits for the
-running ones (up to ``shutdown_graceful_timeout``, then cancels them, which hands them back
-to the queue through the stalled-job sweep).
+running ones (up to ``shutdown_graceful_timeout``, then cancels them; ``PipelineRetry`` puts a
+cancelled job straight back in the queue, whatever its attempts, and a long transcription
+resumes from its cached pieces). A worker killed outright is found by the stalled-job sweep.
 """
 
 from __future__ import annotations

@@ -44,3 +44,16 @@ async def test_the_job_metric_says_how_the_job_ended(
     assert {s: after[s] - before[s] for s in after} == {
         s: 1.0 if s == status else 0.0 for s in after
     }
+
+
+def test_a_cancelled_job_goes_back_even_on_its_last_attempt() -> None:
+    from worker.pipeline import PermanentError
+
+    retry = jobs.PipelineRetry(max_attempts=3, base_seconds=2)
+    last = SimpleNamespace(attempts=2)
+    decision = retry.get_retry_decision(exception=asyncio.CancelledError(), job=last)
+    assert decision is not None
+    assert retry.get_retry_decision(exception=RuntimeError("flaky"), job=last) is None
+    first = SimpleNamespace(attempts=0)
+    assert retry.get_retry_decision(exception=PermanentError("bad file"), job=first) is None
+    assert retry.get_retry_decision(exception=RuntimeError("flaky"), job=first) is not None
