@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     # stay under that by default; with OpenAI embeddings (8191 tokens) 300+ is fine.
     chunk_max_tokens: int = Field(default=200, ge=20, le=8000)
     chunk_overlap_tokens: int = Field(default=40, ge=0, le=2000)
-    embedding_cache_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=0)
+    embedding_cache_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=1)
 
     # Rate limits, "<count>/<seconds>" (exact sliding windows in Redis). Fail open: when Redis
     # cannot answer within the timeout, requests pass and a breaker skips Redis for a while.
@@ -144,6 +144,16 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _overlap_below_chunk(self) -> Settings:
+        # Otherwise every job would fail at chunking, after transcribing: refuse at start-up.
+        if self.chunk_overlap_tokens >= self.chunk_max_tokens:
+            raise ValueError(
+                f"CHUNK_OVERLAP_TOKENS ({self.chunk_overlap_tokens}) must be smaller than "
+                f"CHUNK_MAX_TOKENS ({self.chunk_max_tokens})."
+            )
+        return self
 
     @property
     def is_production(self) -> bool:
