@@ -203,7 +203,7 @@ async def _transcribe(
     attempt already saved the transcript."""
     async with deps.db.transaction(org_id=org_id) as conn:
         saved = await transcripts.get_transcript(conn, org_id, recording_id)
-        rows = await transcripts.get_segments(conn, saved["id"]) if saved else []
+        rows = await transcripts.get_segments(conn, org_id, saved["id"]) if saved else []
         recording = await recordings.get(conn, org_id, recording_id)
     if saved is not None and recording is not None and recording["duration_seconds"]:
         segments = [Segment(r["start"], r["end"], r["text"]) for r in rows]

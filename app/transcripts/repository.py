@@ -49,7 +49,9 @@ async def save_transcript(
     assert row is not None
     transcript_id: UUID = row["id"]
     await execute(
-        conn, "DELETE FROM transcript_segments WHERE transcript_id = %s", (transcript_id,)
+        conn,
+        "DELETE FROM transcript_segments WHERE org_id = %s AND transcript_id = %s",
+        (org_id, transcript_id),
     )
     if segments:
         async with conn.cursor() as cur:
@@ -73,12 +75,12 @@ async def get_transcript(conn: Conn, org_id: UUID, recording_id: UUID) -> DictRo
     )
 
 
-async def get_segments(conn: Conn, transcript_id: UUID) -> list[DictRow]:
+async def get_segments(conn: Conn, org_id: UUID, transcript_id: UUID) -> list[DictRow]:
     return await fetch_all(
         conn,
         "SELECT start_seconds AS start, end_seconds AS end, text FROM transcript_segments "
-        "WHERE transcript_id = %s ORDER BY idx",
-        (transcript_id,),
+        "WHERE org_id = %s AND transcript_id = %s ORDER BY idx",
+        (org_id, transcript_id),
     )
 
 

@@ -25,7 +25,7 @@ async def get_transcript(recording_id: UUID, principal: Reader, conn: DbConn) ->
     row = await repository.get_transcript(conn, principal.org, recording_id)
     if row is None:
         raise NotFoundError("No transcript for this recording (yet): check its status.")
-    segments = await repository.get_segments(conn, row["id"])
+    segments = await repository.get_segments(conn, principal.org, row["id"])
     return TranscriptOut(
         language=row["language"],
         text=row["text"],
