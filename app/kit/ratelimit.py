@@ -277,19 +277,30 @@ class SlidingWindowScript:
 # load reuses connections rather than opening and closing them; a rarer burst above it opens
 # more and closes them after.
 IDLE_CONNECTIONS = 64
+# At most this many at once per process: a flood of requests waits for a connection (within the
+# decision's timeout, then fails open) instead of opening one each until Redis's maxclients
+# turns everyone else away too.
+MAX_CONNECTIONS = 256
 
 
 class ScriptConnections:
     """The async limiter's connections. Calls are bounded by the caller's ``asyncio.timeout``."""
 
-    def __init__(self, client: Redis, *, max_idle: int = IDLE_CONNECTIONS) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        max_idle: int = IDLE_CONNECTIONS,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         pool = client.connection_pool
         self._connection_class = pool.connection_class
         # No socket timeout: the caller's asyncio.timeout bounds connect, write and read at once,
         # and redis-py would pay a task per write (asyncio.wait_for) to enforce its own.
         self._kwargs = {**pool.connection_kwargs, "socket_timeout": None}
         self._idle: list[AsyncConnection] = []
-        self._max_idle = max_idle
+        self._max_idle = min(max_idle, max_connections)
+        self._slots = asyncio.Semaphore(max_connections)
 
     @property
     def idle(self) -> int:
@@ -305,14 +316,15 @@ class ScriptConnections:
         as ``resend(packed)`` when given, the form of the command that is safe to run twice
         (the first send may have run before the connection broke).
         """
-        if self._idle:
-            try:
-                return await self._call_on(self._idle.pop(), packed)
-            except redis.ConnectionError:
-                await self._drop_idle()
-                if resend is not None:
-                    packed = resend(packed)
-        return await self._call_on(self._connection_class(**self._kwargs), packed)
+        async with self._slots:
+            if self._idle:
+                try:
+                    return await self._call_on(self._idle.pop(), packed)
+                except redis.ConnectionError:
+                    await self._drop_idle()
+                    if resend is not None:
+                        packed = resend(packed)
+            return await self._call_on(self._connection_class(**self._kwargs), packed)
 
     async def _call_on(self, conn: AsyncConnection, packed: bytes) -> Any:
         try:

@@ -194,6 +194,24 @@ async def test_connections_are_reused_and_bursts_do_not_stay_open(redis_url, raw
     assert len(await raw.client_list()) == before
 
 
+async def test_a_flood_waits_for_one_of_a_bounded_number_of_connections(redis_url):
+    connections = ScriptConnections(aioredis.Redis.from_url(redis_url), max_connections=4)
+    made = []
+    factory = connections._connection_class
+
+    def counted(**kwargs):
+        made.append(factory(**kwargs))
+        return made[-1]
+
+    connections._connection_class = counted
+    ping = b"*1\r\n$4\r\nPING\r\n"
+    replies = await asyncio.gather(*(connections.call(ping) for _ in range(40)))
+    assert replies == [b"PONG"] * 40
+    assert len(made) == 4  # the other 36 waited their turn on those four
+    assert connections.idle == 4
+    await connections.aclose()
+
+
 async def test_an_error_reply_keeps_the_connection_in_step(redis_url, raw):
     connections = ScriptConnections(aioredis.Redis.from_url(redis_url))
     with pytest.raises(aioredis.ResponseError):
