@@ -24,8 +24,10 @@ import structlog
 from redis.exceptions import RedisError
 
 from app.auth.principal import Principal
+from app.auth.rbac import Permission
 from app.kit.errors import (
     AppError,
+    AuthorizationError,
     ConflictError,
     NotFoundError,
     PayloadTooLargeError,
@@ -191,6 +193,11 @@ async def complete_direct_upload(
         pending = PendingUpload.loads(raw)
         if pending.org_id != principal.org:
             raise NotFoundError(NOT_FOUND)  # another org's upload does not exist for this caller
+        if not principal.can(Permission.recordings_write, pending.user_id):
+            # As for editing a recording: a contributor completes only uploads it started.
+            raise AuthorizationError(
+                "Only the member who started this upload, or an admin, may complete it."
+            )
         ttl = max(int(await redis.ttl(pending_key(upload_id))), 60)
         claimed = await redis.set(state_key(upload_id), b"completing", nx=True, ex=ttl)
     except RedisError as exc:

@@ -346,6 +346,25 @@ async def test_direct_upload_needs_create_permission(
     assert len(pending_uploads(settings)) == 1
 
 
+async def test_a_contributor_completes_only_its_own_uploads(
+    client, settings, moto_s3: MotoS3, org_a: Tenant
+):
+    _, first_session = await org_a.member("contributor")
+    _, second_session = await org_a.member("contributor")
+    first = {"Authorization": f"Bearer {first_session}", "X-Record-Org": org_a.org_id}
+    second = {"Authorization": f"Bearer {second_session}", "X-Record-Org": org_a.org_id}
+    content = wav_bytes(0.3)
+    started = await start(client, org_a, headers=first, filename="a.wav", size=len(content))
+    started = started.json()
+    assert (await put(started, content)).status_code == 200
+    path = f"/api/recordings/uploads/{started['upload_id']}/complete"
+    assert_problem(await client.post(path, headers=second), 403)
+    assert counts(settings) == (0, 0)
+    done = await client.post(path, headers=first)  # the uploader still can: nothing was spent
+    assert done.status_code == 202, done.text
+    assert counts(settings) == (1, 1)
+
+
 async def test_direct_upload_on_the_file_backend_says_use_multipart(
     app, client, settings, tmp_path, org_a: Tenant
 ):
