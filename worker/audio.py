@@ -127,6 +127,7 @@ async def transcribe_in_pieces(
     async def transcribe(number: int, piece: Piece) -> None:
         async with limiter:
             part = await cache.get(piece) if cache is not None else None
+            cached = part is not None
             if part is None:
                 path = workdir / f"piece-{number + 1}.wav"
                 await anyio.to_thread.run_sync(write_piece, wav, piece, path)
@@ -143,6 +144,7 @@ async def transcribe_in_pieces(
                 pieces=len(pieces),
                 offset_seconds=round(piece.offset_seconds, 2),
                 segments=len(part.segments),
+                cached=cached,
             )
 
     try:
