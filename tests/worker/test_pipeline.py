@@ -262,56 +262,6 @@ async def test_deleted_recording_is_skipped(client, deps, upload_settings, org_a
     }
 
 
-async def test_sweep_retries_stalled_jobs_and_fails_orphans(
-    client, deps, upload_settings, org_a: Tenant
-):
-    from app.kit.db import Database
-
-    stalled = await upload(client, org_a)
-    orphan = await upload(client, org_a)
-    url = upload_settings.database_url
-    with psycopg.connect(url) as conn:
-        # A worker that died an hour ago, holding the first job.
-        worker_id = conn.execute(
-            "INSERT INTO procrastinate_workers (last_heartbeat) VALUES (now() - interval '1 hour')"
-            " RETURNING id"
-        ).fetchone()[0]
-        conn.execute(
-            "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s WHERE id = %s",
-            (worker_id, stalled["job_id"]),
-        )
-        # The second job ended without the recording finishing (e.g. cancelled by an operator).
-        conn.execute(
-            "UPDATE procrastinate_jobs SET status = 'cancelled' WHERE id = %s", (orphan["job_id"],)
-        )
-    app = build_app(upload_settings)
-    owner = Database(upload_settings, app_role=False)
-    await owner.open()
-    try:
-        async with app.open_async():
-            result = await sweep(app, owner, upload_settings)
-    finally:
-        await owner.close()
-    assert result == {"retried": 1, "gave_up": 0, "failed": 1}
-    with psycopg.connect(url) as conn:
-        assert (
-            conn.execute(
-                "SELECT status::text FROM procrastinate_jobs WHERE id = %s", (stalled["job_id"],)
-            ).fetchone()[0]
-            == "todo"
-        )
-    recording = (
-        await client.get(f"/api/recordings/{orphan['recording']['id']}", headers=org_a.auth())
-    ).json()
-    assert recording["status"] == "failed"
-    assert "cancelled" in recording["error"]
-    await run_jobs(upload_settings)
-    recording = (
-        await client.get(f"/api/recordings/{stalled['recording']['id']}", headers=org_a.auth())
-    ).json()
-    assert recording["status"] == "ready"
-
-
 def stall(url: str, job_id: int, attempts: int) -> None:
     """Make ``job_id`` look held by a worker that died an hour ago, after ``attempts`` tries."""
     with psycopg.connect(url) as conn:
@@ -345,6 +295,39 @@ def job_state(url: str, job_id: int) -> tuple[str, int]:
             "SELECT status::text, attempts FROM procrastinate_jobs WHERE id = %s", (job_id,)
         ).fetchone()
     return row[0], row[1]
+
+
+async def test_sweep_retries_stalled_jobs_and_fails_orphans(
+    client, deps, upload_settings, org_a: Tenant
+):
+    stalled = await upload(client, org_a)
+    orphan = await upload(client, org_a)
+    url = upload_settings.database_url
+    stall(url, stalled["job_id"], attempts=0)  # its worker died an hour ago
+    with psycopg.connect(url) as conn:
+        # The second job ended without the recording finishing (e.g. cancelled by an operator).
+        conn.execute(
+            "UPDATE procrastinate_jobs SET status = 'cancelled' WHERE id = %s", (orphan["job_id"],)
+        )
+    result = await sweep_once(upload_settings)
+    assert result == {"retried": 1, "gave_up": 0, "failed": 1}
+    with psycopg.connect(url) as conn:
+        assert (
+            conn.execute(
+                "SELECT status::text FROM procrastinate_jobs WHERE id = %s", (stalled["job_id"],)
+            ).fetchone()[0]
+            == "todo"
+        )
+    recording = (
+        await client.get(f"/api/recordings/{orphan['recording']['id']}", headers=org_a.auth())
+    ).json()
+    assert recording["status"] == "failed"
+    assert "cancelled" in recording["error"]
+    await run_jobs(upload_settings)
+    recording = (
+        await client.get(f"/api/recordings/{stalled['recording']['id']}", headers=org_a.auth())
+    ).json()
+    assert recording["status"] == "ready"
 
 
 async def test_a_job_whose_worker_keeps_dying_ends_failed_not_looping(
