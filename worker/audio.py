@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.ai.clients import Segment, Transcript, TranscriptionClient
+from app.kit.errors import first_error
 from app.kit.metrics import CACHE_REQUESTS
 
 log = structlog.stdlib.get_logger("record.worker.audio")
@@ -156,13 +157,6 @@ async def transcribe_in_pieces(
         # permanent from transient failures by its type.
         raise first_error(failed) from None
     return join_pieces(pieces, [part for part in parts if part is not None])
-
-
-def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    error: BaseException = group
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error
 
 
 def join_pieces(pieces: list[Piece], parts: list[Transcript]) -> Transcript:

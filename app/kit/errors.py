@@ -10,6 +10,8 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any, ClassVar
 
+import anyio
+
 PROBLEM_JSON = "application/problem+json"
 
 
@@ -133,3 +135,15 @@ def internal_problem(*, instance: str | None, request_id: str | None) -> dict[st
     if request_id:
         body["request_id"] = request_id
     return body
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error a task group's failure stands for: its first exception that is not a
+    cancellation (the siblings it cancelled), looking inside nested groups. Callers re-raise it,
+    so a 413 stays a 413 and a permanent failure stays permanent, not a group of them."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return first_error(exc)
+        if not isinstance(exc, anyio.get_cancelled_exc_class()):
+            return exc
+    return group.exceptions[0]

@@ -20,7 +20,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from app.kit.errors import PayloadTooLargeError, ValidationError
+from app.kit.errors import PayloadTooLargeError, ValidationError, first_error
 from app.kit.security.files import SNIFF_BYTES, MediaType, check_media
 from app.kit.storage import ObjectStore
 
@@ -149,7 +149,7 @@ class StreamingUpload:
         except BaseExceptionGroup as group:
             # A task group wraps what its tasks raise; the caller wants the error itself (a 413
             # is a 413, not a 500 about a group).
-            raise _first_error(group) from group
+            raise first_error(group) from group
         finally:
             receive.close()
         if self._media is None or self._written is None:  # pragma: no cover - guarded above
@@ -279,12 +279,3 @@ class StreamingUpload:
     def _drain(self) -> list[tuple[str, _Part, bytes]]:
         events, self._pending = self._pending, []
         return events
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_error(exc)
-        if not isinstance(exc, anyio.get_cancelled_exc_class()):
-            return exc
-    return group.exceptions[0]
