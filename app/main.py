@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from app.ai.clients import SERVICES_KEY as MODELS_KEY
+from app.ai.clients import ModelClients
 from app.kit.db import Database
 from app.kit.logging import configure_logging
 from app.kit.metrics import set_slow_query_threshold
@@ -43,12 +45,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await db.open(wait=False)
         redis = create_redis(settings.redis_url)
         limiter = RateLimiter.from_settings(settings)
+        models = ModelClients.from_settings(settings)  # search embeds queries; chat answers
         app.state.services = Services(
-            settings=settings, db=db, redis=redis, extras={RATELIMIT_KEY: limiter}
+            settings=settings,
+            db=db,
+            redis=redis,
+            extras={RATELIMIT_KEY: limiter, MODELS_KEY: models},
         )
         try:
             yield
         finally:
+            await models.aclose()
             await limiter.aclose()
             await redis.aclose()
             await db.close()
@@ -69,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from app.jobs.routes import router as jobs_router
     from app.orgs.routes import router as orgs_router
     from app.recordings.routes import router as recordings_router
+    from app.search.routes import router as search_router
     from app.transcripts.routes import router as transcripts_router
 
     for router in (
@@ -79,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         transcripts_router,
         documents_router,
         jobs_router,
+        search_router,
     ):
         app.include_router(router)
 

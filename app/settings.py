@@ -128,6 +128,12 @@ class Settings(BaseSettings):
     transcription_concurrency: int = Field(default=1, ge=1, le=16)
     openai_max_retries: int = Field(default=2, ge=0, le=10)
 
+    # Search (app/search). A scope of at most this many chunks is searched exactly (recall 1.0,
+    # about 0.3 ms per thousand chunks); larger ones may use the HNSW index.
+    search_exact_max_chunks: int = Field(default=20_000, ge=0)
+    # Answers are cached per org for this long (0: not cached); new recordings show at once.
+    search_cache_ttl_seconds: int = Field(default=180, ge=0, le=86_400)
+
     # AI: any OpenAI-protocol server. `record up` points this at the local model server.
     openai_base_url: str | None = None
     openai_api_key: SecretStr = SecretStr("local")

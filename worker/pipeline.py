@@ -8,7 +8,6 @@ already saved is reused on retry instead of transcribing again.
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 import time
 import wave
@@ -22,15 +21,15 @@ import anyio
 import numpy as np
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from app.ai.clients import ModelClients, Segment
+from app.ai.embedding_cache import CachedEmbeddings
 from app.documents import repository as documents
 from app.kit.db import Database
 from app.kit.errors import ExternalServiceError
-from app.kit.metrics import CACHE_REQUESTS
 from app.kit.storage import ObjectStore
 from app.recordings import repository as recordings
+from app.search import service as search_cache
 from app.settings import Settings
 from app.transcripts import repository as transcripts
 from worker.audio import SAMPLE_RATE, RedisPieceCache, transcribe_in_pieces
@@ -125,62 +124,10 @@ def _resampled(frames: Iterable[Any]) -> Iterator[Any]:
 # -- embeddings, cached --------------------------------------------------------------------------
 
 
-def _cache_space(deps: PipelineDeps) -> str:
-    """Which vectors these are: the server, the model name and the dimensions together. A model
-    name alone is not enough — the local model server answers to OpenAI's names with its own
-    model, and switching OPENAI_BASE_URL must not serve one space's vectors as the other's."""
-    config = deps.models.config
-    server = hashlib.sha256(str(deps.settings.openai_base_url).encode()).hexdigest()[:12]
-    return f"{config.embedding_model}:{config.embedding_dimensions}:{server}"
-
-
-def _cache_key(space: str, text: str) -> str:
-    digest = hashlib.sha256(text.encode()).hexdigest()
-    return f"emb:v2:{space}:{digest}"
-
-
 async def embed_with_cache(deps: PipelineDeps, texts: Sequence[str]) -> list[np.ndarray]:
-    """Embeddings for ``texts``, from the cache (model + text hash) where it has them.
-
-    The cache is an optimisation: when Redis fails, everything is embedded afresh.
-    """
-    space = _cache_space(deps)
-    dims = deps.models.config.embedding_dimensions
-    keys = [_cache_key(space, text) for text in texts]
-    cached: list[bytes | None] = [None] * len(texts)
-    try:
-        if keys:
-            cached = [
-                raw if isinstance(raw, bytes) else None for raw in await deps.redis.mget(keys)
-            ]
-    except RedisError as exc:
-        log.warning("embedding cache unavailable", error=str(exc))
-    vectors: list[np.ndarray | None] = [
-        # A value of the wrong size is not ours to trust (another writer, a truncated value).
-        np.frombuffer(raw, dtype=np.float32) if raw is not None and len(raw) == 4 * dims else None
-        for raw in cached
-    ]
-    missing = [i for i, vector in enumerate(vectors) if vector is None]
-    CACHE_REQUESTS.labels("embeddings", "hit").inc(len(texts) - len(missing))
-    CACHE_REQUESTS.labels("embeddings", "miss").inc(len(missing))
-    batch = deps.settings.embedding_batch_size
-    for start in range(0, len(missing), batch):
-        indexes = missing[start : start + batch]
-        result = await deps.models.embeddings.embed([texts[i] for i in indexes])
-        fresh = {
-            keys[i]: np.asarray(vector, dtype=np.float32)
-            for i, vector in zip(indexes, result.vectors, strict=True)
-        }
-        for i in indexes:
-            vectors[i] = fresh[keys[i]]
-        try:
-            async with deps.redis.pipeline(transaction=False) as pipe:
-                for key, vector in fresh.items():
-                    pipe.set(key, vector.tobytes(), ex=deps.settings.embedding_cache_ttl_seconds)
-                await pipe.execute()
-        except RedisError as exc:
-            log.warning("embedding cache not written", error=str(exc))
-    return [vector for vector in vectors if vector is not None]
+    """Embeddings for ``texts``, from the shared cache (vector space + text hash) where it has
+    them; see ``app.ai.embedding_cache``."""
+    return await CachedEmbeddings.from_settings(deps.models, deps.redis, deps.settings).embed(texts)
 
 
 # -- the pipeline --------------------------------------------------------------------------------
@@ -287,6 +234,7 @@ async def _process(deps: PipelineDeps, org_id: UUID, recording_id: UUID) -> Pipe
         await transcripts.replace_chunks(
             conn, org_id=org_id, recording_id=recording_id, chunks=rows
         )
+    await search_cache.invalidate(deps.redis, org_id, deps.settings)  # committed: searchable
     bound.info("embedded", chunks=len(rows))
 
     if text.strip():

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal, Self
+from typing import IO, TYPE_CHECKING, Any, Literal, Self
 
 import httpx2
 import openai
@@ -24,6 +24,9 @@ from app.ai.prompts import DOCUMENT_INSTRUCTIONS, format_context
 from app.kit.errors import ExternalServiceError
 from app.kit.metrics import LLM_DURATION, LLM_TOKENS, track_external
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.kit.services import Services
 
 SERVICE = "openai"
 LOCAL_EMBEDDING_MODEL = "all-minilm-l6-v2"
@@ -448,3 +451,11 @@ class ModelClients:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+SERVICES_KEY = "models"  # Services.extras key of the API process's ModelClients
+
+
+def models_of(services: Services) -> ModelClients:
+    models: ModelClients = services.extras[SERVICES_KEY]
+    return models

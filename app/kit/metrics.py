@@ -125,6 +125,12 @@ CACHE_REQUESTS = Counter(
     ["cache", "result"],
     namespace=NAMESPACE,
 )
+SEARCH_PLANS = Counter(
+    "search_plans_total",
+    "How vector searches ran: exact scan, HNSW index, or the index falling back to exact.",
+    ["plan"],
+    namespace=NAMESPACE,
+)
 RATELIMIT_DECISIONS = Counter(
     "ratelimit_decisions_total",
     "Rate-limit decisions.",

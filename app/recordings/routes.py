@@ -25,6 +25,7 @@ from app.recordings.schemas import (
     RecordingStatus,
     UploadAccepted,
 )
+from app.search import service as search_cache
 
 router = APIRouter(prefix="/api/recordings", tags=["recordings"])
 
@@ -85,10 +86,11 @@ async def delete_recording(
     background: BackgroundTasks,
 ) -> Response:
     media_key = await service.delete_recording(conn, principal, recording_id)
+    # After the response, so after the request's transaction has committed: a rolled-back
+    # delete must not lose the media, and a search must not re-cache what is being deleted.
     if media_key:
-        # After the response, so after the request's transaction has committed: a rolled-back
-        # delete must not lose the media.
         background.add_task(service.storage_of(services).delete, media_key)
+    background.add_task(search_cache.invalidate, services.redis, principal.org, services.settings)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

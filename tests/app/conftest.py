@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
+from app.ai.local_models import LocalModels
+
 PASSWORD = "plum-tide-orbit-velvet-42"
 _n = itertools.count()
 
@@ -92,3 +94,17 @@ async def org_a(client: httpx.AsyncClient) -> Tenant:
 @pytest.fixture
 async def org_b(client: httpx.AsyncClient) -> Tenant:
     return await make_tenant(client, "Org B")
+
+
+# The real models behind the real model server, loaded once per session (lazily: a test that
+# only embeds never loads whisper).
+@pytest.fixture(scope="session")
+def local_models() -> LocalModels:
+    return LocalModels()
+
+
+@pytest.fixture(scope="session")
+def model_app(local_models: LocalModels) -> object:
+    from app.ai.server import create_model_app
+
+    return create_model_app(local_models, preload=False)

@@ -93,6 +93,9 @@ async def test_upload_to_ready(
     assert chunks[-1][3] == pytest.approx(7.8)
     joined = " ".join(c[1] for c in chunks)
     assert all(sentence in joined for sentence in SENTENCES)
+    # The org's cached search answers were retired once its chunks were committed; not org B's.
+    assert await deps.redis.get(f"search:{{{org_a.org_id}}}:gen") == b"1"
+    assert await deps.redis.get(f"search:{{{org_b.org_id}}}:gen") is None
 
 
 def long_quiet_wav(seconds: float) -> bytes:
@@ -368,7 +371,8 @@ async def test_one_sweeper_at_a_time(client, deps, upload_settings, org_a: Tenan
 async def test_the_embedding_cache_keeps_servers_and_sizes_apart(deps, fake_openai):
     import dataclasses
 
-    from worker.pipeline import _cache_key, _cache_space, embed_with_cache
+    from app.ai.embedding_cache import cache_key, cache_space
+    from worker.pipeline import embed_with_cache
 
     text = "The launch moves to May."
     first = await embed_with_cache(deps, [text])
@@ -383,7 +387,8 @@ async def test_the_embedding_cache_keeps_servers_and_sizes_apart(deps, fake_open
     await embed_with_cache(elsewhere, [text])
     assert fake_openai.embedded == [text, text]
     # A cached value of the wrong size is ignored and replaced.
-    await deps.redis.set(_cache_key(_cache_space(deps), text), b"\0" * 10)
+    space = cache_space(deps.models, str(deps.settings.openai_base_url))
+    await deps.redis.set(cache_key(space, text), b"\0" * 10)
     again = await embed_with_cache(deps, [text])
     assert len(fake_openai.embedded) == 3
     assert [v.tolist() for v in again] == [v.tolist() for v in first]

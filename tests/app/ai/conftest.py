@@ -1,4 +1,5 @@
-"""The AI tests run the real models (loaded once per session) behind the real model server."""
+"""The AI tests run the real models (loaded once per session, ``tests/app/conftest.py``) behind
+the real model server."""
 
 from __future__ import annotations
 
@@ -12,9 +13,6 @@ import httpx2
 import numpy as np
 import openai
 import pytest
-
-from app.ai.local_models import LocalModels
-from app.ai.server import create_model_app
 
 SPEECH = (
     "The quarterly budget meeting starts now. Alice will send the marketing report on Friday. "
@@ -35,18 +33,6 @@ CONTENT_WORDS = (
     "may",
 )
 SHORT_SPEECH = "Please send the budget report to the finance team."
-
-
-@pytest.fixture(scope="session")
-def local_models() -> LocalModels:
-    models = LocalModels()
-    models.load_all()
-    return models
-
-
-@pytest.fixture(scope="session")
-def model_app(local_models: LocalModels) -> object:
-    return create_model_app(local_models, preload=False)
 
 
 @pytest.fixture(scope="session")

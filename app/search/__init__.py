@@ -1,0 +1,1 @@
+"""Search by meaning and by words over a tenant's transcript chunks."""

@@ -1,0 +1,190 @@
+"""SQL for search: candidates by vector and by words, then the hits themselves.
+
+Tenant filtering is the design problem here. An HNSW index finds the nearest vectors of the
+*whole table*; with ``WHERE org_id = ...`` pgvector 0.6 filters the index's ``ef_search``
+candidates afterwards, so an org holding 1% of the rows gets almost nothing back (recall 0.04,
+measured). pgvector 0.8's iterative scans soften that, but RDS and this repository's embedded
+server differ, and the plan must be right on both. So the vector search picks its plan from the
+size of what it searches:
+
+* **exact**: the scope (an org, or some of its recordings) is small, or too small a share of
+  the table for the index to find its rows. Its chunks are read through the ``(org_id,
+  recording_id)`` btree and sorted by distance: recall 1.0, and about 0.3 ms per thousand
+  chunks here. The subquery's ``OFFSET 0`` is a fence that keeps the planner from answering
+  the ``ORDER BY`` with the HNSW index.
+* **ann**: the scope is large *and* a large enough share of the table that the index's
+  ``ef_search`` nearest neighbours hold at least four times as many of its rows as wanted.
+  When they still hold fewer than wanted, the search runs exactly instead (``ann_fallback``):
+  approximate may miss, never return short.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+from uuid import UUID
+
+import numpy as np
+
+from app.kit.db import Conn, fetch_all, fetch_one
+
+Plan = Literal["exact", "ann", "ann_fallback"]
+
+# pgvector caps hnsw.ef_search at 1000: the most candidates one index scan can return (0.6).
+MAX_EF_SEARCH = 1000
+# An approximate scan should see this many times the rows wanted before it is worth trying.
+ANN_MARGIN = 4
+
+
+@dataclass(frozen=True)
+class Candidate:
+    chunk_id: UUID
+    score: float
+
+
+def _scope_sql(recording_ids: Sequence[UUID] | None, alias: str = "") -> str:
+    prefix = f"{alias}." if alias else ""
+    sql = f"{prefix}org_id = %(org_id)s"
+    if recording_ids:
+        sql += f" AND {prefix}recording_id = ANY(%(recording_ids)s)"
+    return sql
+
+
+async def scope_size(
+    conn: Conn, org_id: UUID, recording_ids: Sequence[UUID] | None, *, cap: int
+) -> int:
+    """How many chunks the search covers, counted up to ``cap + 1`` (an index-only scan)."""
+    row = await fetch_one(
+        conn,
+        "SELECT count(*) AS n FROM (SELECT 1 FROM transcript_chunks "  # noqa: S608
+        f"WHERE {_scope_sql(recording_ids)} LIMIT %(cap)s) scoped",
+        {"org_id": org_id, "recording_ids": list(recording_ids or []), "cap": cap + 1},
+    )
+    return int(row["n"]) if row else 0
+
+
+async def table_size_estimate(conn: Conn) -> float:
+    """The planner's estimate of the table's rows (every tenant's): no scan, no count leaked."""
+    row = await fetch_one(
+        conn, "SELECT reltuples FROM pg_class WHERE oid = 'transcript_chunks'::regclass"
+    )
+    return max(float(row["reltuples"]) if row else 0.0, 0.0)
+
+
+def choose_plan(scope: int, table_rows: float, want: int, *, exact_max: int) -> Plan:
+    """``exact`` or ``ann`` for a scope of ``scope`` chunks in a table of about ``table_rows``."""
+    if scope <= exact_max or table_rows <= 0:
+        return "exact"
+    share = min(scope / table_rows, 1.0)
+    return "ann" if share * MAX_EF_SEARCH >= ANN_MARGIN * want else "exact"
+
+
+def ef_search_for(scope: int, table_rows: float, want: int) -> int:
+    share = min(scope / table_rows, 1.0) if table_rows > 0 else 1.0
+    return max(40, min(MAX_EF_SEARCH, math.ceil(ANN_MARGIN * want / share)))
+
+
+async def nearest_exact(
+    conn: Conn,
+    org_id: UUID,
+    vector: np.ndarray,
+    want: int,
+    recording_ids: Sequence[UUID] | None = None,
+) -> list[Candidate]:
+    rows = await fetch_all(
+        conn,
+        "SELECT id, distance FROM ("  # noqa: S608 - fixed SQL, values bound
+        "  SELECT id, embedding <=> %(vector)s AS distance FROM transcript_chunks"
+        f"  WHERE {_scope_sql(recording_ids)} AND embedding IS NOT NULL"
+        "  OFFSET 0"  # the fence: never the HNSW index, whose candidates ignore the scope
+        ") scoped ORDER BY distance, id LIMIT %(want)s",
+        {
+            "org_id": org_id,
+            "recording_ids": list(recording_ids or []),
+            "vector": vector,
+            "want": want,
+        },
+    )
+    return [Candidate(row["id"], 1.0 - float(row["distance"])) for row in rows]
+
+
+async def nearest_ann(
+    conn: Conn,
+    org_id: UUID,
+    vector: np.ndarray,
+    want: int,
+    *,
+    ef_search: int,
+    recording_ids: Sequence[UUID] | None = None,
+) -> list[Candidate]:
+    """The scope's rows among the HNSW index's ``ef_search`` nearest neighbours."""
+    await fetch_one(conn, "SELECT set_config('hnsw.ef_search', %s, true)", (str(ef_search),))
+    rows = await fetch_all(
+        conn,
+        "SELECT id, distance FROM ("  # noqa: S608 - fixed SQL, values bound
+        "  SELECT id, org_id, recording_id, embedding <=> %(vector)s AS distance"
+        "  FROM transcript_chunks ORDER BY embedding <=> %(vector)s LIMIT %(ef)s"
+        f") nearest WHERE {_scope_sql(recording_ids, 'nearest')} "
+        "ORDER BY distance, id LIMIT %(want)s",
+        {
+            "org_id": org_id,
+            "recording_ids": list(recording_ids or []),
+            "vector": vector,
+            "ef": ef_search,
+            "want": want,
+        },
+    )
+    return [Candidate(row["id"], 1.0 - float(row["distance"])) for row in rows]
+
+
+async def by_words(
+    conn: Conn,
+    org_id: UUID,
+    query: str,
+    want: int,
+    recording_ids: Sequence[UUID] | None = None,
+) -> list[Candidate]:
+    """Full-text matches, best first. ``websearch_to_tsquery`` takes what people type (quotes,
+    ``or``, ``-word``) and never raises on it; normalisation 32 puts the rank in 0..1."""
+    rows = await fetch_all(
+        conn,
+        "SELECT c.id, ts_rank_cd(c.tsv, q, 32) AS rank "  # noqa: S608 - fixed SQL, values bound
+        "FROM transcript_chunks c, websearch_to_tsquery('english', %(query)s) q "
+        f"WHERE {_scope_sql(recording_ids, 'c')} AND c.tsv @@ q "
+        "ORDER BY rank DESC, c.id LIMIT %(want)s",
+        {
+            "org_id": org_id,
+            "recording_ids": list(recording_ids or []),
+            "query": query,
+            "want": want,
+        },
+    )
+    return [Candidate(row["id"], float(row["rank"])) for row in rows]
+
+
+async def existing_recordings(conn: Conn, org_id: UUID, recording_ids: Sequence[UUID]) -> set[UUID]:
+    rows = await fetch_all(
+        conn,
+        "SELECT id FROM recordings WHERE org_id = %s AND id = ANY(%s)",
+        (org_id, list(recording_ids)),
+    )
+    return {row["id"] for row in rows}
+
+
+async def hits(
+    conn: Conn, org_id: UUID, chunk_ids: Sequence[UUID]
+) -> dict[UUID, dict[str, object]]:
+    """The chunks with their recording's current title, by id. Ids that are gone (a recording
+    deleted since a cached answer was made) are simply absent."""
+    rows = await fetch_all(
+        conn,
+        "SELECT c.id AS chunk_id, c.recording_id, r.title AS recording_title, c.text, "
+        "c.start_seconds AS start, c.end_seconds AS end "
+        "FROM transcript_chunks c "
+        "JOIN recordings r ON r.org_id = c.org_id AND r.id = c.recording_id "
+        "WHERE c.org_id = %s AND c.id = ANY(%s)",
+        (org_id, list(chunk_ids)),
+    )
+    return {row["chunk_id"]: dict(row) for row in rows}

@@ -1,0 +1,245 @@
+"""Search rules: plan, fuse, cache, and never hold a database connection across a model call.
+
+A search is three short steps: check the recordings it names (one short transaction, only when
+it names some), embed the query (an HTTP call, no connection held; the embedding is cached),
+then rank and fetch the hits in one transaction.
+
+Answers are cached per org for ``SEARCH_CACHE_TTL_SECONDS`` as ranked chunk ids and scores, not
+as hits: the text and the recording's title are read afresh every time, so a renamed recording
+shows its new title and a deleted one never comes back from the cache. A per-org generation,
+bumped whenever the org's chunks change, retires cached answers at once: a recording that has
+just become ready is found by the next search.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from uuid import UUID
+
+import numpy as np
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from app.ai.clients import models_of
+from app.ai.embedding_cache import CachedEmbeddings
+from app.auth.principal import Principal
+from app.kit.db import Conn
+from app.kit.errors import ExternalServiceError, NotFoundError
+from app.kit.metrics import CACHE_REQUESTS, SEARCH_PLANS
+from app.kit.services import Services
+from app.search import repository
+from app.search.repository import Candidate
+from app.search.schemas import SearchHit, SearchIn, SearchMode, SearchOut
+from app.settings import Settings
+
+log = structlog.stdlib.get_logger(__name__)
+
+RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al.): 1 / (60 + rank)
+CACHE_VERSION = "v1"
+
+
+def candidates_wanted(limit: int, mode: SearchMode) -> int:
+    """How many each ranking contributes: more than shown when two rankings are fused."""
+    return limit if mode is not SearchMode.hybrid else min(max(3 * limit, 20), 150)
+
+
+def fuse(rankings: Sequence[Sequence[Candidate]], limit: int) -> list[Candidate]:
+    """Reciprocal rank fusion: each ranking adds 1 / (RRF_K + rank) to a chunk's score."""
+    scores: dict[UUID, float] = {}
+    for ranking in rankings:
+        for rank, candidate in enumerate(ranking, start=1):
+            scores[candidate.chunk_id] = scores.get(candidate.chunk_id, 0.0) + 1.0 / (RRF_K + rank)
+    ordered = sorted(scores.items(), key=lambda item: (-item[1], str(item[0])))
+    return [Candidate(chunk_id, score) for chunk_id, score in ordered[:limit]]
+
+
+# -- the cache -----------------------------------------------------------------------------------
+
+
+def _generation_key(org_id: UUID) -> str:
+    # The braces are a Redis Cluster hash tag: an org's keys share a slot, so one MGET reads both.
+    return f"search:{{{org_id}}}:gen"
+
+
+def _answer_key(org_id: UUID, fingerprint: str) -> str:
+    return f"search:{{{org_id}}}:{CACHE_VERSION}:{fingerprint}"
+
+
+def _fingerprint(query: str, body: SearchIn, space: str) -> str:
+    spec = {
+        "query": query,
+        "mode": body.mode.value,
+        "limit": body.limit,
+        "recording_ids": sorted(str(i) for i in body.recording_ids or []),
+        "space": space,  # another embedding model ranks differently
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+async def invalidate(redis: Redis, org_id: UUID, settings: Settings) -> None:
+    """Retire the org's cached answers: call after its chunks change (and commit). A failure is
+    logged, not raised: the answers then expire by their TTL."""
+    if settings.search_cache_ttl_seconds == 0:
+        return
+    key = _generation_key(org_id)
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.incr(key)
+            # Outlives every answer by far, so a generation never comes back to an old value.
+            pipe.expire(key, max(86_400, 10 * settings.search_cache_ttl_seconds))
+            await pipe.execute()
+    except RedisError as exc:
+        log.warning("search cache not invalidated", org_id=str(org_id), error=str(exc))
+
+
+class AnswerCache:
+    def __init__(self, redis: Redis, settings: Settings, org_id: UUID, fingerprint: str) -> None:
+        self.redis = redis
+        self.ttl = settings.search_cache_ttl_seconds
+        self.generation_key = _generation_key(org_id)
+        self.answer_key = _answer_key(org_id, fingerprint)
+        self.generation: str | None = None
+
+    async def get(self) -> tuple[SearchMode, list[Candidate]] | None:
+        if self.ttl == 0:
+            return None
+        try:
+            generation, raw = await self.redis.mget([self.generation_key, self.answer_key])
+        except RedisError as exc:
+            log.warning("search cache unavailable", error=str(exc))
+            return None
+        self.generation = generation.decode() if isinstance(generation, bytes) else "0"
+        try:
+            answer = json.loads(raw) if isinstance(raw, bytes) else None
+            if answer is None or answer["generation"] != self.generation:
+                raise LookupError
+            found = (
+                SearchMode(answer["mode"]),
+                [Candidate(UUID(chunk_id), float(score)) for chunk_id, score in answer["hits"]],
+            )
+        except (LookupError, ValueError, TypeError):
+            CACHE_REQUESTS.labels("search", "miss").inc()
+            return None
+        CACHE_REQUESTS.labels("search", "hit").inc()
+        return found
+
+    async def put(self, mode: SearchMode, ranked: Sequence[Candidate]) -> None:
+        if self.ttl == 0 or self.generation is None:  # unread generation: Redis was failing
+            return
+        answer = {
+            "generation": self.generation,
+            "mode": mode.value,
+            "hits": [[str(c.chunk_id), c.score] for c in ranked],
+        }
+        try:
+            await self.redis.set(self.answer_key, json.dumps(answer), ex=self.ttl)
+        except RedisError as exc:
+            log.warning("search answer not cached", error=str(exc))
+
+
+# -- the search ----------------------------------------------------------------------------------
+
+
+async def nearest(
+    conn: Conn,
+    settings: Settings,
+    org_id: UUID,
+    vector: np.ndarray,
+    want: int,
+    *,
+    recording_ids: Sequence[UUID] | None,
+) -> list[Candidate]:
+    """The scope's ``want`` nearest chunks, by the plan its size calls for (repository doc)."""
+    exact_max = max(settings.search_exact_max_chunks, want)
+    scope = await repository.scope_size(conn, org_id, recording_ids, cap=exact_max)
+    table_rows = await repository.table_size_estimate(conn) if scope > exact_max else 0.0
+    plan = repository.choose_plan(scope, table_rows, want, exact_max=exact_max)
+    if plan == "ann":
+        ef = repository.ef_search_for(scope, table_rows, want)
+        found = await repository.nearest_ann(
+            conn, org_id, vector, want, ef_search=ef, recording_ids=recording_ids
+        )
+        if len(found) >= want:
+            SEARCH_PLANS.labels("ann").inc()
+            return found
+        plan = "ann_fallback"
+    SEARCH_PLANS.labels(plan).inc()
+    return await repository.nearest_exact(conn, org_id, vector, want, recording_ids)
+
+
+async def search(services: Services, principal: Principal, body: SearchIn) -> SearchOut:
+    settings = services.settings
+    org_id = principal.org
+    query = " ".join(body.query.split())
+    recording_ids = sorted(set(body.recording_ids)) if body.recording_ids else None
+    if recording_ids:
+        async with services.db.transaction(org_id=org_id) as conn:
+            known = await repository.existing_recordings(conn, org_id, recording_ids)
+        if missing := [str(i) for i in recording_ids if i not in known]:
+            raise NotFoundError(f"No such recording in this org: {', '.join(missing[:5])}.")
+
+    models = models_of(services)
+    embeddings = CachedEmbeddings.from_settings(models, services.redis, settings)
+    cache = AnswerCache(
+        services.redis, settings, org_id, _fingerprint(query, body, embeddings.space)
+    )
+    cached = await cache.get()
+    if cached is not None:
+        mode, ranked = cached
+    else:
+        mode, ranked = await _rank(
+            services, embeddings, org_id, query, body, recording_ids=recording_ids
+        )
+        if mode is body.mode:  # a degraded answer is not kept
+            await cache.put(mode, ranked)
+
+    async with services.db.transaction(org_id=org_id) as conn:
+        rows = await repository.hits(conn, org_id, [c.chunk_id for c in ranked])
+    results = [
+        SearchHit.model_validate({**rows[c.chunk_id], "score": c.score})
+        for c in ranked
+        if c.chunk_id in rows
+    ]
+    return SearchOut(results=results, mode=mode)
+
+
+async def _rank(
+    services: Services,
+    embeddings: CachedEmbeddings,
+    org_id: UUID,
+    query: str,
+    body: SearchIn,
+    *,
+    recording_ids: Sequence[UUID] | None,
+) -> tuple[SearchMode, list[Candidate]]:
+    mode = body.mode
+    want = candidates_wanted(body.limit, mode)
+    vector: np.ndarray | None = None
+    if mode is not SearchMode.keyword:
+        try:
+            vector = await embeddings.embed_one(query)
+        except ExternalServiceError as exc:
+            if mode is SearchMode.vector:
+                raise
+            # Hybrid still answers by words; the response says so.
+            log.warning("search by meaning unavailable, answering by words", error=str(exc))
+            mode = SearchMode.keyword
+    async with services.db.transaction(org_id=org_id) as conn:
+        by_meaning = (
+            await nearest(
+                conn, services.settings, org_id, vector, want, recording_ids=recording_ids
+            )
+            if vector is not None
+            else []
+        )
+        by_words = (
+            await repository.by_words(conn, org_id, query, want, recording_ids)
+            if mode is not SearchMode.vector
+            else []
+        )
+    if mode is SearchMode.hybrid:
+        return mode, fuse([by_meaning, by_words], body.limit)
+    return mode, (by_meaning if mode is SearchMode.vector else by_words)[: body.limit]

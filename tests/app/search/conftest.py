@@ -1,0 +1,108 @@
+"""Search against the real database and Valkey, with the real embedding model behind the real
+model server (in-process): the query and the chunks are embedded by the same MiniLM."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx2
+import psycopg
+import pytest
+
+from app.ai.clients import SERVICES_KEY, ModelClients
+from app.ai.local_models import LocalModels
+from app.kit.db import Database
+from app.search.service import invalidate
+from app.transcripts.repository import ChunkRow, replace_chunks
+from tests.app.conftest import Tenant
+
+
+class CountingTransport(httpx2.AsyncBaseTransport):
+    """The model server's ASGI transport, counting calls per path; ``down`` answers 503."""
+
+    def __init__(self, app: object) -> None:
+        self.inner = httpx2.ASGITransport(app=app)  # type: ignore[arg-type]
+        self.calls: Counter[str] = Counter()
+        self.down = False
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        self.calls[request.url.path] += 1
+        if self.down:
+            return httpx2.Response(503, json={"error": {"message": "models are down"}})
+        return await self.inner.handle_async_request(request)
+
+
+@pytest.fixture
+async def models(app: Any, model_app: object, settings: Any) -> AsyncIterator[CountingTransport]:
+    """Point the API's model clients at the in-process model server."""
+    transport = CountingTransport(model_app)
+    clients = ModelClients.from_settings(
+        settings.model_copy(
+            update={"openai_base_url": "http://models.test/v1", "openai_max_retries": 0}
+        ),
+        http_client=httpx2.AsyncClient(transport=transport),
+    )
+    extras = app.state.services.extras
+    original = extras[SERVICES_KEY]
+    extras[SERVICES_KEY] = clients
+    yield transport
+    extras[SERVICES_KEY] = original
+    await clients.aclose()
+
+
+class Seeder:
+    """Recordings with chunks, written the way the worker writes them (binary COPY through the
+    staging table, as the app role under row-level security), embedded by the real model."""
+
+    def __init__(self, settings: Any, local_models: LocalModels, redis: Any) -> None:
+        self.settings = settings
+        self.local_models = local_models
+        self.redis = redis
+
+    async def recording(
+        self, tenant: Tenant, title: str, sentences: list[str], *, seconds_each: float = 5.0
+    ) -> tuple[str, list[str]]:
+        recording_id = str(uuid.uuid4())
+        with psycopg.connect(self.settings.database_url) as conn:
+            conn.execute(
+                "INSERT INTO recordings (id, org_id, created_by, title, status) "
+                "VALUES (%s, %s, %s, %s, 'ready')",
+                (recording_id, tenant.org_id, tenant.user_id, title),
+            )
+        vectors = self.local_models.embed(sentences)
+        rows = [
+            ChunkRow(
+                idx=i,
+                text=text,
+                token_count=len(text.split()),
+                start_seconds=i * seconds_each,
+                end_seconds=(i + 1) * seconds_each,
+                embedding=vector,
+            )
+            for i, (text, vector) in enumerate(zip(sentences, vectors, strict=True))
+        ]
+        db = Database(self.settings)
+        await db.open()
+        try:
+            org = uuid.UUID(tenant.org_id)
+            async with db.transaction(org_id=org) as conn:
+                await replace_chunks(
+                    conn, org_id=org, recording_id=uuid.UUID(recording_id), chunks=rows
+                )
+        finally:
+            await db.close()
+        await invalidate(self.redis, uuid.UUID(tenant.org_id), self.settings)  # as the worker does
+        with psycopg.connect(self.settings.database_url) as conn:
+            ids = conn.execute(
+                "SELECT id::text FROM transcript_chunks WHERE recording_id = %s ORDER BY idx",
+                (recording_id,),
+            ).fetchall()
+        return recording_id, [row[0] for row in ids]
+
+
+@pytest.fixture
+def seeder(settings: Any, local_models: LocalModels, app: Any) -> Seeder:
+    return Seeder(settings, local_models, app.state.services.redis)
