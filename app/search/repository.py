@@ -4,18 +4,23 @@ Tenant filtering is the design problem here. An HNSW index finds the nearest vec
 *whole table*; with ``WHERE org_id = ...`` pgvector 0.6 filters the index's ``ef_search``
 candidates afterwards, so an org holding 1% of the rows gets almost nothing back (recall 0.04,
 measured). pgvector 0.8's iterative scans soften that, but RDS and this repository's embedded
-server differ, and the plan must be right on both. So the vector search picks its plan from the
-size of what it searches:
+server differ, and the plan must be right on both. So the vector search picks its plan from
+what it searches:
 
-* **exact**: the scope (an org, or some of its recordings) is small, or too small a share of
-  the table for the index to find its rows. Its chunks are read through the ``(org_id,
-  recording_id)`` btree and sorted by distance: recall 1.0, and about 0.3 ms per thousand
-  chunks here. The subquery's ``OFFSET 0`` is a fence that keeps the planner from answering
-  the ``ORDER BY`` with the HNSW index.
-* **ann**: the scope is large *and* a large enough share of the table that the index's
-  ``ef_search`` nearest neighbours hold at least four times as many of its rows as wanted.
-  When they still hold fewer than wanted, the search runs exactly instead (``ann_fallback``):
-  approximate may miss, never return short.
+* **exact**: the scope is some recordings, or an org that is small, or too small a share of the
+  table for the index to find its rows. Its chunks are read through the ``(org_id,
+  recording_id)`` btree and sorted by distance: recall 1.0, about 1.4 ms per thousand chunks
+  here. The subquery's ``OFFSET 0`` is a fence that keeps the planner from answering the
+  ``ORDER BY`` with the HNSW index.
+* **ann**: the org holds more than ``SEARCH_EXACT_MAX_CHUNKS`` chunks *and* a large enough
+  share of the table that the index's ``ef_search`` nearest neighbours are expected to hold at
+  least four times as many of its rows as wanted. When they still hold fewer than wanted, the
+  search runs exactly instead (``ann_fallback``): approximate may miss, never return short.
+
+The sizes come from the statistics ANALYZE keeps (``app_chunk_stats()``), not from counting:
+a count is as slow as the scan it would avoid. An org missing from the most common values is
+small, and stale statistics cost speed, never answers (too small an estimate: an exact scan;
+too large: a fallback).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ Plan = Literal["exact", "ann", "ann_fallback"]
 MAX_EF_SEARCH = 1000
 # An approximate scan should see this many times the rows wanted before it is worth trying.
 ANN_MARGIN = 4
+# The fewest candidates an approximate scan considers: recall 0.99 at 100k rows (DESIGN.md).
+MIN_EF_SEARCH = 100
 
 
 @dataclass(frozen=True)
@@ -52,38 +59,37 @@ def _scope_sql(recording_ids: Sequence[UUID] | None, alias: str = "") -> str:
     return sql
 
 
-async def scope_size(
-    conn: Conn, org_id: UUID, recording_ids: Sequence[UUID] | None, *, cap: int
-) -> int:
-    """How many chunks the search covers, counted up to ``cap + 1`` (an index-only scan)."""
-    row = await fetch_one(
-        conn,
-        "SELECT count(*) AS n FROM (SELECT 1 FROM transcript_chunks "  # noqa: S608
-        f"WHERE {_scope_sql(recording_ids)} LIMIT %(cap)s) scoped",
-        {"org_id": org_id, "recording_ids": list(recording_ids or []), "cap": cap + 1},
-    )
-    return int(row["n"]) if row else 0
+@dataclass(frozen=True)
+class ChunkStats:
+    table_rows: float  # the planner's estimate, every tenant's rows
+    org_share: float | None  # the caller's org's share, when it is among the most common
 
 
-async def table_size_estimate(conn: Conn) -> float:
-    """The planner's estimate of the table's rows (every tenant's): no scan, no count leaked."""
-    row = await fetch_one(
-        conn, "SELECT reltuples FROM pg_class WHERE oid = 'transcript_chunks'::regclass"
-    )
-    return max(float(row["reltuples"]) if row else 0.0, 0.0)
+async def chunk_stats(conn: Conn) -> ChunkStats:
+    """From the statistics ANALYZE keeps (migration 0003): no scan, no other tenant's figure."""
+    row = await fetch_one(conn, "SELECT table_rows, org_share FROM app_chunk_stats()")
+    if row is None:
+        return ChunkStats(0.0, None)
+    share = row["org_share"]
+    return ChunkStats(float(row["table_rows"]), float(share) if share is not None else None)
 
 
-def choose_plan(scope: int, table_rows: float, want: int, *, exact_max: int) -> Plan:
-    """``exact`` or ``ann`` for a scope of ``scope`` chunks in a table of about ``table_rows``."""
-    if scope <= exact_max or table_rows <= 0:
+def choose_plan(
+    stats: ChunkStats, want: int, *, exact_max: int, recording_ids: Sequence[UUID] | None
+) -> Plan:
+    """``exact`` or ``ann``: see the module's doc."""
+    if recording_ids:  # at most 100 recordings: a bounded scan
         return "exact"
-    share = min(scope / table_rows, 1.0)
-    return "ann" if share * MAX_EF_SEARCH >= ANN_MARGIN * want else "exact"
+    if stats.org_share is None:  # not among the most common values: a small share
+        return "exact"
+    if stats.org_share * stats.table_rows <= exact_max:
+        return "exact"
+    return "ann" if stats.org_share * MAX_EF_SEARCH >= ANN_MARGIN * want else "exact"
 
 
-def ef_search_for(scope: int, table_rows: float, want: int) -> int:
-    share = min(scope / table_rows, 1.0) if table_rows > 0 else 1.0
-    return max(40, min(MAX_EF_SEARCH, math.ceil(ANN_MARGIN * want / share)))
+def ef_search_for(share: float, want: int) -> int:
+    """Enough candidates that ``ANN_MARGIN * want`` of them are expected to be the org's."""
+    return max(MIN_EF_SEARCH, min(MAX_EF_SEARCH, math.ceil(ANN_MARGIN * want / max(share, 1e-9))))
 
 
 async def nearest_exact(
@@ -117,20 +123,18 @@ async def nearest_ann(
     want: int,
     *,
     ef_search: int,
-    recording_ids: Sequence[UUID] | None = None,
 ) -> list[Candidate]:
-    """The scope's rows among the HNSW index's ``ef_search`` nearest neighbours."""
+    """The org's rows among the HNSW index's ``ef_search`` nearest neighbours. (Row-level
+    security filters the index scan as well: the same rows.)"""
     await fetch_one(conn, "SELECT set_config('hnsw.ef_search', %s, true)", (str(ef_search),))
     rows = await fetch_all(
         conn,
-        "SELECT id, distance FROM ("  # noqa: S608 - fixed SQL, values bound
-        "  SELECT id, org_id, recording_id, embedding <=> %(vector)s AS distance"
+        "SELECT id, distance FROM ("
+        "  SELECT id, org_id, embedding <=> %(vector)s AS distance"
         "  FROM transcript_chunks ORDER BY embedding <=> %(vector)s LIMIT %(ef)s"
-        f") nearest WHERE {_scope_sql(recording_ids, 'nearest')} "
-        "ORDER BY distance, id LIMIT %(want)s",
+        ") nearest WHERE org_id = %(org_id)s ORDER BY distance, id LIMIT %(want)s",
         {
             "org_id": org_id,
-            "recording_ids": list(recording_ids or []),
             "vector": vector,
             "ef": ef_search,
             "want": want,

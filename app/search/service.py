@@ -153,15 +153,16 @@ async def nearest(
     recording_ids: Sequence[UUID] | None,
 ) -> list[Candidate]:
     """The scope's ``want`` nearest chunks, by the plan its size calls for (repository doc)."""
-    exact_max = max(settings.search_exact_max_chunks, want)
-    scope = await repository.scope_size(conn, org_id, recording_ids, cap=exact_max)
-    table_rows = await repository.table_size_estimate(conn) if scope > exact_max else 0.0
-    plan = repository.choose_plan(scope, table_rows, want, exact_max=exact_max)
-    if plan == "ann":
-        ef = repository.ef_search_for(scope, table_rows, want)
-        found = await repository.nearest_ann(
-            conn, org_id, vector, want, ef_search=ef, recording_ids=recording_ids
-        )
+    stats = await repository.chunk_stats(conn)
+    plan = repository.choose_plan(
+        stats,
+        want,
+        exact_max=max(settings.search_exact_max_chunks, want),
+        recording_ids=recording_ids,
+    )
+    if plan == "ann" and stats.org_share is not None:
+        ef = repository.ef_search_for(stats.org_share, want)
+        found = await repository.nearest_ann(conn, org_id, vector, want, ef_search=ef)
         if len(found) >= want:
             SEARCH_PLANS.labels("ann").inc()
             return found
