@@ -39,6 +39,7 @@ export const ENDPOINTS = [
   'keys.create',
   'keys.revoke',
   'recordings.upload',
+  'search',
 ];
 
 const unexpectedErrors = new Rate('unexpected_errors');
@@ -250,6 +251,15 @@ function getJob() {
   call('GET', `/api/jobs/${id}`, 'jobs.get', 'GET /api/jobs/{id}', null);
 }
 
+// What people ask of their meetings; the seeded recordings are espeak-ng speech about these.
+const QUERIES = ['budget review', 'who sends the report', 'hiring engineers', 'launch date', 'next steps'];
+const MODES = ['hybrid', 'hybrid', 'vector', 'keyword'];
+
+function search() {
+  const body = { query: pick(QUERIES), mode: pick(MODES), limit: 10 };
+  call('POST', '/api/search', 'search', 'POST /api/search', JSON.stringify(body));
+}
+
 function upload() {
   uploaded = true;
   const title = `bench upload ${ident.name} ${__VU}`;
@@ -275,6 +285,7 @@ const MIX = [
   [10, renameRecording],
   [6, rotateKey],
   [7, getJob],
+  [8, search],
 ];
 const TOTAL = MIX.reduce((sum, [w]) => sum + w, 0);
 

@@ -42,3 +42,13 @@ def test_pipeline_bench_prints_its_three_figures() -> None:
         for way in ("one_by_one", "executemany"):
             assert f"chunks/s, 60, {block}: {way} / COPY" in out, out
     assert re.search(r"^goal: COPY >= 5x executemany for 60 chunks: (met|MISSED)", out, re.M)
+
+
+def test_search_bench_prints_recall_and_latency_for_every_org() -> None:
+    out = run_module(
+        "bench.search", "--rows", "2000", "--queries", "3", "--exact-max", "200", timeout=300
+    )
+    for org in ("org 60%", "org 25%", "org 10%", "org 4%", "org 0.9%", "org 0.1%"):
+        assert re.search(rf"^{re.escape(org)}\s+\d+\s+(exact|ann|ann_fallback) \d", out, re.M), out
+    assert "ann " in out  # the large orgs took the index at this exact-max
+    assert re.search(r"^record: lowest recall [\d.]+; highest p95 [\d.]+ ms", out, re.M), out
