@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
 
     from app.auth.routes import router as auth_router
+    from app.chat.routes import router as chat_router
     from app.documents.routes import router as documents_router
     from app.health.routes import router as health_router
     from app.jobs.routes import router as jobs_router
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         documents_router,
         jobs_router,
         search_router,
+        chat_router,
     ):
         app.include_router(router)
 

@@ -172,8 +172,12 @@ async def nearest(
 
 
 async def search(services: Services, principal: Principal, body: SearchIn) -> SearchOut:
+    return await find(services, principal.org, body)
+
+
+async def find(services: Services, org_id: UUID, body: SearchIn) -> SearchOut:
+    """The search itself, for an org (the API's search, and chat's retrieval)."""
     settings = services.settings
-    org_id = principal.org
     query = " ".join(body.query.split())
     recording_ids = sorted(set(body.recording_ids)) if body.recording_ids else None
     if recording_ids:

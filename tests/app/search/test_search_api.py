@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from tests.app.conftest import Tenant
-from tests.app.search.conftest import CountingTransport, Seeder
+from tests.app.retrieval import CountingTransport, Seeder
 
 PLANNING = [
     "Maria will prepare the budget review by Friday.",

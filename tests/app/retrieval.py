@@ -1,12 +1,15 @@
-"""Search against the real database and Valkey, with the real embedding model behind the real
-model server (in-process): the query and the chunks are embedded by the same MiniLM."""
+"""Search and chat against the real database and Valkey, with the real models behind the real
+model server (in-process): the questions and the chunks are embedded by the same MiniLM.
+
+The fixtures are imported by ``tests/app/conftest.py``."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 import psycopg
@@ -17,7 +20,9 @@ from app.ai.local_models import LocalModels
 from app.kit.db import Database
 from app.search.service import invalidate
 from app.transcripts.repository import ChunkRow, replace_chunks
-from tests.app.conftest import Tenant
+
+if TYPE_CHECKING:
+    from tests.app.conftest import Tenant
 
 
 class CountingTransport(httpx2.AsyncBaseTransport):
@@ -26,10 +31,14 @@ class CountingTransport(httpx2.AsyncBaseTransport):
     def __init__(self, app: object) -> None:
         self.inner = httpx2.ASGITransport(app=app)  # type: ignore[arg-type]
         self.calls: Counter[str] = Counter()
+        self.bodies: dict[str, list[Any]] = {}  # the JSON each path was sent
         self.down = False
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         self.calls[request.url.path] += 1
+        content = await request.aread()
+        if content and request.headers.get("content-type", "").startswith("application/json"):
+            self.bodies.setdefault(request.url.path, []).append(json.loads(content))
         if self.down:
             return httpx2.Response(503, json={"error": {"message": "models are down"}})
         return await self.inner.handle_async_request(request)

@@ -1,0 +1,1 @@
+"""Chat with recordings: answers that cite the moment, kept as conversations."""

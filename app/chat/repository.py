@@ -1,0 +1,140 @@
+"""SQL for conversations and their messages. A conversation belongs to one person: every
+statement names the org *and* the user (row-level security binds the org)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
+
+from app.kit.db import Conn, execute, fetch_all, fetch_one
+from app.kit.ids import new_id
+
+CONVERSATION_COLUMNS = "id, title, recording_ids, created_at, updated_at"
+MESSAGE_COLUMNS = "id, role, content, citations, model, created_at"
+
+
+async def create_conversation(
+    conn: Conn, org_id: UUID, user_id: UUID, title: str, recording_ids: Sequence[UUID]
+) -> DictRow:
+    row = await fetch_one(
+        conn,
+        "INSERT INTO conversations (id, org_id, user_id, title, recording_ids) "  # noqa: S608
+        f"VALUES (%s, %s, %s, %s, %s) RETURNING {CONVERSATION_COLUMNS}",
+        (new_id(), org_id, user_id, title, list(recording_ids)),
+    )
+    assert row is not None
+    return row
+
+
+async def get_conversation(
+    conn: Conn, org_id: UUID, user_id: UUID, conversation_id: UUID
+) -> DictRow | None:
+    return await fetch_one(
+        conn,
+        f"SELECT {CONVERSATION_COLUMNS} FROM conversations "  # noqa: S608 - fixed columns
+        "WHERE org_id = %s AND user_id = %s AND id = %s",
+        (org_id, user_id, conversation_id),
+    )
+
+
+async def list_conversations(
+    conn: Conn, org_id: UUID, user_id: UUID, *, limit: int, after: tuple[datetime, UUID] | None
+) -> list[DictRow]:
+    clause = ""
+    params: tuple[object, ...] = (org_id, user_id)
+    if after is not None:
+        clause = "AND (created_at, id) < (%s, %s) "
+        params += after
+    return await fetch_all(
+        conn,
+        f"SELECT {CONVERSATION_COLUMNS} FROM conversations "  # noqa: S608 - fixed fragments
+        f"WHERE org_id = %s AND user_id = %s {clause}"
+        "ORDER BY created_at DESC, id DESC LIMIT %s",
+        [*params, limit],
+    )
+
+
+async def delete_conversation(
+    conn: Conn, org_id: UUID, user_id: UUID, conversation_id: UUID
+) -> bool:
+    """Delete the conversation, its messages (cascade) and its shares."""
+    deleted = await execute(
+        conn,
+        "DELETE FROM conversations WHERE org_id = %s AND user_id = %s AND id = %s",
+        (org_id, user_id, conversation_id),
+    )
+    if deleted:
+        await execute(
+            conn,
+            "DELETE FROM shares WHERE org_id = %s AND resource_type = 'conversation' "
+            "AND resource_id = %s",
+            (org_id, conversation_id),
+        )
+    return deleted > 0
+
+
+async def add_message(
+    conn: Conn,
+    org_id: UUID,
+    conversation_id: UUID,
+    *,
+    role: str,
+    content: str,
+    citations: Sequence[dict[str, Any]] = (),
+    model: str | None = None,
+) -> UUID:
+    # clock_timestamp, not now(): a question and its answer may share a transaction's time.
+    row = await fetch_one(
+        conn,
+        "INSERT INTO messages (id, org_id, conversation_id, role, content, citations, model, "
+        "created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, clock_timestamp()) RETURNING id",
+        (new_id(), org_id, conversation_id, role, content, Jsonb(list(citations)), model),
+    )
+    assert row is not None
+    await execute(
+        conn,
+        "UPDATE conversations SET updated_at = now() WHERE org_id = %s AND id = %s",
+        (org_id, conversation_id),
+    )
+    return UUID(str(row["id"]))
+
+
+async def list_messages(
+    conn: Conn,
+    org_id: UUID,
+    conversation_id: UUID,
+    *,
+    limit: int,
+    after: tuple[datetime, UUID] | None,
+) -> list[DictRow]:
+    """Oldest first, as a conversation reads."""
+    clause = ""
+    params: tuple[object, ...] = (org_id, conversation_id)
+    if after is not None:
+        clause = "AND (created_at, id) > (%s, %s) "
+        params += after
+    return await fetch_all(
+        conn,
+        f"SELECT {MESSAGE_COLUMNS} FROM messages "  # noqa: S608 - fixed fragments
+        f"WHERE org_id = %s AND conversation_id = %s {clause}"
+        "ORDER BY created_at, id LIMIT %s",
+        [*params, limit],
+    )
+
+
+async def recent_messages(
+    conn: Conn, org_id: UUID, conversation_id: UUID, count: int
+) -> list[DictRow]:
+    """The last ``count`` messages, oldest first."""
+    rows = await fetch_all(
+        conn,
+        "SELECT role, content FROM messages WHERE org_id = %s AND conversation_id = %s "
+        "ORDER BY created_at DESC, id DESC LIMIT %s",
+        (org_id, conversation_id, count),
+    )
+    return rows[::-1]
