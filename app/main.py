@@ -78,6 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from app.orgs.routes import router as orgs_router
     from app.recordings.routes import router as recordings_router
     from app.search.routes import router as search_router
+    from app.shares.routes import public as public_shares_router
+    from app.shares.routes import router as shares_router
     from app.transcripts.routes import router as transcripts_router
 
     for router in (
@@ -90,6 +92,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         jobs_router,
         search_router,
         chat_router,
+        shares_router,
+        public_shares_router,
     ):
         app.include_router(router)
 

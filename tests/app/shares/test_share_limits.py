@@ -1,0 +1,48 @@
+"""The seed's limiters on shares: ``share`` per org on creation, ``anonymous`` per client IP on
+the public pages."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.app.conftest import Tenant
+from tests.app.shares.test_shares_api import recording, share
+
+
+@pytest.fixture
+def settings(settings):
+    return settings.model_copy(update={"ratelimit_share": "2/86400", "ratelimit_anonymous": "8/60"})
+
+
+async def test_links_are_limited_per_org_and_pages_per_client(
+    client, settings, org_a: Tenant, org_b: Tenant
+):
+    recording_id, _ = await recording(client, settings, org_a, "Planning sync")
+    links = []
+    for remaining in ("1", "0"):
+        response = await share(client, org_a, resource_type="recording", resource_id=recording_id)
+        assert response.status_code == 201
+        assert response.headers["x-ratelimit-remaining"] == remaining
+        links.append(response.json()["share_id"])
+    # Per org: another member of the same org meets the same limit.
+    _user, session = await org_a.member("admin")
+    response = await share(
+        client,
+        org_a,
+        org_a.session_auth(session),
+        resource_type="recording",
+        resource_id=recording_id,
+    )
+    assert response.status_code == 429
+    assert response.headers["content-type"] == "application/problem+json"
+    assert len((await client.get("/api/share", headers=org_a.auth())).json()["items"]) == 2
+
+    # Signing the test's people up counted against the same client IP: spend what is left.
+    response = await client.get(f"/s/{links[0]}")
+    assert response.status_code == 200
+    assert response.headers["x-ratelimit-limit"] == "8"
+    for _ in range(int(response.headers["x-ratelimit-remaining"])):
+        assert (await client.get(f"/s/{links[0]}")).status_code == 200
+    response = await client.get(f"/s/{links[1]}")
+    assert response.status_code == 429
+    assert int(response.headers["retry-after"]) >= 1
