@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx2
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
@@ -33,7 +34,11 @@ OIDC JWT. Errors are RFC 9457 `application/problem+json` with a `request_id`.
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, model_transport: httpx2.AsyncBaseTransport | None = None
+) -> FastAPI:
+    """The app. ``model_transport`` replaces the network under the model clients (tests put an
+    OpenAI fake there); by default they reach ``OPENAI_BASE_URL``."""
     settings = settings or get_settings()
     configure_logging(level=settings.log_level, json=settings.is_production)
     set_slow_query_threshold(settings.slow_query_ms)
@@ -45,7 +50,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await db.open(wait=False)
         redis = create_redis(settings.redis_url)
         limiter = RateLimiter.from_settings(settings)
-        models = ModelClients.from_settings(settings)  # search embeds queries; chat answers
+        # Search embeds queries; chat answers.
+        models = ModelClients.from_settings(
+            settings,
+            http_client=httpx2.AsyncClient(transport=model_transport) if model_transport else None,
+        )
         app.state.services = Services(
             settings=settings,
             db=db,

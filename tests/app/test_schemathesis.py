@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import httpx2
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given
@@ -28,6 +29,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from app.main import create_app
+from tests.worker.conftest import FakeOpenAI
 
 CHECKS = [
     not_a_server_error,
@@ -44,7 +46,14 @@ DESTRUCTIVE = {("DELETE", "/api/orgs/{org_id}")}
 @pytest.fixture
 def api(settings: Any) -> Any:
     # Rate limits would turn a fuzzing run into a wall of 429s; they have their own tests.
-    application = create_app(settings.model_copy(update={"ratelimit_enabled": False}))
+    # OpenAI is outside: a fake answers for it (search embeds, chat answers), so a 502 here
+    # would be ours, not the network's.
+    application = create_app(
+        settings.model_copy(
+            update={"ratelimit_enabled": False, "openai_base_url": "http://fake-openai.test/v1"}
+        ),
+        model_transport=httpx2.MockTransport(FakeOpenAI()),
+    )
     try:
         yield application
     finally:
