@@ -119,6 +119,13 @@ def api_dashboard() -> dash.Dashboard:
         )
         .with_panel(
             _series(
+                "Search plans (exact, HNSW, HNSW falling back to exact)",
+                "reqps",
+                _query("sum by (plan) (rate(record_search_plans_total[5m]))", "{{plan}}"),
+            )
+        )
+        .with_panel(
+            _series(
                 "Rate limiter",
                 "reqps",
                 _query(

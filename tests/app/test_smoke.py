@@ -16,6 +16,8 @@ async def test_openapi_declares_bearer_auth_where_it_is_needed(client):
         ("post", "/api/auth/login"),
         ("get", "/livez"),
         ("get", "/readyz"),
+        ("get", "/s/{share_id}"),  # share links: the link is the credential
+        ("get", "/s/{share_id}/media"),
     }
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
