@@ -129,6 +129,9 @@ class Stack:
             TRANSFORMERS_OFFLINE="1",
             PYTHONUNBUFFERED="1",
         )
+        if "public_url" not in self.settings.model_fields_set:
+            # Share links point at this stack's API, whatever port it was given.
+            env["PUBLIC_URL"] = f"http://{API_HOST}:{self.settings.local_api_port}"
         if "openai_base_url" not in self.settings.model_fields_set and self.models_available():
             env["OPENAI_BASE_URL"] = f"http://{API_HOST}:{self.settings.local_models_port}/v1"
             env["OPENAI_API_KEY"] = self.secret("models")  # the local model server's own key

@@ -167,3 +167,65 @@ def test_worker_killed_mid_job_still_reaches_ready_without_duplicates(
     transcripts, documents, chunks, distinct = counts
     assert (transcripts, documents) == (1, 1)
     assert chunks == distinct > 0
+
+
+def events(raw: str) -> list[tuple[str, dict]]:
+    import json
+
+    found = []
+    for block in raw.replace("\r\n", "\n").split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "event" in fields:
+            found.append((fields["event"], json.loads(fields["data"])))
+    return found
+
+
+def test_a_spoken_recording_is_found_answered_from_and_shared(e2e_stack: RunningStack, tmp_path):
+    """Speech in; then what people do with it, over real HTTP through gunicorn: search by
+    meaning and by words, a chat answer that cites the moment, a link anyone can open."""
+    path = speak(FIRST, tmp_path / "budget.wav")
+    with api(e2e_stack) as client:
+        rid = upload(client, path, "Budget talk")["recording"]["id"]
+        assert wait_status(client, rid, {"ready", "failed"})["status"] == "ready"
+
+        # By meaning: no word of the query is in the sentence but "budget".
+        found = client.post(
+            "/api/search", json={"query": "when are the spending plans shown?", "mode": "vector"}
+        )
+        assert found.status_code == 200, found.text
+        hits = [hit for hit in found.json()["results"] if hit["recording_id"] == rid]
+        assert hits
+        assert hits[0]["recording_title"] == "Budget talk"
+        assert 0 <= hits[0]["start"] < hits[0]["end"]
+        found = client.post("/api/search", json={"query": "marketing", "mode": "keyword"})
+        assert rid in {hit["recording_id"] for hit in found.json()["results"]}
+
+        with client.stream(
+            "POST",
+            "/api/chat/stream",
+            json={"message": "When will the budget be presented?", "recording_ids": [rid]},
+        ) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            stream = events(response.read().decode())
+        names = [name for name, _ in stream]
+        assert names[0] == "conversation"
+        assert names[-1] == "done", stream
+        answer = "".join(data["text"] for name, data in stream if name == "token")
+        citations = dict(stream)["citations"]["citations"]
+        assert citations, answer
+        assert {c["recording_id"] for c in citations} == {rid}
+        assert f"[{citations[0]['number']}]" in answer
+        assert "monday" in answer.lower() or "budget" in answer.lower()
+
+        link = client.post("/api/share", json={"resource_type": "recording", "resource_id": rid})
+        assert link.status_code == 201, link.text
+        url = link.json()["url"]
+    with httpx.Client(timeout=30) as anyone:  # no credentials
+        assert url.startswith(f"{e2e_stack.api_url}/s/")  # record up's own address
+        page = anyone.get(url)
+        assert page.status_code == 200, page.text
+        assert page.json()["transcript"]["segments"]
+        media = anyone.get(page.json()["media_url"])
+        assert media.status_code == 200
+        assert media.content == path.read_bytes()
