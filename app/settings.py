@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     search_exact_max_chunks: int = Field(default=20_000, ge=0)
     # Answers are cached per org for this long (0: not cached); new recordings show at once.
     search_cache_ttl_seconds: int = Field(default=180, ge=0, le=86_400)
+    # GET .../transcript answers, cached per recording (0: not cached); a new transcript
+    # retires the old answer at once.
+    transcript_cache_ttl_seconds: int = Field(default=600, ge=0, le=86_400)
 
     # AI: any OpenAI-protocol server. `record up` points this at the local model server.
     openai_base_url: str | None = None

@@ -32,6 +32,7 @@ from app.recordings import repository as recordings
 from app.search import service as search_cache
 from app.settings import Settings
 from app.transcripts import repository as transcripts
+from app.transcripts.service import transcript_cache, transcript_scope
 from worker.audio import SAMPLE_RATE, RedisPieceCache, transcribe_in_pieces
 from worker.chunking import ChunkingConfig, chunk_transcript
 
@@ -210,6 +211,10 @@ async def _process(deps: PipelineDeps, org_id: UUID, recording_id: UUID) -> Pipe
     segments, text, _language, duration, reused = await _transcribe(
         deps, org_id, recording_id, media_key
     )
+    if not reused:  # committed: a cached answer to GET .../transcript is now old
+        await transcript_cache(deps.redis, deps.settings).invalidate(
+            transcript_scope(org_id, recording_id)
+        )
     bound.info("transcribed", segments=len(segments), seconds=duration, reused=reused)
 
     await _mark(deps, org_id, recording_id, "embedding")

@@ -26,6 +26,7 @@ from app.recordings.schemas import (
     UploadAccepted,
 )
 from app.search import service as search_cache
+from app.transcripts.service import transcript_cache, transcript_scope
 
 router = APIRouter(prefix="/api/recordings", tags=["recordings"])
 
@@ -91,6 +92,10 @@ async def delete_recording(
     if media_key:
         background.add_task(service.storage_of(services).delete, media_key)
     background.add_task(search_cache.invalidate, services.redis, principal.org, services.settings)
+    background.add_task(
+        transcript_cache(services.redis, services.settings).invalidate,
+        transcript_scope(principal.org, recording_id),
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

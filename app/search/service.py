@@ -16,19 +16,20 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from typing import Any
 from uuid import UUID
 
 import numpy as np
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from app.ai.clients import models_of
 from app.ai.embedding_cache import CachedEmbeddings
 from app.auth.principal import Principal
+from app.kit.cache import LocalCache, VersionedCache
 from app.kit.db import Conn
 from app.kit.errors import ExternalServiceError, NotFoundError
-from app.kit.metrics import CACHE_REQUESTS, SEARCH_PLANS
+from app.kit.metrics import SEARCH_PLANS
 from app.kit.services import Services
 from app.search import repository
 from app.search.repository import Candidate
@@ -59,13 +60,9 @@ def fuse(rankings: Sequence[Sequence[Candidate]], limit: int) -> list[Candidate]
 # -- the cache -----------------------------------------------------------------------------------
 
 
-def _generation_key(org_id: UUID) -> str:
-    # The braces are a Redis Cluster hash tag: an org's keys share a slot, so one MGET reads both.
-    return f"search:{{{org_id}}}:gen"
-
-
-def _answer_key(org_id: UUID, fingerprint: str) -> str:
-    return f"search:{{{org_id}}}:{CACHE_VERSION}:{fingerprint}"
+def answer_cache(redis: Redis, settings: Settings) -> VersionedCache:
+    """Ranked answers per org (the scope): retired together whenever the org's chunks change."""
+    return VersionedCache(redis, "search", ttl_seconds=settings.search_cache_ttl_seconds)
 
 
 def _fingerprint(query: str, body: SearchIn, space: str) -> str:
@@ -76,68 +73,27 @@ def _fingerprint(query: str, body: SearchIn, space: str) -> str:
         "recording_ids": sorted(str(i) for i in body.recording_ids or []),
         "space": space,  # another embedding model ranks differently
     }
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    return f"{CACHE_VERSION}:{digest}"
 
 
 async def invalidate(redis: Redis, org_id: UUID, settings: Settings) -> None:
     """Retire the org's cached answers: call after its chunks change (and commit). A failure is
     logged, not raised: the answers then expire by their TTL."""
-    if settings.search_cache_ttl_seconds == 0:
-        return
-    key = _generation_key(org_id)
+    await answer_cache(redis, settings).invalidate(str(org_id))
+
+
+def _decode(stored: Any) -> tuple[SearchMode, list[Candidate]] | None:
     try:
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.incr(key)
-            # Outlives every answer by far, so a generation never comes back to an old value.
-            pipe.expire(key, max(86_400, 10 * settings.search_cache_ttl_seconds))
-            await pipe.execute()
-    except RedisError as exc:
-        log.warning("search cache not invalidated", org_id=str(org_id), error=str(exc))
+        return SearchMode(stored["mode"]), [
+            Candidate(UUID(chunk_id), float(score)) for chunk_id, score in stored["hits"]
+        ]
+    except (LookupError, ValueError, TypeError):
+        return None
 
 
-class AnswerCache:
-    def __init__(self, redis: Redis, settings: Settings, org_id: UUID, fingerprint: str) -> None:
-        self.redis = redis
-        self.ttl = settings.search_cache_ttl_seconds
-        self.generation_key = _generation_key(org_id)
-        self.answer_key = _answer_key(org_id, fingerprint)
-        self.generation: str | None = None
-
-    async def get(self) -> tuple[SearchMode, list[Candidate]] | None:
-        if self.ttl == 0:
-            return None
-        try:
-            generation, raw = await self.redis.mget([self.generation_key, self.answer_key])
-        except RedisError as exc:
-            log.warning("search cache unavailable", error=str(exc))
-            return None
-        self.generation = generation.decode() if isinstance(generation, bytes) else "0"
-        try:
-            answer = json.loads(raw) if isinstance(raw, bytes) else None
-            if answer is None or answer["generation"] != self.generation:
-                raise LookupError
-            found = (
-                SearchMode(answer["mode"]),
-                [Candidate(UUID(chunk_id), float(score)) for chunk_id, score in answer["hits"]],
-            )
-        except (LookupError, ValueError, TypeError):
-            CACHE_REQUESTS.labels("search", "miss").inc()
-            return None
-        CACHE_REQUESTS.labels("search", "hit").inc()
-        return found
-
-    async def put(self, mode: SearchMode, ranked: Sequence[Candidate]) -> None:
-        if self.ttl == 0 or self.generation is None:  # unread generation: Redis was failing
-            return
-        answer = {
-            "generation": self.generation,
-            "mode": mode.value,
-            "hits": [[str(c.chunk_id), c.score] for c in ranked],
-        }
-        try:
-            await self.redis.set(self.answer_key, json.dumps(answer), ex=self.ttl)
-        except RedisError as exc:
-            log.warning("search answer not cached", error=str(exc))
+# In-process: the planner statistics behind each search's plan change only with ANALYZE.
+CHUNK_STATS = LocalCache("search_stats", maxsize=10_000, ttl_seconds=60)
 
 
 # -- the search ----------------------------------------------------------------------------------
@@ -153,7 +109,7 @@ async def nearest(
     recording_ids: Sequence[UUID] | None,
 ) -> list[Candidate]:
     """The scope's ``want`` nearest chunks, by the plan its size calls for (repository doc)."""
-    stats = await repository.chunk_stats(conn)
+    stats = await CHUNK_STATS.get_or_load(org_id, lambda: repository.chunk_stats(conn))
     plan = repository.choose_plan(
         stats,
         want,
@@ -188,10 +144,9 @@ async def find(services: Services, org_id: UUID, body: SearchIn) -> SearchOut:
 
     models = models_of(services)
     embeddings = CachedEmbeddings.from_settings(models, services.redis, settings)
-    cache = AnswerCache(
-        services.redis, settings, org_id, _fingerprint(query, body, embeddings.space)
-    )
-    cached = await cache.get()
+    cache = answer_cache(services.redis, settings)
+    stored, ticket = await cache.read(str(org_id), _fingerprint(query, body, embeddings.space))
+    cached = _decode(stored) if stored is not None else None
     if cached is not None:
         mode, ranked = cached
     else:
@@ -199,7 +154,8 @@ async def find(services: Services, org_id: UUID, body: SearchIn) -> SearchOut:
             services, embeddings, org_id, query, body, recording_ids=recording_ids
         )
         if mode is body.mode:  # a degraded answer is not kept
-            await cache.put(mode, ranked)
+            hits = [[str(c.chunk_id), c.score] for c in ranked]
+            await cache.write(ticket, {"mode": mode.value, "hits": hits})
 
     async with services.db.transaction(org_id=org_id) as conn:
         rows = await repository.hits(conn, org_id, [c.chunk_id for c in ranked])

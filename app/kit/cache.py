@@ -1,0 +1,154 @@
+"""Caches: shared (Redis, versioned) and in-process (TTL, bounded). Neither is ever needed
+for a correct answer: a failing Redis is a miss, logged and counted, never an error.
+
+**VersionedCache** keeps values under a *scope* (an org, or one recording of an org) that has a
+version. A read fetches the scope's version and the value in one round trip (``MGET``; the
+scope is a Redis Cluster hash tag, so both keys share a slot) and serves the value only if it
+was written at the current version. Whoever changes the data behind a scope bumps the version
+*after committing* (``invalidate``): every value of the scope retires at once, which is the
+"invalidation by pattern" of the seed without a ``SCAN``. The race that plain delete-on-write
+caches lose — a reader loads the old row, the writer commits and deletes, the reader stores the
+old row for a whole TTL — cannot happen here: that reader stores under the version it read
+before loading, which the writer's bump has already retired.
+
+**LocalCache** is a bounded TTL map in the process (cachetools) for values every request would
+otherwise fetch again and that may be a little old, with one loader per key at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import structlog
+from cachetools import TTLCache
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from app.kit.metrics import CACHE_REQUESTS
+
+log = structlog.stdlib.get_logger(__name__)
+
+T = TypeVar("T")
+
+VERSION_TTL_SECONDS = 7 * 24 * 3600  # far beyond any value's TTL: a version never comes back
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """What a read saw: where the value goes, and the scope's version when it was read."""
+
+    version_key: str
+    value_key: str
+    version: str | None  # None: Redis failed, so nothing is written back
+
+
+class VersionedCache:
+    def __init__(self, redis: Redis, namespace: str, *, ttl_seconds: int) -> None:
+        self.redis = redis
+        self.namespace = namespace
+        self.ttl_seconds = ttl_seconds
+
+    def _keys(self, scope: str, key: str) -> tuple[str, str]:
+        base = f"{self.namespace}:{{{scope}}}"
+        return f"{base}:gen", f"{base}:{key}"
+
+    async def read(self, scope: str, key: str) -> tuple[Any | None, Ticket]:
+        """The value (JSON-decoded) if one was written at the scope's current version."""
+        version_key, value_key = self._keys(scope, key)
+        if self.ttl_seconds == 0:
+            return None, Ticket(version_key, value_key, None)
+        try:
+            version, raw = await self.redis.mget([version_key, value_key])
+        except RedisError as exc:
+            log.warning("cache unavailable", cache=self.namespace, error=str(exc))
+            CACHE_REQUESTS.labels(self.namespace, "error").inc()
+            return None, Ticket(version_key, value_key, None)
+        current = version.decode() if isinstance(version, bytes) else "0"
+        ticket = Ticket(version_key, value_key, current)
+        try:
+            stored = json.loads(raw) if isinstance(raw, bytes) else None
+            if not isinstance(stored, dict) or stored.get("version") != current:
+                raise LookupError
+            value = stored["value"]
+        except (LookupError, ValueError):
+            CACHE_REQUESTS.labels(self.namespace, "miss").inc()
+            return None, ticket
+        CACHE_REQUESTS.labels(self.namespace, "hit").inc()
+        return value, ticket
+
+    async def write(self, ticket: Ticket, value: Any) -> None:
+        """Keep ``value`` (JSON-encodable) under the version the read saw."""
+        if self.ttl_seconds == 0 or ticket.version is None:
+            return
+        payload = json.dumps({"version": ticket.version, "value": value})
+        try:
+            await self.redis.set(ticket.value_key, payload, ex=self.ttl_seconds)
+        except RedisError as exc:
+            log.warning("cache not written", cache=self.namespace, error=str(exc))
+
+    async def invalidate(self, scope: str) -> None:
+        """Retire every value of ``scope``. Call after the change has committed."""
+        version_key, _ = self._keys(scope, "")
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.incr(version_key)
+                pipe.expire(version_key, VERSION_TTL_SECONDS)
+                await pipe.execute()
+        except RedisError as exc:
+            # The values then live out their TTL: say so, loudly enough to be seen.
+            log.warning("cache not invalidated", cache=self.namespace, scope=scope, error=str(exc))
+            CACHE_REQUESTS.labels(self.namespace, "error").inc()
+
+    async def get_or_load(
+        self,
+        scope: str,
+        key: str,
+        load: Callable[[], Awaitable[T]],
+        *,
+        encode: Callable[[T], Any],
+        decode: Callable[[Any], T],
+    ) -> T:
+        value, ticket = await self.read(scope, key)
+        if value is not None:
+            return decode(value)
+        loaded = await load()
+        await self.write(ticket, encode(loaded))
+        return loaded
+
+
+class LocalCache:
+    """A bounded in-process TTL cache with one loader per key at a time (no stampede)."""
+
+    def __init__(self, name: str, *, maxsize: int, ttl_seconds: float) -> None:
+        self.name = name
+        self._values: TTLCache[Hashable, Any] = TTLCache(maxsize=maxsize, ttl=ttl_seconds)
+        self._loading: dict[Hashable, asyncio.Lock] = {}
+
+    async def get_or_load(self, key: Hashable, load: Callable[[], Awaitable[T]]) -> T:
+        try:
+            value: T = self._values[key]
+        except KeyError:
+            pass
+        else:
+            CACHE_REQUESTS.labels(self.name, "hit").inc()
+            return value
+        lock = self._loading.setdefault(key, asyncio.Lock())
+        async with lock:
+            try:  # another caller may have loaded it while this one waited
+                value = self._values[key]
+            except KeyError:
+                CACHE_REQUESTS.labels(self.name, "miss").inc()
+                value = await load()
+                self._values[key] = value
+            else:
+                CACHE_REQUESTS.labels(self.name, "hit").inc()
+        if not lock.locked():
+            self._loading.pop(key, None)
+        return value
+
+    def clear(self) -> None:
+        self._values.clear()

@@ -1,0 +1,59 @@
+"""Transcript rules: the API's answer, cached per recording (``app.kit.cache``).
+
+A long meeting's transcript is thousands of segments: reading and serialising them is most of
+the cost of ``GET .../transcript``, and it changes only when the worker saves a transcript. The
+recording's existence is still checked in the database on every read, so a deleted recording's
+transcript is never served from the cache, even if the cache was not told in time.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from redis.asyncio import Redis
+
+from app.kit.cache import VersionedCache
+from app.kit.db import Conn, fetch_one
+from app.kit.errors import NotFoundError
+from app.settings import Settings
+from app.transcripts import repository
+from app.transcripts.schemas import SegmentOut, TranscriptOut
+
+NOT_YET = "No transcript for this recording (yet): check its status."
+
+
+def transcript_cache(redis: Redis, settings: Settings) -> VersionedCache:
+    return VersionedCache(redis, "transcript", ttl_seconds=settings.transcript_cache_ttl_seconds)
+
+
+def transcript_scope(org_id: UUID, recording_id: UUID) -> str:
+    return f"{org_id}/{recording_id}"
+
+
+async def _load(conn: Conn, org_id: UUID, recording_id: UUID) -> TranscriptOut:
+    row = await repository.get_transcript(conn, org_id, recording_id)
+    if row is None:
+        raise NotFoundError(NOT_YET)
+    segments = await repository.get_segments(conn, org_id, row["id"])
+    return TranscriptOut(
+        language=row["language"],
+        text=row["text"],
+        segments=[SegmentOut.model_validate(s) for s in segments],
+    )
+
+
+async def get_transcript(
+    conn: Conn, redis: Redis, settings: Settings, org_id: UUID, recording_id: UUID
+) -> TranscriptOut:
+    exists = await fetch_one(
+        conn, "SELECT 1 FROM recordings WHERE org_id = %s AND id = %s", (org_id, recording_id)
+    )
+    if exists is None:
+        raise NotFoundError(NOT_YET)
+    return await transcript_cache(redis, settings).get_or_load(
+        transcript_scope(org_id, recording_id),
+        "v1",
+        lambda: _load(conn, org_id, recording_id),
+        encode=lambda transcript: transcript.model_dump(mode="json"),
+        decode=TranscriptOut.model_validate,
+    )
