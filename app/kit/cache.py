@@ -18,7 +18,6 @@ otherwise fetch again and that may be a little old, with one loader per key at a
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -56,8 +55,12 @@ class VersionedCache:
         base = f"{self.namespace}:{{{scope}}}"
         return f"{base}:gen", f"{base}:{key}"
 
-    async def read(self, scope: str, key: str) -> tuple[Any | None, Ticket]:
-        """The value (JSON-decoded) if one was written at the scope's current version."""
+    async def read(self, scope: str, key: str) -> tuple[bytes | None, Ticket]:
+        """The value if one was written at the scope's current version.
+
+        Stored as ``<version>\n<value>``: the value's bytes come back as they went in, so a
+        cached HTTP body is sent without being parsed and serialised again.
+        """
         version_key, value_key = self._keys(scope, key)
         if self.ttl_seconds == 0:
             return None, Ticket(version_key, value_key, None)
@@ -69,24 +72,23 @@ class VersionedCache:
             return None, Ticket(version_key, value_key, None)
         current = version.decode() if isinstance(version, bytes) else "0"
         ticket = Ticket(version_key, value_key, current)
-        try:
-            stored = json.loads(raw) if isinstance(raw, bytes) else None
-            if not isinstance(stored, dict) or stored.get("version") != current:
-                raise LookupError
-            value = stored["value"]
-        except (LookupError, ValueError):
+        stored_version, _, value = (
+            raw.partition(b"\n") if isinstance(raw, bytes) else (b"", b"", b"")
+        )
+        if not isinstance(raw, bytes) or stored_version != current.encode():
             CACHE_REQUESTS.labels(self.namespace, "miss").inc()
             return None, ticket
         CACHE_REQUESTS.labels(self.namespace, "hit").inc()
         return value, ticket
 
-    async def write(self, ticket: Ticket, value: Any) -> None:
-        """Keep ``value`` (JSON-encodable) under the version the read saw."""
+    async def write(self, ticket: Ticket, value: bytes) -> None:
+        """Keep ``value`` under the version the read saw."""
         if self.ttl_seconds == 0 or ticket.version is None:
             return
-        payload = json.dumps({"version": ticket.version, "value": value})
         try:
-            await self.redis.set(ticket.value_key, payload, ex=self.ttl_seconds)
+            await self.redis.set(
+                ticket.value_key, ticket.version.encode() + b"\n" + value, ex=self.ttl_seconds
+            )
         except RedisError as exc:
             log.warning("cache not written", cache=self.namespace, error=str(exc))
 
@@ -109,12 +111,15 @@ class VersionedCache:
         key: str,
         load: Callable[[], Awaitable[T]],
         *,
-        encode: Callable[[T], Any],
-        decode: Callable[[Any], T],
+        encode: Callable[[T], bytes],
+        decode: Callable[[bytes], T],
     ) -> T:
         value, ticket = await self.read(scope, key)
         if value is not None:
-            return decode(value)
+            try:
+                return decode(value)
+            except ValueError:  # not ours to trust: load afresh, and replace it
+                log.warning("cache value unreadable", cache=self.namespace)
         loaded = await load()
         await self.write(ticket, encode(loaded))
         return loaded

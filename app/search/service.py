@@ -83,8 +83,9 @@ async def invalidate(redis: Redis, org_id: UUID, settings: Settings) -> None:
     await answer_cache(redis, settings).invalidate(str(org_id))
 
 
-def _decode(stored: Any) -> tuple[SearchMode, list[Candidate]] | None:
+def _decode(raw: bytes) -> tuple[SearchMode, list[Candidate]] | None:
     try:
+        stored: Any = json.loads(raw)
         return SearchMode(stored["mode"]), [
             Candidate(UUID(chunk_id), float(score)) for chunk_id, score in stored["hits"]
         ]
@@ -155,7 +156,7 @@ async def find(services: Services, org_id: UUID, body: SearchIn) -> SearchOut:
         )
         if mode is body.mode:  # a degraded answer is not kept
             hits = [[str(c.chunk_id), c.score] for c in ranked]
-            await cache.write(ticket, {"mode": mode.value, "hits": hits})
+            await cache.write(ticket, json.dumps({"mode": mode.value, "hits": hits}).encode())
 
     async with services.db.transaction(org_id=org_id) as conn:
         rows = await repository.hits(conn, org_id, [c.chunk_id for c in ranked])

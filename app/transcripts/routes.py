@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 
 from app.auth.deps import require
 from app.auth.principal import Principal
@@ -19,10 +19,11 @@ router = APIRouter(prefix="/api/recordings", tags=["transcripts"])
 Reader = Annotated[Principal, Depends(require(Permission.recordings_read))]
 
 
-@router.get("/{recording_id}/transcript")
+@router.get("/{recording_id}/transcript", response_model=TranscriptOut)
 async def get_transcript(
     recording_id: UUID, principal: Reader, conn: DbConn, services: ServicesDep
-) -> TranscriptOut:
-    return await service.get_transcript(
+) -> Response:
+    body = await service.transcript_json(
         conn, services.redis, services.settings, principal.org, recording_id
     )
+    return Response(content=body, media_type="application/json")

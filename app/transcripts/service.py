@@ -1,9 +1,10 @@
 """Transcript rules: the API's answer, cached per recording (``app.kit.cache``).
 
-A long meeting's transcript is thousands of segments: reading and serialising them is most of
-the cost of ``GET .../transcript``, and it changes only when the worker saves a transcript. The
-recording's existence is still checked in the database on every read, so a deleted recording's
-transcript is never served from the cache, even if the cache was not told in time.
+A long meeting's transcript is thousands of segments: reading them and serialising them to JSON
+is nearly all the cost of ``GET .../transcript``, and it changes only when the worker saves a
+transcript. So the cache keeps the response body itself, sent as it is. The recording's
+existence is still checked in the database on every read, so a deleted recording's transcript
+is never served from the cache, even if the cache was not told in time.
 """
 
 from __future__ import annotations
@@ -42,18 +43,19 @@ async def _load(conn: Conn, org_id: UUID, recording_id: UUID) -> TranscriptOut:
     )
 
 
-async def get_transcript(
+async def transcript_json(
     conn: Conn, redis: Redis, settings: Settings, org_id: UUID, recording_id: UUID
-) -> TranscriptOut:
+) -> bytes:
+    """The response body of ``GET .../transcript``, serialised once per transcript."""
     exists = await fetch_one(
         conn, "SELECT 1 FROM recordings WHERE org_id = %s AND id = %s", (org_id, recording_id)
     )
     if exists is None:
         raise NotFoundError(NOT_YET)
+
+    async def load() -> bytes:
+        return (await _load(conn, org_id, recording_id)).model_dump_json().encode()
+
     return await transcript_cache(redis, settings).get_or_load(
-        transcript_scope(org_id, recording_id),
-        "v1",
-        lambda: _load(conn, org_id, recording_id),
-        encode=lambda transcript: transcript.model_dump(mode="json"),
-        decode=TranscriptOut.model_validate,
+        transcript_scope(org_id, recording_id), "v1", load, encode=bytes, decode=bytes
     )

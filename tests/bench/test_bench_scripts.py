@@ -52,3 +52,12 @@ def test_search_bench_prints_recall_and_latency_for_every_org() -> None:
         assert re.search(rf"^{re.escape(org)}\s+\d+\s+(exact|ann|ann_fallback) \d", out, re.M), out
     assert "ann " in out  # the large orgs took the index at this exact-max
     assert re.search(r"^record: lowest recall [\d.]+; highest p95 [\d.]+ ms", out, re.M), out
+
+
+def test_cache_bench_prints_the_transcript_figure() -> None:
+    out = run_module(
+        "bench.cache", "--segments", "50", "--requests", "3", "--rounds", "1", timeout=300
+    )
+    assert re.search(
+        r"^GET transcript, 50 segments, ms per request\s+[\d.]+\s+[\d.]+\s+[\d.]+$", out, re.M
+    ), out
