@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     ratelimit_upload: str = "5/3600"  # per org
     ratelimit_share: str = "50/86400"  # per org
     ratelimit_anonymous: str = "10/60"  # per client IP
+    # Per client IP, on a share link's media: a player fetches it in many range requests.
+    ratelimit_media: str = "120/60"
     ratelimit_timeout_ms: int = Field(default=50, ge=1, le=1000)
     ratelimit_breaker_seconds: float = Field(default=5.0, ge=0)
 

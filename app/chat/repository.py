@@ -32,12 +32,13 @@ async def create_conversation(
 
 
 async def get_conversation(
-    conn: Conn, org_id: UUID, user_id: UUID, conversation_id: UUID
+    conn: Conn, org_id: UUID, user_id: UUID, conversation_id: UUID, *, lock: bool = False
 ) -> DictRow | None:
+    """``lock``: hold it (FOR KEY SHARE) until commit, so it cannot be deleted meanwhile."""
     return await fetch_one(
         conn,
         f"SELECT {CONVERSATION_COLUMNS} FROM conversations "  # noqa: S608 - fixed columns
-        "WHERE org_id = %s AND user_id = %s AND id = %s",
+        "WHERE org_id = %s AND user_id = %s AND id = %s" + (" FOR KEY SHARE" if lock else ""),
         (org_id, user_id, conversation_id),
     )
 
@@ -61,21 +62,29 @@ async def list_conversations(
 
 async def delete_conversation(
     conn: Conn, org_id: UUID, user_id: UUID, conversation_id: UUID
-) -> bool:
-    """Delete the conversation, its messages (cascade) and its shares."""
-    deleted = await execute(
+) -> list[DictRow] | None:
+    """Delete the conversation, its messages (cascade) and its shares; None if there was no
+    such conversation of this user, else the live links that ended (for the audit log)."""
+    # Locked first, like a recording: a link being made for it cannot slip in between.
+    locked = await fetch_one(
         conn,
-        "DELETE FROM conversations WHERE org_id = %s AND user_id = %s AND id = %s",
+        "SELECT id FROM conversations WHERE org_id = %s AND user_id = %s AND id = %s FOR UPDATE",
         (org_id, user_id, conversation_id),
     )
-    if deleted:
-        await execute(
-            conn,
-            "DELETE FROM shares WHERE org_id = %s AND resource_type = 'conversation' "
-            "AND resource_id = %s",
-            (org_id, conversation_id),
-        )
-    return deleted > 0
+    if locked is None:
+        return None
+    ended = await fetch_all(
+        conn,
+        "DELETE FROM shares WHERE org_id = %s AND resource_type = 'conversation' "
+        "AND resource_id = %s RETURNING id, resource_type, resource_id, revoked_at",
+        (org_id, conversation_id),
+    )
+    await execute(
+        conn,
+        "DELETE FROM conversations WHERE org_id = %s AND id = %s",
+        (org_id, conversation_id),
+    )
+    return [row for row in ended if row["revoked_at"] is None]
 
 
 async def add_message(

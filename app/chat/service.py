@@ -40,6 +40,7 @@ from app.kit.services import Services
 from app.search import repository as search_repo
 from app.search import service as search
 from app.search.schemas import SearchHit, SearchIn, SearchMode
+from app.shares.audit import audit_ended
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -219,8 +220,10 @@ async def get_conversation(
 
 
 async def delete_conversation(conn: Conn, principal: Principal, conversation_id: UUID) -> None:
-    if not await repo.delete_conversation(conn, principal.org, person(principal), conversation_id):
+    ended = await repo.delete_conversation(conn, principal.org, person(principal), conversation_id)
+    if ended is None:
         raise NotFoundError("No such conversation.")
+    await audit_ended(conn, principal, ended, "conversation deleted")
 
 
 async def list_messages(

@@ -73,7 +73,8 @@ class RequestContextMiddleware:
                     "request",
                     method=method,
                     route=route,
-                    path=scope["path"],
+                    # A share link's id is its credential: logged as the route, never itself.
+                    path=route if scope["path"].startswith("/s/") else scope["path"],
                     status=status,
                     duration_ms=round(elapsed * 1000, 2),
                 )

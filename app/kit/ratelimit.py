@@ -116,8 +116,16 @@ def resp_command(*parts: bytes) -> bytes:
     return b"*%d\r\n" % len(parts) + b"".join(resp_bulk(part) for part in parts)
 
 
-LimiterName = Literal["api", "search", "chat", "upload", "share", "anonymous"]
-LIMITER_NAMES: tuple[LimiterName, ...] = ("api", "search", "chat", "upload", "share", "anonymous")
+LimiterName = Literal["api", "search", "chat", "upload", "share", "anonymous", "media"]
+LIMITER_NAMES: tuple[LimiterName, ...] = (
+    "api",
+    "search",
+    "chat",
+    "upload",
+    "share",
+    "anonymous",
+    "media",
+)
 
 # Whom each limiter counts, as the seed document sets them.
 Per = Literal["user", "org", "ip"]
@@ -128,6 +136,7 @@ DEFAULT_PER: Mapping[str, Per] = {
     "upload": "org",
     "share": "org",
     "anonymous": "ip",
+    "media": "ip",  # a shared recording's media: a player sends many range requests
 }
 
 FailReason = Literal["timeout", "error", "breaker_open"]

@@ -15,6 +15,8 @@ from app.kit.errors import AuthorizationError, ConflictError, NotFoundError
 from app.kit.ids import new_id
 from app.orgs import repository as repo
 from app.orgs.schemas import ApiKeyCreated, ApiKeyIn, ApiKeyOut, MemberIn, MemberOut
+from app.shares import repository as shares_repo
+from app.shares.audit import audit_ended
 
 
 async def _audit(
@@ -148,6 +150,10 @@ async def change_role(conn: Conn, principal: Principal, user_id: UUID, role: Rol
     if current is Role.owner and role is not Role.owner:
         await _keep_an_owner(conn, principal.org, user_id)
     await repo.set_member_role(conn, principal.org, user_id, role)
+    if role is Role.reader and current is not Role.reader:
+        # A reader may not share: the links they made end (and are audited as such).
+        ended = await shares_repo.end_by_creator(conn, principal.org, user_id)
+        await audit_ended(conn, principal, ended, "member became a reader")
     await _audit(
         conn, principal, "member.role_change", "user", user_id, old=current.value, new=role.value
     )
@@ -166,8 +172,11 @@ async def remove_member(conn: Conn, principal: Principal, user_id: UUID) -> None
     if current is Role.owner:
         await _keep_an_owner(conn, principal.org, user_id)
     await repo.delete_member(conn, principal.org, user_id)
-    # A departed member's keys go with them.
+    # A departed member's keys go with them, and so do the links they made: nobody would be
+    # left who could revoke a link to their (private) conversation.
     await repo.revoke_member_keys(conn, principal.org, user_id)
+    ended = await shares_repo.end_by_creator(conn, principal.org, user_id)
+    await audit_ended(conn, principal, ended, "member removed")
     await _audit(conn, principal, "member.remove", "user", user_id, role=current.value)
 
 

@@ -55,25 +55,34 @@ async def rename(conn: Conn, org_id: UUID, recording_id: UUID, title: str) -> Di
     )
 
 
-async def delete(conn: Conn, org_id: UUID, recording_id: UUID) -> str | None:
-    """Delete the recording and everything made from it; returns its media key."""
+async def delete(conn: Conn, org_id: UUID, recording_id: UUID) -> tuple[str | None, list[DictRow]]:
+    """Delete the recording and everything made from it; returns its media key and the share
+    links that ended with it (for the audit log)."""
+    # The row first, locked: a share being created for it (which takes a KEY SHARE lock on it)
+    # either commits before and is deleted below, or waits and then finds no recording.
+    locked = await fetch_one(
+        conn,
+        "SELECT media_key FROM recordings WHERE org_id = %s AND id = %s FOR UPDATE",
+        (org_id, recording_id),
+    )
+    if locked is None:
+        return None, []
     # Transcripts, segments, chunks and documents go by ON DELETE CASCADE; shares point at the
     # recording by id without a foreign key (they may point at other kinds), so go explicitly.
     # A document share may name the recording or the document's own id: both go.
-    await execute(
+    ended = await fetch_all(
         conn,
         "DELETE FROM shares WHERE org_id = %s AND ("
         "(resource_type IN ('recording', 'document') AND resource_id = %s) "
         "OR (resource_type = 'document' AND resource_id IN "
-        "(SELECT id FROM documents WHERE org_id = %s AND recording_id = %s)))",
+        "(SELECT id FROM documents WHERE org_id = %s AND recording_id = %s))) "
+        "RETURNING id, resource_type, resource_id, revoked_at",
         (org_id, recording_id, org_id, recording_id),
     )
-    row = await fetch_one(
-        conn,
-        "DELETE FROM recordings WHERE org_id = %s AND id = %s RETURNING media_key",
-        (org_id, recording_id),
+    await execute(
+        conn, "DELETE FROM recordings WHERE org_id = %s AND id = %s", (org_id, recording_id)
     )
-    return row["media_key"] if row else None
+    return locked["media_key"], [row for row in ended if row["revoked_at"] is None]
 
 
 async def insert(

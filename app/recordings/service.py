@@ -23,6 +23,7 @@ from app.kit.storage import ObjectStore, create_store, recording_key
 from app.recordings import repository as repo
 from app.recordings.schemas import RecordingOut, RecordingPage, RecordingStatus, UploadAccepted
 from app.recordings.upload import StreamingUpload
+from app.shares.audit import audit_ended
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -79,7 +80,9 @@ async def rename_recording(
 async def delete_recording(conn: Conn, principal: Principal, recording_id: UUID) -> str | None:
     """Delete the rows; returns the media key, to delete once the deletion has committed."""
     await _writable(conn, principal, recording_id)
-    return await repo.delete(conn, principal.org, recording_id)
+    media_key, ended = await repo.delete(conn, principal.org, recording_id)
+    await audit_ended(conn, principal, ended, "recording deleted")
+    return media_key
 
 
 async def create_recording(

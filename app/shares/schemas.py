@@ -9,7 +9,6 @@ from uuid import UUID
 from pydantic import BaseModel, Field
 
 from app.auth.schemas import Strict
-from app.chat.schemas import Citation
 from app.documents.schemas import DocumentOut
 from app.transcripts.schemas import TranscriptOut
 
@@ -45,6 +44,7 @@ class ShareOut(BaseModel):
 
 class ShareList(BaseModel):
     items: list[ShareOut]
+    next_cursor: str | None
 
 
 class SharedRecording(BaseModel):
@@ -54,10 +54,20 @@ class SharedRecording(BaseModel):
     created_at: datetime
 
 
+class SharedCitation(BaseModel):
+    """A citation as a link shows it: the moment, not the org's ids."""
+
+    number: int
+    recording_title: str
+    start: float
+    end: float
+    text: str
+
+
 class SharedMessage(BaseModel):
     role: str
     content: str
-    citations: list[Citation]
+    citations: list[SharedCitation]
     created_at: datetime
 
 

@@ -12,7 +12,11 @@ row-level security. It shows the resource and nothing of the org or its people.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import secrets
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,16 +30,18 @@ from app.chat import repository as chat_repo
 from app.chat.service import person
 from app.documents import repository as documents_repo
 from app.documents.schemas import DocumentOut
-from app.kit.audit import write_audit
 from app.kit.db import Conn, fetch_one, set_tenant
-from app.kit.errors import AuthorizationError, NotFoundError
+from app.kit.errors import AuthorizationError, NotFoundError, ValidationError
 from app.kit.services import Services
 from app.kit.storage import ObjectStore
 from app.recordings import repository as recordings_repo
+from app.search import repository as search_repo
 from app.settings import Settings
 from app.shares import repository as repo
+from app.shares.audit import audit_share
 from app.shares.schemas import (
     ResourceType,
+    SharedCitation,
     SharedConversation,
     SharedMessage,
     SharedPage,
@@ -50,6 +56,7 @@ from app.transcripts.schemas import SegmentOut, TranscriptOut
 SHARE_ID_BYTES = 24  # 32 characters of token_urlsafe
 GONE = "This link has expired, was revoked, or never existed."
 SHARED_MESSAGES = 1000
+PRESIGNED_SECONDS = 900
 
 
 def _out(row: DictRow, settings: Settings) -> ShareOut:
@@ -67,45 +74,44 @@ def _out(row: DictRow, settings: Settings) -> ShareOut:
 async def _owner_of(
     conn: Conn, principal: Principal, resource_type: ResourceType, resource_id: UUID
 ) -> UUID | None:
-    """Who owns the resource, for the roles' "own"; 404 when the caller cannot see it."""
+    """Who owns the resource, for the roles' "own"; 404 when the caller cannot see it. The
+    resource's row stays locked (FOR KEY SHARE) until commit, so it cannot be deleted between
+    this check and the share's insert: its delete waits, then takes the new link with it."""
     org = principal.org
     if resource_type is ResourceType.recording:
-        recording = await recordings_repo.get(conn, org, resource_id)
+        recording = await repo.recording_owner(conn, org, resource_id)
         if recording is None:
             raise NotFoundError("No such recording.")
         owner: UUID | None = recording["created_by"]
         return owner
     if resource_type is ResourceType.document:
-        document = await repo.document_of(conn, org, resource_id)
+        document = await repo.document_of(conn, org, resource_id, lock=True)
         if document is None:
             raise NotFoundError("No such document (a recording has one once it is ready).")
         creator: UUID | None = document["created_by"]
         return creator
-    conversation = await chat_repo.get_conversation(conn, org, person(principal), resource_id)
+    conversation = await chat_repo.get_conversation(
+        conn, org, person(principal), resource_id, lock=True
+    )
     if conversation is None:
         raise NotFoundError("No such conversation.")
     return principal.user_id
 
 
-async def _audit(conn: Conn, principal: Principal, action: str, row: DictRow) -> None:
-    await write_audit(
-        conn,
-        org_id=principal.org,
-        actor_user_id=principal.user_id,
-        actor_key_id=principal.key_id,
-        action=action,
-        target_type="share",
-        target_id=row["id"],
-        data={"resource_type": row["resource_type"], "resource_id": str(row["resource_id"])},
-    )
-
-
 async def create_share(
-    conn: Conn, settings: Settings, principal: Principal, body: ShareIn
+    conn: Conn,
+    settings: Settings,
+    principal: Principal,
+    body: ShareIn,
+    *,
+    charge: Callable[[], Awaitable[object]],
 ) -> ShareOut:
+    """``charge`` counts the link against the org's ``share`` limit: called once the request
+    is known to be allowed, so refused and malformed requests do not spend the org's quota."""
     owner = await _owner_of(conn, principal, body.resource_type, body.resource_id)
     if not principal.can(Permission.share, owner):
         raise AuthorizationError(f"Your role ({principal.role}) may share only what you created.")
+    await charge()
     expires_at = datetime.now(UTC) + timedelta(seconds=body.expires_in) if body.expires_in else None
     row = await repo.insert(
         conn,
@@ -116,31 +122,37 @@ async def create_share(
         created_by=principal.user_id,
         expires_at=expires_at,
     )
-    await _audit(conn, principal, "share.create", row)
+    await audit_share(conn, principal, "share.create", row)
     return _out(row, settings)
 
 
 async def list_shares(
-    conn: Conn, settings: Settings, principal: Principal, resource_id: UUID | None
+    conn: Conn,
+    settings: Settings,
+    principal: Principal,
+    resource_id: UUID | None,
+    *,
+    limit: int,
+    cursor: str | None,
 ) -> ShareList:
-    """Live links the caller manages: all of the org's for owners and admins, one's own for
-    contributors. Links to other people's conversations are theirs alone to see."""
-    everyone = (
-        principal.role is not None and scope_of(principal.role, Permission.share) is Scope.ANY
-    )
+    """Live links the caller manages, newest first: all of the org's for owners and admins
+    (who may revoke any, a departed colleague's conversation link included), one's own for
+    contributors."""
+    role = principal.role
+    everyone = role is not None and scope_of(role, Permission.share) is Scope.ANY
+    after = _decode_cursor(cursor) if cursor else None
     rows = await repo.active(
         conn,
         principal.org,
         resource_id=resource_id,
         created_by=None if everyone else person(principal),
+        limit=limit + 1,
+        after=after,
     )
+    last = rows[limit - 1] if len(rows) > limit else None
     return ShareList(
-        items=[
-            _out(row, settings)
-            for row in rows
-            if row["resource_type"] != ResourceType.conversation
-            or row["created_by"] == principal.user_id
-        ]
+        items=[_out(row, settings) for row in rows[:limit]],
+        next_cursor=_encode_cursor(last["created_at"], last["id"]) if last else None,
     )
 
 
@@ -150,8 +162,26 @@ async def revoke_share(conn: Conn, principal: Principal, share_id: str) -> None:
         raise NotFoundError("No such share.")
     if not principal.can(Permission.share, row["created_by"]):
         raise AuthorizationError(f"Your role ({principal.role}) may revoke only your own links.")
-    await repo.revoke(conn, principal.org, share_id)
-    await _audit(conn, principal, "share.revoke", row)
+    revoked = await repo.revoke(conn, principal.org, share_id)
+    if revoked is None:  # revoked by someone else meanwhile
+        raise NotFoundError("No such share.")
+    await audit_share(conn, principal, "share.revoke", revoked)
+
+
+def _encode_cursor(created_at: datetime, share_id: str) -> str:
+    raw = json.dumps([created_at.isoformat(), share_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created_at, share_id = json.loads(base64.urlsafe_b64decode(padded))
+        return datetime.fromisoformat(created_at), str(share_id)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise ValidationError(
+            "The cursor is not valid; pass next_cursor from the previous page unchanged."
+        ) from exc
 
 
 # -- the public side -----------------------------------------------------------------------------
@@ -199,10 +229,25 @@ async def public_page(services: Services, share_id: str) -> SharedPage:
             messages = await chat_repo.list_messages(
                 conn, org_id, resource_id, limit=SHARED_MESSAGES, after=None
             )
+            cited = {UUID(str(c["recording_id"])) for m in messages for c in m["citations"] or []}
+            # Citations of recordings deleted since are dropped with them.
+            alive = await search_repo.existing_recordings(conn, org_id, sorted(cited))
             page["conversation"] = SharedConversation(
                 title=conversation["title"],
                 created_at=conversation["created_at"],
-                messages=[SharedMessage.model_validate(m) for m in messages],
+                messages=[
+                    SharedMessage(
+                        role=m["role"],
+                        content=m["content"],
+                        created_at=m["created_at"],
+                        citations=[
+                            SharedCitation.model_validate(c)
+                            for c in m["citations"] or []
+                            if UUID(str(c["recording_id"])) in alive
+                        ],
+                    )
+                    for m in messages
+                ],
             )
             return SharedPage(**page)
         if kind is ResourceType.document:
@@ -228,7 +273,8 @@ async def public_page(services: Services, share_id: str) -> SharedPage:
 async def public_media(
     services: Services, store: ObjectStore, share_id: str
 ) -> tuple[str | None, Path | None, str | None]:
-    """(content type, local path or None, presigned URL or None) of a shared recording's media."""
+    """(content type, local path or None, presigned URL or None) of a shared recording's media.
+    A presigned URL lives at most 15 minutes, and never past the link's own expiry."""
     async with services.db.transaction() as conn:
         share = await _resolve(conn, share_id)
         if share["resource_type"] != ResourceType.recording:
@@ -237,4 +283,11 @@ async def public_media(
     if recording is None or not recording["media_key"]:
         raise NotFoundError(GONE)
     key = recording["media_key"]
-    return recording["content_type"], store.local_path(key), await store.presigned_get(key)
+    path = store.local_path(key)
+    if path is not None and not path.is_file():  # deleted a moment ago, with its recording
+        raise NotFoundError(GONE)
+    lifetime = PRESIGNED_SECONDS
+    if share["expires_at"] is not None:
+        left = (share["expires_at"] - datetime.now(UTC)).total_seconds()
+        lifetime = max(1, min(lifetime, int(left)))
+    return recording["content_type"], path, await store.presigned_get(key, expires_in=lifetime)

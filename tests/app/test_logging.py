@@ -66,9 +66,13 @@ async def test_secrets_never_reach_the_log(settings, capsys) -> None:
         logging.getLogger("uvicorn.error").warning(
             'GET /api/me?api_key=%s "Authorization: Bearer %s"', tenant.owner_key, session
         )
+        # A share link's id is a credential too, even for a link that does not exist.
+        link = "Zq8x" * 8
+        assert (await http.get(f"/s/{link}")).status_code == 404
     output = capsys.readouterr().err
     assert output.count("\n") > 5  # the pipeline really wrote lines
-    for secret in (PASSWORD, wrong, tenant.owner_key, session, "rk_not_a_real_key_123456"):
+    assert '"route": "/s/{share_id}"' in output
+    for secret in (PASSWORD, wrong, tenant.owner_key, session, "rk_not_a_real_key_123456", link):
         assert secret not in output
     assert "[REDACTED]" in output
 

@@ -3,6 +3,8 @@ the public pages."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from tests.app.conftest import Tenant
@@ -11,13 +13,31 @@ from tests.app.shares.test_shares_api import recording, share
 
 @pytest.fixture
 def settings(settings):
-    return settings.model_copy(update={"ratelimit_share": "2/86400", "ratelimit_anonymous": "8/60"})
+    return settings.model_copy(
+        update={
+            "ratelimit_share": "2/86400",
+            "ratelimit_anonymous": "8/60",
+            "ratelimit_media": "3/60",
+        }
+    )
 
 
 async def test_links_are_limited_per_org_and_pages_per_client(
     client, settings, org_a: Tenant, org_b: Tenant
 ):
     recording_id, _ = await recording(client, settings, org_a, "Planning sync")
+    # Refused requests spend none of the org's quota: malformed, unknown, not allowed.
+    _user, reader_session = await org_a.member("reader")
+    for headers, body in (
+        (None, {"resource_type": "recording"}),
+        (None, {"resource_type": "recording", "resource_id": str(uuid.uuid4())}),
+        (
+            org_a.session_auth(reader_session),
+            {"resource_type": "recording", "resource_id": recording_id},
+        ),
+    ):
+        response = await share(client, org_a, headers, **body)
+        assert response.status_code in {400, 403, 404}, response.text
     links = []
     for remaining in ("1", "0"):
         response = await share(client, org_a, resource_type="recording", resource_id=recording_id)
@@ -46,3 +66,7 @@ async def test_links_are_limited_per_org_and_pages_per_client(
     response = await client.get(f"/s/{links[1]}")
     assert response.status_code == 429
     assert int(response.headers["retry-after"]) >= 1
+    # The media has its own allowance: a player's range requests, not the pages' budget.
+    for _ in range(3):
+        assert (await client.get(f"/s/{links[0]}/media")).status_code == 200
+    assert (await client.get(f"/s/{links[0]}/media")).status_code == 429

@@ -15,17 +15,22 @@ from app.transcripts.repository import save_transcript
 from tests.app.conftest import Tenant
 from tests.app.recordings.test_upload import upload, wav_bytes
 
-CITATIONS = [
-    {
-        "number": 1,
-        "recording_id": str(uuid.uuid4()),
-        "recording_title": "Sync",
-        "chunk_id": str(uuid.uuid4()),
-        "start": 2.5,
-        "end": 6.0,
-        "text": "Maria owns the budget.",
-    }
-]
+
+def citations(recording_id: str) -> list[dict[str, object]]:
+    return [
+        {
+            "number": 1,
+            "recording_id": recording_id,
+            "recording_title": "Sync",
+            "chunk_id": str(uuid.uuid4()),
+            "start": 2.5,
+            "end": 6.0,
+            "text": "Maria owns the budget.",
+        }
+    ]
+
+
+PASSAGE = "Maria owns the budget."
 SEGMENTS = [(0.0, 2.5, "Welcome to the planning sync."), (2.5, 6.0, "Maria owns the budget.")]
 
 
@@ -64,7 +69,9 @@ async def recording(client, settings, tenant: Tenant, title: str, headers=None):
     return str(recording_id), content
 
 
-def conversation(settings, tenant: Tenant, user_id: str | None = None) -> str:
+def conversation(
+    settings, tenant: Tenant, user_id: str | None = None, cites: str | None = None
+) -> str:
     conversation_id = str(uuid.uuid4())
     with psycopg.connect(settings.database_url) as conn:
         conn.execute(
@@ -81,7 +88,7 @@ def conversation(settings, tenant: Tenant, user_id: str | None = None) -> str:
                     conversation_id,
                     role,
                     content,
-                    Jsonb(CITATIONS if role == "assistant" else []),
+                    Jsonb(citations(cites or str(uuid.uuid4())) if role == "assistant" else []),
                 ),
             )
     return conversation_id
@@ -149,14 +156,23 @@ async def test_document_and_conversation_links_show_only_those(client, settings,
     assert body["media_url"] is None
     assert (await client.get(f"/s/{share_id}/media")).status_code == 404
 
-    conversation_id = conversation(settings, org_a)
+    conversation_id = conversation(settings, org_a, cites=recording_id)
     response = await share(client, org_a, resource_type="conversation", resource_id=conversation_id)
     assert response.status_code == 201, response.text
-    body = (await client.get(f"/s/{response.json()['share_id']}")).json()
+    page = f"/s/{response.json()['share_id']}"
+    body = (await client.get(page)).json()
     assert body["conversation"]["title"] == "Budget questions"
     assert [m["role"] for m in body["conversation"]["messages"]] == ["user", "assistant"]
-    assert body["conversation"]["messages"][1]["citations"][0]["start"] == 2.5
+    # The moment, not the org's ids.
+    assert body["conversation"]["messages"][1]["citations"] == [
+        {"number": 1, "recording_title": "Sync", "start": 2.5, "end": 6.0, "text": PASSAGE}
+    ]
+    assert recording_id not in (await client.get(page)).text
     assert body["recording"] is None
+    # The cited recording deleted: its citations go from the page with it.
+    await client.delete(f"/api/recordings/{recording_id}", headers=org_a.auth())
+    body = (await client.get(page)).json()
+    assert body["conversation"]["messages"][1]["citations"] == []
 
     # A conversation is its owner's: a colleague, even an admin, cannot share it.
     _admin, admin_session = await org_a.member("admin")
@@ -208,7 +224,13 @@ async def test_roles_decide_who_shares_lists_and_revokes(client, settings, org_a
     # An admin key made by the owner acts for the owner: an admin in person instead.
     _admin, admin_session = await org_a.member("admin")
     admin = org_a.session_auth(admin_session)
-    assert ids(await client.get("/api/share", headers=admin)) == {contributors_link, owners_link}
+    # Owners and admins see every live link, a colleague's conversation link included: they
+    # are the ones who can end it.
+    assert ids(await client.get("/api/share", headers=admin)) == {
+        contributors_link,
+        owners_link,
+        conversation_link,
+    }
     response = await client.get(f"/api/share?resource_id={owners_id}", headers=org_a.auth())
     assert ids(response) == {owners_link}
     assert (await client.get("/api/share", headers=reader)).status_code == 403
