@@ -172,4 +172,7 @@ async def media_location(
     if row is None or not row["media_key"]:
         raise NotFoundError("No such recording.")
     key = row["media_key"]
-    return key, row["content_type"], store.local_path(key), await store.presigned_get(key)
+    path = store.local_path(key)
+    if path is not None and not path.is_file():  # deleted a moment ago, with its recording
+        raise NotFoundError("No such recording.")
+    return key, row["content_type"], path, await store.presigned_get(key)

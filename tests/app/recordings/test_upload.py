@@ -240,3 +240,15 @@ async def test_title_defaults_to_file_name(client, org_a: Tenant):
     response = await upload(client, org_a, wav_bytes(0.2), "Quarterly review.wav", title=None)
     assert response.status_code == 202
     assert response.json()["recording"]["title"] == "Quarterly review"
+
+
+async def test_media_whose_file_is_gone_is_a_404_not_a_500(client, settings, org_a: Tenant):
+    response = await upload(client, org_a, wav_bytes(0.5), "m.wav")
+    rid = response.json()["recording"]["id"]
+    path = f"/api/recordings/{rid}/media"
+    assert (await client.get(path, headers=org_a.auth())).status_code == 200
+    for stored in objects_under(settings):
+        stored.unlink()
+    response = await client.get(path, headers=org_a.auth())
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
