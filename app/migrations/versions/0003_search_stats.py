@@ -5,7 +5,9 @@ the caller's org holds. ``pg_stats`` knows the share of every large org (its mos
 values), but PostgreSQL hides the statistics of a table with row-level security from a role the
 policies bind, because they contain values. This SECURITY DEFINER function returns the table's
 row estimate and the caller's own org's share (``app.org_id``, never a parameter), or NULL when
-the org is not among the most common values, i.e. small.
+the org is not among the most common values, i.e. small. ``pg_temp`` is last in its
+search_path and the catalogs are named in full: a temporary object of the caller's cannot stand
+in for them (migration 0004 says why).
 
 Revision ID: 0003
 Revises: 0002
@@ -24,15 +26,15 @@ SET lock_timeout = '5s';
 SET statement_timeout = '5min';
 CREATE FUNCTION app_chunk_stats()
     RETURNS TABLE (table_rows double precision, org_share double precision)
-    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp
     AS $$
     SELECT greatest(c.reltuples, 0)::double precision,
            (SELECT f.freq::double precision
-              FROM pg_stats AS s,
+              FROM pg_catalog.pg_stats AS s,
                    unnest(s.most_common_vals::text::uuid[], s.most_common_freqs) AS f (org, freq)
              WHERE s.schemaname = 'public' AND s.tablename = 'transcript_chunks'
-               AND s.attname = 'org_id' AND f.org = app_current_org())
-      FROM pg_class AS c
+               AND s.attname = 'org_id' AND f.org = public.app_current_org())
+      FROM pg_catalog.pg_class AS c
      WHERE c.oid = 'public.transcript_chunks'::regclass
 $$;
 REVOKE ALL ON FUNCTION app_chunk_stats() FROM PUBLIC;
