@@ -104,4 +104,5 @@ def test_security_definer_functions_pin_search_path(template_url):
         ).fetchall()
     assert len(rows) >= 5
     for name, config in rows:
-        assert config == ["search_path=pg_catalog, public"], name
+        # pg_temp last: else the caller's temporary objects are searched first (migration 0004).
+        assert config == ["search_path=pg_catalog, public, pg_temp"], name
