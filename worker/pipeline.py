@@ -125,10 +125,15 @@ def _resampled(frames: Iterable[Any]) -> Iterator[Any]:
 # -- embeddings, cached --------------------------------------------------------------------------
 
 
-async def embed_with_cache(deps: PipelineDeps, texts: Sequence[str]) -> list[np.ndarray]:
-    """Embeddings for ``texts``, from the shared cache (vector space + text hash) where it has
+async def embed_with_cache(
+    deps: PipelineDeps, texts: Sequence[str], *, org_id: UUID | None = None
+) -> list[np.ndarray]:
+    """Embeddings for ``texts``, from the cache (vector space + org + text hash) where it has
     them; see ``app.ai.embedding_cache``."""
-    return await CachedEmbeddings.from_settings(deps.models, deps.redis, deps.settings).embed(texts)
+    cache = CachedEmbeddings.from_settings(
+        deps.models, deps.redis, deps.settings, scope=str(org_id or "")
+    )
+    return await cache.embed(texts)
 
 
 # -- the pipeline --------------------------------------------------------------------------------
@@ -223,7 +228,7 @@ async def _process(deps: PipelineDeps, org_id: UUID, recording_id: UUID) -> Pipe
         overlap_tokens=deps.settings.chunk_overlap_tokens,
     )
     chunks = chunk_transcript(segments, config)
-    vectors = await embed_with_cache(deps, [chunk.text for chunk in chunks])
+    vectors = await embed_with_cache(deps, [chunk.text for chunk in chunks], org_id=org_id)
     rows = [
         transcripts.ChunkRow(
             idx=chunk.index,

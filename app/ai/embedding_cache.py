@@ -1,10 +1,11 @@
 """Embeddings through a Redis cache: the worker's chunks and the API's search queries share it.
 
-A vector is cached under its *space* and the text's sha256. The space is the server, the model
-name and the dimensions together: a model name alone is not enough, because the local model
-server answers to OpenAI's names with its own model, and switching ``OPENAI_BASE_URL`` must not
-serve one space's vectors as the other's. The cache is an optimisation: when Redis fails,
-everything is embedded afresh.
+A vector is cached under its *space*, its org and the text's sha256. The space is the server,
+the model name and the dimensions together: a model name alone is not enough, because the local
+model server answers to OpenAI's names with its own model, and switching ``OPENAI_BASE_URL``
+must not serve one space's vectors as the other's. The org is there so that how fast a text is
+embedded tells no org what another one said or searched for. The cache is an optimisation:
+when Redis fails, everything is embedded afresh.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ def cache_space(models: ModelClients, base_url: str) -> str:
     return f"{config.embedding_model}:{config.embedding_dimensions}:{server}"
 
 
-def cache_key(space: str, text: str) -> str:
+def cache_key(space: str, text: str, scope: str = "") -> str:
     digest = hashlib.sha256(text.encode()).hexdigest()
-    return f"emb:v2:{space}:{digest}"
+    return f"emb:v3:{space}:{scope}:{digest}"
 
 
 class CachedEmbeddings:
@@ -46,8 +47,12 @@ class CachedEmbeddings:
         ttl_seconds: int,
         batch_size: int,
         cache_name: str = "embeddings",
+        scope: str = "",
     ) -> None:
         self.models = models
+        # Whose texts (an org): one org's cache hits must not tell it what another org said
+        # or searched for (a hit answers in milliseconds, a miss in tens).
+        self.scope = scope
         self.redis = redis
         self.space = cache_space(models, base_url)
         self.dims = models.config.embedding_dimensions
@@ -63,6 +68,7 @@ class CachedEmbeddings:
         settings: Settings,
         *,
         cache_name: str = "embeddings",
+        scope: str = "",
     ) -> Self:
         return cls(
             models,
@@ -71,10 +77,11 @@ class CachedEmbeddings:
             ttl_seconds=settings.embedding_cache_ttl_seconds,
             batch_size=settings.embedding_batch_size,
             cache_name=cache_name,
+            scope=scope,
         )
 
     def key(self, text: str) -> str:
-        return cache_key(self.space, text)
+        return cache_key(self.space, text, self.scope)
 
     async def embed(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Embeddings for ``texts``, in order, from the cache where it has them."""

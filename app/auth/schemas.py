@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 
 from app.auth.rbac import Role
 
 
 class Strict(BaseModel):
+    """A request body: unknown fields refused, text trimmed, and no NUL character, which
+    PostgreSQL's text cannot hold (a 400 here, not a 500 from the database)."""
+
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("Text may not contain NUL (\\u0000) characters.")
+        return value
 
 
 class SignupIn(Strict):

@@ -4,6 +4,7 @@ statement names the org *and* the user (row-level security binds the org)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -15,61 +16,71 @@ from app.kit.db import Conn, execute, fetch_all, fetch_one
 from app.kit.ids import new_id
 
 CONVERSATION_COLUMNS = "id, title, recording_ids, created_at, updated_at"
+# Whose conversation: the member's, and the API key's it was held through (NULL: signed in).
+OWNED = "org_id = %s AND user_id = %s AND key_id IS NOT DISTINCT FROM %s"
+
+
+@dataclass(frozen=True)
+class Owner:
+    user_id: UUID
+    key_id: UUID | None
+
+
 MESSAGE_COLUMNS = "id, role, content, citations, model, created_at"
 
 
 async def create_conversation(
-    conn: Conn, org_id: UUID, user_id: UUID, title: str, recording_ids: Sequence[UUID]
+    conn: Conn, org_id: UUID, owner: Owner, title: str, recording_ids: Sequence[UUID]
 ) -> DictRow:
     row = await fetch_one(
         conn,
-        "INSERT INTO conversations (id, org_id, user_id, title, recording_ids) "  # noqa: S608
-        f"VALUES (%s, %s, %s, %s, %s) RETURNING {CONVERSATION_COLUMNS}",
-        (new_id(), org_id, user_id, title, list(recording_ids)),
+        "INSERT INTO conversations (id, org_id, user_id, key_id, title, recording_ids) "  # noqa: S608
+        f"VALUES (%s, %s, %s, %s, %s, %s) RETURNING {CONVERSATION_COLUMNS}",
+        (new_id(), org_id, owner.user_id, owner.key_id, title, list(recording_ids)),
     )
     assert row is not None
     return row
 
 
 async def get_conversation(
-    conn: Conn, org_id: UUID, user_id: UUID, conversation_id: UUID, *, lock: bool = False
+    conn: Conn, org_id: UUID, owner: Owner, conversation_id: UUID, *, lock: bool = False
 ) -> DictRow | None:
     """``lock``: hold it (FOR KEY SHARE) until commit, so it cannot be deleted meanwhile."""
     return await fetch_one(
         conn,
         f"SELECT {CONVERSATION_COLUMNS} FROM conversations "  # noqa: S608 - fixed columns
-        "WHERE org_id = %s AND user_id = %s AND id = %s" + (" FOR KEY SHARE" if lock else ""),
-        (org_id, user_id, conversation_id),
+        f"WHERE {OWNED} AND id = %s" + (" FOR KEY SHARE" if lock else ""),
+        (org_id, owner.user_id, owner.key_id, conversation_id),
     )
 
 
 async def list_conversations(
-    conn: Conn, org_id: UUID, user_id: UUID, *, limit: int, after: tuple[datetime, UUID] | None
+    conn: Conn, org_id: UUID, owner: Owner, *, limit: int, after: tuple[datetime, UUID] | None
 ) -> list[DictRow]:
     clause = ""
-    params: tuple[object, ...] = (org_id, user_id)
+    params: tuple[object, ...] = (org_id, owner.user_id, owner.key_id)
     if after is not None:
         clause = "AND (created_at, id) < (%s, %s) "
         params += after
     return await fetch_all(
         conn,
         f"SELECT {CONVERSATION_COLUMNS} FROM conversations "  # noqa: S608 - fixed fragments
-        f"WHERE org_id = %s AND user_id = %s {clause}"
+        f"WHERE {OWNED} {clause}"
         "ORDER BY created_at DESC, id DESC LIMIT %s",
         [*params, limit],
     )
 
 
 async def delete_conversation(
-    conn: Conn, org_id: UUID, user_id: UUID, conversation_id: UUID
+    conn: Conn, org_id: UUID, owner: Owner, conversation_id: UUID
 ) -> list[DictRow] | None:
     """Delete the conversation, its messages (cascade) and its shares; None if there was no
     such conversation of this user, else the live links that ended (for the audit log)."""
     # Locked first, like a recording: a link being made for it cannot slip in between.
     locked = await fetch_one(
         conn,
-        "SELECT id FROM conversations WHERE org_id = %s AND user_id = %s AND id = %s FOR UPDATE",
-        (org_id, user_id, conversation_id),
+        f"SELECT id FROM conversations WHERE {OWNED} AND id = %s FOR UPDATE",  # noqa: S608
+        (org_id, owner.user_id, owner.key_id, conversation_id),
     )
     if locked is None:
         return None

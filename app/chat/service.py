@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+import psycopg
 import structlog
 from fastapi.sse import ServerSentEvent
+from psycopg_pool import PoolTimeout
 
 from app.ai.clients import Message, models_of
 from app.ai.prompts import cited_numbers
-from app.auth.principal import Principal
+from app.auth.principal import AuthKind, Principal
 from app.chat import repository as repo
 from app.chat.schemas import (
     ChatIn,
@@ -33,7 +35,14 @@ from app.chat.schemas import (
     MessagePage,
 )
 from app.kit.db import Conn
-from app.kit.errors import AppError, AuthorizationError, NotFoundError, ValidationError
+from app.kit.errors import (
+    AppError,
+    AuthorizationError,
+    ExternalServiceError,
+    NotFoundError,
+    ServiceUnavailableError,
+    ValidationError,
+)
 from app.kit.pagination import decode_cursor, encode_cursor
 from app.kit.security.text import plain_text
 from app.kit.services import Services
@@ -70,6 +79,13 @@ def person(principal: Principal) -> UUID:
     return principal.user_id
 
 
+def owner_of(principal: Principal) -> repo.Owner:
+    """Whose conversations: the member's, and through an API key, that key's alone (a key
+    acts for its maker, but must not read the maker's private conversations)."""
+    key = principal.key_id if principal.kind is AuthKind.api_key else None
+    return repo.Owner(person(principal), key)
+
+
 def _title(message: str) -> str:
     try:
         title = plain_text(message, max_length=TITLE_LENGTH)
@@ -79,7 +95,8 @@ def _title(message: str) -> str:
 
 
 async def start_turn(services: Services, principal: Principal, body: ChatIn) -> Turn:
-    org_id, user_id = principal.org, person(principal)
+    org_id, owner = principal.org, owner_of(principal)
+    user_id = owner.user_id
     asked = sorted(set(body.recording_ids)) if body.recording_ids else None
     async with services.db.transaction(org_id=org_id, user_id=user_id) as conn:
         if asked:
@@ -87,7 +104,9 @@ async def start_turn(services: Services, principal: Principal, body: ChatIn) -> 
             if missing := [str(i) for i in asked if i not in known]:
                 raise NotFoundError(f"No such recording in this org: {', '.join(missing[:5])}.")
         if body.conversation_id is not None:
-            conversation = await repo.get_conversation(conn, org_id, user_id, body.conversation_id)
+            conversation = await repo.get_conversation(
+                conn, org_id, owner, body.conversation_id, lock=True
+            )
             if conversation is None:
                 raise NotFoundError("No such conversation.")
             history = [
@@ -104,7 +123,7 @@ async def start_turn(services: Services, principal: Principal, body: ChatIn) -> 
                 scope = sorted(await search_repo.existing_recordings(conn, org_id, stored))
         else:
             conversation = await repo.create_conversation(
-                conn, org_id, user_id, _title(body.message), asked or []
+                conn, org_id, owner, _title(body.message), asked or []
             )
             history, scope = [], asked
         question_id = await repo.add_message(
@@ -112,17 +131,16 @@ async def start_turn(services: Services, principal: Principal, body: ChatIn) -> 
         )
     passages: list[SearchHit] = []
     if scope is None or scope:
-        found = await search.find(
-            services,
-            org_id,
-            SearchIn(
-                query=body.message[:1000],
-                limit=CONTEXT_PASSAGES,
-                mode=SearchMode.hybrid,
-                recording_ids=scope,
-            ),
+        query = SearchIn(
+            query=body.message[:1000],
+            limit=CONTEXT_PASSAGES,
+            mode=SearchMode.hybrid,
+            recording_ids=scope,
         )
-        passages = found.results
+        try:
+            passages = (await search.find(services, org_id, query)).results
+        except NotFoundError:  # a recording deleted since it was checked: nothing from it
+            passages = []
     return Turn(
         org_id=org_id,
         conversation_id=conversation["id"],
@@ -174,22 +192,37 @@ async def answer(services: Services, turn: Turn) -> AsyncIterator[ServerSentEven
             pieces.append(piece)
             yield _event("token", {"text": piece})
     except AppError as exc:
-        log.warning("chat answer failed", error=str(exc))
-        yield _error(exc)
+        # The operator's detail (which server, which setting) goes to the log only.
+        log.warning("chat answer failed", error=exc.detail)
+        yield _error(
+            ExternalServiceError(exc.code, "The model could not answer right now; ask again.")
+            if isinstance(exc, ExternalServiceError)
+            else exc
+        )
         return
     text = "".join(pieces)
     citations = citations_of(text, turn.passages)
     yield _event("citations", {"citations": [c.model_dump(mode="json") for c in citations]})
-    async with services.db.transaction(org_id=turn.org_id) as conn:
-        message_id = await repo.add_message(
-            conn,
-            turn.org_id,
-            turn.conversation_id,
-            role="assistant",
-            content=text,
-            citations=[c.model_dump(mode="json") for c in citations],
-            model=models.config.chat_model,
-        )
+    try:
+        async with services.db.transaction(org_id=turn.org_id) as conn:
+            message_id = await repo.add_message(
+                conn,
+                turn.org_id,
+                turn.conversation_id,
+                role="assistant",
+                content=text,
+                citations=[c.model_dump(mode="json") for c in citations],
+                model=models.config.chat_model,
+            )
+    except psycopg.errors.ForeignKeyViolation:  # deleted while the answer was written
+        yield _error(NotFoundError("The conversation was deleted; the answer was not kept."))
+        return
+    except (psycopg.Error, PoolTimeout) as exc:
+        # The stream has started: a problem can no longer be the response, so it is the last
+        # event. Logged with its stack, like any 5xx.
+        log.exception("chat answer not saved", error=str(exc))
+        yield _error(ServiceUnavailableError("The answer could not be saved; ask again."))
+        return
     yield _event("done", {"message_id": str(message_id)})
 
 
@@ -201,7 +234,7 @@ async def list_conversations(
 ) -> ConversationPage:
     after = decode_cursor(cursor) if cursor else None
     rows = await repo.list_conversations(
-        conn, principal.org, person(principal), limit=limit + 1, after=after
+        conn, principal.org, owner_of(principal), limit=limit + 1, after=after
     )
     items = [ConversationOut.model_validate(r) for r in rows[:limit]]
     last = rows[limit - 1] if len(rows) > limit else None
@@ -213,14 +246,16 @@ async def list_conversations(
 async def get_conversation(
     conn: Conn, principal: Principal, conversation_id: UUID
 ) -> ConversationOut:
-    row = await repo.get_conversation(conn, principal.org, person(principal), conversation_id)
+    row = await repo.get_conversation(conn, principal.org, owner_of(principal), conversation_id)
     if row is None:
         raise NotFoundError("No such conversation.")
     return ConversationOut.model_validate(row)
 
 
 async def delete_conversation(conn: Conn, principal: Principal, conversation_id: UUID) -> None:
-    ended = await repo.delete_conversation(conn, principal.org, person(principal), conversation_id)
+    ended = await repo.delete_conversation(
+        conn, principal.org, owner_of(principal), conversation_id
+    )
     if ended is None:
         raise NotFoundError("No such conversation.")
     await audit_ended(conn, principal, ended, "conversation deleted")

@@ -18,6 +18,7 @@ otherwise fetch again and that may be a little old, with one loader per key at a
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -33,7 +34,11 @@ log = structlog.stdlib.get_logger(__name__)
 
 T = TypeVar("T")
 
-VERSION_TTL_SECONDS = 7 * 24 * 3600  # far beyond any value's TTL: a version never comes back
+VERSION_TTL_SECONDS = 7 * 24 * 3600  # beyond any value's TTL
+
+
+def _new_version() -> str:
+    return secrets.token_hex(8)
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,11 @@ class VersionedCache:
             log.warning("cache unavailable", cache=self.namespace, error=str(exc))
             CACHE_REQUESTS.labels(self.namespace, "error").inc()
             return None, Ticket(version_key, value_key, None)
-        current = version.decode() if isinstance(version, bytes) else "0"
+        if not isinstance(version, bytes):
+            version = await self._first_version(version_key)
+            if version is None:
+                return None, Ticket(version_key, value_key, None)
+        current = version.decode()
         ticket = Ticket(version_key, value_key, current)
         stored_version, _, value = (
             raw.partition(b"\n") if isinstance(raw, bytes) else (b"", b"", b"")
@@ -92,14 +101,27 @@ class VersionedCache:
         except RedisError as exc:
             log.warning("cache not written", cache=self.namespace, error=str(exc))
 
+    async def _first_version(self, version_key: str) -> bytes | None:
+        """A scope without a version (never invalidated, or its key expired or was evicted)
+        gets a fresh random one: values stored under any earlier version can never match it."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(version_key, _new_version(), nx=True, ex=VERSION_TTL_SECONDS)
+                pipe.get(version_key)
+                _, version = await pipe.execute()
+        except RedisError as exc:
+            log.warning("cache unavailable", cache=self.namespace, error=str(exc))
+            CACHE_REQUESTS.labels(self.namespace, "error").inc()
+            return None
+        return version if isinstance(version, bytes) else None
+
     async def invalidate(self, scope: str) -> None:
         """Retire every value of ``scope``. Call after the change has committed."""
         version_key, _ = self._keys(scope, "")
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.incr(version_key)
-                pipe.expire(version_key, VERSION_TTL_SECONDS)
-                await pipe.execute()
+            # A random version, not a counter: a counter whose key expired or was evicted
+            # would count again through values it already retired.
+            await self.redis.set(version_key, _new_version(), ex=VERSION_TTL_SECONDS)
         except RedisError as exc:
             # The values then live out their TTL: say so, loudly enough to be seen.
             log.warning("cache not invalidated", cache=self.namespace, scope=scope, error=str(exc))

@@ -144,7 +144,7 @@ async def find(services: Services, org_id: UUID, body: SearchIn) -> SearchOut:
             raise NotFoundError(f"No such recording in this org: {', '.join(missing[:5])}.")
 
     models = models_of(services)
-    embeddings = CachedEmbeddings.from_settings(models, services.redis, settings)
+    embeddings = CachedEmbeddings.from_settings(models, services.redis, settings, scope=str(org_id))
     cache = answer_cache(services.redis, settings)
     stored, ticket = await cache.read(str(org_id), _fingerprint(query, body, embeddings.space))
     cached = _decode(stored) if stored is not None else None
@@ -185,7 +185,14 @@ async def _rank(
             vector = await embeddings.embed_one(query)
         except ExternalServiceError as exc:
             if mode is SearchMode.vector:
-                raise
+                # The operator's detail (which server, which setting) goes to the log; the
+                # caller learns what it can do.
+                log.warning("search by meaning unavailable", error=exc.detail)
+                raise ExternalServiceError(
+                    exc.service,
+                    "Search by meaning is unavailable right now: try again, or search by words "
+                    '(mode "keyword").',
+                ) from exc
             # Hybrid still answers by words; the response says so.
             log.warning("search by meaning unavailable, answering by words", error=str(exc))
             mode = SearchMode.keyword

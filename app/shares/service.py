@@ -27,7 +27,7 @@ from psycopg.rows import DictRow
 from app.auth.principal import Principal
 from app.auth.rbac import Permission, Scope, scope_of
 from app.chat import repository as chat_repo
-from app.chat.service import person
+from app.chat.service import owner_of, person
 from app.documents import repository as documents_repo
 from app.documents.schemas import DocumentOut
 from app.kit.db import Conn, fetch_one, set_tenant
@@ -91,7 +91,7 @@ async def _owner_of(
         creator: UUID | None = document["created_by"]
         return creator
     conversation = await chat_repo.get_conversation(
-        conn, org, person(principal), resource_id, lock=True
+        conn, org, owner_of(principal), resource_id, lock=True
     )
     if conversation is None:
         raise NotFoundError("No such conversation.")

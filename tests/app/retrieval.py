@@ -32,6 +32,7 @@ class CountingTransport(httpx2.AsyncBaseTransport):
         self.inner = httpx2.ASGITransport(app=app)  # type: ignore[arg-type]
         self.calls: Counter[str] = Counter()
         self.bodies: dict[str, list[Any]] = {}  # the JSON each path was sent
+        self.before: dict[str, Any] = {}  # path -> a callable run as the request arrives
         self.down = False
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
@@ -39,6 +40,8 @@ class CountingTransport(httpx2.AsyncBaseTransport):
         content = await request.aread()
         if content and request.headers.get("content-type", "").startswith("application/json"):
             self.bodies.setdefault(request.url.path, []).append(json.loads(content))
+        if request.url.path in self.before:
+            self.before[request.url.path]()
         if self.down:
             return httpx2.Response(503, json={"error": {"message": "models are down"}})
         return await self.inner.handle_async_request(request)

@@ -223,6 +223,7 @@ async def test_delete_takes_the_messages_and_the_shares(
         {"message": "hi", "recording_ids": []},
         {"message": "hi", "recording_ids": [str(uuid.uuid4()) for _ in range(101)]},
         {"message": "hi", "stream": False},
+        {"message": "budget\u0000review"},
     ],
 )
 async def test_bad_questions_are_problems_and_keep_nothing(
@@ -255,7 +256,7 @@ async def test_a_model_that_fails_ends_the_stream_with_an_error_event(
     assert status == 200
     assert [name for name, _ in events] == ["conversation", "error"]
     assert events[1][1]["status"] == 502
-    assert events[1][1]["detail"]
+    assert events[1][1]["detail"] == "The model could not answer right now; ask again."
     conversation_id = events[0][1]["conversation_id"]
     messages = (
         await client.get(f"/api/conversations/{conversation_id}/messages", headers=org_a.auth())
@@ -280,3 +281,50 @@ async def test_a_key_whose_maker_is_gone_cannot_hold_conversations(
     response = await client.get("/api/conversations", headers=org_a.auth(key))
     assert response.status_code == 403
     assert models.calls == {}
+
+
+async def test_a_key_holds_its_own_conversations_not_its_makers(
+    client, models: CountingTransport, corpus, org_a: Tenant
+):
+    """A key acts for the member who made it, but their conversations are private: a reader
+    key handed to a bot must not read them, and their session must not read the bot's."""
+    _, events = await chat(client, org_a, org_a.session_auth(org_a.session), message="Budget?")
+    persons = events[0][1]["conversation_id"]
+    bot = org_a.auth(await org_a.key("reader"))
+    _, events = await chat(client, org_a, bot, message="When is the offsite?")
+    bots = events[0][1]["conversation_id"]
+    for headers, own, other in (
+        (org_a.session_auth(org_a.session), persons, bots),
+        (bot, bots, persons),
+    ):
+        listed = (await client.get("/api/conversations", headers=headers)).json()["items"]
+        assert [c["id"] for c in listed] == [own]
+        for path in (f"/api/conversations/{other}", f"/api/conversations/{other}/messages"):
+            assert (await client.get(path, headers=headers)).status_code == 404
+        response = await client.delete(f"/api/conversations/{other}", headers=headers)
+        assert response.status_code == 404
+        body = {"resource_type": "conversation", "resource_id": other}
+        response = await client.post("/api/share", json=body, headers=headers)
+        assert response.status_code in {403, 404}  # a reader may not share at all
+    # Another key of the same maker is another holder.
+    other_key = org_a.auth(await org_a.key("admin"))
+    assert (await client.get("/api/conversations", headers=other_key)).json()["items"] == []
+
+
+async def test_a_conversation_deleted_while_it_is_answered_ends_with_an_error_event(
+    client, models: CountingTransport, corpus, org_a: Tenant, settings
+):
+    import psycopg
+
+    def delete_it() -> None:
+        with psycopg.connect(settings.database_url) as conn:
+            conn.execute("DELETE FROM conversations")
+
+    models.before["/v1/chat/completions"] = delete_it
+    status, events = await chat(client, org_a, message="Who will prepare the budget review?")
+    assert status == 200
+    names = [name for name, _ in events]
+    assert names[0] == "conversation"
+    assert names[-1] == "error", names
+    assert events[-1][1]["status"] == 404
+    assert "deleted" in events[-1][1]["detail"]

@@ -111,3 +111,19 @@ async def test_the_local_cache_loads_once_for_many_callers_and_expires():
     assert counted("t7", "hit") == 19
     await asyncio.sleep(0.25)
     assert await cache.get_or_load("k", load) == 2
+
+
+async def test_a_version_never_comes_back_even_when_its_key_is_lost(redis):
+    """Evicted or expired, a scope's version key must not return to a value that old entries
+    were stored under: they would be served again."""
+    cache = VersionedCache(redis, "t8", ttl_seconds=60)
+    _, ticket = await cache.read("s", "k")
+    await cache.write(ticket, b"old")
+    await cache.invalidate("s")
+    await cache.invalidate("s")
+    await redis.delete(ticket.version_key)  # evicted
+    await cache.invalidate("s")
+    await cache.invalidate("s")
+    assert (await cache.read("s", "k"))[0] is None
+    await redis.delete(ticket.version_key)  # and lost with no invalidation after it
+    assert (await cache.read("s", "k"))[0] is None

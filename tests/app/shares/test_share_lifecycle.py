@@ -89,10 +89,16 @@ async def test_links_that_end_with_their_recording_or_conversation_are_audited(
         ("share.revoke", "recording deleted"),
     ]
     private = conversation(settings, org_a)
-    link = (await share(client, org_a, resource_type="conversation", resource_id=private)).json()[
-        "share_id"
-    ]
-    await client.delete(f"/api/conversations/{private}", headers=org_a.auth())
+    link = (
+        await share(
+            client,
+            org_a,
+            org_a.session_auth(),  # the person's own, not a key's
+            resource_type="conversation",
+            resource_id=private,
+        )
+    ).json()["share_id"]
+    await client.delete(f"/api/conversations/{private}", headers=org_a.session_auth())
     assert audit(settings, link)[-1] == ("share.revoke", "conversation deleted")
 
 

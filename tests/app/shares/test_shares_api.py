@@ -157,7 +157,13 @@ async def test_document_and_conversation_links_show_only_those(client, settings,
     assert (await client.get(f"/s/{share_id}/media")).status_code == 404
 
     conversation_id = conversation(settings, org_a, cites=recording_id)
-    response = await share(client, org_a, resource_type="conversation", resource_id=conversation_id)
+    response = await share(
+        client,
+        org_a,
+        org_a.session_auth(),  # the person's own, not a key's
+        resource_type="conversation",
+        resource_id=conversation_id,
+    )
     assert response.status_code == 201, response.text
     page = f"/s/{response.json()['share_id']}"
     body = (await client.get(page)).json()
@@ -208,7 +214,13 @@ async def test_roles_decide_who_shares_lists_and_revokes(client, settings, org_a
     response = await share(client, org_a, resource_type="recording", resource_id=owners_id)
     owners_link = response.json()["share_id"]
     private = conversation(settings, org_a)
-    response = await share(client, org_a, resource_type="conversation", resource_id=private)
+    response = await share(
+        client,
+        org_a,
+        org_a.session_auth(),  # the person's own, not a key's
+        resource_type="conversation",
+        resource_id=private,
+    )
     conversation_link = response.json()["share_id"]
 
     def ids(response) -> set[str]:
