@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from app.client_cli import ask as ask_command
 from app.client_cli import recordings_app
+from app.client_cli import search as search_command
 from app.client_cli import upload as upload_command
 
 app = typer.Typer(
@@ -17,6 +19,8 @@ db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 # The API client: these talk to a running server over HTTP, like any other client.
 app.command("upload")(upload_command)
+app.command("search")(search_command)
+app.command("ask")(ask_command)
 app.add_typer(recordings_app, name="recordings")
 
 

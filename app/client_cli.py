@@ -1,4 +1,5 @@
-"""The HTTP API from a terminal: ``record upload`` and ``record recordings list``.
+"""The HTTP API from a terminal: ``record upload``, ``record recordings list``, ``record search``
+and ``record ask``.
 
 These commands are a client like any other: they talk to a running server (``make up``, or
 any deployment) with an API key and never touch the database or storage themselves. Which
@@ -438,3 +439,125 @@ def list_recordings(
     out.print(table)
     if cursor:
         console.print(f"(more: show them with --limit {limit + MAX_PAGE})")
+
+
+# --- search and ask ----------------------------------------------------------------------------
+
+
+def _moment(start: float, end: float) -> str:
+    return f"{_duration(start)}-{_duration(end)}"
+
+
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for, in your words.")],
+    mode: Annotated[
+        str, typer.Option(help="hybrid (meaning and words), vector (meaning) or keyword.")
+    ] = "hybrid",
+    limit: Annotated[int, typer.Option(min=1, max=50, help="Show at most this many.")] = 10,
+    recording: Annotated[
+        list[str] | None, typer.Option(help="Search only this recording (repeatable).")
+    ] = None,
+) -> None:
+    """Search the org's recordings: the passages that match, and when they were said."""
+    from rich.table import Table
+
+    console = _console()
+    body: dict[str, Any] = {"query": query, "mode": mode, "limit": limit}
+    if recording:
+        body["recording_ids"] = recording
+    try:
+        with Api(load_config()) as api:
+            results = api.call("POST", "/api/search", json=body)["results"]
+    except CliError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    if not results:
+        typer.echo("Nothing found.")
+        return
+    table = Table(show_edge=False)
+    table.add_column("Recording", overflow="fold")
+    table.add_column("At", no_wrap=True)
+    table.add_column("Passage", overflow="fold")
+    table.add_column("Score", no_wrap=True, justify="right")
+    for hit in results:
+        table.add_row(
+            hit["recording_title"],
+            _moment(hit["start"], hit["end"]),
+            hit["text"],
+            f"{hit['score']:.3f}",
+        )
+    console.print(table)
+
+
+def _events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Server-sent events as (name, data) from a stream's lines."""
+    import json
+
+    name, data = "", ""
+    for line in lines:
+        if not line:
+            if name and data:
+                yield name, json.loads(data)
+            name, data = "", ""
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data += line[5:].strip()
+
+
+def ask(
+    question: Annotated[str, typer.Argument(help="A question about the org's recordings.")],
+    conversation: Annotated[
+        str | None,
+        typer.Option(help="Continue this conversation (its id, printed after each answer)."),
+    ] = None,
+    recording: Annotated[
+        list[str] | None, typer.Option(help="Answer from this recording only (repeatable).")
+    ] = None,
+) -> None:
+    """Ask the org's recordings a question: the answer streams as it is written, then the
+    moments it cites."""
+    import httpx
+
+    console = _console()
+    body: dict[str, Any] = {"message": question}
+    if conversation:
+        body["conversation_id"] = conversation
+    if recording:
+        body["recording_ids"] = recording
+    citations: list[dict[str, Any]] = []
+    conversation_id = ""
+    try:
+        with (
+            Api(load_config()) as api,
+            api.http.stream("POST", "/api/chat/stream", json=body) as response,
+        ):
+            if response.is_error:
+                response.read()
+                raise CliError(problem_message(response))
+            for name, data in _events(response.iter_lines()):
+                if name == "conversation":
+                    conversation_id = data["conversation_id"]
+                elif name == "token":
+                    console.print(data["text"], end="", markup=False, highlight=False)
+                elif name == "citations":
+                    citations = data["citations"]
+                elif name == "error":
+                    raise CliError(f"HTTP {data['status']}: {data['detail']}")
+    except httpx.TransportError as exc:
+        console.print(f"[red]error:[/red] cannot reach the server ({exc}); is it running?")
+        raise typer.Exit(1) from None
+    except CliError as exc:
+        console.print()
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print()
+    for citation in citations:
+        console.print(
+            f"[bold][{citation['number']}][/bold] {citation['recording_title']} "
+            f"{_moment(citation['start'], citation['end'])}: {citation['text']}",
+            markup=True,
+            highlight=False,
+        )
+    if conversation_id:
+        console.print(f"[dim]follow up: record ask --conversation {conversation_id} ...[/dim]")
