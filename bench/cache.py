@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import signal
 import statistics
-import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import psycopg
+
+from bench.stack import bench_stack
 
 PASSWORD = "plum-tide-orbit-velvet-42"
 
@@ -120,29 +118,8 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
-    from app.kit.migrate import upgrade
-    from app.settings import Settings
-    from bench.pipeline import start_servers
-
-    base = Path(tempfile.mkdtemp(prefix="record-bench-cache-"))
-    pg, pg_proc, valkey, valkey_proc = start_servers(base)
-    try:
-        pg.create_database("bench")
-        upgrade(pg.url("bench"))
-        settings = Settings(
-            database_url=pg.url("bench"),
-            redis_url=valkey.url,
-            state_dir=base,
-            log_level="WARNING",
-            ratelimit_enabled=False,
-        )
+    with bench_stack("record-bench-cache-", ratelimit_enabled=False) as settings:
         result = await run(settings, args.segments, args.requests, args.rounds)
-    finally:
-        pg_proc.send_signal(signal.SIGINT)
-        valkey_proc.terminate()
-        pg_proc.wait(timeout=30)
-        valkey_proc.wait(timeout=30)
-        shutil.rmtree(base, ignore_errors=True)
 
     uncached, cached = result["uncached"] * 1000, result["cached"] * 1000
     label = f"GET transcript, {args.segments} segments, ms per request"

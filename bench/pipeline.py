@@ -27,16 +27,16 @@ import argparse
 import asyncio
 import os
 import shutil
-import signal
 import statistics
 import subprocess
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 import psycopg
+
+from bench.stack import bench_stack
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -47,49 +47,6 @@ SPEECH = (
     "asked for another round of security testing. Let's schedule a rehearsal for the launch "
     "next Tuesday."
 )
-
-
-def wait_for(check, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise SystemExit(f"{what} did not start")
-
-
-def start_servers(base: Path):
-    from app.devstack.servers import PostgresServer, ValkeyServer, service_user_kwargs
-    from tests.conftest import free_port
-
-    pg = PostgresServer(data_dir=base / "pg", socket_dir=base / "run")
-    pg.initdb()
-    pg_proc = subprocess.Popen(
-        pg.command(extra={"fsync": "off", "synchronous_commit": "off"}),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        **service_user_kwargs(),
-    )
-    wait_for(pg.is_ready, "PostgreSQL")
-    valkey = ValkeyServer(data_dir=base / "valkey", port=free_port(), password="bench-only")
-    valkey_proc = subprocess.Popen(
-        valkey.command(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-    def valkey_ready() -> bool:
-        import redis
-
-        try:
-            return bool(redis.Redis.from_url(valkey.url).ping())
-        except redis.RedisError:
-            return False
-
-    wait_for(valkey_ready, "Valkey")
-    return pg, pg_proc, valkey, valkey_proc
 
 
 async def bench_copy(settings, n: int, rounds: int, *, fresh_org: bool = False) -> dict[str, float]:
@@ -302,36 +259,16 @@ async def main() -> None:
     if not shutil.which("espeak-ng"):
         raise SystemExit("espeak-ng is needed: apt-get install espeak-ng")
 
-    from app.kit.migrate import upgrade
-    from app.settings import Settings
-
-    base = Path(tempfile.mkdtemp(prefix="record-bench-"))
-    pg, pg_proc, valkey, valkey_proc = start_servers(base)
-    try:
-        pg.create_database("bench")
-        upgrade(pg.url("bench"))
-        settings = Settings(
-            database_url=pg.url("bench"),
-            redis_url=valkey.url,
-            state_dir=base,
-            openai_base_url="http://models.bench/v1",
-            log_level="WARNING",
-        )
+    with bench_stack("record-bench-", openai_base_url="http://models.bench/v1") as settings:
         writes = await bench_copy(settings, args.chunks, args.rounds)
         # The same writes without the HNSW and GIN indexes: what the write path itself costs,
         # apart from the index maintenance every way of inserting pays alike.
-        with psycopg.connect(pg.url("bench")) as conn:
+        with psycopg.connect(settings.database_url) as conn:
             conn.execute("DROP INDEX transcript_chunks_embedding_hnsw_idx")
             conn.execute("DROP INDEX transcript_chunks_tsv_idx")
         bare_writes = await bench_copy(settings, args.chunks, args.rounds, fresh_org=True)
-        ceiling = bench_ceiling(pg.url("bench"), args.chunks, args.rounds)
-        m = await bench_models(settings, args.texts, args.rounds, base)
-    finally:
-        pg_proc.send_signal(signal.SIGINT)
-        valkey_proc.terminate()
-        pg_proc.wait(timeout=30)
-        valkey_proc.wait(timeout=30)
-        shutil.rmtree(base, ignore_errors=True)
+        ceiling = bench_ceiling(settings.database_url, args.chunks, args.rounds)
+        m = await bench_models(settings, args.texts, args.rounds, settings.state_dir)
 
     bare_rate, pipe_rate = m["texts"] / m["bare_embed"], m["texts"] / m["pipe_embed"]
     print(f"\n{'figure':<58}{'baseline':>12}{'record':>12}{'ratio':>9}")

@@ -25,18 +25,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import signal
 import statistics
-import tempfile
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import psycopg
+
+from bench.stack import bench_stack
 
 DIMS = 384
 SHARES = {"org 60%": 0.60, "org 25%": 0.25, "org 10%": 0.10, "org 4%": 0.04, "org 0.9%": 0.009}
@@ -261,35 +259,14 @@ async def main() -> None:
     parser.add_argument("--exact-max", type=int, default=None, help="SEARCH_EXACT_MAX_CHUNKS")
     args = parser.parse_args()
 
-    from app.kit.migrate import upgrade
-    from app.settings import Settings
-    from bench.pipeline import start_servers
-
-    base = Path(tempfile.mkdtemp(prefix="record-bench-search-"))
-    pg, pg_proc, _valkey, valkey_proc = start_servers(base)
-    try:
-        pg.create_database("bench")
-        upgrade(pg.url("bench"))
+    extra = {"search_exact_max_chunks": args.exact_max} if args.exact_max is not None else {}
+    with bench_stack("record-bench-search-", **extra) as settings:
         corpus = synthetic_corpus(args.rows)
         started = time.perf_counter()
-        load_corpus(pg.url("bench"), corpus)
+        load_corpus(settings.database_url, corpus)
         took = time.perf_counter() - started
         print(f"loaded {args.rows} chunks (COPY + HNSW build) in {took:.1f} s")
-        extra = {"search_exact_max_chunks": args.exact_max} if args.exact_max is not None else {}
-        settings = Settings(
-            database_url=pg.url("bench"),
-            redis_url=_valkey.url,
-            state_dir=base,
-            log_level="WARNING",
-            **extra,
-        )
         report = await measure(settings, corpus, args.queries, args.k)
-    finally:
-        pg_proc.send_signal(signal.SIGINT)
-        valkey_proc.terminate()
-        pg_proc.wait(timeout=30)
-        valkey_proc.wait(timeout=30)
-        shutil.rmtree(base, ignore_errors=True)
 
     print(
         f"\n{args.rows} chunks, {args.queries} queries per org, recall@{args.k} against the exact "
