@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 from psycopg.types.json import Jsonb
@@ -39,4 +39,38 @@ async def write_audit(
             Jsonb(data or {}),
             current_request_id(),
         ),
+    )
+
+
+class Actor(Protocol):
+    """Who did it: a request's principal (org, and the user and key it acted as)."""
+
+    @property
+    def org(self) -> UUID: ...
+
+    @property
+    def user_id(self) -> UUID | None: ...
+
+    @property
+    def key_id(self) -> UUID | None: ...
+
+
+async def audit_by(
+    conn: Conn,
+    actor: Actor,
+    action: str,
+    target_type: str,
+    target_id: str | UUID | None,
+    **data: Any,
+) -> None:
+    """``write_audit`` for what a request's caller did, in the caller's org."""
+    await write_audit(
+        conn,
+        org_id=actor.org,
+        actor_user_id=actor.user_id,
+        actor_key_id=actor.key_id,
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        data=data,
     )

@@ -9,8 +9,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, TypeVar
 from uuid import UUID
 
 from fastapi import Query
@@ -18,22 +19,32 @@ from fastapi import Query
 from app.kit.errors import ValidationError
 
 MAX_PAGE = 100
+T = TypeVar("T")
 
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size, at most 100.")]
 Cursor = Annotated[str | None, Query(max_length=200, description="next_cursor of the last page")]
 
 
-def encode_cursor(created_at: datetime, row_id: UUID) -> str:
+def encode_cursor(created_at: datetime, row_id: UUID | str) -> str:
     raw = json.dumps([created_at.isoformat(), str(row_id)]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+def _decode(cursor: str, parse_id: Callable[[str], T]) -> tuple[datetime, T]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created_at, row_id = json.loads(base64.urlsafe_b64decode(padded))
-        return datetime.fromisoformat(created_at), UUID(row_id)
+        return datetime.fromisoformat(created_at), parse_id(str(row_id))
     except (ValueError, TypeError, binascii.Error) as exc:
         raise ValidationError(
             "The cursor is not valid; pass next_cursor from the previous page unchanged."
         ) from exc
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    return _decode(cursor, UUID)
+
+
+def decode_text_cursor(cursor: str) -> tuple[datetime, str]:
+    """For rows whose id is text (share links)."""
+    return _decode(cursor, str)

@@ -9,7 +9,7 @@ from app.auth.principal import AuthKind, Principal
 from app.auth.rbac import Permission, Role, can_assign
 from app.auth.schemas import OrgOut
 from app.auth.tokens import API_KEY_PREFIX, display_prefix, new_token, token_digest
-from app.kit.audit import write_audit
+from app.kit.audit import audit_by
 from app.kit.db import Conn, set_tenant
 from app.kit.errors import AuthorizationError, ConflictError, NotFoundError
 from app.kit.ids import new_id
@@ -22,16 +22,7 @@ from app.shares.audit import audit_ended
 async def _audit(
     conn: Conn, p: Principal, action: str, target_type: str, target_id: object, **data: object
 ) -> None:
-    await write_audit(
-        conn,
-        org_id=p.org,
-        actor_user_id=p.user_id,
-        actor_key_id=p.key_id,
-        action=action,
-        target_type=target_type,
-        target_id=str(target_id),
-        data=dict(data),
-    )
+    await audit_by(conn, p, action, target_type, str(target_id), **data)
 
 
 async def create_org_for(conn: Conn, *, user_id: UUID, name: str) -> OrgOut:

@@ -6,25 +6,21 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from app.auth.principal import Principal
-from app.kit.audit import write_audit
+from app.kit.audit import audit_by
 
 
 async def audit_share(
     conn: Any, principal: Principal, action: str, share: Mapping[str, Any], **data: object
 ) -> None:
-    await write_audit(
+    await audit_by(
         conn,
-        org_id=principal.org,
-        actor_user_id=principal.user_id,
-        actor_key_id=principal.key_id,
-        action=action,
-        target_type="share",
-        target_id=share["id"],
-        data={
-            "resource_type": share["resource_type"],
-            "resource_id": str(share["resource_id"]),
-            **data,
-        },
+        principal,
+        action,
+        "share",
+        share["id"],
+        resource_type=share["resource_type"],
+        resource_id=str(share["resource_id"]),
+        **data,
     )
 
 

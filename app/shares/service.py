@@ -12,9 +12,6 @@ row-level security. It shows the resource and nothing of the org or its people.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -31,7 +28,8 @@ from app.chat.service import owner_of, person
 from app.documents import repository as documents_repo
 from app.documents.schemas import DocumentOut
 from app.kit.db import Conn, fetch_one, set_tenant
-from app.kit.errors import AuthorizationError, NotFoundError, ValidationError
+from app.kit.errors import AuthorizationError, NotFoundError
+from app.kit.pagination import decode_text_cursor, encode_cursor
 from app.kit.services import Services
 from app.kit.storage import ObjectStore
 from app.recordings import repository as recordings_repo
@@ -140,7 +138,7 @@ async def list_shares(
     contributors."""
     role = principal.role
     everyone = role is not None and scope_of(role, Permission.share) is Scope.ANY
-    after = _decode_cursor(cursor) if cursor else None
+    after = decode_text_cursor(cursor) if cursor else None
     rows = await repo.active(
         conn,
         principal.org,
@@ -152,7 +150,7 @@ async def list_shares(
     last = rows[limit - 1] if len(rows) > limit else None
     return ShareList(
         items=[_out(row, settings) for row in rows[:limit]],
-        next_cursor=_encode_cursor(last["created_at"], last["id"]) if last else None,
+        next_cursor=encode_cursor(last["created_at"], last["id"]) if last else None,
     )
 
 
@@ -166,22 +164,6 @@ async def revoke_share(conn: Conn, principal: Principal, share_id: str) -> None:
     if revoked is None:  # revoked by someone else meanwhile
         raise NotFoundError("No such share.")
     await audit_share(conn, principal, "share.revoke", revoked)
-
-
-def _encode_cursor(created_at: datetime, share_id: str) -> str:
-    raw = json.dumps([created_at.isoformat(), share_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        created_at, share_id = json.loads(base64.urlsafe_b64decode(padded))
-        return datetime.fromisoformat(created_at), str(share_id)
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise ValidationError(
-            "The cursor is not valid; pass next_cursor from the previous page unchanged."
-        ) from exc
 
 
 # -- the public side -----------------------------------------------------------------------------
