@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from app.ai.local_models import LocalModels
-from tests.app.retrieval import models, seeder  # noqa: F401 - fixtures for search and chat
+from tests.app.retrieval import corpus, models, seeder  # noqa: F401 - search and chat fixtures
 
 PASSWORD = "plum-tide-orbit-velvet-42"
 _n = itertools.count()

@@ -118,3 +118,26 @@ class Seeder:
 @pytest.fixture
 def seeder(settings: Any, local_models: LocalModels, app: Any) -> Seeder:
     return Seeder(settings, local_models, app.state.services.redis)
+
+
+# Two orgs' recordings for search and chat: org A's planning sync and offsite; org B says
+# nearly what org A's budget sentence says, and must never surface for org A.
+PLANNING = [
+    "Maria will prepare the budget review by Friday.",
+    "We need to hire two backend engineers before the launch.",
+    "The database migration finished without errors last night.",
+]
+OFFSITE = [
+    "The team offsite is booked for the second week of June.",
+    "Everyone should send their travel plans to Tom.",
+]
+RIVAL = ["Maria prepares the budget review on Friday."]
+
+
+@pytest.fixture
+async def corpus(seeder: Seeder, org_a: Tenant, org_b: Tenant) -> dict[str, tuple[str, list[str]]]:
+    return {
+        "planning": await seeder.recording(org_a, "Planning sync", PLANNING),
+        "offsite": await seeder.recording(org_a, "Offsite", OFFSITE),
+        "rival": await seeder.recording(org_b, "Org B budget", RIVAL),
+    }

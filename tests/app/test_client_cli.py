@@ -11,6 +11,7 @@ import itertools
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,15 +61,14 @@ class LiveApi:
             return org_id, key.json()["key"]
 
 
-@pytest.fixture
-def live_api(settings: Any) -> Iterator[LiveApi]:
+@contextmanager
+def serving(app: Any) -> Iterator[LiveApi]:
+    """``app`` under uvicorn in a thread on a free loopback port, until the block ends."""
     import uvicorn
-
-    from app.main import create_app
 
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings.model_copy(update={"ratelimit_upload": "1000/60"})),
+        app,
         host="127.0.0.1",
         port=port,
         # The app configures logging; uvicorn's dictConfig or log levels would rewire the
@@ -92,6 +92,14 @@ def live_api(settings: Any) -> Iterator[LiveApi]:
     finally:
         server.should_exit = True
         thread.join(timeout=20)
+
+
+@pytest.fixture
+def live_api(settings: Any) -> Iterator[LiveApi]:
+    from app.main import create_app
+
+    with serving(create_app(settings.model_copy(update={"ratelimit_upload": "1000/60"}))) as api:
+        yield api
 
 
 def run(*args: str, url: str | None, key: str | None, state_dir: Path) -> Any:

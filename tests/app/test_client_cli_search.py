@@ -3,8 +3,6 @@ reach the real model server (in-process), over recordings written as the worker 
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,40 +14,21 @@ import pytest
 from app.kit.redis import create_redis
 from tests.app.conftest import Tenant
 from tests.app.retrieval import Seeder
-from tests.app.test_client_cli import LiveApi, run
-from tests.conftest import free_port
+from tests.app.test_client_cli import LiveApi, run, serving
 
 
 @pytest.fixture
 def live_api_with_models(settings: Any, model_app: object) -> Iterator[LiveApi]:
-    import uvicorn
-
     from app.main import create_app
 
-    port = free_port()
     app = create_app(
         settings.model_copy(
             update={"openai_base_url": "http://models.test/v1", "openai_max_retries": 0}
         ),
         model_transport=httpx2.ASGITransport(app=model_app),  # type: ignore[arg-type]
     )
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, log_level=None, access_log=False,
-        ws="none", lifespan="on",
-    )  # fmt: skip
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive(), "uvicorn exited during start-up"
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield LiveApi(url=f"http://127.0.0.1:{port}")
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
+    with serving(app) as api:
+        yield api
 
 
 async def test_search_and_ask_from_the_terminal(

@@ -11,18 +11,7 @@ from typing import Any
 import pytest
 
 from tests.app.conftest import Tenant
-from tests.app.retrieval import CountingTransport, Seeder
-
-PLANNING = [
-    "Maria will prepare the budget review by Friday.",
-    "We need to hire two backend engineers before the launch.",
-    "The database migration finished without errors last night.",
-]
-OFFSITE = [
-    "The team offsite is booked for the second week of June.",
-    "Everyone should send their travel plans to Tom.",
-]
-RIVAL = ["Maria prepares the budget review on Friday."]
+from tests.app.retrieval import PLANNING, CountingTransport
 
 
 async def chat(client, tenant: Tenant, auth: dict[str, str] | None = None, **body) -> Any:
@@ -41,15 +30,6 @@ async def chat(client, tenant: Tenant, auth: dict[str, str] | None = None, **bod
         if "event" in fields:
             events.append((fields["event"], json.loads(fields["data"])))
     return 200, events
-
-
-@pytest.fixture
-async def corpus(seeder: Seeder, org_a: Tenant, org_b: Tenant) -> dict[str, tuple[str, list[str]]]:
-    return {
-        "planning": await seeder.recording(org_a, "Planning sync", PLANNING),
-        "offsite": await seeder.recording(org_a, "Offsite", OFFSITE),
-        "rival": await seeder.recording(org_b, "Org B budget", RIVAL),
-    }
 
 
 async def test_an_answer_streams_cites_the_moment_and_is_kept(

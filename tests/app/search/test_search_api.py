@@ -7,34 +7,13 @@ import uuid
 import pytest
 
 from tests.app.conftest import Tenant
-from tests.app.retrieval import CountingTransport, Seeder
-
-PLANNING = [
-    "Maria will prepare the budget review by Friday.",
-    "We need to hire two backend engineers before the launch.",
-    "The database migration finished without errors last night.",
-]
-OFFSITE = [
-    "The team offsite is booked for the second week of June.",
-    "Everyone should send their travel plans to Tom.",
-]
-# Org B says nearly the same as org A's budget sentence: it must never surface for org A.
-RIVAL = ["Maria prepares the budget review on Friday."]
+from tests.app.retrieval import OFFSITE, PLANNING, CountingTransport, Seeder
 
 EMBEDDINGS = "/v1/embeddings"
 
 
 async def search(client, tenant: Tenant, token: str | None = None, **body):
     return await client.post("/api/search", json=body, headers=tenant.auth(token))
-
-
-@pytest.fixture
-async def corpus(seeder: Seeder, org_a: Tenant, org_b: Tenant) -> dict[str, tuple[str, list[str]]]:
-    return {
-        "planning": await seeder.recording(org_a, "Planning sync", PLANNING),
-        "offsite": await seeder.recording(org_a, "Offsite", OFFSITE),
-        "rival": await seeder.recording(org_b, "Org B budget", RIVAL),
-    }
 
 
 async def test_by_meaning_finds_the_passage_and_its_moment_within_the_org(
