@@ -75,12 +75,9 @@ async def chunk_stats(conn: Conn) -> ChunkStats:
     return ChunkStats(float(row["table_rows"]), float(share) if share is not None else None)
 
 
-def choose_plan(
-    stats: ChunkStats, want: int, *, exact_max: int, recording_ids: Sequence[UUID] | None
-) -> Plan:
-    """``exact`` or ``ann``: see the module's doc."""
-    if recording_ids:  # at most 100 recordings: a bounded scan
-        return "exact"
+def choose_plan(stats: ChunkStats, want: int, *, exact_max: int) -> Plan:
+    """``exact`` or ``ann`` for a whole org: see the module's doc. (Some recordings, at most
+    100, are always searched exactly: a bounded scan.)"""
     if stats.org_share is None:  # not among the most common values: a small share
         return "exact"
     if stats.org_share * stats.table_rows <= exact_max:

@@ -6,9 +6,9 @@ then rank and fetch the hits in one transaction.
 
 Answers are cached per org for ``SEARCH_CACHE_TTL_SECONDS`` as ranked chunk ids and scores, not
 as hits: the text and the recording's title are read afresh every time, so a renamed recording
-shows its new title and a deleted one never comes back from the cache. A per-org generation,
-bumped whenever the org's chunks change, retires cached answers at once: a recording that has
-just become ready is found by the next search.
+shows its new title and a deleted one never comes back from the cache. The org's cache version
+(``app.kit.cache.VersionedCache``), replaced whenever the org's chunks change, retires cached
+answers at once: a recording that has just become ready is found by the next search.
 """
 
 from __future__ import annotations
@@ -110,12 +110,12 @@ async def nearest(
     recording_ids: Sequence[UUID] | None,
 ) -> list[Candidate]:
     """The scope's ``want`` nearest chunks, by the plan its size calls for (repository doc)."""
+    if recording_ids:  # at most 100 recordings: a bounded scan, always exact
+        SEARCH_PLANS.labels("exact").inc()
+        return await repository.nearest_exact(conn, org_id, vector, want, recording_ids)
     stats = await CHUNK_STATS.get_or_load(org_id, lambda: repository.chunk_stats(conn))
     plan = repository.choose_plan(
-        stats,
-        want,
-        exact_max=max(settings.search_exact_max_chunks, want),
-        recording_ids=recording_ids,
+        stats, want, exact_max=max(settings.search_exact_max_chunks, want)
     )
     if plan == "ann" and stats.org_share is not None:
         ef = repository.ef_search_for(stats.org_share, want)
