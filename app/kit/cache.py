@@ -4,12 +4,12 @@ for a correct answer: a failing Redis is a miss, logged and counted, never an er
 **VersionedCache** keeps values under a *scope* (an org, or one recording of an org) that has a
 version. A read fetches the scope's version and the value in one round trip (``MGET``; the
 scope is a Redis Cluster hash tag, so both keys share a slot) and serves the value only if it
-was written at the current version. Whoever changes the data behind a scope bumps the version
+was written at the current version. Whoever changes the data behind a scope replaces the version
 *after committing* (``invalidate``): every value of the scope retires at once, which is the
 "invalidation by pattern" of the seed without a ``SCAN``. The race that plain delete-on-write
 caches lose — a reader loads the old row, the writer commits and deletes, the reader stores the
 old row for a whole TTL — cannot happen here: that reader stores under the version it read
-before loading, which the writer's bump has already retired.
+before loading, which the writer's new version has already retired.
 
 **LocalCache** is a bounded TTL map in the process (cachetools) for values every request would
 otherwise fetch again and that may be a little old, with one loader per key at a time.
@@ -176,6 +176,3 @@ class LocalCache:
         if not lock.locked():
             self._loading.pop(key, None)
         return value
-
-    def clear(self) -> None:
-        self._values.clear()
