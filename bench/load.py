@@ -29,8 +29,10 @@ requests, paces itself by its ``X-RateLimit-*`` headers, and picks per iteration
 recordings (following the cursor), get one, read a transcript or document, ``/api/me``, org
 members, the org, rename a recording it may edit, create + revoke an API key (owners and
 admins), get a job, search the org's recordings (hybrid, vector or keyword; the ``search``
-limiter's 429s are expected ones); one member per org uploads one recording a little into the
-run (the ``upload`` limit is 5/hour/org: setup used 3 of them).
+limiter's 429s are expected ones), ask them a question (the chat stream, read to its ``done``
+event), share a ready recording and open the link anonymously (owners and admins); one member
+per org uploads one recording a little into the run (the ``upload`` limit is 5/hour/org: setup
+used 3 of them).
 
 Thresholds (in the script): p95 of expected (2xx) responses < 500 ms, and unexpected errors
 (anything but a 2xx or an expected 429) < 1 % of requests. The table is built from k6's
@@ -83,6 +85,9 @@ ENDPOINTS = (
     "keys.revoke",
     "recordings.upload",
     "search",
+    "chat.stream",
+    "share.create",
+    "share.open",
 )
 SENTENCES = (
     "The quarterly budget review starts now. We will cover hiring and the new office.",

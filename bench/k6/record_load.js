@@ -40,6 +40,9 @@ export const ENDPOINTS = [
   'keys.revoke',
   'recordings.upload',
   'search',
+  'chat.stream',
+  'share.create',
+  'share.open',
 ];
 
 const unexpectedErrors = new Rate('unexpected_errors');
@@ -254,10 +257,49 @@ function getJob() {
 // What people ask of their meetings; the seeded recordings are espeak-ng speech about these.
 const QUERIES = ['budget review', 'who sends the report', 'hiring engineers', 'launch date', 'next steps'];
 const MODES = ['hybrid', 'hybrid', 'vector', 'keyword'];
+const QUESTIONS = ['What did we decide about the budget?', 'Who sends the roadmap?', 'What do customers use most?'];
 
 function search() {
   const body = { query: pick(QUERIES), mode: pick(MODES), limit: 10 };
   call('POST', '/api/search', 'search', 'POST /api/search', JSON.stringify(body));
+}
+
+// A question about the org's recordings: the whole answer streamed (server-sent events). A
+// stream that ends without `done` (an `error` event) is an unexpected error.
+function chatStream() {
+  const body = { message: pick(QUESTIONS) };
+  const res = call('POST', '/api/chat/stream', 'chat.stream', 'POST /api/chat/stream', JSON.stringify(body), {
+    timeout: '30s',
+  });
+  if (res && !String(res.body).includes('event: done')) unexpectedErrors.add(1, { ep: 'chat.stream' });
+}
+
+// Owners and admins share a ready recording, then open the link as anyone would.
+function shareAndOpen() {
+  if (ident.edit !== 'any') return search();
+  const id = pick(Object.keys(known).filter((r) => known[r].status === 'ready'));
+  if (!id) return getRecording();
+  const res = call(
+    'POST',
+    '/api/share',
+    'share.create',
+    'POST /api/share',
+    JSON.stringify({ resource_type: 'recording', resource_id: id, expires_in: 3600 }),
+  );
+  const out = res && json(res);
+  if (!out || !out.share_id) return;
+  const page = http.get(`${BASE}/s/${out.share_id}`, { tags: { ep: 'share.open', name: 'GET /s/{share_id}' } });
+  observeAnonymous(page, 'share.open');
+}
+
+// Public pages count against the per-IP `anonymous` limiter, not this identity's budget.
+function observeAnonymous(res, ep) {
+  if (res.status === 429) {
+    ratelimited.add(1, { ep });
+    unexpectedErrors.add(0, { ep });
+    return;
+  }
+  unexpectedErrors.add(res.status >= 200 && res.status < 300 ? 0 : 1, { ep });
 }
 
 function upload() {
@@ -286,6 +328,8 @@ const MIX = [
   [6, rotateKey],
   [7, getJob],
   [8, search],
+  [3, chatStream],
+  [2, shareAndOpen],
 ];
 const TOTAL = MIX.reduce((sum, [w]) => sum + w, 0);
 
