@@ -137,10 +137,8 @@ async def start_turn(services: Services, principal: Principal, body: ChatIn) -> 
             mode=SearchMode.hybrid,
             recording_ids=scope,
         )
-        try:
-            passages = (await search.find(services, org_id, query)).results
-        except NotFoundError:  # a recording deleted since it was checked: nothing from it
-            passages = []
+        # Checked above; a recording deleted since then just has no passages left.
+        passages = (await search.find_checked(services, org_id, query)).results
     return Turn(
         org_id=org_id,
         conversation_id=conversation["id"],

@@ -133,16 +133,22 @@ async def search(services: Services, principal: Principal, body: SearchIn) -> Se
 
 
 async def find(services: Services, org_id: UUID, body: SearchIn) -> SearchOut:
-    """The search itself, for an org (the API's search, and chat's retrieval)."""
+    """The search for an org, after checking the recordings it names are the org's (404)."""
+    if body.recording_ids:
+        named = sorted(set(body.recording_ids))
+        async with services.db.transaction(org_id=org_id) as conn:
+            known = await repository.existing_recordings(conn, org_id, named)
+        if missing := [str(i) for i in named if i not in known]:
+            raise NotFoundError(f"No such recording in this org: {', '.join(missing[:5])}.")
+    return await find_checked(services, org_id, body)
+
+
+async def find_checked(services: Services, org_id: UUID, body: SearchIn) -> SearchOut:
+    """The search itself, for recordings already checked (chat checks its own): one that is
+    gone meanwhile simply has no passages left."""
     settings = services.settings
     query = " ".join(body.query.split())
     recording_ids = sorted(set(body.recording_ids)) if body.recording_ids else None
-    if recording_ids:
-        async with services.db.transaction(org_id=org_id) as conn:
-            known = await repository.existing_recordings(conn, org_id, recording_ids)
-        if missing := [str(i) for i in recording_ids if i not in known]:
-            raise NotFoundError(f"No such recording in this org: {', '.join(missing[:5])}.")
-
     models = models_of(services)
     embeddings = CachedEmbeddings.from_settings(models, services.redis, settings, scope=str(org_id))
     cache = answer_cache(services.redis, settings)
