@@ -55,6 +55,22 @@ class Settings(BaseSettings):
     signup_mode: SignupMode = SignupMode.open
     session_ttl_hours: int = Field(default=24 * 14, ge=1, le=24 * 365)
     password_min_length: int = Field(default=12, ge=8, le=128)
+    # Mailed links: an invitation, an email verification and a password reset, each single use.
+    invitation_ttl_hours: int = Field(default=7 * 24, ge=1, le=24 * 90)
+    email_verification_ttl_hours: int = Field(default=48, ge=1, le=24 * 30)
+    password_reset_ttl_minutes: int = Field(default=60, ge=5, le=24 * 60)
+
+    # Outgoing mail, always sent from a job (never inside a request). "file" writes each message
+    # as an .eml file under STATE_DIR/mail (the local stack); "smtp" sends it through SMTP_HOST
+    # (in production Amazon SES's SMTP endpoint, STARTTLS on 587).
+    mail_backend: Literal["file", "smtp"] = "file"
+    mail_from: str = "Record <no-reply@record.localhost>"
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = True
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
 
     # OIDC bearer tokens (optional): a JWT signed by a key in this JWKS, from this issuer, for
     # this audience, naming the org and the caller's role in these claims.
