@@ -126,6 +126,17 @@ class Settings(BaseSettings):
     ratelimit_anonymous: str = "10/60"  # per client IP
     # Per client IP, on a share link's media: a player fetches it in many range requests.
     ratelimit_media: str = "120/60"
+    # Per client IP, each public entry point its own budget: one cannot spend another's.
+    ratelimit_signup: str = "10/60"
+    ratelimit_share_page: str = "60/60"  # GET /s/{id}, its media apart
+    ratelimit_password_reset: str = "5/900"
+    # Logins count FAILED attempts only, so that nobody can lock someone else out: per (client
+    # IP, email) and per client IP they refuse (429); per email, from anywhere, they never
+    # refuse but delay each further check, progressively, by at most the delay's cap.
+    ratelimit_login_failures_ip_email: str = "5/900"
+    ratelimit_login_failures_ip: str = "20/900"
+    ratelimit_login_failures_email: str = "20/900"
+    ratelimit_login_delay_max_seconds: float = Field(default=2.0, ge=0, le=10)
     ratelimit_timeout_ms: int = Field(default=50, ge=1, le=1000)
     ratelimit_breaker_seconds: float = Field(default=5.0, ge=0)
 

@@ -22,6 +22,11 @@ a circuit breaker skips Redis for ``ratelimit_breaker_seconds`` before letting o
 (half-open). While Redis cannot decide, requests pass, a warning is logged and
 ``record_ratelimit_fail_open_total`` counts them.
 
+A decision admitted by mistake can be taken back (``refund``: the request turned out not to be
+the kind the limiter counts, e.g. a login whose password was right, where only failures count),
+and a subject's window can be emptied (``forget``). Both are single idempotent commands, bounded
+and breaker-guarded like a decision; when they fail, the window keeps a request too many.
+
 Responses of a limited route carry ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and
 ``X-RateLimit-Reset``. Reset is *delta seconds* (as in the IETF httpapi RateLimit header
 draft), not an epoch time: the seconds until the window frees a slot, i.e. until the oldest
@@ -38,7 +43,7 @@ import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 from uuid import UUID
 
@@ -116,7 +121,21 @@ def resp_command(*parts: bytes) -> bytes:
     return b"*%d\r\n" % len(parts) + b"".join(resp_bulk(part) for part in parts)
 
 
-LimiterName = Literal["api", "search", "chat", "upload", "share", "anonymous", "media"]
+LimiterName = Literal[
+    "api",
+    "search",
+    "chat",
+    "upload",
+    "share",
+    "anonymous",
+    "media",
+    "signup",
+    "share_page",
+    "password_reset",
+    "login_failures_ip",
+    "login_failures_ip_email",
+    "login_failures_email",
+]
 LIMITER_NAMES: tuple[LimiterName, ...] = (
     "api",
     "search",
@@ -125,6 +144,12 @@ LIMITER_NAMES: tuple[LimiterName, ...] = (
     "share",
     "anonymous",
     "media",
+    "signup",
+    "share_page",
+    "password_reset",
+    "login_failures_ip",
+    "login_failures_ip_email",
+    "login_failures_email",
 )
 
 # Whom each limiter counts, as the seed document sets them.
@@ -137,6 +162,13 @@ DEFAULT_PER: Mapping[str, Per] = {
     "share": "org",
     "anonymous": "ip",
     "media": "ip",  # a shared recording's media: a player sends many range requests
+    "signup": "ip",
+    "share_page": "ip",  # GET /s/{id}, apart from its media
+    "password_reset": "ip",
+    # The login limiters count failed logins only, so they are applied by the login route
+    # itself (app/auth/login_throttle.py), not as a dependency; login_failures_ip_email and
+    # login_failures_email count per (IP, email) and per email, which no ``Per`` names.
+    "login_failures_ip": "ip",
 }
 
 FailReason = Literal["timeout", "error", "breaker_open"]
@@ -196,6 +228,10 @@ class Decision:
     remaining: int
     reset_ms: int  # until the window frees a slot (for a refusal: until a retry can pass)
     fail_open: bool = False
+    # Where an admitted request was recorded, so that ``RateLimiter.refund`` can take it back;
+    # empty for refusals and fail-open decisions (nothing was recorded).
+    subject: str = field(default="", repr=False, compare=False)
+    member: bytes = field(default=b"", repr=False, compare=False)
 
     @property
     def reset_seconds(self) -> int:
@@ -239,9 +275,13 @@ class SlidingWindowScript:
         self._prefix = secrets.token_hex(8).encode() + b":"
         self._counter = itertools.count()
 
-    def packed(self, limiter: str, subject: str, rate: Rate) -> bytes:
+    def new_member(self) -> bytes:
+        return b"%s%d" % (self._prefix, next(self._counter))
+
+    def packed(self, limiter: str, subject: str, rate: Rate, member: bytes | None = None) -> bytes:
         key = window_key(limiter, subject).encode()
-        member = b"%s%d" % (self._prefix, next(self._counter))
+        if member is None:
+            member = self.new_member()
         return b"%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n" % (
             self._head,
             len(key),
@@ -260,9 +300,13 @@ class SlidingWindowScript:
         return b"*8" + packed[2:] + b"$1\r\n1\r\n"
 
     @staticmethod
-    def decision(limiter: str, rate: Rate, reply: int) -> Decision:
+    def decision(
+        limiter: str, rate: Rate, reply: int, subject: str = "", member: bytes = b""
+    ) -> Decision:
         allowed, remaining, reset_ms = unpack_reply(reply)
-        return Decision(limiter, allowed, rate.limit, remaining, reset_ms)
+        if not allowed:
+            subject, member = "", b""  # a refusal records nothing to take back
+        return Decision(limiter, allowed, rate.limit, remaining, reset_ms, False, subject, member)
 
 
 # --- the limiter's connections ------------------------------------------------------------------
@@ -511,9 +555,10 @@ class RateLimiter:
         rate = self.rates[limiter]
         if not self.breaker.allow():
             return self._fail_open(limiter, rate, "breaker_open", None)
+        member = self._script.new_member()
         try:
             async with asyncio.timeout(self.timeout):
-                reply = await self._evalsha(self._script.packed(limiter, subject, rate))
+                reply = await self._evalsha(self._script.packed(limiter, subject, rate, member))
         except (TimeoutError, redis.TimeoutError) as exc:  # ours, or the socket's
             return self._failed(limiter, rate, "timeout", exc)
         except (redis.RedisError, OSError) as exc:
@@ -523,9 +568,44 @@ class RateLimiter:
             raise
         if self.breaker.succeeded():
             log.info("rate limiter recovered: Redis answers again", limiter=limiter)
-        decision = self._script.decision(limiter, rate, reply)
+        decision = self._script.decision(limiter, rate, reply, subject, member)
         RATELIMIT_DECISIONS.labels(limiter, "allowed" if decision.allowed else "refused").inc()
         return decision
+
+    async def refund(self, decision: Decision) -> bool:
+        """Take back the request ``decision`` admitted (idempotent). False when there was
+        nothing to take back or Redis did not answer (then the window keeps it)."""
+        if not decision.member:
+            return False
+        key = window_key(decision.limiter, decision.subject).encode()
+        command = resp_command(b"ZREM", key, decision.member)
+        return await self._command(decision.limiter, command, "refund")
+
+    async def forget(self, limiter: str, subject: str) -> bool:
+        """Empty ``subject``'s window of ``limiter``. False when Redis did not answer."""
+        command = resp_command(b"DEL", window_key(limiter, subject).encode())
+        return await self._command(limiter, command, "forget")
+
+    async def _command(self, limiter: str, packed: bytes, what: str) -> bool:
+        # Idempotent commands only: a lost answer sends the same bytes once more.
+        if not self.breaker.allow():
+            return False
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._connections.call(packed)
+        except (TimeoutError, redis.RedisError, OSError) as exc:
+            self.breaker.failed()
+            log.warning(
+                f"rate limiter could not {what}: Redis did not answer",
+                limiter=limiter,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return False
+        except BaseException:
+            self.breaker.abandoned()
+            raise
+        self.breaker.succeeded()
+        return True
 
     async def _evalsha(self, packed: bytes) -> int:
         resend = self._script.resend
@@ -731,6 +811,18 @@ async def enforce(request: Request, limiter: str, subject: str) -> Decision | No
     return decision
 
 
+async def refund(request: Request, decision: Decision | None) -> None:
+    """Take back what ``decision`` counted (see ``RateLimiter.refund``); the response headers
+    then show the slot as free again."""
+    limiters = request_limiter(request)
+    if limiters is None or decision is None or not await limiters.refund(decision):
+        return
+    current: Decision | None = getattr(request.state, STATE_KEY, None)
+    if current is decision:
+        remaining = min(decision.limit, decision.remaining + 1)
+        setattr(request.state, STATE_KEY, replace(decision, remaining=remaining))
+
+
 async def enforce_caller(
     request: Request, limiter: str, caller: Caller, per: Literal["user", "org"] = "user"
 ) -> Decision | None:
@@ -754,8 +846,10 @@ def rate_limit(
     ``authenticate`` sets: declare it after the route's principal parameter, e.g.
     ``async def search(body: SearchIn, principal: Searcher, _: SearchLimit)`` with
     ``SearchLimit = Annotated[Decision | None, Depends(rate_limit("search"))]``.
-    Per IP (``anonymous``), it needs nothing else.
+    Per IP (``anonymous``, ``signup``, ...), it needs nothing else.
     """
+    if per is None and limiter not in DEFAULT_PER:
+        raise ValueError(f"The {limiter!r} limiter is not for rate_limit(): it counts no Per.")
     scope = per or DEFAULT_PER[limiter]
 
     async def dependency(request: Request) -> Decision | None:
