@@ -13,10 +13,15 @@ from app.kit.audit import audit_by
 from app.kit.db import Conn, set_tenant
 from app.kit.errors import AuthorizationError, ConflictError, NotFoundError
 from app.kit.ids import new_id
+from app.kit.security.text import plain_text
 from app.orgs import repository as repo
 from app.orgs.schemas import ApiKeyCreated, ApiKeyIn, ApiKeyOut, MemberIn, MemberOut
 from app.shares import repository as shares_repo
 from app.shares.audit import audit_ended
+
+# As the request schemas cap them.
+ORG_NAME_LENGTH = 200
+API_KEY_NAME_LENGTH = 100
 
 
 async def _audit(
@@ -28,6 +33,7 @@ async def _audit(
 async def create_org_for(conn: Conn, *, user_id: UUID, name: str) -> OrgOut:
     org_id = new_id()
     await set_tenant(conn, org_id=org_id, user_id=user_id)
+    name = plain_text(name, max_length=ORG_NAME_LENGTH)
     row = await repo.insert_org(conn, org_id=org_id, name=name)
     await repo.upsert_membership(conn, org_id=org_id, user_id=user_id, role=Role.owner)
     return OrgOut.model_validate(row)
@@ -47,6 +53,7 @@ async def get_org(conn: Conn, org_id: UUID) -> OrgOut:
 
 
 async def rename_org(conn: Conn, principal: Principal, name: str) -> OrgOut:
+    name = plain_text(name, max_length=ORG_NAME_LENGTH)
     row = await repo.rename_org(conn, principal.org, name)
     if row is None:
         raise NotFoundError("No such org.")
@@ -173,12 +180,13 @@ async def remove_member(conn: Conn, principal: Principal, user_id: UUID) -> None
 
 async def create_api_key(conn: Conn, principal: Principal, body: ApiKeyIn) -> ApiKeyCreated:
     _check_assign(principal, body.role)
+    name = plain_text(body.name, max_length=API_KEY_NAME_LENGTH)
     secret = new_token(API_KEY_PREFIX)
     row = await repo.insert_api_key(
         conn,
         key_id=new_id(),
         org_id=principal.org,
-        name=body.name,
+        name=name,
         prefix=display_prefix(secret),
         digest=token_digest(secret),
         role=body.role,
@@ -190,7 +198,7 @@ async def create_api_key(conn: Conn, principal: Principal, body: ApiKeyIn) -> Ap
         "api_key.create",
         "api_key",
         row["id"],
-        name=body.name,
+        name=name,
         role=body.role.value,
     )
     return ApiKeyCreated(key=secret, **row)
