@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, Request, Response, status
 from app.auth import repository as repo
 from app.auth import service
 from app.auth.deps import CurrentPrincipal
+from app.auth.login_throttle import login_attempt
 from app.auth.principal import AuthKind
 from app.auth.schemas import (
     LoginIn,
@@ -20,7 +21,7 @@ from app.auth.schemas import (
 from app.kit.db import set_tenant
 from app.kit.deps import DbConn, ServicesDep
 from app.kit.errors import ValidationError
-from app.kit.ratelimit import email_subject, enforce, rate_limit
+from app.kit.ratelimit import rate_limit
 
 router = APIRouter(prefix="/api", tags=["auth"])
 
@@ -28,16 +29,21 @@ router = APIRouter(prefix="/api", tags=["auth"])
 PerClientIp = Depends(rate_limit("anonymous"))
 
 
-@router.post("/auth/signup", status_code=status.HTTP_201_CREATED, dependencies=[PerClientIp])
+@router.post(
+    "/auth/signup",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[Depends(rate_limit("signup"))],
+)
 async def signup(body: SignupIn, conn: DbConn, services: ServicesDep) -> SignupOut:
     return await service.signup(conn, services.settings, body)
 
 
-@router.post("/auth/login", dependencies=[PerClientIp])
+@router.post("/auth/login")
 async def login(body: LoginIn, request: Request, conn: DbConn, services: ServicesDep) -> LoginOut:
-    # And per account: password guessing spread over many IPs still meets this limit.
-    await enforce(request, "anonymous", email_subject(body.email))
-    return await service.login(conn, services.settings, body.email, body.password)
+    # Failed logins are limited per client IP (and email); an account's failures from
+    # anywhere only slow its checks down, so nobody can lock its owner out.
+    async with login_attempt(request, services.settings, body.email):
+        return await service.login(conn, services.settings, body.email, body.password)
 
 
 @router.post("/auth/logout", status_code=status.HTTP_204_NO_CONTENT)

@@ -23,8 +23,9 @@ public = APIRouter(tags=["shares"])
 
 Sharer = Annotated[Principal, Depends(require(Permission.share))]
 ShareId = Annotated[str, Path(min_length=16, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
-# Nobody is signed in on a public page: counted per client IP, like the auth endpoints.
-PerClientIp = Depends(rate_limit("anonymous"))
+# Nobody is signed in on a public page: counted per client IP, on a budget of its own (opening
+# shared pages spends none of an address's signups or logins, nor they its pages).
+PerClientIp = Depends(rate_limit("share_page"))
 # The media apart, with more room: a player fetches it in many range requests.
 PerClientIpMedia = Depends(rate_limit("media"))
 PUBLIC_HEADERS = {"Cache-Control": "no-store", "X-Robots-Tag": "noindex, nofollow"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
@@ -13,7 +14,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import APIRouter, Depends, FastAPI, Response
 
 from app.auth.deps import CurrentPrincipal
-from app.kit.ratelimit import Decision, rate_limit
+from app.kit.ratelimit import Decision, email_subject, rate_limit, window_key
 from tests.app.conftest import PASSWORD, make_tenant, signup
 
 # Routes the search, upload and share domains will use the same way once they land.
@@ -38,6 +39,13 @@ async def upload(
 @probe_routes.get("/public", dependencies=[Depends(rate_limit("anonymous"))])
 async def public_page() -> dict[str, str]:
     return {"ok": "yes"}
+
+
+@probe_routes.post(
+    "/password-reset", status_code=204, dependencies=[Depends(rate_limit("password_reset"))]
+)
+async def password_reset() -> Response:
+    return Response(status_code=204)
 
 
 @probe_routes.get("/misordered", dependencies=[Depends(rate_limit("search"))])
@@ -185,7 +193,7 @@ async def test_upload_limit_is_per_org_and_shows_on_204(make_app, redis_url):
 
 
 async def test_signup_limited_per_ip(make_app):
-    app = await make_app(ratelimit_anonymous="2/60")
+    app = await make_app(ratelimit_signup="2/60")
     async with client_from(app, "198.51.100.1") as one, client_from(app, "198.51.100.2") as two:
         await signup(one)
         response = await one.post(
@@ -200,32 +208,52 @@ async def test_signup_limited_per_ip(make_app):
         await signup(two)  # another address has its own budget
 
 
-async def test_login_limited_per_email_across_ips(make_app, redis_url):
-    app = await make_app(ratelimit_anonymous="3/60")
+async def login(app: FastAPI, ip: str, email: str, password: str = "wrong-password-123") -> int:
+    async with client_from(app, ip) as client:
+        response = await client.post("/api/auth/login", json={"email": email, "password": password})
+        return response.status_code
+
+
+async def test_wrong_passwords_from_elsewhere_do_not_lock_the_owner_out(make_app, redis_url):
+    # The finding: ten wrong passwords for someone's email, sent from anywhere, refused that
+    # person's right password. Now an account's failures only slow its checks (by at most
+    # the cap; a tiny one here so the test does not wait).
+    app = await make_app(
+        ratelimit_login_failures_ip_email="3/60",
+        ratelimit_login_failures_ip="6/60",
+        ratelimit_login_failures_email="20/60",
+        ratelimit_login_delay_max_seconds=0.01,
+    )
     async with client_from(app) as setup:
         victim = await signup(setup)
         await forget_limits(redis_url)
 
-    async def attempt(ip: str, email: str, password: str = "wrong-password-123") -> int:
-        async with client_from(app, ip) as client:
-            response = await client.post(
-                "/api/auth/login", json={"email": email, "password": password}
-            )
-            return response.status_code
+    attackers = [f"203.0.113.{n}" for n in range(1, 5)]
+    statuses = [await login(app, ip, victim["email"]) for ip in attackers for _ in range(6)]
+    assert statuses == ([401] * 3 + [429] * 3) * len(attackers)  # each address: 3 failures
+    # Only the checked (and failed) passwords count against the account: 4 x 3, not 4 x 6.
+    valkey = aioredis.Redis.from_url(redis_url)
+    failures = await valkey.zcard(
+        window_key("login_failures_email", email_subject(victim["email"]))
+    )
+    await valkey.aclose()
+    assert failures == 12
 
-    # One guess from each of many addresses: every IP is well under its own limit...
-    assert [await attempt(f"203.0.113.{n}", victim["email"]) for n in range(1, 4)] == [401] * 3
-    # ...but the account has had its three tries this minute, right password or not.
-    assert await attempt("203.0.113.4", victim["email"], PASSWORD) == 429
-    assert await attempt("203.0.113.5", victim["email"].upper()) == 429
-    # Other accounts are unaffected.
-    assert await attempt("203.0.113.6", "someone-else@example.com") == 401
+    assert await login(app, "198.51.100.20", victim["email"], PASSWORD) == 200
+    assert await login(app, "198.51.100.21", victim["email"].upper(), PASSWORD) == 200
+    # Yet from an attacking address, even the right password waits for the window to slide.
+    assert await login(app, attackers[0], victim["email"], PASSWORD) == 429
 
 
-async def test_login_limited_per_ip_across_emails(make_app):
-    app = await make_app(ratelimit_anonymous="2/60")
+async def test_an_address_is_refused_after_its_failures_on_any_accounts(make_app, redis_url):
+    app = await make_app(
+        ratelimit_login_failures_ip="4/60", ratelimit_login_failures_ip_email="3/60"
+    )
+    async with client_from(app) as setup:
+        user = await signup(setup)
+        await forget_limits(redis_url)
     async with client_from(app, "198.51.100.9") as client:
-        for n in range(2):
+        for n in range(4):
             response = await client.post(
                 "/api/auth/login", json={"email": f"n{n}@example.com", "password": "x"}
             )
@@ -234,7 +262,87 @@ async def test_login_limited_per_ip_across_emails(make_app):
         response = await client.post(
             "/api/auth/login", json={"email": "n9@example.com", "password": "x"}
         )
+        assert_429(response, 4)
+        assert 55 <= int(response.headers["retry-after"]) <= 60
+        # This address failed itself: its right passwords wait too...
+        response = await client.post(
+            "/api/auth/login", json={"email": user["email"], "password": PASSWORD}
+        )
+        assert_429(response, 4)
+    # ...while other addresses are untouched.
+    assert await login(app, "198.51.100.10", user["email"], PASSWORD) == 200
+    assert await login(app, "198.51.100.10", "n9@example.com") == 401
+
+
+async def test_failures_on_one_account_from_one_address(make_app, redis_url):
+    app = await make_app(
+        ratelimit_login_failures_ip_email="2/60",
+        ratelimit_login_failures_ip="10/60",
+        ratelimit_login_delay_max_seconds=0.01,
+    )
+    async with client_from(app) as setup:
+        victim = await signup(setup)
+        other = await signup(setup)
+        await forget_limits(redis_url)
+
+    guesser = "203.0.113.50"
+    assert [await login(app, guesser, victim["email"]) for _ in range(2)] == [401, 401]
+    async with client_from(app, guesser) as client:
+        response = await client.post(
+            "/api/auth/login", json={"email": victim["email"], "password": PASSWORD}
+        )
         assert_429(response, 2)
+    # The same address still tries other accounts (its own budget is 10 failures).
+    assert await login(app, guesser, other["email"], PASSWORD) == 200
+    assert await login(app, guesser, other["email"]) == 401
+
+    # Successes cost nothing, and one forgives the address's earlier failures on the account.
+    owner = "198.51.100.30"
+    assert await login(app, owner, victim["email"]) == 401
+    for _ in range(5):
+        assert await login(app, owner, victim["email"], PASSWORD) == 200
+    assert [await login(app, owner, victim["email"]) for _ in range(3)] == [401, 401, 429]
+
+
+async def test_public_entry_points_have_separate_budgets(make_app, redis_url):
+    app = await make_app(
+        ratelimit_signup="2/60", ratelimit_share_page="3/60", ratelimit_password_reset="2/60"
+    )
+    page = "/s/" + "a" * 24  # no such link: a 404, counted like any page
+    async with client_from(app, "198.51.100.40") as client:
+
+        async def sign_up() -> httpx.Response:
+            email = f"sep{uuid.uuid4().hex[:12]}@example.com"
+            body = {"email": email, "password": PASSWORD, "name": "Sep"}
+            return await client.post("/api/auth/signup", json=body)
+
+        # Signups spent to the last: pages and resets keep their whole budgets.
+        assert [(await sign_up()).status_code for _ in range(2)] == [201, 201]
+        assert_429(await sign_up(), 2)
+        response = await client.get(page)
+        assert response.status_code == 404
+        assert limit_headers(response)[:2] == (3, 2)
+        response = await client.post("/_test/password-reset")
+        assert response.status_code == 204
+        assert limit_headers(response)[:2] == (2, 1)
+
+        # Pages spent: resets keep theirs, and signups do not come back.
+        for _ in range(2):
+            assert (await client.get(page)).status_code == 404
+        assert_429(await client.get(page), 3)
+        assert (await client.post("/_test/password-reset")).status_code == 204
+        assert_429(await client.post("/_test/password-reset"), 2)
+        assert_429(await sign_up(), 2)
+
+        # Logins are on none of these budgets.
+        assert (
+            await client.post("/api/auth/login", json={"email": "z@example.com", "password": "x"})
+        ).status_code == 401
+
+    # Another address starts afresh on each.
+    async with client_from(app, "198.51.100.41") as client:
+        assert (await client.post("/_test/password-reset")).status_code == 204
+        assert (await client.get(page)).status_code == 404
 
 
 async def test_forwarded_for_is_honoured_only_from_trusted_proxies(make_app):

@@ -1,5 +1,5 @@
-"""The seed's limiters on shares: ``share`` per org on creation, ``anonymous`` per client IP on
-the public pages."""
+"""The limiters on shares: ``share`` per org on creation, ``share_page`` per client IP on the
+public pages, ``media`` per client IP on their media."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def settings(settings):
     return settings.model_copy(
         update={
             "ratelimit_share": "2/86400",
-            "ratelimit_anonymous": "8/60",
+            "ratelimit_share_page": "8/60",
             "ratelimit_media": "3/60",
         }
     )
@@ -57,10 +57,11 @@ async def test_links_are_limited_per_org_and_pages_per_client(
     assert response.headers["content-type"] == "application/problem+json"
     assert len((await client.get("/api/share", headers=org_a.auth())).json()["items"]) == 2
 
-    # Signing the test's people up counted against the same client IP: spend what is left.
+    # Pages have a budget of their own: signing the test's people up spent none of it.
     response = await client.get(f"/s/{links[0]}")
     assert response.status_code == 200
     assert response.headers["x-ratelimit-limit"] == "8"
+    assert response.headers["x-ratelimit-remaining"] == "7"
     for _ in range(int(response.headers["x-ratelimit-remaining"])):
         assert (await client.get(f"/s/{links[0]}")).status_code == 200
     response = await client.get(f"/s/{links[1]}")
