@@ -5,8 +5,9 @@
 Target: ``--url`` (with ``--key``, ``RECORD_API_KEY`` or ``.record/dev.env`` for the key), or
 ``RECORD_API_URL`` + ``RECORD_API_KEY`` from the environment; with neither, it starts its own
 ``record up`` in a temporary state directory on free ports (``tests.stack.conftest.start_stack``)
-and stops it afterwards. That stack runs with ``RATELIMIT_ANONYMOUS=1000/60`` so the setup can
-sign up one user per VU at once; every other limit keeps its default (``api`` 100/60 per user,
+and stops it afterwards. That stack runs with ``RATELIMIT_SIGNUP=1000/60`` so the setup can
+sign up one user per VU at once, and ``RATELIMIT_SHARE_PAGE=1000/60`` because every VU opens its
+share links from this one address; every other limit keeps its default (``api`` 100/60 per user,
 ``upload`` 5/3600 per org), and the load honours them.
 
 Setup (here, through the API, before k6 starts):
@@ -14,8 +15,8 @@ Setup (here, through the API, before k6 starts):
 - ``--orgs`` orgs (default 5), each from one signup (its owner);
 - members: the owners invite ``--users`` minus ``--orgs`` more emails, round-robin over the orgs
   with the roles admin, contributor, reader; each then signs up and so joins that org (a signup
-  is the one anonymous request a user costs; ``/api/auth/*`` is limited per IP, 10/60 by
-  default: against a stack with that default the setup waits out the window when it has to);
+  is the one anonymous request a user costs; signups are limited per IP, 10/60 by default
+  (``signup``): against a stack with that default the setup waits out the window when it has to);
 - credentials, one per user: owners use an owner API key; every other admin a contributor or
   reader API key it made itself; the rest their session (with ``X-Record-Org``). The ``api``
   limiter counts per *user* (a key counts against the user who made it), so distinct users,
@@ -136,11 +137,10 @@ def target(args: argparse.Namespace) -> Iterator[Target]:
     from tests.stack.conftest import start_stack
 
     base = Path(tempfile.mkdtemp(prefix="record-load-"))
-    print(f"starting a stack of its own in {base} (RATELIMIT_ANONYMOUS=1000/60) ...", flush=True)
+    print(f"starting a stack of its own in {base} (per-IP limits 1000/60) ...", flush=True)
     began = time.monotonic()
-    stack = start_stack(
-        base / "state", free_port(), free_port(), {"RATELIMIT_ANONYMOUS": "1000/60"}
-    )
+    per_ip = {"RATELIMIT_SIGNUP": "1000/60", "RATELIMIT_SHARE_PAGE": "1000/60"}
+    stack = start_stack(base / "state", free_port(), free_port(), per_ip)
     try:
         print(f"  up in {time.monotonic() - began:.0f} s at {stack.api_url}", flush=True)
         yield Target(stack.api_url, stack.dev_env().get("RECORD_API_KEY"), started=True)
@@ -560,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--users",
         type=int,
         help="users to create, one credential each (default: one per VU with an own stack, "
-        "else at most 10: one anonymous-limit window of signups)",
+        "else at most 10: one signup-limit window)",
     )
     parser.add_argument("--think", type=parse_think, default=(0.5, 1.0), help="MIN-MAX s")
     parser.add_argument("--p95-ms", type=float, default=500.0)

@@ -292,7 +292,7 @@ function shareAndOpen() {
   observeAnonymous(page, 'share.open');
 }
 
-// Public pages count against the per-IP `anonymous` limiter, not this identity's budget.
+// Public pages count against the per-IP `share_page` limiter, not this identity's budget.
 function observeAnonymous(res, ep) {
   if (res.status === 429) {
     ratelimited.add(1, { ep });
