@@ -18,6 +18,11 @@ from infra.presets import PRESETS, SizePreset
 NAMESPACE = "record"
 _IMAGE_DIGEST = re.compile(r"^[\w.\-/:]+@sha256:[0-9a-f]{64}$")
 _STACK_NAME = re.compile(r"^[a-z][a-z0-9-]{1,20}$")
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_LOCAL_PART = re.compile(r"^[a-z0-9][a-z0-9._+-]{0,63}$")
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# A display name goes into the From header as is: no quotes, angle brackets or commas.
+_DISPLAY_NAME = re.compile(r"^[\w .'-]{1,64}$")
 
 
 class ConfigError(ValueError):
@@ -140,6 +145,28 @@ class WorkloadsConfig:
 
 
 @dataclass(frozen=True)
+class MailConfig:
+    """Outgoing mail through Amazon SES: the domain identity and who mails come from."""
+
+    domain: str
+    from_address: str
+    from_name: str = "Record"
+    # A custom MAIL FROM (Return-Path) domain under ``domain``, for SPF alignment (DMARC).
+    mail_from_subdomain: str | None = None
+
+    @property
+    def mail_from(self) -> str:
+        """MAIL_FROM as the app sends it: ``Name <address>``."""
+        return f"{self.from_name} <{self.from_address}>"
+
+    @property
+    def mail_from_domain(self) -> str | None:
+        if self.mail_from_subdomain is None:
+            return None
+        return f"{self.mail_from_subdomain}.{self.domain}"
+
+
+@dataclass(frozen=True)
 class MonitoringConfig:
     alert_email: str | None = None
     alert_webhook_url: pulumi.Input[str] | None = None
@@ -176,6 +203,8 @@ class StackConfig:
     monitoring: MonitoringConfig
     rollout: RolloutConfig
     preview: PreviewConfig | None = None
+    # None on a preview stack: it sends through its base stack's identity (infra/preview.py).
+    mail: MailConfig | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -244,6 +273,7 @@ def load(project: str | None = None, stack: str | None = None) -> StackConfig:
     monitoring = _monitoring(cfg, proj)
     rollout = _rollout(cfg, proj)
     preview = _preview(cfg, proj)
+    mail = _mail(cfg, proj, preview)
     if preview is not None:
         # One stack per pull request: the slug keeps their names apart.
         proj = replace(proj, instance=preview.slug)
@@ -263,6 +293,7 @@ def load(project: str | None = None, stack: str | None = None) -> StackConfig:
         monitoring=monitoring,
         rollout=rollout,
         preview=preview,
+        mail=mail,
     )
     validate_production(config)
     return config
@@ -518,6 +549,52 @@ def _preview(cfg: pulumi.Config, proj: ProjectConfig) -> PreviewConfig | None:
         if proj.production:
             raise ConfigError("a preview stack cannot be a production stack")
     return preview
+
+
+def _mail(
+    cfg: pulumi.Config, proj: ProjectConfig, preview: PreviewConfig | None
+) -> MailConfig | None:
+    ml = _obj(cfg, "mail")
+    if preview is not None:
+        if ml:
+            # One SES identity per base stack: a preview's own would need its own DNS records
+            # and its own way out of the sandbox.
+            raise ConfigError(
+                f"{NAMESPACE}:mail is not for a preview stack: it sends through its base "
+                "stack's mail identity"
+            )
+        return None
+    _unknown_keys(ml, {"domain", "fromAddress", "fromName", "mailFromSubdomain"}, "mail")
+    # The stack's own host name by default: each stack sends from its own identity, so a
+    # staging mistake never spends production's sending reputation.
+    domain = (_pick(ml, "domain", None, str, "mail") or cfg.require("domain")).lower()
+    if not _HOST_NAME.match(domain):
+        raise ConfigError(f"{NAMESPACE}:mail.domain must be a DNS name, got {domain!r}")
+    from_address = (_pick(ml, "fromAddress", None, str, "mail") or f"no-reply@{domain}").lower()
+    local, _, from_domain = from_address.partition("@")
+    if not _LOCAL_PART.match(local) or from_domain != domain:
+        # The SMTP user may send only as <anything>@<mail.domain> (ses:FromAddress).
+        raise ConfigError(
+            f"{NAMESPACE}:mail.fromAddress must be an address at mail.domain ({domain}), "
+            f"got {from_address!r}"
+        )
+    mail = MailConfig(
+        domain=domain,
+        from_address=from_address,
+        from_name=_pick(ml, "fromName", None, str, "mail") or "Record",
+        mail_from_subdomain=_pick(ml, "mailFromSubdomain", None, str, "mail"),
+    )
+    if not _DISPLAY_NAME.match(mail.from_name):
+        raise ConfigError(
+            f"{NAMESPACE}:mail.fromName must be letters, digits, spaces, '.', \"'\" or '-', "
+            f"got {mail.from_name!r}"
+        )
+    if mail.mail_from_subdomain is not None and not _LABEL.match(mail.mail_from_subdomain):
+        raise ConfigError(
+            f"{NAMESPACE}:mail.mailFromSubdomain must be one DNS label (e.g. 'bounce'), "
+            f"got {mail.mail_from_subdomain!r}"
+        )
+    return mail
 
 
 def validate_production(config: StackConfig) -> None:

@@ -161,6 +161,23 @@ def _computed(typ: str, name: str, inputs: dict[str, Any], region: str) -> dict[
         out.update(arn=f"arn:aws:iam::{ACCOUNT}:role/{role}", name=role)
     elif typ == "aws:ec2/launchTemplate:LaunchTemplate":
         out.update(latestVersion=1)
+    elif typ == "aws:ses/domainIdentity:DomainIdentity":
+        domain = inputs.get("domain", name)
+        out.update(
+            arn=f"arn:aws:ses:{region}:{ACCOUNT}:identity/{domain}",
+            verificationToken=f"{PLACEHOLDER}-verification-{token}",
+        )
+    elif typ == "aws:ses/domainDkim:DomainDkim":
+        out.update(dkimTokens=[f"{PLACEHOLDER}-dkim{i}-{token}" for i in range(1, 4)])
+    elif typ == "aws:iam/user:User":
+        user = inputs.get("name", name)
+        out.update(arn=f"arn:aws:iam::{ACCOUNT}:user{inputs.get('path', '/')}{user}", name=user)
+    elif typ == "aws:iam/accessKey:AccessKey":
+        out.update(
+            secret=f"{PLACEHOLDER}-access-key-secret",
+            sesSmtpPasswordV4=f"{PLACEHOLDER}-smtp-password",
+            createDate="1970-01-01T00:00:00Z",
+        )
     elif typ == "kubernetes:networking.k8s.io/v1:Ingress":
         out = {
             "status": {

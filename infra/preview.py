@@ -2,8 +2,9 @@
 
 A preview owns only what is cheap and disposable: a namespace, a database on the base stack's
 RDS instance (created by the migration Job's bootstrap step), IRSA roles scoped to its own
-prefix in the base bucket, and its workloads. Cluster, RDS, Valkey and the bucket are read from
-the base stack's outputs (a StackReference), never created.
+prefix in the base bucket, and its workloads. Cluster, RDS, Valkey, the bucket and the SES
+identity with its SMTP credentials are read from the base stack's outputs (a StackReference),
+never created.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ BASE_OUTPUTS = (
     "bucketKmsKeyArn",
     "oidcProviderArn",
     "oidcIssuer",
+    "mailFrom",
+    "smtpHost",
+    "smtpUsername",
+    "smtpPassword",
 )
 
 

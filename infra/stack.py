@@ -12,6 +12,7 @@ from infra.cluster import Cluster, ClusterArgs
 from infra.config import StackConfig
 from infra.database import Database, DatabaseArgs
 from infra.identity import Identity, IdentityArgs
+from infra.mail import Mail, MailArgs, MailSettings
 from infra.monitoring import Monitoring, MonitoringArgs
 from infra.network import Network, NetworkArgs
 from infra.preview import Preview, PreviewArgs
@@ -86,6 +87,8 @@ def _build_base(config: StackConfig) -> dict[str, Any]:
             auth_token=cache_token,
         ),
     )
+    assert config.mail is not None
+    mail = Mail(prefix, MailArgs(project=p, mail=config.mail))
     namespace = prefix
     identity = Identity(
         prefix,
@@ -122,6 +125,7 @@ def _build_base(config: StackConfig) -> dict[str, Any]:
             api_role_arn=identity.api_role.arn,
             worker_role_arn=identity.worker_role.arn,
             migrate_role_arn=identity.migrate_role.arn,
+            mail=mail.settings,
             # CRDs (KEDA, Prometheus operator, Argo Rollouts) exist once the charts are in.
             depends_on=list(cluster.releases),
         ),
@@ -158,6 +162,15 @@ def _build_base(config: StackConfig) -> dict[str, Any]:
         "oidcProviderArn": cluster.oidc_provider_arn,
         "oidcIssuer": cluster.oidc_issuer,
         "alertTopicArn": monitoring.topic_arn,
+        "mailDomain": config.mail.domain,
+        "mailFrom": config.mail.mail_from,
+        "mailIdentityArn": mail.identity.arn,
+        # The records to add at the DNS provider (DEPLOYMENT.md, Outgoing mail).
+        "mailDnsRecords": mail.dns_records,
+        # For preview stacks, which send through this identity with these credentials.
+        "smtpHost": mail.settings.smtp_host,
+        "smtpUsername": mail.settings.smtp_username,
+        "smtpPassword": mail.settings.smtp_password,
     }
     for key, value in outputs.items():
         pulumi.export(key, value)
@@ -189,6 +202,14 @@ def _build_preview(config: StackConfig) -> dict[str, Any]:
 
     # The preview's Valkey token is the base stack's: one instance, one token.
     workloads_cfg = replace(config.workloads, cache_auth_token=base["cacheAuthToken"])
+    # One SES identity per base stack, like its Valkey: previews mail From its domain with its
+    # SMTP credentials (a rotation there reaches a preview at its next `pulumi up`).
+    mail = MailSettings(
+        mail_from=base["mailFrom"].apply(str),
+        smtp_host=base["smtpHost"].apply(str),
+        smtp_username=pulumi.Output.secret(base["smtpUsername"].apply(str)),
+        smtp_password=pulumi.Output.secret(base["smtpPassword"].apply(str)),
+    )
     Workloads(
         prefix,
         WorkloadsArgs(
@@ -210,6 +231,7 @@ def _build_preview(config: StackConfig) -> dict[str, Any]:
             api_role_arn=identity.api_role.arn,
             worker_role_arn=identity.worker_role.arn,
             migrate_role_arn=identity.migrate_role.arn,
+            mail=mail,
             depends_on=[],
         ),
         opts=pulumi.ResourceOptions(parent=preview),

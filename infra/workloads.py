@@ -17,6 +17,7 @@ import pulumi
 
 from infra import k8s as kube
 from infra.config import ProjectConfig, RolloutConfig, WorkloadsConfig
+from infra.mail import MailSettings
 
 API_PORT = 8000
 MODEL_PORT = 8100
@@ -37,6 +38,9 @@ SECRETS_AS_ENV_SKIP = (
     "settings object); the Secret is namespaced, encrypted with KMS in etcd and mounted only "
     "into Record's own pods"
 )
+# Only the worker sends mail, so only the worker sees the SMTP credentials (secretKeyRef).
+SMTP_SECRET = "record-smtp"
+SMTP_SECRET_KEYS = ("SMTP_USERNAME", "SMTP_PASSWORD")
 
 
 @dataclass
@@ -59,6 +63,7 @@ class WorkloadsArgs:
     api_role_arn: pulumi.Input[str]
     worker_role_arn: pulumi.Input[str]
     migrate_role_arn: pulumi.Input[str]
+    mail: MailSettings
     depends_on: list[pulumi.Resource]
 
 
@@ -145,6 +150,13 @@ class Workloads(pulumi.ComponentResource):
             "TRANSCRIPTION_CONCURRENCY": "1" if cfg.use_local_models else "4",
             "WEB_CONCURRENCY": str(cfg.api_workers),
             "BIND": f"0.0.0.0:{API_PORT}",
+            # Every pod renders mail the same way (links under PUBLIC_URL); only the worker
+            # sends it and holds the SMTP credentials (SMTP_SECRET).
+            "MAIL_BACKEND": "smtp",
+            "MAIL_FROM": args.mail.mail_from,
+            "SMTP_HOST": args.mail.smtp_host,
+            "SMTP_PORT": str(args.mail.smtp_port),
+            "SMTP_STARTTLS": "true" if args.mail.starttls else "false",
         }
         for key, value in (
             ("OIDC_ISSUER", cfg.oidc_issuer),
@@ -197,7 +209,7 @@ class Workloads(pulumi.ComponentResource):
             },
             opts_ns,
         )
-        config_deps = [config_map, secret]
+        config_deps = [config_map, secret, self._smtp_secret(opts_ns)]
         # A new image is a new Job: Jobs are immutable, and the name says which build migrated.
         digest = hashlib.sha256(cfg.image.encode()).hexdigest()[:10]
 
@@ -324,6 +336,23 @@ class Workloads(pulumi.ComponentResource):
         if annotations:
             meta["annotations"] = annotations
         return meta
+
+    def _smtp_secret(self, opts: pulumi.ResourceOptions) -> pulumi.CustomResource:
+        mail = self.args.mail
+        return self._apply(
+            "smtp-secret",
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": self._meta(SMTP_SECRET, "worker"),
+                "type": "Opaque",
+                "stringData": {
+                    "SMTP_USERNAME": pulumi.Output.secret(mail.smtp_username),
+                    "SMTP_PASSWORD": pulumi.Output.secret(mail.smtp_password),
+                },
+            },
+            opts,
+        )
 
     def _pdb(self, component: str, budget: dict[str, Any]) -> None:
         self._apply(
@@ -602,6 +631,10 @@ class Workloads(pulumi.ComponentResource):
             cpu=("500m", "2"),
             memory=("1Gi", "2Gi"),
             ports=[{"name": "metrics", "containerPort": WORKER_METRICS_PORT, "protocol": "TCP"}],
+            env=[
+                {"name": key, "valueFrom": {"secretKeyRef": {"name": SMTP_SECRET, "key": key}}}
+                for key in SMTP_SECRET_KEYS
+            ],
         )
         pod = self._pod(
             "worker",
@@ -610,7 +643,7 @@ class Workloads(pulumi.ComponentResource):
             terminationGracePeriodSeconds=300,
             topologySpreadConstraints=self._spread("worker"),
         )
-        pod["metadata"]["annotations"] = {
+        skips = {
             "checkov.io/skip1": SECRETS_AS_ENV_SKIP,
             "checkov.io/skip2": (
                 "CKV_K8S_8=The worker serves no HTTP: it blocks on LISTEN/NOTIFY and "
@@ -618,10 +651,16 @@ class Workloads(pulumi.ComponentResource):
             ),
             "checkov.io/skip3": "CKV_K8S_9=As CKV_K8S_8: no endpoint to probe for readiness",
         }
+        pod["metadata"]["annotations"] = {
+            **skips,
+            # Environment from a Secret is read at start only: new SMTP credentials (a rotated
+            # key) change this and so roll the worker before the old key is deleted.
+            "record.dev/smtp-credentials": self._fingerprint(self.args.mail.smtp_password),
+        }
         return {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": self._meta("record-worker", "worker", pod["metadata"]["annotations"]),
+            "metadata": self._meta("record-worker", "worker", skips),
             "spec": {
                 # No replicas: KEDA owns the count (down to zero when idle where configured).
                 "revisionHistoryLimit": 5,
@@ -633,6 +672,16 @@ class Workloads(pulumi.ComponentResource):
                 "template": pod,
             },
         }
+
+    @staticmethod
+    def _fingerprint(secret: pulumi.Input[str]) -> pulumi.Output[str]:
+        """A short digest of a secret, safe in clear text: 48 bits of SHA-256 of a password
+        derived from a random 40-character key say nothing about it, and an annotation must
+        not be secret, or the whole Deployment would be one."""
+        digest = pulumi.Output.from_input(secret).apply(
+            lambda value: hashlib.sha256(str(value).encode()).hexdigest()[:12]
+        )
+        return pulumi.Output.unsecret(digest)
 
     def _keda(self, opts: pulumi.ResourceOptions) -> None:
         cfg = self.args.workloads
@@ -742,6 +791,11 @@ class Workloads(pulumi.ComponentResource):
         data_stores = {"to": [vpc], "ports": tcp(5432, 6379)}
         # S3 (gateway endpoint), STS for IRSA, Secrets Manager, the OpenAI-protocol server.
         https_out = {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": tcp(443)}
+        # SES's SMTP endpoint (public addresses, STARTTLS): the worker sends every mail.
+        smtp_out = {
+            "to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
+            "ports": tcp(self.args.mail.smtp_port),
+        }
         model_out = {
             "to": [{"podSelector": {"matchLabels": kube.selector(p, "model-server")}}],
             "ports": tcp(MODEL_PORT),
@@ -786,7 +840,12 @@ class Workloads(pulumi.ComponentResource):
                 "podSelector": {"matchLabels": kube.selector(p, "worker")},
                 "policyTypes": ["Ingress", "Egress"],
                 "ingress": [{"from": [prometheus], "ports": tcp(WORKER_METRICS_PORT)}],
-                "egress": [data_stores, https_out, *([model_out] if cfg.use_local_models else [])],
+                "egress": [
+                    data_stores,
+                    https_out,
+                    smtp_out,
+                    *([model_out] if cfg.use_local_models else []),
+                ],
             },
             "migrate": {
                 "podSelector": {"matchLabels": kube.selector(p, "migrate")},
