@@ -38,7 +38,9 @@ FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="record" \
       org.opencontainers.image.description="Record API, worker, migrations and model server" \
       org.opencontainers.image.source="https://github.com/record/record"
-ENV PATH=/opt/venv/bin:$PATH \
+# ENVIRONMENT is also the settings' default; said here too so `docker inspect` shows it.
+ENV ENVIRONMENT=production \
+    PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HF_HUB_OFFLINE=1 \

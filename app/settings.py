@@ -29,7 +29,7 @@ class SignupMode(StrEnum):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
 
-    environment: Environment = Environment.development
+    environment: Environment = Environment.production  # development only when set so
     log_level: str = "INFO"
     # When unset, `record up` runs the embedded servers and fills these in for its children.
     database_url: str = "postgresql://postgres@localhost:5432/record"

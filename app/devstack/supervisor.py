@@ -25,7 +25,7 @@ from rich.console import Console
 
 from app.devstack.servers import PostgresServer, ValkeyServer, service_user_kwargs, socket_dir_for
 from app.kit.process import die_with_parent
-from app.settings import Settings, get_settings
+from app.settings import Environment, Settings, get_settings
 
 console = Console(stderr=True, highlight=False)
 
@@ -365,10 +365,19 @@ def write_env_file(path: Path, values: dict[str, str]) -> None:
     tmp.replace(path)
 
 
+def development_unless_set(settings: Settings) -> Settings:
+    """The local stack runs in development (a 500 says what failed, logs read as text) unless
+    ENVIRONMENT says otherwise. Settings default to production, so that a deployment which
+    forgets ENVIRONMENT never shows exception text to its callers."""
+    if "environment" in settings.model_fields_set:
+        return settings
+    return settings.model_copy(update={"environment": Environment.development})
+
+
 def run_stack(root: Path | None = None) -> int:
     from app.kit.logging import configure_logging
 
-    settings = get_settings()
+    settings = development_unless_set(get_settings())
     configure_logging(level=settings.log_level, json=settings.is_production)
     stack = Stack(settings, root=root or Path.cwd())
 
