@@ -131,6 +131,48 @@ async def test_a_zero_limit_refuses_everything(redis_url):
         await limiter.aclose()
 
 
+async def test_a_refund_takes_back_exactly_the_request_it_names(redis_url, raw):
+    limiter = await make_limiter(redis_url, fails="2/60")
+    key = window_key("fails", "ip:1|email:x")
+    try:
+        kept = await limiter.hit("fails", "ip:1|email:x")
+        taken_back = await limiter.hit("fails", "ip:1|email:x")
+        assert await raw.zcard(key) == 2
+        assert await limiter.refund(taken_back)
+        assert await raw.zscore(key, kept.member) is not None
+        assert await raw.zcard(key) == 1
+        assert await limiter.refund(taken_back)  # idempotent: nothing more is taken
+        assert await raw.zcard(key) == 1
+        # A refusal recorded nothing and has nothing to give back.
+        assert (await limiter.hit("fails", "ip:1|email:x")).allowed
+        refused = await limiter.hit("fails", "ip:1|email:x")
+        assert not refused.allowed
+        assert not await limiter.refund(refused)
+        assert await raw.zcard(key) == 2
+        assert await limiter.forget("fails", "ip:1|email:x")
+        assert await raw.exists(key) == 0
+        assert (await limiter.hit("fails", "ip:1|email:x")).remaining == 1
+    finally:
+        await limiter.aclose()
+
+
+async def test_refund_and_forget_without_redis_just_say_no():
+    limiter = RateLimiter(
+        create_limiter_redis("redis://127.0.0.1:1/0", 50),
+        {"fails": parse_rate("2/60")},
+        timeout_ms=50,
+        breaker_seconds=60,
+    )
+    try:
+        decision = Decision("fails", True, 2, 1, 60_000, subject="ip:1", member=b"m:1")
+        assert not await limiter.refund(decision)
+        assert limiter.breaker.is_open
+        assert not await limiter.forget("fails", "ip:1")  # the breaker skips Redis
+        assert (await limiter.hit("fails", "ip:1")).fail_open
+    finally:
+        await limiter.aclose()
+
+
 @pytest.mark.parametrize("subject", ["user:1", "ip:2001:db8::/64", "email:déjà-vu"])
 def test_packed_commands_are_what_redis_py_would_send(subject: str):
     from redis.connection import Connection
