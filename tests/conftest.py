@@ -1,7 +1,10 @@
 """Real servers for the tests: an embedded PostgreSQL 16 + pgvector and a Valkey, started once.
 
-Migrations run once into a template database; each test that needs a database gets a fresh
-clone of it (CREATE DATABASE ... TEMPLATE), so tests never see each other's rows.
+The server gets the roles production has (``app/kit/roles.py``); migrations run once, as the
+owner role, into a template database; each test that needs a database gets a fresh clone of it
+(CREATE DATABASE ... TEMPLATE), so tests never see each other's rows. The ``database_url``
+fixture and ``settings.database_url`` log in as the superuser, for a test's own set-up and
+checks; the app under test logs in as the API's role, and the worker's tests as the worker's.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from app.devstack.servers import PostgresServer, ValkeyServer, service_user_kwargs
+from app.kit.roles import LoginRoles, provision
 
 TEMPLATE_DB = "record_template"
+ROLES = LoginRoles("record")
 _db_counter = itertools.count()
 
 
@@ -64,6 +69,8 @@ def pg_server() -> Iterator[PostgresServer]:
         **service_user_kwargs(),
     )
     _wait(server.is_ready, "PostgreSQL")
+    # The socket is private and trusted: no passwords.
+    provision(lambda db: psycopg.connect(server.url(db), autocommit=True), ROLES, TEMPLATE_DB)
     try:
         yield server
     finally:
@@ -77,15 +84,28 @@ def pg_server() -> Iterator[PostgresServer]:
 def template_url(pg_server: PostgresServer) -> str:
     from app.kit.migrate import upgrade
 
-    pg_server.create_database(TEMPLATE_DB)
     url = pg_server.url(TEMPLATE_DB)
-    upgrade(url)
+    upgrade(as_role(url, ROLES.owner))
     return url
+
+
+def as_role(url: str, role: str) -> str:
+    """The same database, logged in as ``role``."""
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://{role}@{rest.split('@', 1)[1]}"
+
+
+def as_login(settings: Any, role: str) -> Any:
+    """``settings`` whose database URL logs in as ``role`` (``ROLES.api``, ``ROLES.worker``)."""
+    return settings.model_copy(update={"database_url": as_role(settings.database_url, role)})
 
 
 def clone_database(pg_server: PostgresServer, name: str) -> str:
     with psycopg.connect(pg_server.url("postgres"), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE {TEMPLATE_DB} STRATEGY FILE_COPY')
+        conn.execute(
+            f'CREATE DATABASE "{name}" TEMPLATE {TEMPLATE_DB} OWNER {ROLES.owner} '
+            "STRATEGY FILE_COPY"
+        )
     return pg_server.url(name)
 
 
@@ -159,7 +179,8 @@ async def app(settings: Any) -> AsyncIterator[Any]:
 
     from app.main import create_app
 
-    application = create_app(settings)
+    # As in production: the API's login role, which owns nothing and may act as record_app only.
+    application = create_app(as_login(settings, ROLES.api))
     async with LifespanManager(application):
         await application.state.services.db.pool.wait(timeout=10)
         yield application

@@ -137,7 +137,8 @@ async def sweep(app: procrastinate.App, db: Database, settings: Settings) -> dic
     retried = gave_up = 0
     retry = PipelineRetry(settings.job_max_attempts, settings.job_retry_base_seconds)
     async with db.pool.connection() as conn, conn.transaction():
-        # The owner connection: this crosses orgs on purpose (it is maintenance, not a request).
+        # The worker's own role (``record_jobs``'s rights, no tenant): the sweep crosses orgs
+        # only through the definer functions of migration 0007.
         cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s) AS mine", (SWEEP_LOCK,))
         lock: Any = await cur.fetchone()
         # Without the lock, another worker is sweeping: nothing stalled is ours to touch.
@@ -172,15 +173,11 @@ async def _give_up(app: procrastinate.App, conn: Any, job: Job) -> None:
     assert job.id is not None
     await app.job_manager.finish_job(job, status=Status.FAILED, delete_job=False)
     await conn.execute(
-        """
-        UPDATE recordings
-           SET status = 'failed', updated_at = now(), error = %s
-         WHERE job_id = %s AND status IN ('uploaded', 'transcribing', 'embedding')
-        """,
+        "SELECT app_fail_stalled_recording(%s, %s)",
         (
+            job.id,
             f"The worker stopped without finishing this recording {attempts} times (it may "
             "run out of memory on it); upload it again, or shorten or re-encode it.",
-            job.id,
         ),
     )
 
@@ -188,19 +185,8 @@ async def _give_up(app: procrastinate.App, conn: Any, job: Job) -> None:
 async def _fail_orphans_and_measure(db: Database) -> dict[str, int]:
     failed = 0
     async with db.pool.connection() as conn, conn.transaction():
-        # The owner connection: this crosses orgs on purpose (it is maintenance, not a request).
-        cur = await conn.execute(
-            """
-            UPDATE recordings AS r
-               SET status = 'failed', updated_at = now(),
-                   error = coalesce(r.error, 'Processing stopped: its job ended as ' || j.status)
-              FROM procrastinate_jobs AS j
-             WHERE j.id = r.job_id
-               AND r.status IN ('uploaded', 'transcribing', 'embedding')
-               AND j.status IN ('failed', 'cancelled', 'aborted', 'succeeded')
-            RETURNING r.id
-            """
-        )
+        # Across orgs on purpose (maintenance, not a request): a definer function (0007).
+        cur = await conn.execute("SELECT id FROM app_fail_orphaned_recordings() AS id")
         failed = len(await cur.fetchall())
         cur = await conn.execute(
             """

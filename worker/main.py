@@ -29,11 +29,11 @@ log = structlog.stdlib.get_logger(__name__)
 SHUTDOWN_GRACE_SECONDS = 30.0
 
 
-async def _sweep_forever(app: object, owner_db: Database, settings: Settings) -> None:
+async def _sweep_forever(app: object, queue_db: Database, settings: Settings) -> None:
     interval = max(2.0, settings.job_stalled_seconds / 4)
     while True:
         try:
-            await sweep(app, owner_db, settings)  # type: ignore[arg-type]
+            await sweep(app, queue_db, settings)  # type: ignore[arg-type]
         except Exception:
             log.exception("sweep failed")
         await anyio.sleep(interval)
@@ -67,9 +67,10 @@ async def run_worker(settings: Settings | None = None, *, concurrency: int | Non
     configure_logging(level=settings.log_level, json=settings.is_production)
     serve_metrics(settings)
     db = Database(settings, statement_timeout_ms=settings.worker_statement_timeout_ms)
-    owner_db = Database(settings, app_role=False)  # the sweep works across orgs
+    # The sweep keeps the login role (record_jobs' queue rights) instead of record_app's.
+    queue_db = Database(settings, app_role=False)
     await db.open()
-    await owner_db.open()
+    await queue_db.open()
     redis = create_redis(settings.redis_url, timeout=2.0)
     models = ModelClients.from_settings(settings)
     STATE.deps = PipelineDeps(
@@ -78,7 +79,7 @@ async def run_worker(settings: Settings | None = None, *, concurrency: int | Non
     app = build_app(settings)
     try:
         async with app.open_async(), anyio.create_task_group() as tg:
-            tg.start_soon(_sweep_forever, app, owner_db, settings)
+            tg.start_soon(_sweep_forever, app, queue_db, settings)
             log.info("worker started", concurrency=concurrency or settings.worker_concurrency)
             await app.run_worker_async(
                 concurrency=concurrency or settings.worker_concurrency,
@@ -92,6 +93,6 @@ async def run_worker(settings: Settings | None = None, *, concurrency: int | Non
         with contextlib.suppress(Exception):
             await models.aclose()
         await redis.aclose()
-        await owner_db.close()
+        await queue_db.close()
         await db.close()
         log.info("worker stopped")

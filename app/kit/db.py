@@ -1,9 +1,10 @@
 """PostgreSQL access: one async pool, one transaction per request or job step.
 
-Every connection switches to ``record_app``, a role that owns no table, so row-level security
-applies to everything the application reads or writes. The tenant is a per-transaction setting
-(``app.org_id``, and ``app.user_id`` for what belongs to a person): a query that forgets its
-org filter sees nothing rather than everything.
+The API and the worker log in as roles that own nothing (``app/kit/roles.py``), and every
+connection switches to ``record_app``, so row-level security applies to everything the
+application reads or writes -- and still does after a ``RESET ROLE``. The tenant is a
+per-transaction setting (``app.org_id``, and ``app.user_id`` for what belongs to a person): a
+query that forgets its org filter sees nothing rather than everything.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from app.kit.metrics import observe_query
+from app.kit.roles import APP_ROLE
 from app.settings import Settings
-
-APP_ROLE = "record_app"
 
 Conn = AsyncConnection[DictRow]
 

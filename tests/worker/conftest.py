@@ -18,6 +18,7 @@ from app.kit.db import Database
 from app.kit.redis import create_redis
 from app.kit.storage import create_store
 from tests.app.conftest import org_a, org_b  # noqa: F401 - shared fixtures
+from tests.conftest import ROLES, as_login
 from worker.jobs import STATE
 from worker.pipeline import PipelineDeps
 
@@ -155,7 +156,7 @@ def worker_settings(settings: Any) -> Any:
 
 @pytest.fixture
 async def deps(worker_settings: Any, fake_openai: FakeOpenAI) -> AsyncIterator[PipelineDeps]:
-    db = Database(worker_settings)
+    db = Database(as_login(worker_settings, ROLES.worker))  # the worker's own login role
     await db.open()
     redis = create_redis(worker_settings.redis_url, timeout=2.0)
     models = ModelClients.from_settings(

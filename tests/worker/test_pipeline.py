@@ -12,6 +12,7 @@ import pytest
 
 from tests.app.conftest import Tenant
 from tests.app.recordings.test_upload import wav_bytes
+from tests.conftest import ROLES, as_login
 from tests.worker.conftest import OPENAI_MAX_UPLOAD, SENTENCES
 from worker.jobs import build_app, sweep
 from worker.pipeline import process_recording
@@ -35,8 +36,8 @@ async def upload(client, tenant: Tenant, content: bytes | None = None, name: str
 
 
 async def run_jobs(settings) -> None:
-    """Run procrastinate's worker until the queue is empty (wait=False)."""
-    app = build_app(settings)
+    """Run procrastinate's worker until the queue is empty (wait=False), as the worker's role."""
+    app = build_app(as_login(settings, ROLES.worker))
     async with app.open_async():
         await app.run_worker_async(
             wait=False, install_signal_handlers=False, concurrency=1, listen_notify=False
@@ -284,14 +285,15 @@ def stall(url: str, job_id: int, attempts: int) -> None:
 async def sweep_once(settings) -> dict[str, int]:
     from app.kit.db import Database
 
-    app = build_app(settings)
-    owner = Database(settings, app_role=False)
-    await owner.open()
+    worker = as_login(settings, ROLES.worker)
+    app = build_app(worker)
+    queue_db = Database(worker, app_role=False)
+    await queue_db.open()
     try:
         async with app.open_async():
-            return await sweep(app, owner, settings)
+            return await sweep(app, queue_db, worker)
     finally:
-        await owner.close()
+        await queue_db.close()
 
 
 def job_state(url: str, job_id: int) -> tuple[str, int]:

@@ -40,13 +40,19 @@ CREATE EXTENSION IF NOT EXISTS vector;
 
 DO $$
 BEGIN
+    -- Provisioned beforehand where the migrating role may not create roles (app/kit/roles.py).
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'record_app') THEN
         CREATE ROLE record_app NOLOGIN;
     END IF;
+    -- A migrating role that created record_app may also switch to it (a one-role set-up).
+    -- Where the roles were provisioned the application logs in as a role of its own, and
+    -- PostgreSQL 16 would refuse this grant to a role without ADMIN OPTION on record_app.
+    IF pg_has_role('record_app', 'USAGE WITH ADMIN OPTION')
+       AND NOT pg_has_role('record_app', 'SET') THEN
+        GRANT record_app TO CURRENT_USER;
+    END IF;
 END
 $$;
--- The migrating user may switch to the application role (the app connects as it).
-GRANT record_app TO CURRENT_USER;
 
 CREATE FUNCTION app_current_org() RETURNS uuid
     LANGUAGE sql STABLE PARALLEL SAFE

@@ -1,0 +1,181 @@
+"""The database's roles: one owns the schema, the processes that serve log in as roles that own
+nothing.
+
+``record_app`` (no login) holds the rights a request needs; row-level security decides the rows.
+``record_jobs`` (no login, a member of ``record_app``) adds what procrastinate's worker needs on
+its queue tables. Each deployment has three login roles named after its owner role:
+
+- ``<owner>``: owns the database and every table, runs the migrations (the migration Job).
+- ``<owner>_api``: the API; a member of ``record_app`` only.
+- ``<owner>_worker``: the worker; a member of ``record_jobs`` only.
+
+None of them is a superuser or may create roles or databases, and the two runtime roles own
+nothing, so a ``RESET ROLE`` or ``SET ROLE`` smuggled into a query finds no owner's rights to
+return to: RLS binds the login role itself. The group roles are cluster-wide (preview databases
+share an instance with their base stack); the logins are per deployment, and each may connect to
+its own database only.
+
+:func:`provision` creates all of this. It runs as a role with CREATEROLE and CREATEDB (the RDS
+master, ``infra/db_bootstrap.py``) or as a superuser (``record up``, the tests), and is
+idempotent. PostgreSQL 16 lets a CREATEROLE role manage only the roles it has ADMIN OPTION on --
+those it created -- and create a database for an owner only if it may ``SET ROLE`` to it, which
+is why the provisioner, not a migration, creates the roles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+APP_ROLE = "record_app"
+JOBS_ROLE = "record_jobs"
+
+_IDENT_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def checked_identifier(name: str) -> str:
+    """Role and database names go into DDL: lower-case letters, digits and ``_`` only."""
+    if not name or not set(name) <= _IDENT_CHARS or name[0].isdigit() or len(name) > 63:
+        raise ValueError(f"refusing identifier {name!r}: lower-case letters, digits, _ only")
+    return name
+
+
+@dataclass(frozen=True)
+class LoginRoles:
+    """A deployment's login roles, named after its owner role."""
+
+    owner: str
+
+    def __post_init__(self) -> None:
+        for name in self.all:
+            checked_identifier(name)
+
+    @property
+    def api(self) -> str:
+        return f"{self.owner}_api"
+
+    @property
+    def worker(self) -> str:
+        return f"{self.owner}_worker"
+
+    @property
+    def all(self) -> tuple[str, str, str]:
+        return (self.owner, self.api, self.worker)
+
+    @property
+    def memberships(self) -> tuple[tuple[str, str], ...]:
+        """(group, member): the only role memberships the runtime roles have."""
+        return ((APP_ROLE, JOBS_ROLE), (APP_ROLE, self.api), (JOBS_ROLE, self.worker))
+
+
+class UnsafeRole(RuntimeError):
+    """A login role has an attribute that would let it bypass row-level security."""
+
+
+def _role(conn: psycopg.Connection[tuple[object, ...]], name: str) -> tuple[bool, ...] | None:
+    row = conn.execute(
+        "SELECT rolsuper, rolbypassrls, rolreplication FROM pg_roles WHERE rolname = %s", (name,)
+    ).fetchone()
+    return None if row is None else tuple(bool(v) for v in row)
+
+
+# Extensions the owner may not create (pgvector is not a trusted extension): the provisioner
+# creates them in the application's database, where the migrations' CREATE EXTENSION IF NOT
+# EXISTS then finds them. (name, required): pg_stat_statements is observability, and absent
+# from the embedded server.
+EXTENSIONS = (("vector", True), ("pg_stat_statements", False))
+
+Connect = Callable[[str], psycopg.Connection[tuple[object, ...]]]
+
+
+def provision(
+    connect: Connect,
+    roles: LoginRoles,
+    database: str,
+    *,
+    passwords: Mapping[str, str] | None = None,
+) -> None:
+    """Create or update the roles, the database (owned by ``roles.owner``) and its extensions.
+
+    ``connect(dbname)`` opens an autocommit connection as the provisioning role. ``passwords``
+    maps login role names to their passwords; without it the roles get none (a local server that
+    trusts its private socket)."""
+    checked_identifier(database)
+    with connect("postgres") as conn:
+        _roles_and_database(conn, roles, database, passwords)
+    with connect(database) as conn:
+        available = {
+            str(row[0]) for row in conn.execute("SELECT name FROM pg_available_extensions")
+        }
+        for name, required in EXTENSIONS:
+            if required or name in available:
+                conn.execute(
+                    sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(name))
+                )
+
+
+def _roles_and_database(
+    conn: psycopg.Connection[tuple[object, ...]],
+    roles: LoginRoles,
+    database: str,
+    passwords: Mapping[str, str] | None,
+) -> None:
+    me = conn.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user")
+    current = me.fetchone()
+    assert current is not None
+    myself, superuser = str(current[0]), bool(current[1])
+
+    for group in (APP_ROLE, JOBS_ROLE):
+        if _role(conn, group) is None:
+            conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(group)))
+    for login in roles.all:
+        if _role(conn, login) is None:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(login)))
+        # NOSUPERUSER, NOBYPASSRLS and NOREPLICATION may only be *said* by a superuser, even to
+        # a role that lacks them (the RDS master is not one): checked below instead.
+        alter = sql.SQL("ALTER ROLE {} LOGIN INHERIT NOCREATEROLE NOCREATEDB").format(
+            sql.Identifier(login)
+        )
+        if passwords is not None:
+            alter += sql.SQL(" PASSWORD {}").format(sql.Literal(passwords[login]))
+        conn.execute(alter)
+        if any(_role(conn, login) or ()):
+            raise UnsafeRole(f"role {login} is a superuser or bypasses row-level security")
+    for group, member in roles.memberships:
+        conn.execute(
+            sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(member))
+        )
+    if not superuser:
+        # PostgreSQL 16: CREATE/ALTER DATABASE ... OWNER needs SET on the owner role. Without
+        # INHERIT: the provisioner may act as the owner, but does not hold its rights by default.
+        conn.execute(
+            sql.SQL("GRANT {} TO {} WITH INHERIT FALSE, SET TRUE").format(
+                sql.Identifier(roles.owner), sql.Identifier(myself)
+            )
+        )
+
+    found = conn.execute(
+        "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (database,)
+    ).fetchone()
+    db, owner = sql.Identifier(database), sql.Identifier(roles.owner)
+    if found is None:
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(db, owner))
+    elif found[0] != roles.owner:
+        # RDS creates the first database owned by the master. Its schema public belongs to
+        # pg_database_owner (PostgreSQL 15+), so it follows the database to the owner role.
+        conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(db, owner))
+    conn.execute(sql.SQL("SET ROLE {}").format(owner) if not superuser else sql.SQL("SELECT 1"))
+    try:
+        # Each deployment's logins reach its own database only (previews share an instance).
+        # TEMPORARY: the worker stages chunks in a temporary table (transcripts/repository.py).
+        conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(db))
+        conn.execute(
+            sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}, {}").format(
+                db, sql.Identifier(roles.api), sql.Identifier(roles.worker)
+            )
+        )
+    finally:
+        conn.execute("RESET ROLE")
