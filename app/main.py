@@ -74,11 +74,15 @@ def create_app(
         version="0.1.0",
         description=API_DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        # Our own /docs (app/apidocs): FastAPI's loads a CDN and an inline script, and the CSP
+        # refuses both. No ReDoc.
+        docs_url=None,
         redoc_url=None,
+        openapi_url="/openapi.json" if settings.serves_api_docs else None,
     )
     install_error_handlers(app)
 
+    from app.apidocs.routes import router as api_docs_router
     from app.auth.routes import router as auth_router
     from app.chat.routes import router as chat_router
     from app.documents.routes import router as documents_router
@@ -105,6 +109,8 @@ def create_app(
         public_shares_router,
     ):
         app.include_router(router)
+    if settings.serves_api_docs:
+        app.include_router(api_docs_router)
 
     # Outermost last: request context → security headers → CORS → rate-limit headers → errors
     # → body limit → app.

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = []
     trusted_proxies: Annotated[list[str], NoDecode] = []
     max_body_bytes: int = Field(default=1 * 1024 * 1024, ge=1024)
+    # The API's documentation page (/docs) and the OpenAPI document it reads (/openapi.json).
+    # Unset: served in development and test, not in production (it maps the whole API out).
+    api_docs_enabled: bool | None = None
 
     # Object storage for recordings: files under STATE_DIR/objects, or an S3 bucket.
     storage_backend: Literal["file", "s3"] = "file"
@@ -196,6 +199,13 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.environment is Environment.production
+
+    @property
+    def serves_api_docs(self) -> bool:
+        """Whether /docs and /openapi.json are served: API_DOCS_ENABLED, else not in production."""
+        if self.api_docs_enabled is not None:
+            return self.api_docs_enabled
+        return not self.is_production
 
 
 @lru_cache(maxsize=1)

@@ -27,7 +27,8 @@ UID = 10001
 PUBLIC_PATHS = (
     ("/api", "Prefix"),
     ("/s", "Prefix"),
-    ("/docs", "Exact"),
+    # /docs and its assets (/docs/assets/...): they answer 404 unless API_DOCS_ENABLED.
+    ("/docs", "Prefix"),
     ("/openapi.json", "Exact"),
 )
 RDS_CA_BUNDLE = "/etc/ssl/certs/rds-global-bundle.pem"

@@ -164,6 +164,8 @@ def settings(database_url: str, redis_url: str, tmp_path: Path) -> Any:
 
     return Settings(
         environment="test",
+        # /docs and /openapi.json (the schema tests read it), whatever the default is.
+        api_docs_enabled=True,
         database_url=database_url,
         redis_url=redis_url,
         state_dir=tmp_path / "state",

@@ -129,6 +129,10 @@ class Stack:
             TRANSFORMERS_OFFLINE="1",
             PYTHONUNBUFFERED="1",
         )
+        if self.settings.api_docs_enabled is None:
+            # The local stack shows /docs whatever ENVIRONMENT is (production's default is off);
+            # API_DOCS_ENABLED=false in the environment still turns them off.
+            env["API_DOCS_ENABLED"] = "true"
         if "public_url" not in self.settings.model_fields_set:
             # Share links point at this stack's API, whatever port it was given.
             env["PUBLIC_URL"] = f"http://{API_HOST}:{self.settings.local_api_port}"

@@ -1,0 +1,1 @@
+"""The API's documentation page: Swagger UI, served from the app itself (see ``routes``)."""
