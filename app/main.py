@@ -88,6 +88,7 @@ def create_app(
     from app.documents.routes import router as documents_router
     from app.health.routes import router as health_router
     from app.jobs.routes import router as jobs_router
+    from app.orgs.routes import invitations as invitations_router
     from app.orgs.routes import router as orgs_router
     from app.recordings.routes import router as recordings_router
     from app.search.routes import router as search_router
@@ -99,6 +100,7 @@ def create_app(
         health_router,
         auth_router,
         orgs_router,
+        invitations_router,
         recordings_router,
         transcripts_router,
         documents_router,

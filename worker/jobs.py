@@ -1,4 +1,5 @@
-"""procrastinate wiring: the App, the pipeline task, its retry policy, the stalled-job sweeper."""
+"""procrastinate wiring: the App, the pipeline and org-purge tasks, their retry policy, the
+stalled-job sweeper."""
 
 from __future__ import annotations
 
@@ -13,10 +14,20 @@ import structlog
 from procrastinate.jobs import Job, Status
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
 
-from app.jobs.queue import PIPELINE_QUEUE, PIPELINE_TASK
+from app.jobs.queue import (
+    MAIL_QUEUE,
+    MAIL_TASK,
+    MAINTENANCE_QUEUE,
+    PIPELINE_QUEUE,
+    PIPELINE_TASK,
+    PURGE_ORG_TASK,
+    MailKind,
+)
 from app.kit.db import Database, libpq_conninfo
 from app.kit.metrics import JOB_DURATION, JOB_QUEUE_AGE, JOBS
 from app.settings import Settings
+from app.mail.sender import create_mailer
+from worker.mail import MailDeps, deliver
 from worker.pipeline import (
     PermanentError,
     PipelineDeps,
@@ -24,6 +35,7 @@ from worker.pipeline import (
     mark_failed,
     process_recording,
 )
+from worker.purge import purge_org
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -57,9 +69,32 @@ class WorkerState:
     """What tasks need, built once when the worker starts (tasks are plain functions)."""
 
     deps: PipelineDeps | None = None
+    mail: MailDeps | None = None
 
 
 STATE = WorkerState()
+
+
+def _add_mail_task(app: procrastinate.App, retry: PipelineRetry) -> None:
+    @app.task(name=MAIL_TASK, queue=MAIL_QUEUE, retry=retry)
+    async def send_mail_task(kind: str, **args: str) -> None:
+        mail = STATE.mail
+        if mail is None and STATE.deps is not None:
+            deps = STATE.deps
+            mail = MailDeps(deps.settings, deps.db, create_mailer(deps.settings))
+        assert mail is not None, "the worker sets up its dependencies before running tasks"
+        started = time.perf_counter()
+        status = "failed"
+        try:
+            sent = await deliver(mail, MailKind(kind), args)
+            status = "succeeded" if sent else "skipped"
+        except Exception as exc:
+            # No address or link in the log: the kind and the error are enough to act on.
+            log.warning("mail not sent; will retry", kind=kind, error=type(exc).__name__)
+            raise
+        finally:
+            JOBS.labels("send_mail", status).inc()
+            JOB_DURATION.labels("send_mail").observe(time.perf_counter() - started)
 
 
 def build_app(settings: Settings) -> procrastinate.App:
@@ -121,7 +156,50 @@ def build_app(settings: Settings) -> procrastinate.App:
             JOBS.labels("process_recording", status).inc()
             JOB_DURATION.labels("process_recording").observe(time.perf_counter() - started)
 
+    _add_purge_task(app, retry)
+    _add_mail_task(app, retry)
     return app
+
+
+def _add_purge_task(app: procrastinate.App, retry: PipelineRetry) -> None:
+    """The deletion of what a deleted org left outside PostgreSQL (worker/purge.py)."""
+
+    @app.task(name=PURGE_ORG_TASK, queue=MAINTENANCE_QUEUE, pass_context=True, retry=retry)
+    async def purge_org_task(context: procrastinate.JobContext, org_id: str) -> None:
+        deps = STATE.deps
+        assert deps is not None, "the worker sets up its dependencies before running tasks"
+        job = context.job
+        started = time.perf_counter()
+        status = "cancelled"
+        try:
+            await purge_org(deps, UUID(org_id))
+            status = "succeeded"
+        except PermanentError:
+            status = "failed"
+            raise
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            if retry.is_last_attempt(job.attempts):
+                status = "failed"
+                # What is left waits for the second pass (PURGE_AGAIN_AFTER) or an operator.
+                log.error(
+                    "gave up purging a deleted org",
+                    org_id=org_id,
+                    attempts=job.attempts + 1,
+                    error=error,
+                )
+            else:
+                status = "retried"
+                log.warning(
+                    "org purge attempt failed; will retry",
+                    org_id=org_id,
+                    attempt=job.attempts + 1,
+                    error=error,
+                )
+            raise
+        finally:
+            JOBS.labels("purge_org", status).inc()
+            JOB_DURATION.labels("purge_org").observe(time.perf_counter() - started)
 
 
 # One sweeper at a time across all workers: two that list the same stalled job would both

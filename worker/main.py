@@ -20,8 +20,10 @@ from app.kit.db import Database
 from app.kit.logging import configure_logging
 from app.kit.redis import create_redis
 from app.kit.storage import create_store
+from app.mail.sender import create_mailer
 from app.settings import Settings, get_settings
 from worker.jobs import STATE, build_app, sweep
+from worker.mail import MailDeps
 from worker.pipeline import PipelineDeps
 
 log = structlog.stdlib.get_logger(__name__)
@@ -76,6 +78,7 @@ async def run_worker(settings: Settings | None = None, *, concurrency: int | Non
     STATE.deps = PipelineDeps(
         settings=settings, db=db, store=create_store(settings), models=models, redis=redis
     )
+    STATE.mail = MailDeps(settings=settings, db=db, mailer=create_mailer(settings))
     app = build_app(settings)
     try:
         async with app.open_async(), anyio.create_task_group() as tg:
@@ -90,6 +93,7 @@ async def run_worker(settings: Settings | None = None, *, concurrency: int | Non
             tg.cancel_scope.cancel()
     finally:
         STATE.deps = None
+        STATE.mail = None
         with contextlib.suppress(Exception):
             await models.aclose()
         await redis.aclose()

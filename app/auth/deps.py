@@ -126,7 +126,7 @@ async def authenticate(request: Request, conn: DbConn, _bearer: Bearer = None) -
         key_id=principal.key_id,
         session_id=principal.session_id,
     )
-    await set_tenant(conn, org_id=org_id, user_id=principal.user_id)
+    await set_tenant(conn, org_id=org_id, user_id=principal.user_id, key_id=principal.key_id)
     structlog.contextvars.bind_contextvars(
         org_id=str(org_id) if org_id else None,
         user_id=str(principal.user_id) if principal.user_id else None,

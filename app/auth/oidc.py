@@ -29,7 +29,8 @@ class OidcIdentity:
     email: str | None
     email_verified: bool
     name: str | None
-    org_id: str | None
+    # The raw org claim: it names an org only through that org's binding (org_oidc_bindings).
+    org_claim: str | None
     role: str | None
 
 
@@ -100,8 +101,9 @@ class OidcVerifier:
             issuer=str(claims["iss"]),
             subject=str(claims["sub"]),
             email=claims.get("email"),
-            email_verified=bool(claims.get("email_verified", False)),
+            # Only a JSON true: some providers send the string "false", which bool() reads as true.
+            email_verified=claims.get("email_verified") is True,
             name=claims.get("name"),
-            org_id=str(org) if org is not None else None,
+            org_claim=str(org) if org is not None else None,
             role=str(role) if role is not None else None,
         )

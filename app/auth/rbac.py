@@ -37,6 +37,7 @@ class Permission(StrEnum):
     conversations = "conversations:use"
     documents_write = "documents:write"
     audit_read = "audit:read"
+    idp_manage = "org:identity_provider"
 
 
 _EVERYONE = {
@@ -62,7 +63,13 @@ _ADMIN = {
     Permission.documents_write: Scope.ANY,
     Permission.audit_read: Scope.ANY,
 }
-_OWNER = {**_ADMIN, Permission.org_delete: Scope.ANY, Permission.billing: Scope.ANY}
+_OWNER = {
+    **_ADMIN,
+    Permission.org_delete: Scope.ANY,
+    Permission.billing: Scope.ANY,
+    # Which identity provider may grant roles here is the owner's choice alone.
+    Permission.idp_manage: Scope.ANY,
+}
 
 ROLE_PERMISSIONS: dict[Role, dict[Permission, Scope]] = {
     Role.owner: _OWNER,
@@ -86,3 +93,11 @@ def scope_of(role: Role, permission: Permission) -> Scope | None:
 
 def can_assign(actor: Role, target: Role) -> bool:
     return target in ASSIGNABLE[actor]
+
+
+_RANK = {Role.reader: 0, Role.contributor: 1, Role.admin: 2, Role.owner: 3}
+
+
+def at_most(role: Role, ceiling: Role) -> bool:
+    """Is ``role`` no higher than ``ceiling``?"""
+    return _RANK[role] <= _RANK[ceiling]

@@ -32,6 +32,14 @@ async def find_user_by_email(conn: Conn, email: str) -> DictRow | None:
     )
 
 
+async def find_user_for_login(conn: Conn, email: str) -> DictRow | None:
+    return await fetch_one(
+        conn,
+        "SELECT id, email, name, password_hash, email_verified_at FROM app_find_user_for_login(%s)",
+        (email,),
+    )
+
+
 async def find_user_by_oidc(conn: Conn, issuer: str, subject: str) -> DictRow | None:
     return await fetch_one(
         conn, "SELECT id, email, name FROM app_find_user_by_oidc(%s, %s)", (issuer, subject)
@@ -47,15 +55,17 @@ async def insert_user(
     password_hash: str | None,
     oidc_issuer: str | None = None,
     oidc_subject: str | None = None,
+    email_verified: bool = False,
 ) -> DictRow:
     row = await fetch_one(
         conn,
         """
-        INSERT INTO users (id, email, name, password_hash, oidc_issuer, oidc_subject)
-        VALUES (%s, %s, %s, %s, %s, %s)
-        RETURNING id, email, name, created_at
+        INSERT INTO users
+            (id, email, name, password_hash, oidc_issuer, oidc_subject, email_verified_at)
+        VALUES (%s, %s, %s, %s, %s, %s, CASE WHEN %s THEN now() END)
+        RETURNING id, email, name, email_verified_at IS NOT NULL AS email_verified, created_at
         """,
-        (user_id, email, name, password_hash, oidc_issuer, oidc_subject),
+        (user_id, email, name, password_hash, oidc_issuer, oidc_subject, email_verified),
     )
     assert row is not None
     return row
@@ -79,7 +89,10 @@ async def update_password_hash(conn: Conn, *, user_id: UUID, password_hash: str)
 
 async def get_user(conn: Conn, user_id: UUID) -> DictRow | None:
     return await fetch_one(
-        conn, "SELECT id, email, name, created_at FROM users WHERE id = %s", (user_id,)
+        conn,
+        "SELECT id, email, name, email_verified_at IS NOT NULL AS email_verified, password_hash,"
+        " created_at FROM users WHERE id = %s",
+        (user_id,),
     )
 
 
@@ -101,9 +114,77 @@ async def revoke_session(conn: Conn, session_id: UUID) -> None:
     )
 
 
-async def claim_invitations(conn: Conn, *, user_id: UUID, email: str) -> list[DictRow]:
-    return await fetch_all(
-        conn, "SELECT org_id, role FROM app_claim_invitations(%s, %s)", (user_id, email)
+async def revoke_sessions(conn: Conn, user_id: UUID, *, keep: UUID | None = None) -> int:
+    """End every live session of the user (but ``keep``): a changed password or "sign out
+    everywhere"."""
+    return await execute(
+        conn,
+        "UPDATE sessions SET revoked_at = now() WHERE user_id = %s AND revoked_at IS NULL "
+        "AND id IS DISTINCT FROM %s",
+        (user_id, keep),
+    )
+
+
+async def mark_email_verified(conn: Conn, *, user_id: UUID, email: str) -> int:
+    """Verified only if the address is still the account's (the token names the one it proves)."""
+    return await execute(
+        conn,
+        "UPDATE users SET email_verified_at = coalesce(email_verified_at, now()), "
+        "updated_at = now() WHERE id = %s AND lower(email) = lower(%s)",
+        (user_id, email),
+    )
+
+
+async def insert_user_token(
+    conn: Conn,
+    *,
+    token_id: UUID,
+    user_id: UUID,
+    purpose: str,
+    digest: bytes,
+    email: str,
+    expires_at: datetime,
+) -> None:
+    # A new link retires the user's earlier unused links of the same kind.
+    await execute(
+        conn,
+        "UPDATE user_tokens SET used_at = now() WHERE user_id = %s AND purpose = %s "
+        "AND used_at IS NULL",
+        (user_id, purpose),
+    )
+    await execute(
+        conn,
+        "INSERT INTO user_tokens (id, user_id, purpose, token_hash, email, expires_at) "
+        "VALUES (%s, %s, %s, %s, %s, %s)",
+        (token_id, user_id, purpose, digest, email, expires_at),
+    )
+
+
+async def use_user_token(conn: Conn, digest: bytes, purpose: str) -> DictRow | None:
+    return await fetch_one(
+        conn, "SELECT user_id, email FROM app_use_user_token(%s, %s)", (digest, purpose)
+    )
+
+
+async def retire_user_tokens(conn: Conn, user_id: UUID, purpose: str) -> None:
+    await execute(
+        conn,
+        "UPDATE user_tokens SET used_at = now() WHERE user_id = %s AND purpose = %s "
+        "AND used_at IS NULL",
+        (user_id, purpose),
+    )
+
+
+async def email_invited(conn: Conn, email: str) -> bool:
+    row = await fetch_one(conn, "SELECT app_email_invited(%s) AS invited", (email,))
+    return bool(row and row["invited"])
+
+
+async def find_oidc_binding(conn: Conn, issuer: str, claim_value: str) -> DictRow | None:
+    return await fetch_one(
+        conn,
+        "SELECT org_id, max_role FROM app_find_oidc_binding(%s, %s)",
+        (issuer, claim_value),
     )
 
 

@@ -10,12 +10,17 @@ from app.auth.deps import CurrentPrincipal
 from app.auth.login_throttle import login_attempt
 from app.auth.principal import AuthKind
 from app.auth.schemas import (
+    Accepted,
     LoginIn,
     LoginOut,
     MeOut,
     OrgMembershipOut,
+    PasswordChangeIn,
+    PasswordResetConfirmIn,
+    PasswordResetIn,
     SignupIn,
     SignupOut,
+    TokenIn,
     UserOut,
 )
 from app.kit.db import set_tenant
@@ -51,6 +56,59 @@ async def logout(principal: CurrentPrincipal, conn: DbConn) -> Response:
     if principal.session_id is None:
         raise ValidationError("Only session tokens log out; revoke API keys instead.")
     await service.logout(conn, principal.session_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/auth/logout-all", status_code=status.HTTP_204_NO_CONTENT)
+async def logout_all(principal: CurrentPrincipal, conn: DbConn) -> Response:
+    """Sign out everywhere: every session of the caller ends, this one included."""
+    await service.logout_everywhere(conn, principal)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/auth/password", status_code=status.HTTP_204_NO_CONTENT)
+async def change_password(
+    body: PasswordChangeIn, principal: CurrentPrincipal, conn: DbConn, services: ServicesDep
+) -> Response:
+    """Change the password (the current one is required); every other session ends."""
+    await service.change_password(conn, services.settings, principal, body.old, body.new)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/auth/verify", status_code=status.HTTP_204_NO_CONTENT, dependencies=[PerClientIp])
+async def verify_email(body: TokenIn, conn: DbConn) -> Response:
+    """Prove the account's email with the token from the mailed link (single use)."""
+    await service.verify_email(conn, body.token)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/auth/verify/resend", status_code=status.HTTP_202_ACCEPTED)
+async def resend_verification(principal: CurrentPrincipal, conn: DbConn) -> Accepted:
+    await service.resend_verification(conn, principal)
+    return Accepted(detail="A new verification link is on its way.")
+
+
+@router.post(
+    "/auth/password-reset",
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[Depends(rate_limit("password_reset"))],
+)
+async def request_password_reset(body: PasswordResetIn, conn: DbConn) -> Accepted:
+    """Mail a reset link. The answer is the same whether or not the address has an account."""
+    await service.request_password_reset(conn, body.email)
+    return Accepted(detail="If this address has an account, a reset link is on its way.")
+
+
+@router.post(
+    "/auth/password-reset/confirm",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[Depends(rate_limit("password_reset"))],
+)
+async def confirm_password_reset(
+    body: PasswordResetConfirmIn, conn: DbConn, services: ServicesDep
+) -> Response:
+    """Set a new password with the mailed token; verifies the email and ends every session."""
+    await service.reset_password(conn, services.settings, body.token, body.password)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

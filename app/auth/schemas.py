@@ -41,6 +41,31 @@ class UserOut(BaseModel):
     id: UUID
     email: str
     name: str
+    email_verified: bool = False
+
+
+class TokenIn(Strict):
+    """A token from a mailed link."""
+
+    token: str = Field(min_length=16, max_length=128)
+
+
+class PasswordChangeIn(Strict):
+    old: str = Field(min_length=1, max_length=256, description="The current password.")
+    new: str = Field(min_length=1, max_length=256, description="The new password.")
+
+
+class PasswordResetIn(Strict):
+    email: EmailStr = Field(max_length=320)
+
+
+class PasswordResetConfirmIn(Strict):
+    token: str = Field(min_length=16, max_length=128)
+    password: str = Field(min_length=1, max_length=256)
+
+
+class Accepted(BaseModel):
+    detail: str
 
 
 class OrgOut(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
 from uuid import UUID
 
 import anyio
@@ -10,11 +11,24 @@ from psycopg.errors import UniqueViolation
 
 from app.auth import repository as repo
 from app.auth.oidc import OidcIdentity
-from app.auth.rbac import Role
+from app.auth.principal import AuthKind, Principal
+from app.auth.rbac import Role, at_most
 from app.auth.schemas import LoginOut, OrgOut, SignupIn, SignupOut, UserOut
-from app.auth.tokens import SESSION_PREFIX, new_token, token_digest
+from app.auth.tokens import (
+    RESET_PREFIX,
+    SESSION_PREFIX,
+    VERIFY_PREFIX,
+    new_token,
+    token_digest,
+)
+from app.jobs.queue import MailKind, defer_mail
 from app.kit.db import Conn, set_tenant
-from app.kit.errors import AuthenticationError, AuthorizationError, ConflictError
+from app.kit.errors import (
+    AuthenticationError,
+    AuthorizationError,
+    ConflictError,
+    ValidationError,
+)
 from app.kit.ids import new_id
 from app.kit.security.passwords import (
     check_password_strength,
@@ -22,7 +36,11 @@ from app.kit.security.passwords import (
     needs_rehash,
     verify_password,
 )
+from app.mail.sender import compose
 from app.settings import Settings, SignupMode
+
+PURPOSE_VERIFY = "verify_email"
+PURPOSE_RESET = "password_reset"
 
 
 async def _new_session(conn: Conn, settings: Settings, user_id: UUID) -> tuple[str, datetime]:
@@ -39,7 +57,13 @@ async def _new_session(conn: Conn, settings: Settings, user_id: UUID) -> tuple[s
     return token, expires_at
 
 
+def link(settings: Settings, path: str, token: str) -> str:
+    return f"{settings.public_url.rstrip('/')}/{path}/{token}"
+
+
 async def signup(conn: Conn, settings: Settings, body: SignupIn) -> SignupOut:
+    """A new account, unverified: a job mails the verification link. Invitations are never
+    claimed here; an invited person accepts theirs with the mailed token once verified."""
     if settings.signup_mode is SignupMode.disabled:
         raise AuthorizationError("Signup is disabled on this server; ask an admin for access.")
     check_password_strength(
@@ -47,6 +71,11 @@ async def signup(conn: Conn, settings: Settings, body: SignupIn) -> SignupOut:
     )
     if await repo.find_user_by_email(conn, body.email) is not None:
         raise ConflictError("An account with this email exists; log in instead.")
+    invite_only = settings.signup_mode is SignupMode.invite_only
+    if invite_only and not await repo.email_invited(conn, body.email):
+        raise AuthorizationError(
+            "Signup here is by invitation only; ask an org admin to invite this email."
+        )
     password_hash = await anyio.to_thread.run_sync(hash_password, body.password)
     user_id = new_id()
     await set_tenant(conn, org_id=None, user_id=user_id)
@@ -62,24 +91,14 @@ async def signup(conn: Conn, settings: Settings, body: SignupIn) -> SignupOut:
             )
     except UniqueViolation as exc:
         raise ConflictError("An account with this email exists; log in instead.") from exc
-    invited = await repo.claim_invitations(conn, user_id=user_id, email=body.email)
     org: OrgOut | None = None
-    if invited:
-        from app.orgs.repository import get_org
-
-        await set_tenant(conn, org_id=invited[0]["org_id"], user_id=user_id)
-        row = await get_org(conn, invited[0]["org_id"])
-        org = OrgOut.model_validate(row) if row else None
-    elif settings.signup_mode is SignupMode.invite_only:
-        raise AuthorizationError(
-            "Signup here is by invitation only; ask an org admin to invite this email."
-        )
-    else:
+    if not invite_only:
         from app.orgs.service import create_org_for
 
         org = await create_org_for(
             conn, user_id=user_id, name=body.org_name or f"{body.name}'s org"
         )
+    await defer_mail(conn, MailKind.verify_email, lock=f"verify:{user_id}", user_id=str(user_id))
     token, expires_at = await _new_session(conn, settings, user_id)
     return SignupOut(
         user=UserOut.model_validate(user), org=org, session_token=token, expires_at=expires_at
@@ -87,7 +106,7 @@ async def signup(conn: Conn, settings: Settings, body: SignupIn) -> SignupOut:
 
 
 async def login(conn: Conn, settings: Settings, email: str, password: str) -> LoginOut:
-    user = await repo.find_user_by_email(conn, email)
+    user = await repo.find_user_for_login(conn, email)
     stored = user["password_hash"] if user else None
     # Verify even when the user is unknown, so timing does not reveal which emails exist.
     ok = await anyio.to_thread.run_sync(verify_password, stored, password)
@@ -101,6 +120,156 @@ async def login(conn: Conn, settings: Settings, email: str, password: str) -> Lo
     return LoginOut(session_token=token, expires_at=expires_at)
 
 
+def _person(principal: Principal) -> UUID:
+    """The signed-in person behind a session or OIDC token; API keys act for nobody here."""
+    if principal.kind is AuthKind.api_key or principal.user_id is None:
+        raise AuthorizationError("Sign in as a person for this; API keys cannot.")
+    return principal.user_id
+
+
+async def resend_verification(conn: Conn, principal: Principal) -> None:
+    user_id = _person(principal)
+    await set_tenant(conn, org_id=None, user_id=user_id)
+    user = await repo.get_user(conn, user_id)
+    if user is None:  # pragma: no cover - authenticated users exist
+        raise AuthenticationError("No such user.")
+    if user["email_verified"]:
+        raise ConflictError("This email is already verified.")
+    await defer_mail(conn, MailKind.verify_email, lock=f"verify:{user_id}", user_id=str(user_id))
+
+
+async def verify_email(conn: Conn, token: str) -> None:
+    used = await repo.use_user_token(conn, token_digest(token), PURPOSE_VERIFY)
+    if used is None:
+        raise ValidationError(
+            "This verification link is unknown, used or expired; ask for a new one "
+            "(POST /api/auth/verify/resend)."
+        )
+    await set_tenant(conn, org_id=None, user_id=used["user_id"])
+    if not await repo.mark_email_verified(conn, user_id=used["user_id"], email=used["email"]):
+        raise ValidationError("This link was for another address; ask for a new one.")
+
+
+async def change_password(
+    conn: Conn, settings: Settings, principal: Principal, old: str, new: str
+) -> None:
+    if principal.kind is not AuthKind.session or principal.session_id is None:
+        raise AuthorizationError("Change a password signed in with a session (log in first).")
+    user_id = principal.user_id
+    assert user_id is not None
+    await set_tenant(conn, org_id=None, user_id=user_id)
+    user = await repo.get_user(conn, user_id)
+    assert user is not None
+    if not await anyio.to_thread.run_sync(verify_password, user["password_hash"], old):
+        raise AuthenticationError("The current password is wrong.")
+    check_password_strength(new, email=user["email"], min_length=settings.password_min_length)
+    new_hash = await anyio.to_thread.run_sync(hash_password, new)
+    await repo.update_password_hash(conn, user_id=user_id, password_hash=new_hash)
+    # Whoever else holds a session (the reason to change a password) is signed out.
+    await repo.revoke_sessions(conn, user_id, keep=principal.session_id)
+    await repo.retire_user_tokens(conn, user_id, PURPOSE_RESET)
+
+
+async def logout_everywhere(conn: Conn, principal: Principal) -> int:
+    user_id = _person(principal)
+    await set_tenant(conn, org_id=None, user_id=user_id)
+    return await repo.revoke_sessions(conn, user_id)
+
+
+async def request_password_reset(conn: Conn, email: str) -> None:
+    """Queue the reset mail. The answer never says whether the address has an account: the job
+    looks the address up and mails nothing for an unknown one."""
+    await defer_mail(conn, MailKind.password_reset, lock=f"reset:{email.lower()}", email=email)
+
+
+async def reset_password(conn: Conn, settings: Settings, token: str, password: str) -> None:
+    used = await repo.use_user_token(conn, token_digest(token), PURPOSE_RESET)
+    if used is None:
+        raise ValidationError(
+            "This reset link is unknown, used or expired; ask for a new one "
+            "(POST /api/auth/password-reset)."
+        )
+    user_id: UUID = used["user_id"]
+    await set_tenant(conn, org_id=None, user_id=user_id)
+    check_password_strength(password, email=used["email"], min_length=settings.password_min_length)
+    new_hash = await anyio.to_thread.run_sync(hash_password, password)
+    await repo.update_password_hash(conn, user_id=user_id, password_hash=new_hash)
+    # The link proved the mailbox: the address is verified, and every session ends (a squatter
+    # who signed up with this address first is signed out and locked out).
+    await repo.mark_email_verified(conn, user_id=user_id, email=used["email"])
+    await repo.revoke_sessions(conn, user_id)
+    await repo.retire_user_tokens(conn, user_id, PURPOSE_RESET)
+
+
+# Mail, composed inside the job's transaction: the token is made and its hash stored there,
+# so the token itself never sits in the job queue.
+async def _issue_user_token(
+    conn: Conn, *, user_id: UUID, purpose: str, email: str, ttl: timedelta, prefix: str
+) -> str:
+    token = new_token(prefix)
+    await repo.insert_user_token(
+        conn,
+        token_id=new_id(),
+        user_id=user_id,
+        purpose=purpose,
+        digest=token_digest(token),
+        email=email,
+        expires_at=datetime.now(UTC) + ttl,
+    )
+    return token
+
+
+async def verification_mail(conn: Conn, settings: Settings, user_id: UUID) -> EmailMessage | None:
+    await set_tenant(conn, org_id=None, user_id=user_id)
+    user = await repo.get_user(conn, user_id)
+    if user is None or user["email_verified"]:
+        return None
+    hours = settings.email_verification_ttl_hours
+    token = await _issue_user_token(
+        conn,
+        user_id=user_id,
+        purpose=PURPOSE_VERIFY,
+        email=user["email"],
+        ttl=timedelta(hours=hours),
+        prefix=VERIFY_PREFIX,
+    )
+    body = (
+        f"Hello {user['name']},\n\n"
+        "Confirm that this address is yours by opening this link:\n\n"
+        f"  {link(settings, 'verify', token)}\n\n"
+        f'(or POST /api/auth/verify with {{"token": "{token}"}}). '
+        f"It works once, for {hours} hours.\n\n"
+        "If you did not sign up for Record, ignore this message.\n"
+    )
+    return compose(settings, to=user["email"], subject="Confirm your email for Record", body=body)
+
+
+async def password_reset_mail(conn: Conn, settings: Settings, email: str) -> EmailMessage | None:
+    user = await repo.find_user_for_login(conn, email)
+    if user is None or user["password_hash"] is None:
+        return None  # nothing to reset; the caller was told the same as anyone else
+    await set_tenant(conn, org_id=None, user_id=user["id"])
+    minutes = settings.password_reset_ttl_minutes
+    token = await _issue_user_token(
+        conn,
+        user_id=user["id"],
+        purpose=PURPOSE_RESET,
+        email=user["email"],
+        ttl=timedelta(minutes=minutes),
+        prefix=RESET_PREFIX,
+    )
+    body = (
+        f"Hello {user['name']},\n\n"
+        "Someone asked to reset the password of your Record account. To choose a new one, "
+        "open this link:\n\n"
+        f"  {link(settings, 'reset-password', token)}\n\n"
+        f'(or POST /api/auth/password-reset/confirm with {{"token": "{token}", '
+        f'"password": "..."}}). It works once, for {minutes} minutes, and signs out '
+        "every session.\n\nIf it was not you, ignore this message: nothing changes.\n"
+    )
+    return compose(settings, to=user["email"], subject="Reset your Record password", body=body)
+
+
 async def logout(conn: Conn, session_id: UUID) -> None:
     await repo.revoke_session(conn, session_id)
 
@@ -108,8 +277,9 @@ async def logout(conn: Conn, session_id: UUID) -> None:
 async def oidc_user(conn: Conn, identity: OidcIdentity) -> tuple[UUID, UUID | None, Role | None]:
     """The local user behind an OIDC identity (created on first sight), with its org and role.
 
-    The identity provider is authoritative for teams that use one: the org and role claims
-    decide, and the membership row follows them so member lists stay true.
+    Org and role claims count only for an org whose owner bound this issuer and claim value to
+    it (``org_oidc_bindings``), up to the role the binding allows, and under the members API's
+    rules (the last owner stays an owner). Every membership change they make is audited.
     """
     existing = await repo.find_user_by_oidc(conn, identity.issuer, identity.subject)
     if existing is not None:
@@ -117,12 +287,15 @@ async def oidc_user(conn: Conn, identity: OidcIdentity) -> tuple[UUID, UUID | No
     else:
         if not identity.email:
             raise AuthenticationError("The token carries no email claim.")
-        by_email = await repo.find_user_by_email(conn, identity.email)
+        by_email = await repo.find_user_for_login(conn, identity.email)
         if by_email is not None:
-            if not identity.email_verified:
+            # Both sides must have proved the address: the provider (email_verified) and the
+            # local account (its mailed link), or a squatter's account would get the identity.
+            if not identity.email_verified or by_email["email_verified_at"] is None:
                 raise AuthenticationError(
-                    "An account with this email exists; the identity provider must mark the "
-                    "email as verified before it can be linked."
+                    "An account with this email exists; it can be linked to this identity "
+                    "provider only once both have verified the email (verify it from the "
+                    "mailed link, or reset its password by email)."
                 )
             user_id = by_email["id"]
             await set_tenant(conn, org_id=None, user_id=user_id)
@@ -141,20 +314,29 @@ async def oidc_user(conn: Conn, identity: OidcIdentity) -> tuple[UUID, UUID | No
                 password_hash=None,
                 oidc_issuer=identity.issuer,
                 oidc_subject=identity.subject,
+                email_verified=identity.email_verified,
             )
-    if identity.org_id is None:
+    if identity.org_claim is None:
         return user_id, None, None
+    binding = await repo.find_oidc_binding(conn, identity.issuer, identity.org_claim)
+    if binding is None:
+        raise AuthenticationError(
+            "No org here accepts this identity provider's org claim; an org owner binds it "
+            "with PUT /api/orgs/{org_id}/oidc-binding."
+        )
     try:
-        org_id = UUID(identity.org_id)
         role = Role(identity.role) if identity.role else None
     except ValueError as exc:
-        raise AuthenticationError("The token's org or role claim is not valid.") from exc
+        raise AuthenticationError("The token's role claim is not a role.") from exc
     if role is None:
         raise AuthenticationError("The token names an org but no role.")
-    from app.orgs.repository import get_org, upsert_membership
+    if not at_most(role, Role(binding["max_role"])):
+        raise AuthenticationError(
+            f"This org lets its identity provider grant at most the {binding['max_role']} role."
+        )
+    from app.orgs.service import apply_idp_role
 
+    org_id: UUID = binding["org_id"]
     await set_tenant(conn, org_id=org_id, user_id=user_id)
-    if await get_org(conn, org_id) is None:
-        raise AuthenticationError("The token names an org this server does not have.")
-    await upsert_membership(conn, org_id=org_id, user_id=user_id, role=role)
+    await apply_idp_role(conn, org_id=org_id, user_id=user_id, role=role, issuer=identity.issuer)
     return user_id, org_id, role

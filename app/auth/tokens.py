@@ -11,6 +11,10 @@ import secrets
 
 API_KEY_PREFIX = "rk_"
 SESSION_PREFIX = "rs_"
+# Tokens of mailed links: an invitation, an email verification, a password reset.
+INVITATION_PREFIX = "ri_"
+VERIFY_PREFIX = "rv_"
+RESET_PREFIX = "rp_"
 
 
 def new_token(prefix: str) -> str:

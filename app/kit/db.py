@@ -90,11 +90,22 @@ class Database:
             yield conn
 
 
-async def set_tenant(conn: Conn, *, org_id: UUID | None, user_id: UUID | None) -> None:
-    """Scope the current transaction to an org (and a user). ``None`` clears the setting."""
+async def set_tenant(
+    conn: Conn, *, org_id: UUID | None, user_id: UUID | None, key_id: UUID | None = None
+) -> None:
+    """Scope the current transaction to an org (and a user, and the API key acting for them).
+
+    ``None`` clears a setting. With a key set, the policies that show a person their own
+    memberships, orgs and sessions across orgs do not apply: a key sees its org only.
+    """
     await conn.execute(
-        "SELECT set_config('app.org_id', %s, true), set_config('app.user_id', %s, true)",
-        (str(org_id) if org_id else "", str(user_id) if user_id else ""),
+        "SELECT set_config('app.org_id', %s, true), set_config('app.user_id', %s, true), "
+        "set_config('app.key_id', %s, true)",
+        (
+            str(org_id) if org_id else "",
+            str(user_id) if user_id else "",
+            str(key_id) if key_id else "",
+        ),
     )
 
 

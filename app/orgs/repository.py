@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from uuid import UUID
 
 from psycopg.rows import DictRow
@@ -62,14 +63,117 @@ async def list_members(conn: Conn, org_id: UUID) -> list[DictRow]:
 
 
 async def list_invitations(conn: Conn, org_id: UUID) -> list[DictRow]:
+    """Open invitations (neither accepted nor revoked), expired ones included."""
     return await fetch_all(
         conn,
         """
-        SELECT id, email, role, created_at FROM invitations
-         WHERE org_id = %s AND accepted_at IS NULL ORDER BY created_at, id
+        SELECT id, email, role, invited_by, created_at, expires_at FROM invitations
+         WHERE org_id = %s AND accepted_at IS NULL AND revoked_at IS NULL
+         ORDER BY created_at, id
         """,
         (org_id,),
     )
+
+
+async def get_open_invitation(conn: Conn, org_id: UUID, invitation_id: UUID) -> DictRow | None:
+    return await fetch_one(
+        conn,
+        """
+        SELECT id, email, role, invited_by, created_at, expires_at FROM invitations
+         WHERE org_id = %s AND id = %s AND accepted_at IS NULL AND revoked_at IS NULL
+        """,
+        (org_id, invitation_id),
+    )
+
+
+async def revoke_invitation(conn: Conn, org_id: UUID, invitation_id: UUID) -> int:
+    return await execute(
+        conn,
+        "UPDATE invitations SET revoked_at = now(), token_hash = NULL "
+        "WHERE org_id = %s AND id = %s AND accepted_at IS NULL AND revoked_at IS NULL",
+        (org_id, invitation_id),
+    )
+
+
+async def set_invitation_token(
+    conn: Conn, org_id: UUID, invitation_id: UUID, digest: bytes
+) -> DictRow | None:
+    """Give a still-open invitation its (new) token; returns it, or None if it ended."""
+    return await fetch_one(
+        conn,
+        """
+        UPDATE invitations SET token_hash = %s
+         WHERE org_id = %s AND id = %s AND accepted_at IS NULL AND revoked_at IS NULL
+           AND expires_at > now()
+        RETURNING id, email, role, invited_by, created_at, expires_at
+        """,
+        (digest, org_id, invitation_id),
+    )
+
+
+async def find_invitation_by_token(conn: Conn, digest: bytes) -> DictRow | None:
+    """Before the org is known: an open, unexpired invitation by its token's hash."""
+    return await fetch_one(
+        conn, "SELECT id, org_id, email, role FROM app_find_invitation(%s)", (digest,)
+    )
+
+
+async def accept_invitation(
+    conn: Conn, *, org_id: UUID, invitation_id: UUID, digest: bytes, user_id: UUID
+) -> DictRow | None:
+    """Single use: only one request can turn an open invitation into accepted."""
+    return await fetch_one(
+        conn,
+        """
+        UPDATE invitations SET accepted_at = now(), accepted_by = %s, token_hash = NULL
+         WHERE org_id = %s AND id = %s AND token_hash = %s AND accepted_at IS NULL
+           AND revoked_at IS NULL AND expires_at > now()
+        RETURNING id, role
+        """,
+        (user_id, org_id, invitation_id, digest),
+    )
+
+
+async def member_by_email(conn: Conn, org_id: UUID, email: str) -> DictRow | None:
+    return await fetch_one(
+        conn,
+        """
+        SELECT m.user_id FROM memberships AS m JOIN users AS u ON u.id = m.user_id
+         WHERE m.org_id = %s AND lower(u.email) = lower(%s)
+        """,
+        (org_id, email),
+    )
+
+
+async def get_oidc_binding(conn: Conn, org_id: UUID) -> DictRow | None:
+    return await fetch_one(
+        conn,
+        "SELECT issuer, claim_value, max_role, created_by, created_at, updated_at "
+        "FROM org_oidc_bindings WHERE org_id = %s",
+        (org_id,),
+    )
+
+
+async def put_oidc_binding(
+    conn: Conn, *, org_id: UUID, issuer: str, claim_value: str, max_role: Role, user_id: UUID | None
+) -> DictRow:
+    row = await fetch_one(
+        conn,
+        """
+        INSERT INTO org_oidc_bindings (org_id, issuer, claim_value, max_role, created_by)
+        VALUES (%s, %s, %s, %s, %s)
+        ON CONFLICT (org_id) DO UPDATE SET issuer = excluded.issuer,
+            claim_value = excluded.claim_value, max_role = excluded.max_role, updated_at = now()
+        RETURNING issuer, claim_value, max_role, created_by, created_at, updated_at
+        """,
+        (org_id, issuer, claim_value, max_role.value, user_id),
+    )
+    assert row is not None
+    return row
+
+
+async def delete_oidc_binding(conn: Conn, org_id: UUID) -> int:
+    return await execute(conn, "DELETE FROM org_oidc_bindings WHERE org_id = %s", (org_id,))
 
 
 async def get_member(conn: Conn, org_id: UUID, user_id: UUID) -> DictRow | None:
@@ -116,17 +220,24 @@ async def insert_invitation(
     email: str,
     role: Role,
     invited_by: UUID | None,
-) -> DictRow | None:
-    return await fetch_one(
+    expires_at: datetime,
+) -> DictRow:
+    """A new invitation, or a fresh start for the open one to the same address (its old link
+    stops working: the token is mailed anew)."""
+    row = await fetch_one(
         conn,
         """
-        INSERT INTO invitations (id, org_id, email, role, invited_by) VALUES (%s, %s, %s, %s, %s)
-        ON CONFLICT (org_id, lower(email)) WHERE accepted_at IS NULL
-        DO UPDATE SET role = excluded.role
-        RETURNING id, email, role, created_at
+        INSERT INTO invitations (id, org_id, email, role, invited_by, expires_at)
+        VALUES (%s, %s, %s, %s, %s, %s)
+        ON CONFLICT (org_id, lower(email)) WHERE accepted_at IS NULL AND revoked_at IS NULL
+        DO UPDATE SET role = excluded.role, invited_by = excluded.invited_by,
+            expires_at = excluded.expires_at, token_hash = NULL, created_at = now()
+        RETURNING id, email, role, invited_by, created_at, expires_at
         """,
-        (invitation_id, org_id, email, role.value, invited_by),
+        (invitation_id, org_id, email, role.value, invited_by, expires_at),
     )
+    assert row is not None
+    return row
 
 
 async def insert_api_key(

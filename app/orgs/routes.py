@@ -10,21 +10,27 @@ from fastapi import APIRouter, Depends, Response, status
 from app.auth.deps import CurrentPrincipal, require
 from app.auth.principal import Principal
 from app.auth.rbac import Permission
-from app.auth.schemas import OrgOut
-from app.kit.deps import DbConn
+from app.auth.schemas import OrgMembershipOut, OrgOut
+from app.kit.deps import DbConn, ServicesDep
 from app.orgs import service
 from app.orgs.schemas import (
     ApiKeyCreated,
     ApiKeyIn,
     ApiKeyList,
+    InvitationAcceptIn,
+    InvitationList,
+    InvitationOut,
     MemberIn,
     MemberList,
     MemberOut,
     MemberPatch,
+    OidcBindingIn,
+    OidcBindingOut,
     OrgIn,
 )
 
 router = APIRouter(prefix="/api/orgs", tags=["orgs"])
+invitations = APIRouter(prefix="/api/invitations", tags=["orgs"])
 
 OrgReader = Annotated[Principal, Depends(require(Permission.org_read))]
 OrgEditor = Annotated[Principal, Depends(require(Permission.org_update))]
@@ -32,6 +38,7 @@ OrgDeleter = Annotated[Principal, Depends(require(Permission.org_delete))]
 MemberReader = Annotated[Principal, Depends(require(Permission.members_read))]
 MemberManager = Annotated[Principal, Depends(require(Permission.members_manage))]
 KeyManager = Annotated[Principal, Depends(require(Permission.api_keys_manage))]
+IdpManager = Annotated[Principal, Depends(require(Permission.idp_manage))]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
@@ -65,11 +72,58 @@ async def list_members(org_id: UUID, principal: MemberReader, conn: DbConn) -> M
 
 
 @router.post("/{org_id}/members", status_code=status.HTTP_201_CREATED)
-async def add_member(
-    org_id: UUID, body: MemberIn, principal: MemberManager, conn: DbConn
-) -> MemberOut:
+async def invite_member(
+    org_id: UUID, body: MemberIn, principal: MemberManager, conn: DbConn, services: ServicesDep
+) -> InvitationOut:
+    """Invite an address: it is mailed a single-use link (PUBLIC_URL/invite/<token>), which the
+    invited person accepts signed in with that address verified."""
     service.ensure_path_org(principal, org_id)
-    return await service.add_member(conn, principal, body)
+    return await service.invite_member(conn, services.settings, principal, body)
+
+
+@router.get("/{org_id}/invitations")
+async def list_invitations(org_id: UUID, principal: MemberManager, conn: DbConn) -> InvitationList:
+    service.ensure_path_org(principal, org_id)
+    return InvitationList(items=await service.list_invitations(conn, principal))
+
+
+@router.delete("/{org_id}/invitations/{invitation_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def revoke_invitation(
+    org_id: UUID, invitation_id: UUID, principal: MemberManager, conn: DbConn
+) -> Response:
+    service.ensure_path_org(principal, org_id)
+    await service.revoke_invitation(conn, principal, invitation_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@invitations.post("/accept")
+async def accept_invitation(
+    body: InvitationAcceptIn, principal: CurrentPrincipal, conn: DbConn
+) -> OrgMembershipOut:
+    return await service.accept_invitation(conn, principal, body.token)
+
+
+@router.get("/{org_id}/oidc-binding")
+async def get_oidc_binding(org_id: UUID, principal: IdpManager, conn: DbConn) -> OidcBindingOut:
+    service.ensure_path_org(principal, org_id)
+    return await service.get_oidc_binding(conn, principal)
+
+
+@router.put("/{org_id}/oidc-binding")
+async def put_oidc_binding(
+    org_id: UUID, body: OidcBindingIn, principal: IdpManager, conn: DbConn
+) -> OidcBindingOut:
+    """Accept org and role claims from this identity provider (``iss``) when the org claim has
+    this value, granting at most ``max_role``. Owners only; audited."""
+    service.ensure_path_org(principal, org_id)
+    return await service.put_oidc_binding(conn, principal, body)
+
+
+@router.delete("/{org_id}/oidc-binding", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_oidc_binding(org_id: UUID, principal: IdpManager, conn: DbConn) -> Response:
+    service.ensure_path_org(principal, org_id)
+    await service.delete_oidc_binding(conn, principal)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.patch("/{org_id}/members/{user_id}")

@@ -21,6 +21,46 @@ class MemberIn(Strict):
     role: Role
 
 
+class InvitationOut(BaseModel):
+    id: UUID
+    email: str
+    role: Role
+    invited_by: UUID | None
+    created_at: datetime
+    expires_at: datetime
+
+
+class InvitationList(BaseModel):
+    items: list[InvitationOut]
+
+
+class InvitationAcceptIn(Strict):
+    token: str = Field(min_length=16, max_length=128)
+
+
+class OidcBindingIn(Strict):
+    issuer: str = Field(
+        min_length=1, max_length=500, description="The identity provider's `iss`, exactly."
+    )
+    claim_value: str = Field(
+        min_length=1,
+        max_length=200,
+        description="The value of the org claim (OIDC_ORG_CLAIM) that means this org.",
+    )
+    max_role: Role = Field(
+        default=Role.admin, description="The highest role the identity provider may grant here."
+    )
+
+
+class OidcBindingOut(BaseModel):
+    issuer: str
+    claim_value: str
+    max_role: Role
+    created_by: UUID | None
+    created_at: datetime
+    updated_at: datetime
+
+
 class MemberPatch(Strict):
     role: Role
 

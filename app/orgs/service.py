@@ -2,22 +2,47 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
 from uuid import UUID
+
+import structlog
+from psycopg.errors import UniqueViolation
 
 from app.auth import repository as auth_repo
 from app.auth.principal import AuthKind, Principal
 from app.auth.rbac import Permission, Role, can_assign
-from app.auth.schemas import OrgOut
-from app.auth.tokens import API_KEY_PREFIX, display_prefix, new_token, token_digest
-from app.kit.audit import audit_by
+from app.auth.schemas import OrgMembershipOut, OrgOut
+from app.auth.tokens import (
+    API_KEY_PREFIX,
+    INVITATION_PREFIX,
+    display_prefix,
+    new_token,
+    token_digest,
+)
+from app.jobs.queue import MailKind, defer_mail, defer_org_purge
+from app.kit.audit import audit_by, write_audit
 from app.kit.db import Conn, set_tenant
 from app.kit.errors import AuthorizationError, ConflictError, NotFoundError
 from app.kit.ids import new_id
 from app.kit.security.text import plain_text
+from app.mail.sender import compose
 from app.orgs import repository as repo
-from app.orgs.schemas import ApiKeyCreated, ApiKeyIn, ApiKeyOut, MemberIn, MemberOut
+from app.orgs.schemas import (
+    ApiKeyCreated,
+    ApiKeyIn,
+    ApiKeyOut,
+    InvitationOut,
+    MemberIn,
+    MemberOut,
+    OidcBindingIn,
+    OidcBindingOut,
+)
+from app.settings import Settings
 from app.shares import repository as shares_repo
 from app.shares.audit import audit_ended
+
+log = structlog.stdlib.get_logger(__name__)
 
 # As the request schemas cap them.
 ORG_NAME_LENGTH = 200
@@ -64,6 +89,16 @@ async def rename_org(conn: Conn, principal: Principal, name: str) -> OrgOut:
 async def delete_org(conn: Conn, principal: Principal) -> None:
     if await repo.delete_org(conn, principal.org) == 0:
         raise NotFoundError("No such org.")
+    # Its objects and cached values outside PostgreSQL: deleted by jobs that commit with this.
+    jobs = await defer_org_purge(conn, org_id=principal.org)
+    # Not in audit_log: its rows cascade with the org.
+    log.info(
+        "org deleted",
+        org_id=str(principal.org),
+        actor_user_id=str(principal.user_id) if principal.user_id else None,
+        actor_key_id=str(principal.key_id) if principal.key_id else None,
+        purge_jobs=jobs,
+    )
 
 
 def _check_assign(principal: Principal, role: Role) -> None:
@@ -73,57 +108,44 @@ def _check_assign(principal: Principal, role: Role) -> None:
 
 
 async def list_members(conn: Conn, principal: Principal) -> list[MemberOut]:
-    members = [MemberOut.model_validate(r) for r in await repo.list_members(conn, principal.org)]
-    invited = [
-        MemberOut(
-            user_id=None,
-            email=r["email"],
-            role=r["role"],
-            status="invited",
-            created_at=r["created_at"],
-        )
-        for r in await repo.list_invitations(conn, principal.org)
-    ]
-    return members + invited
+    return [MemberOut.model_validate(r) for r in await repo.list_members(conn, principal.org)]
 
 
-async def add_member(conn: Conn, principal: Principal, body: MemberIn) -> MemberOut:
-    """Add an existing user at once; invite an unknown email (they join when they sign up)."""
+async def invite_member(
+    conn: Conn, settings: Settings, principal: Principal, body: MemberIn
+) -> InvitationOut:
+    """Invite an address: a job mails it a single-use link. Nobody joins without accepting it,
+    signed in with that address verified (``accept_invitation``); existing accounts too."""
     _check_assign(principal, body.role)
-    user = await auth_repo.find_user_by_email(conn, body.email)
-    if user is None:
-        row = await repo.insert_invitation(
-            conn,
-            invitation_id=new_id(),
-            org_id=principal.org,
-            email=body.email,
-            role=body.role,
-            invited_by=principal.user_id,
-        )
-        assert row is not None
-        await _audit(
-            conn,
-            principal,
-            "member.invite",
-            "invitation",
-            row["id"],
-            email=body.email,
-            role=body.role.value,
-        )
-        return MemberOut(
-            user_id=None,
-            email=row["email"],
-            role=row["role"],
-            status="invited",
-            created_at=row["created_at"],
-        )
-    if await repo.get_member(conn, principal.org, user["id"]) is not None:
+    if await repo.member_by_email(conn, principal.org, body.email) is not None:
         raise ConflictError("This user is already a member; change their role instead.")
-    await repo.upsert_membership(conn, org_id=principal.org, user_id=user["id"], role=body.role)
-    await _audit(conn, principal, "member.add", "user", user["id"], role=body.role.value)
-    member = await repo.get_member(conn, principal.org, user["id"])
-    assert member is not None
-    return MemberOut.model_validate(member)
+    ttl = timedelta(hours=settings.invitation_ttl_hours)
+    row = await repo.insert_invitation(
+        conn,
+        invitation_id=new_id(),
+        org_id=principal.org,
+        email=body.email,
+        role=body.role,
+        invited_by=principal.user_id,
+        expires_at=datetime.now(UTC) + ttl,
+    )
+    await _audit(
+        conn,
+        principal,
+        "member.invite",
+        "invitation",
+        row["id"],
+        email=body.email,
+        role=body.role.value,
+    )
+    await defer_mail(
+        conn,
+        MailKind.invitation,
+        lock=f"invitation:{row['id']}",
+        org_id=str(principal.org),
+        invitation_id=str(row["id"]),
+    )
+    return InvitationOut.model_validate(row)
 
 
 async def _target_member(conn: Conn, principal: Principal, user_id: UUID) -> Role:
@@ -220,3 +242,174 @@ async def revoke_api_key(conn: Conn, principal: Principal, key_id: UUID) -> None
 def ensure_path_org(principal: Principal, org_id: UUID) -> None:
     if principal.org_id != org_id:
         raise NotFoundError("No such org.")
+
+
+async def list_invitations(conn: Conn, principal: Principal) -> list[InvitationOut]:
+    return [
+        InvitationOut.model_validate(r) for r in await repo.list_invitations(conn, principal.org)
+    ]
+
+
+async def revoke_invitation(conn: Conn, principal: Principal, invitation_id: UUID) -> None:
+    invitation = await repo.get_open_invitation(conn, principal.org, invitation_id)
+    if invitation is None:
+        raise NotFoundError("No such invitation (or it was already accepted or revoked).")
+    _check_assign(principal, Role(invitation["role"]))
+    await repo.revoke_invitation(conn, principal.org, invitation_id)
+    await _audit(
+        conn,
+        principal,
+        "member.invite_revoke",
+        "invitation",
+        invitation_id,
+        email=invitation["email"],
+    )
+
+
+async def accept_invitation(conn: Conn, principal: Principal, token: str) -> OrgMembershipOut:
+    """Join the org an invitation names: signed in as a person whose verified email is the
+    invited address, with the token from the mailed link, once."""
+    if principal.kind is AuthKind.api_key or principal.user_id is None:
+        raise AuthorizationError("Accept an invitation signed in as yourself, not with an API key.")
+    user_id = principal.user_id
+    await set_tenant(conn, org_id=None, user_id=user_id)
+    user = await auth_repo.get_user(conn, user_id)
+    assert user is not None
+    digest = token_digest(token)
+    invitation = await repo.find_invitation_by_token(conn, digest)
+    if invitation is None:
+        raise NotFoundError(
+            "This invitation is unknown, used, revoked or expired; ask for a new one."
+        )
+    if not user["email_verified"]:
+        raise AuthorizationError(
+            "Verify your email first (the link mailed at signup; POST /api/auth/verify/resend "
+            "sends another), then accept the invitation."
+        )
+    if user["email"].lower() != invitation["email"].lower():
+        raise AuthorizationError(
+            "This invitation was sent to another address; sign in with that account to accept it."
+        )
+    org_id: UUID = invitation["org_id"]
+    await set_tenant(conn, org_id=org_id, user_id=user_id)
+    if await repo.get_member(conn, org_id, user_id) is not None:
+        raise ConflictError("You are already a member of this org.")
+    accepted = await repo.accept_invitation(
+        conn, org_id=org_id, invitation_id=invitation["id"], digest=digest, user_id=user_id
+    )
+    if accepted is None:  # another request used it a moment ago
+        raise NotFoundError(
+            "This invitation is unknown, used, revoked or expired; ask for a new one."
+        )
+    role = Role(accepted["role"])
+    await repo.upsert_membership(conn, org_id=org_id, user_id=user_id, role=role)
+    await write_audit(
+        conn,
+        org_id=org_id,
+        actor_user_id=user_id,
+        actor_key_id=None,
+        action="member.join",
+        target_type="user",
+        target_id=user_id,
+        data={"invitation_id": str(invitation["id"]), "role": role.value},
+    )
+    org = await repo.get_org(conn, org_id)
+    assert org is not None
+    return OrgMembershipOut(id=org_id, name=org["name"], role=role)
+
+
+async def invitation_mail(
+    conn: Conn, settings: Settings, *, org_id: UUID, invitation_id: UUID
+) -> EmailMessage | None:
+    """The invitation's mail, with a new token whose hash is stored here (the token never sits
+    in the job queue); None when the invitation ended before the job ran."""
+    await set_tenant(conn, org_id=org_id, user_id=None)
+    token = new_token(INVITATION_PREFIX)
+    invitation = await repo.set_invitation_token(conn, org_id, invitation_id, token_digest(token))
+    if invitation is None:
+        return None
+    org = await repo.get_org(conn, org_id)
+    assert org is not None
+    link = f"{settings.public_url.rstrip('/')}/invite/{token}"
+    expires = invitation["expires_at"].strftime("%Y-%m-%d %H:%M UTC")
+    body = (
+        f'You are invited to join "{org["name"]}" on Record as {invitation["role"]}.\n\n'
+        f"To accept, open this link, signed in with this address (sign up first if you have "
+        f"no account):\n\n  {link}\n\n"
+        f'(or POST /api/invitations/accept with {{"token": "{token}"}}). '
+        f"It works once, until {expires}.\n\n"
+        "If you did not expect this, ignore this message.\n"
+    )
+    return compose(
+        settings, to=invitation["email"], subject=f"Join {org['name']} on Record", body=body
+    )
+
+
+async def apply_idp_role(
+    conn: Conn, *, org_id: UUID, user_id: UUID, role: Role, issuer: str
+) -> None:
+    """Make the membership what the bound identity provider says, by the members API's rules:
+    the last owner is not demoted. Every change is audited (actor: the person signing in)."""
+    member = await repo.get_member(conn, org_id, user_id)
+    current = Role(member["role"]) if member else None
+    if current is role:
+        return
+    if current is Role.owner:
+        await _keep_an_owner(conn, org_id, user_id)
+    await repo.upsert_membership(conn, org_id=org_id, user_id=user_id, role=role)
+    await write_audit(
+        conn,
+        org_id=org_id,
+        actor_user_id=user_id,
+        actor_key_id=None,
+        action="member.add" if current is None else "member.role_change",
+        target_type="user",
+        target_id=user_id,
+        data={
+            "source": "oidc",
+            "issuer": issuer,
+            "new": role.value,
+            **({"old": current.value} if current else {}),
+        },
+    )
+
+
+async def get_oidc_binding(conn: Conn, principal: Principal) -> OidcBindingOut:
+    row = await repo.get_oidc_binding(conn, principal.org)
+    if row is None:
+        raise NotFoundError("This org has no identity provider binding.")
+    return OidcBindingOut.model_validate(row)
+
+
+async def put_oidc_binding(conn: Conn, principal: Principal, body: OidcBindingIn) -> OidcBindingOut:
+    try:
+        async with conn.transaction():
+            row = await repo.put_oidc_binding(
+                conn,
+                org_id=principal.org,
+                issuer=body.issuer,
+                claim_value=body.claim_value,
+                max_role=body.max_role,
+                user_id=principal.user_id,
+            )
+    except UniqueViolation as exc:
+        raise ConflictError(
+            "Another org is bound to this issuer and claim value; choose another value."
+        ) from exc
+    await _audit(
+        conn,
+        principal,
+        "oidc_binding.set",
+        "org",
+        principal.org,
+        issuer=body.issuer,
+        claim_value=body.claim_value,
+        max_role=body.max_role.value,
+    )
+    return OidcBindingOut.model_validate(row)
+
+
+async def delete_oidc_binding(conn: Conn, principal: Principal) -> None:
+    if not await repo.delete_oidc_binding(conn, principal.org):
+        raise NotFoundError("This org has no identity provider binding.")
+    await _audit(conn, principal, "oidc_binding.delete", "org", principal.org)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.app.conftest import Tenant, signup
+from tests.app.conftest import Tenant
 
 ROLES = ["owner", "admin", "contributor", "reader"]
 
@@ -155,24 +155,31 @@ async def test_last_owner_cannot_leave_or_be_demoted(client, org_a: Tenant):
     response = await client.delete(url, headers=org_a.session_auth())
     assert response.status_code == 409
     # With a second owner, the first may step down.
-    second_id, _ = await org_a.member("owner")
+    second_id, second = await org_a.member("owner")
     response = await client.patch(url, json={"role": "admin"}, headers=org_a.auth())
     assert response.status_code == 200
     assert response.json()["role"] == "admin"
     response = await client.delete(
-        f"/api/orgs/{org_a.org_id}/members/{second_id}", headers=org_a.auth()
+        f"/api/orgs/{org_a.org_id}/members/{second_id}",
+        headers={"Authorization": f"Bearer {second}", "X-Record-Org": org_a.org_id},
     )
     assert response.status_code == 409  # now the last owner
+    # The first owner's owner key now acts as an admin, as its maker does.
+    response = await client.patch(
+        f"/api/orgs/{org_a.org_id}/members/{second_id}",
+        json={"role": "admin"},
+        headers=org_a.auth(),
+    )
+    assert response.status_code == 403
 
 
-async def test_invite_then_signup_joins_org(client, org_a: Tenant):
+async def test_invite_then_signup_then_accept_joins_org(client, org_a: Tenant, mailbox):
     response = await client.post(
         f"/api/orgs/{org_a.org_id}/members",
         json={"email": "later@example.com", "role": "contributor"},
         headers=org_a.auth(),
     )
     assert response.status_code == 201
-    assert response.json()["status"] == "invited"
     response = await client.post(
         "/api/auth/signup",
         json={
@@ -182,7 +189,16 @@ async def test_invite_then_signup_joins_org(client, org_a: Tenant):
         },
     )
     assert response.status_code == 201
-    assert response.json()["org"]["id"] == org_a.org_id
+    assert response.json()["org"]["id"] != org_a.org_id  # signing up claims no invitation
+    session = response.json()["session_token"]
+    await mailbox.verify(client, "Later@example.com")
+    token = await mailbox.token("later@example.com", "invite")
+    accepted = await client.post(
+        "/api/invitations/accept",
+        json={"token": token},
+        headers={"Authorization": f"Bearer {session}"},
+    )
+    assert accepted.status_code == 200, accepted.text
     members = await client.get(f"/api/orgs/{org_a.org_id}/members", headers=org_a.auth())
     by_email = {m["email"].lower(): m for m in members.json()["items"]}
     assert by_email["later@example.com"]["role"] == "contributor"
@@ -190,24 +206,21 @@ async def test_invite_then_signup_joins_org(client, org_a: Tenant):
 
 
 async def test_member_lifecycle_and_audit(client, org_a: Tenant, settings):
-    user = await signup(client, name="Bea")
+    uid, token = await org_a.member("reader")
     url = f"/api/orgs/{org_a.org_id}/members"
-    response = await client.post(
-        url, json={"email": user["email"], "role": "reader"}, headers=org_a.auth()
+    email = next(
+        m["email"]
+        for m in (await client.get(url, headers=org_a.auth())).json()["items"]
+        if m["user_id"] == uid
     )
-    assert response.status_code == 201
-    assert response.json()["status"] == "active"
-    again = await client.post(
-        url, json={"email": user["email"], "role": "reader"}, headers=org_a.auth()
-    )
+    again = await client.post(url, json={"email": email, "role": "reader"}, headers=org_a.auth())
     assert again.status_code == 409
-    uid = user["user"]["id"]
     response = await client.patch(
         f"{url}/{uid}", json={"role": "contributor"}, headers=org_a.auth()
     )
     assert response.json()["role"] == "contributor"
     # The member's own key dies with their membership.
-    session = {"Authorization": f"Bearer {user['session_token']}", "X-Record-Org": org_a.org_id}
+    session = {"Authorization": f"Bearer {token}", "X-Record-Org": org_a.org_id}
     response = await client.patch(f"{url}/{uid}", json={"role": "admin"}, headers=org_a.auth())
     response = await client.post(
         f"/api/orgs/{org_a.org_id}/api-keys",
@@ -231,7 +244,8 @@ async def test_member_lifecycle_and_audit(client, org_a: Tenant, settings):
         ]
     assert actions == [
         "api_key.create",
-        "member.add",
+        "member.invite",
+        "member.join",
         "member.role_change",
         "member.role_change",
         "api_key.create",

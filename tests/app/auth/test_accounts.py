@@ -154,7 +154,10 @@ async def test_invite_only_signup(client, org_a: Tenant, invite_only):
         "/api/auth/signup", json={"email": "x1@example.com", "password": PASSWORD, "name": "X"}
     )
     assert response.status_code == 201
-    assert response.json()["org"]["id"] == org_a.org_id
+    # An account, in no org yet: it joins by accepting the mailed invitation once verified.
+    assert response.json()["org"] is None
+    members = await client.get(f"/api/orgs/{org_a.org_id}/members", headers=org_a.auth())
+    assert "x1@example.com" not in {m["email"] for m in members.json()["items"]}
 
 
 async def test_disabled_signup(client, app):

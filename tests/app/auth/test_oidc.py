@@ -8,6 +8,7 @@ import uuid
 
 import httpx
 import jwt
+import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -65,8 +66,21 @@ def idp(app) -> IdentityProvider:
     return provider
 
 
+async def bind(
+    client, tenant: Tenant, claim_value: str, max_role: str = "admin", issuer: str = ISSUER
+):
+    response = await client.put(
+        f"/api/orgs/{tenant.org_id}/oidc-binding",
+        json={"issuer": issuer, "claim_value": claim_value, "max_role": max_role},
+        headers=tenant.auth(),
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 async def test_oidc_token_with_org_and_role_claims(client, idp, org_a: Tenant, org_b: Tenant):
-    token = idp.token(record_org=org_a.org_id, record_role="contributor")
+    await bind(client, org_a, "acme-engineering")
+    token = idp.token(record_org="acme-engineering", record_role="contributor")
     headers = {"Authorization": f"Bearer {token}"}
     me = await client.get("/api/me", headers=headers)
     assert me.status_code == 200, me.text
@@ -98,7 +112,8 @@ async def test_oidc_token_with_org_and_role_claims(client, idp, org_a: Tenant, o
     ],
 )
 async def test_oidc_bad_claims_are_401(client, idp, org_a: Tenant, claims, detail):
-    token = idp.token(record_org=org_a.org_id, record_role="reader", **claims)
+    await bind(client, org_a, "acme")
+    token = idp.token(record_org="acme", record_role="reader", **claims)
     response = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
     assert detail in response.json()["detail"]
@@ -111,26 +126,36 @@ async def test_oidc_token_signed_by_unknown_key_is_401(client, idp, org_a: Tenan
     assert response.status_code == 401
 
 
-async def test_oidc_token_for_unknown_org_or_bad_role(client, idp):
+async def test_oidc_token_for_unknown_org_or_bad_role(client, idp, org_a: Tenant):
     token = idp.token(record_org=str(uuid.uuid4()), record_role="reader")
     response = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
-    token = idp.token(record_org=str(uuid.uuid4()), record_role="emperor")
+    await bind(client, org_a, "acme")
+    token = idp.token(record_org="acme", record_role="emperor")
     response = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
 
 
-async def test_oidc_links_only_verified_email(client, idp, org_a: Tenant):
+async def test_oidc_links_only_verified_email_to_a_verified_account(
+    client, idp, org_a: Tenant, mailbox
+):
+    await bind(client, org_a, "acme")
     token = idp.token(
         sub="other-sub",
         email=org_a.email,
         email_verified=False,
-        record_org=org_a.org_id,
+        record_org="acme",
         record_role="reader",
     )
     response = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
+    # The provider verified the address, but the local account never proved it: a squatter's
+    # account would otherwise receive the identity.
     token = idp.token(sub="other-sub", email=org_a.email, email_verified=True)
+    response = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
+    assert "verified" in response.json()["detail"]
+    await mailbox.verify(client, org_a.email)
     response = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200
     assert response.json()["user"]["id"] == org_a.user_id
@@ -141,3 +166,107 @@ async def test_jwt_refused_when_oidc_not_configured(client, org_a: Tenant):
     response = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
     assert "not accepted" in response.json()["detail"]
+
+
+# Finding 3: "false" is a string, and bool("false") is True.
+@pytest.mark.parametrize("value", ["false", "true", 1, "yes", None])
+async def test_only_a_json_true_verifies_an_email(idp, app, value):
+    verifier = app.state.services.extras["oidc"]
+    identity = await verifier.verify(idp.token(email_verified=value))
+    assert identity.email_verified is False
+    assert (await verifier.verify(idp.token(email_verified=True))).email_verified is True
+
+
+async def test_string_false_links_no_account(client, idp, org_a: Tenant, mailbox):
+    await mailbox.verify(client, org_a.email)
+    token = idp.token(sub="attacker", email=org_a.email, email_verified="false")
+    response = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
+
+
+# Finding 4: org and role claims bind to an org only through its owner's binding.
+async def test_a_token_naming_an_org_id_gets_nothing_without_a_binding(client, idp, org_a: Tenant):
+    # Before: any token of the configured provider could name any org's id and any role.
+    token = idp.token(
+        sub="outsider", email="outsider@example.com", record_org=org_a.org_id, record_role="owner"
+    )
+    response = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
+    members = await client.get(f"/api/orgs/{org_a.org_id}/members", headers=org_a.auth())
+    assert "outsider@example.com" not in {m["email"] for m in members.json()["items"]}
+
+
+async def test_a_binding_is_per_issuer_and_claim_value(client, idp, org_a: Tenant, org_b: Tenant):
+    await bind(client, org_a, "acme", issuer="https://other-idp.example.com/")
+    token = idp.token(sub="p1", email="p1@example.com", record_org="acme", record_role="reader")
+    response = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401  # bound to another issuer
+    await bind(client, org_b, "acme")
+    response = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200
+    assert response.json()["org"]["id"] == org_b.org_id
+    # One issuer and value name one org.
+    clash = await client.put(
+        f"/api/orgs/{org_a.org_id}/oidc-binding",
+        json={"issuer": ISSUER, "claim_value": "acme"},
+        headers=org_a.auth(),
+    )
+    assert clash.status_code == 409
+
+
+async def test_claimed_roles_obey_the_binding_and_the_last_owner_rule(
+    client, idp, org_a: Tenant, database_url
+):
+    await bind(client, org_a, "acme", max_role="admin")
+    over = idp.token(sub="p2", email="p2@example.com", record_org="acme", record_role="owner")
+    response = await client.get("/api/me", headers={"Authorization": f"Bearer {over}"})
+    assert response.status_code == 401
+    assert "at most the admin role" in response.json()["detail"]
+    await bind(client, org_a, "acme", max_role="owner")
+    response = await client.get("/api/me", headers={"Authorization": f"Bearer {over}"})
+    assert response.status_code == 200
+    user_id = response.json()["user"]["id"]
+    # The original owner leaves, so the provider's owner is the last one: it cannot demote them.
+    response = await client.delete(
+        f"/api/orgs/{org_a.org_id}/members/{org_a.user_id}", headers=org_a.session_auth()
+    )
+    assert response.status_code == 204, response.text
+    demote = idp.token(sub="p2", email="p2@example.com", record_org="acme", record_role="reader")
+    response = await client.get("/api/me", headers={"Authorization": f"Bearer {demote}"})
+    assert response.status_code == 409
+    with psycopg.connect(database_url) as conn:
+        role = conn.execute(
+            "SELECT role FROM memberships WHERE org_id = %s AND user_id = %s",
+            (org_a.org_id, user_id),
+        ).fetchone()
+        audited = conn.execute(
+            "SELECT action, data->>'source', data->>'new' FROM audit_log WHERE org_id = %s "
+            "AND target_id = %s ORDER BY id",
+            (org_a.org_id, user_id),
+        ).fetchall()
+        binding_audit = conn.execute(
+            "SELECT count(*) FROM audit_log WHERE org_id = %s AND action = 'oidc_binding.set'",
+            (org_a.org_id,),
+        ).fetchone()
+    assert role == ("owner",)
+    assert audited == [("member.add", "oidc", "owner")]
+    assert binding_audit == (2,)
+
+
+async def test_only_owners_bind_an_identity_provider(client, org_a: Tenant, org_b: Tenant):
+    admin_key = await org_a.key("admin")
+    body = {"issuer": ISSUER, "claim_value": "acme", "max_role": "reader"}
+    url = f"/api/orgs/{org_a.org_id}/oidc-binding"
+    response = await client.put(url, json=body, headers=org_a.auth(admin_key))
+    assert response.status_code == 403
+    # Another org's owner: 404, and neither can read or delete it.
+    response = await client.put(url, json=body, headers=org_b.auth())
+    assert response.status_code == 404
+    assert (await client.get(url, headers=org_a.auth())).status_code == 404
+    assert (await client.put(url, json=body, headers=org_a.auth())).status_code == 200
+    assert (await client.get(url, headers=org_b.auth())).status_code == 404
+    assert (await client.delete(url, headers=org_b.auth())).status_code == 404
+    got = await client.get(url, headers=org_a.auth())
+    assert got.json()["claim_value"] == "acme"
+    assert (await client.delete(url, headers=org_a.auth())).status_code == 204
+    assert (await client.get(url, headers=org_a.auth())).status_code == 404

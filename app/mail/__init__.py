@@ -1,0 +1,1 @@
+"""Outgoing mail: one composer and one sender, used only from jobs (never inside a request)."""
