@@ -42,6 +42,10 @@ SECRET_VALUES = (
         re.compile(rf"""(?i)(["']?\b{_SECRET_NAMES}["']?\s*[:=]\s*)(["']?)[^"'&\s,}}]+\2"""),
         r"\1\2[REDACTED]\2",
     ),
+    # A share link's id (/s/<id>) is the link's only credential: wherever a path or URL reaches
+    # a line (the 500 handler's path, an exception's text, a URL in a message), the id is
+    # dropped. Route templates (/s/{share_id}) are left as they are.
+    (re.compile(r"(/s/)(?!\{)[^/?#\s\"'<>]+"), r"\1[REDACTED]"),
 )
 REDACTED = "[REDACTED]"
 
@@ -70,11 +74,15 @@ def add_route(
     return event_dict
 
 
+def _redact_text(text: str) -> str:
+    for pattern, replacement in SECRET_VALUES:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 def _redact_value(value: Any) -> Any:
     if isinstance(value, str):
-        for pattern, replacement in SECRET_VALUES:
-            value = pattern.sub(replacement, value)
-        return value
+        return _redact_text(value)
     if isinstance(value, Mapping):
         return {
             k: REDACTED if isinstance(k, str) and SECRET_KEYS.search(k) else _redact_value(v)
@@ -82,13 +90,24 @@ def _redact_value(value: Any) -> Any:
         }
     if isinstance(value, list | tuple):
         return type(value)(_redact_value(v) for v in value)
-    return value
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    # Anything else is rendered by its str() or repr() (a URL object, an exception): redact
+    # that text, and keep the object itself when there was nothing to redact.
+    try:
+        text = str(value)
+    except Exception:  # a broken __str__ must not break logging
+        return value
+    redacted = _redact_text(text)
+    return value if redacted == text else redacted
 
 
 def redact_secrets(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """Remove secrets by key name (password, token, authorization, ...) and by shape."""
+    """Remove secrets by key name (password, token, authorization, ...) and by shape (keys,
+    bearer tokens, share ids in paths), in every value of every line: the message, the
+    exception's text, nested mappings and lists, and the text of any other object."""
     for key in list(event_dict):
         if SECRET_KEYS.search(key):
             event_dict[key] = REDACTED
