@@ -39,7 +39,20 @@ class Identity(pulumi.ComponentResource):
         bucket = pulumi.Output.from_input(args.bucket_arn)
         objects = bucket.apply(lambda arn: f"{arn}/{args.object_prefix}*")
 
-        def object_access(*actions: str) -> pulumi.Output[str]:
+        def object_access(*actions: str, list_uploads: bool = False) -> pulumi.Output[str]:
+            # ListMultipartUploads takes no s3:prefix condition: it is granted on the bucket.
+            uploads = (
+                [
+                    {
+                        "Sid": "ListUploads",
+                        "Effect": "Allow",
+                        "Action": "s3:ListBucketMultipartUploads",
+                        "Resource": bucket,
+                    }
+                ]
+                if list_uploads
+                else []
+            )
             return policy(
                 {
                     "Sid": "Objects",
@@ -60,6 +73,7 @@ class Identity(pulumi.ComponentResource):
                     "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
                     "Resource": args.bucket_kms_key_arn,
                 },
+                *uploads,
             )
 
         def role(purpose: str, service_account: str, doc: pulumi.Output[str]) -> aws.iam.Role:
@@ -88,9 +102,19 @@ class Identity(pulumi.ComponentResource):
                 "s3:AbortMultipartUpload",
             ),
         )
-        # The worker reads media to transcribe it and writes derived artefacts.
+        # The worker reads media to transcribe it and writes derived artefacts; it deletes a
+        # deleted org's objects and aborts its uploads in progress (worker/purge.py). Like the
+        # API, it never deletes versions: those expire with the bucket's lifecycle rule.
         self.worker_role = role(
-            "worker", "record-worker", object_access("s3:GetObject", "s3:PutObject")
+            "worker",
+            "record-worker",
+            object_access(
+                "s3:GetObject",
+                "s3:PutObject",
+                "s3:DeleteObject",
+                "s3:AbortMultipartUpload",
+                list_uploads=True,
+            ),
         )
         # The migration Job reads the RDS-managed master secret once, to create the app's
         # login role and database (infra/db_bootstrap.py); nothing else can.

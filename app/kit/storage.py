@@ -46,12 +46,40 @@ def staging_key(org_id: UUID, recording_id: UUID, extension: str) -> str:
     return f"staging/{recording_key(org_id, recording_id, extension)}"
 
 
+def org_prefixes(org_id: UUID) -> tuple[str, ...]:
+    """Every key prefix an org's objects live under: its recordings, and its direct uploads
+    not (yet) completed, in staging."""
+    recordings = f"org/{org_id}/"
+    return recordings, f"staging/{recordings}"
+
+
+# DeleteObjects takes at most 1000 keys, and a listing page holds at most 1000.
+S3_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Purged:
+    """What ``delete_prefix`` removed."""
+
+    objects: int = 0
+    uploads_aborted: int = 0
+
+
 def _check_key(key: str) -> str:
     # Every segment must be a real name: "a/./b" or "a/" would map two keys to one file (or a
     # folder) in FileStore and to surprising names in S3.
     if not _KEY.match(key) or ".." in key or any(p in {"", "."} for p in key.split("/")):
         raise ValueError(f"not a server-made object key: {key!r}")
     return key
+
+
+def _check_prefix(prefix: str) -> str:
+    """A folder of keys, ``a/b/``: a server-made key with a trailing slash. Never "" (the
+    whole store), and at least two segments, so no caller empties a whole namespace."""
+    if not prefix.endswith("/") or prefix.count("/") < 2:
+        raise ValueError(f"not a server-made key prefix: {prefix!r}")
+    _check_key(prefix[:-1])
+    return prefix
 
 
 @dataclass(frozen=True)
@@ -72,6 +100,8 @@ class ObjectStore(Protocol):
     async def download_to(self, key: str, path: Path) -> int: ...
 
     async def delete(self, key: str) -> None: ...
+
+    async def delete_prefix(self, prefix: str) -> Purged: ...
 
     async def copy(self, source: str, target: str) -> None: ...
 
@@ -172,6 +202,26 @@ class FileStore:
             except OSError:
                 break
         timer.done()
+
+    async def delete_prefix(self, prefix: str) -> Purged:
+        """Delete the folder and everything in it; nothing there is nothing to do."""
+        timer = _Timed("delete")
+        folder = resolve_under(self.root, *_check_prefix(prefix).rstrip("/").split("/"))
+
+        def remove() -> int:
+            if not folder.is_dir():
+                return 0
+            files = sum(1 for path in folder.rglob("*") if not path.is_dir())
+            shutil.rmtree(folder)
+            return files
+
+        try:
+            removed = await anyio.to_thread.run_sync(remove)
+        except BaseException:
+            timer.done(status="error")
+            raise
+        timer.done()
+        return Purged(objects=removed)
 
     async def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -372,6 +422,85 @@ class S3Store:
         timer = _Timed("delete")
         await self._call("delete_object", Bucket=self.bucket, Key=self._key(key))
         timer.done()
+
+    async def delete_prefix(self, prefix: str) -> Purged:
+        """Abort the multipart uploads in progress under ``prefix``, then delete its objects,
+        a listing page (up to 1000 keys) per DeleteObjects call. Safe to repeat: what is
+        already gone is skipped. In a versioned bucket this leaves delete markers; the older
+        versions go with the bucket's noncurrent-version lifecycle rule."""
+        timer = _Timed("delete")
+        try:
+            full = f"{self._key(_check_prefix(prefix).rstrip('/'))}/"
+            # Uploads first: one completing while its objects are deleted would otherwise
+            # leave an object behind.
+            aborted = await self._abort_uploads(full)
+            deleted = await self._delete_objects(full)
+        except BaseException:
+            timer.done(status="error")
+            raise
+        timer.done()
+        return Purged(objects=deleted, uploads_aborted=aborted)
+
+    async def _abort_uploads(self, full_prefix: str) -> int:
+        from botocore.exceptions import ClientError
+
+        aborted = 0
+        markers: dict[str, str] = {}
+        while True:
+            page = await self._call(
+                "list_multipart_uploads", Bucket=self.bucket, Prefix=full_prefix, **markers
+            )
+            for upload in page.get("Uploads", []):
+                try:
+                    await self._call(
+                        "abort_multipart_upload",
+                        Bucket=self.bucket,
+                        Key=upload["Key"],
+                        UploadId=upload["UploadId"],
+                    )
+                except ClientError as exc:
+                    # Completed or aborted since the listing: nothing left to abort.
+                    if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                        raise
+                else:
+                    aborted += 1
+            if not page.get("IsTruncated"):
+                return aborted
+            markers = {
+                "KeyMarker": page["NextKeyMarker"],
+                "UploadIdMarker": page["NextUploadIdMarker"],
+            }
+
+    async def _delete_objects(self, full_prefix: str) -> int:
+        deleted = 0
+        token: dict[str, str] = {}
+        while True:
+            page = await self._call(
+                "list_objects_v2",
+                Bucket=self.bucket,
+                Prefix=full_prefix,
+                MaxKeys=S3_BATCH,
+                **token,
+            )
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                result = await self._call(
+                    "delete_objects",
+                    Bucket=self.bucket,
+                    Delete={"Objects": keys, "Quiet": True},
+                )
+                # DeleteObjects answers 200 even when some keys failed: they are in Errors.
+                if errors := result.get("Errors"):
+                    first = errors[0]
+                    raise RuntimeError(
+                        f"S3 refused to delete {len(errors)} of {len(keys)} objects under "
+                        f"{full_prefix!r}, e.g. {first.get('Key')!r}: {first.get('Code')} "
+                        f"{first.get('Message')}"
+                    )
+                deleted += len(keys)
+            if not page.get("IsTruncated"):
+                return deleted
+            token = {"ContinuationToken": page["NextContinuationToken"]}
 
     async def copy(self, source: str, target: str) -> None:
         """A server-side copy (no bytes through us), with the tags dropped: a staged upload's

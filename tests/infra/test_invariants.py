@@ -367,6 +367,22 @@ def test_eks_has_irsa_and_encrypted_secrets(plans: dict[str, Plan], stack: str) 
     assert "secretsmanager:GetSecretValue" in policies[f"record-{stack}-migrate"]
 
 
+@pytest.mark.parametrize("stack", ["staging", "prod"])
+def test_the_worker_may_purge_a_deleted_orgs_objects(plans: dict[str, Plan], stack: str) -> None:
+    import json
+
+    policies = {
+        r["name"]: json.loads(r["inputs"]["policy"])
+        for r in plans[stack].of_type("aws:iam/rolePolicy:RolePolicy")
+    }
+    statements = {s["Sid"]: s for s in policies[f"record-{stack}-worker"]["Statement"]}
+    # worker/purge.py: DeleteObjects (s3:DeleteObject per key), aborting uploads in progress.
+    assert {"s3:DeleteObject", "s3:AbortMultipartUpload"} <= set(statements["Objects"]["Action"])
+    assert statements["Objects"]["Resource"].endswith("/recordings/*")
+    assert statements["ListUploads"]["Action"] == "s3:ListBucketMultipartUploads"
+    assert "s3:DeleteObjectVersion" not in json.dumps(policies[f"record-{stack}-worker"])
+
+
 @pytest.mark.parametrize("stack", BASE_STACKS)
 def test_cloudwatch_alarms_page_through_sns(plans: dict[str, Plan], stack: str) -> None:
     plan = plans[stack]
