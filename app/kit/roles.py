@@ -177,5 +177,9 @@ def _roles_and_database(
                 db, sql.Identifier(roles.api), sql.Identifier(roles.worker)
             )
         )
+        # The provisioner comes back on the next deploy (extensions, a new role).
+        conn.execute(
+            sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(db, sql.Identifier(myself))
+        )
     finally:
         conn.execute("RESET ROLE")

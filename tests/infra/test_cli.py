@@ -9,7 +9,6 @@ import yaml
 from typer.testing import CliRunner
 
 from infra.cli import app
-from infra.db_bootstrap import statements
 
 
 def test_plan_writes_resources_and_manifests(tmp_path: Path) -> None:
@@ -55,18 +54,3 @@ def test_record_cli_mounts_the_infra_commands() -> None:
     result = CliRunner().invoke(record_app, ["infra", "plan", "--help"])
     assert result.exit_code == 0, result.output
     assert "--stack" in result.output
-
-
-def test_db_bootstrap_is_idempotent_sql() -> None:
-    first = [sql for sql, _ in statements("record", "record", exists=False)]
-    again = [sql for sql, _ in statements("record", "record", exists=True)]
-    assert any(sql.startswith('CREATE DATABASE "record" OWNER "record"') for sql in first)
-    assert not any("CREATE DATABASE" in sql for sql in again)
-    assert all("SUPERUSER" not in sql or "NOSUPERUSER" in sql for sql in first)
-
-
-def test_db_bootstrap_refuses_odd_identifiers() -> None:
-    import pytest
-
-    with pytest.raises(ValueError, match="refusing identifier"):
-        statements('record"; DROP', "record", exists=True)

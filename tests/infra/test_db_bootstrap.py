@@ -1,0 +1,206 @@
+"""The migration Job's bootstrap against a real PostgreSQL 16 set up the way RDS sets one up.
+
+What is emulated, and how: RDS's master user is ``LOGIN CREATEROLE CREATEDB``, not a superuser,
+and owns the database RDS created (``record``); its password lives in Secrets Manager (moto
+here). RDS lets the master create pgvector through ``rds_superuser``; a non-superuser cannot do
+that on a plain server, so the server's superuser creates the extension in ``template1`` first
+and every database inherits it (the bootstrap's CREATE EXTENSION IF NOT EXISTS then finds it).
+Everything else runs as the master, with passwords checked (scram-sha-256 on the socket).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from app.devstack.servers import PostgresServer, hand_to_service_user, service_user_kwargs
+from app.kit.roles import APP_ROLE, JOBS_ROLE, LoginRoles
+from infra.db_bootstrap import ENV_OWNER, ENV_PASSWORDS, main
+
+MASTER = "record_admin"
+MASTER_PASSWORD = "master-secret-0"
+
+
+@pytest.fixture(scope="module")
+def rds_like() -> Iterator[PostgresServer]:
+    base = Path(tempfile.mkdtemp(prefix="record-test-rds-"))
+    server = PostgresServer(data_dir=base / "data", socket_dir=base / "run")
+    server.initdb()
+    # The superuser (the emulation's hand, like RDS's own admin) by trust; everyone else by
+    # password, as on RDS.
+    (server.data_dir / "pg_hba.conf").write_text(
+        "local all postgres trust\nlocal all all scram-sha-256\n"
+    )
+    hand_to_service_user(server.data_dir)
+    log = open(base / "postgres.log", "w")  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen(
+        server.command(extra={"fsync": "off"}),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        **service_user_kwargs(),
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not server.is_ready():
+            assert proc.poll() is None, "PostgreSQL exited"
+            assert time.monotonic() < deadline, "PostgreSQL did not start"
+            time.sleep(0.05)
+        with psycopg.connect(server.url("template1"), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
+            conn.execute("CREATE ROLE rds_superuser NOLOGIN")
+            conn.execute(
+                f"CREATE ROLE {MASTER} LOGIN CREATEROLE CREATEDB PASSWORD '{MASTER_PASSWORD}' "
+                "IN ROLE rds_superuser"
+            )
+            conn.execute(f"CREATE DATABASE record OWNER {MASTER}")
+        yield server
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+        log.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def master_secret(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    from moto import mock_aws
+
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    with mock_aws():
+        import boto3
+
+        client = boto3.client("secretsmanager", region_name="eu-west-1")
+        arn = client.create_secret(
+            Name="rds!db-record",
+            SecretString=json.dumps({"username": MASTER, "password": MASTER_PASSWORD}),
+        )["ARN"]
+        yield str(arn)
+
+
+def job_env(server: PostgresServer, secret_arn: str, owner: str, database: str) -> dict[str, str]:
+    """What infra/workloads.py gives the Job's init container (TLS aside: a local socket), with
+    each login's password ``<owner>-<owner|api|worker>-pw``."""
+    return {
+        "AWS_REGION": "eu-west-1",
+        "DB_MASTER_SECRET_ARN": secret_arn,
+        "DB_HOST": str(server.socket_dir),
+        "DB_PORT": "5432",
+        "DB_NAME": database,
+        "PGSSLMODE": "disable",
+        ENV_OWNER: owner,
+        **{variable: f"{owner}-{kind}-pw" for kind, variable in ENV_PASSWORDS.items()},
+    }
+
+
+def login(server: PostgresServer, role: str, owner: str, database: str) -> str:
+    kind = "owner" if role == owner else role.removeprefix(f"{owner}_")
+    return f"postgresql://{role}:{owner}-{kind}-pw@/{database}?host={server.socket_dir}"
+
+
+STACKS = [("record", "record"), ("record_pr_7", "record_pr_7")]
+
+
+@pytest.mark.parametrize(("owner", "database"), STACKS, ids=["base", "preview"])
+async def test_bootstrap_then_migrations_then_the_app(
+    rds_like: PostgresServer, master_secret: str, redis_url: str, owner: str, database: str
+) -> None:
+    from asgi_lifespan import LifespanManager
+    from httpx import ASGITransport, AsyncClient
+
+    from app.kit.migrate import upgrade
+    from app.main import create_app
+    from app.settings import Settings
+
+    env = job_env(rds_like, master_secret, owner, database)
+    assert main(env) == 0
+    assert main(env) == 0  # a Job retried, or the next deploy: nothing changes, nothing fails
+    roles = LoginRoles(owner)
+
+    upgrade(login(rds_like, owner, owner, database))
+    upgrade(login(rds_like, owner, owner, database))
+
+    with psycopg.connect(rds_like.url("postgres")) as conn:
+        assert conn.execute(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (database,)
+        ).fetchone() == (owner,)
+        for role in roles.all:
+            assert conn.execute(
+                "SELECT rolsuper, rolcreaterole, rolcreatedb, rolbypassrls FROM pg_roles "
+                "WHERE rolname = %s",
+                (role,),
+            ).fetchone() == (False, False, False, False), role
+    with psycopg.connect(rds_like.url(database)) as conn:
+        tables = conn.execute(
+            "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class "
+            "WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'S', 'v')"
+        ).fetchall()
+        assert tables == [(owner,)]
+
+    settings = Settings(
+        environment="test",
+        database_url=login(rds_like, roles.api, owner, database),
+        redis_url=redis_url,
+        database_pool_min=1,
+        database_pool_max=2,
+        log_level="WARNING",
+    )
+    application = create_app(settings)
+    async with LifespanManager(application):
+        transport = ASGITransport(app=application)
+        async with AsyncClient(transport=transport, base_url="http://testserver") as http:
+            response = await http.get("/readyz")
+    assert response.status_code == 200, response.text
+
+    with psycopg.connect(login(rds_like, roles.worker, owner, database)) as conn:
+        row = conn.execute("SELECT * FROM procrastinate_register_worker_v1()").fetchone()
+        assert row is not None
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("RESET ROLE; CREATE ROLE intruder")
+
+
+def test_a_preview_cannot_reach_the_base_database(
+    rds_like: PostgresServer, master_secret: str
+) -> None:
+    for owner, database in STACKS:
+        main(job_env(rds_like, master_secret, owner, database))
+    preview = LoginRoles("record_pr_7")
+    for role in preview.all:
+        with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+            psycopg.connect(login(rds_like, role, preview.owner, "record")).close()
+
+
+def test_the_master_keeps_no_owner_rights_by_default(
+    rds_like: PostgresServer, master_secret: str
+) -> None:
+    main(job_env(rds_like, master_secret, "record", "record"))
+    master: Any = f"postgresql://{MASTER}:{MASTER_PASSWORD}@/postgres?host={rds_like.socket_dir}"
+    with psycopg.connect(master) as conn:
+        # It may SET ROLE to the owner (PostgreSQL 16 needs that to give it a database), but
+        # does not inherit its rights.
+        assert conn.execute("SELECT pg_has_role('record', 'SET')").fetchone() == (True,)
+        assert conn.execute("SELECT pg_has_role('record', 'USAGE')").fetchone() == (False,)
+        for group in (APP_ROLE, JOBS_ROLE):
+            assert conn.execute("SELECT pg_has_role(%s, 'USAGE')", (group,)).fetchone() == (False,)
+
+
+def test_odd_names_are_refused() -> None:
+    with pytest.raises(ValueError, match="refusing identifier"):
+        LoginRoles('record"; DROP')
