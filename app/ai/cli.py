@@ -5,6 +5,7 @@ Imports nothing heavy at module level: `record --help` must not pay for torch.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
 import typer
@@ -31,6 +32,14 @@ def serve(
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:
     """Serve /v1/embeddings, /v1/audio/transcriptions and /v1/chat/completions."""
+    if not _is_loopback(host) and not os.environ.get("MODEL_SERVER_API_KEY"):
+        typer.echo(
+            f"Refusing to listen on {host} without MODEL_SERVER_API_KEY: anyone who can reach "
+            "that address could run the models. Set MODEL_SERVER_API_KEY to a long random "
+            "secret (clients send it as their OPENAI_API_KEY), or listen on 127.0.0.1.",
+            err=True,
+        )
+        raise typer.Exit(2)
     import uvicorn
 
     # Set, not read: worker processes inherit these, so no model library reaches for a hub.
@@ -46,3 +55,13 @@ def serve(
         # Each request holds a model for seconds; a short keep-alive frees sockets sooner.
         timeout_keep_alive=5,
     )
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # any other name may resolve to a public interface

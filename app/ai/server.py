@@ -7,7 +7,8 @@ never stalls the health checks or a quick embedding request. Errors use OpenAI's
 exception classes. With ``MODEL_SERVER_API_KEY`` set (``record up`` and the Pulumi stack set it)
 every ``/v1`` request must carry it as its bearer token, as OpenAI's API keys are carried; the
 health checks stay open for probes. That is on top of listening on loopback locally and of the
-network policy that admits only the API and the worker in a cluster.
+network policy that admits only the API and the worker in a cluster; ``record models serve``
+refuses to listen beyond loopback without the key.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.ai import extractive
 from app.ai.extractive import ExtractiveAnswerer, passages_from_messages
@@ -106,26 +107,67 @@ def _unknown_model(model: str, expected: str) -> OpenAIProtocolError:
     )
 
 
+class _BodyTooLarge(Exception):
+    """Raised into the app when a streamed body passes the limit; answered 413 by UploadLimit."""
+
+
 class UploadLimit:
-    """Refuse bodies over ``max_bytes`` before reading them, by their Content-Length."""
+    """Refuse bodies over ``max_bytes``: by their Content-Length before reading them, and by
+    counting what arrives when there is none (``Transfer-Encoding: chunked``), so a body that
+    streams past the limit is cut off there rather than spooled whole to a temporary file."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
+    def _refusal(self) -> JSONResponse:
+        return error_response(
+            413,
+            f"The request body is over {self.max_bytes} bytes; split the "
+            "recording or raise the server's upload limit.",
+            code="file_too_large",
+        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for name, value in scope["headers"]:
-                if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                    response = error_response(
-                        413,
-                        f"The request body is over {self.max_bytes} bytes; split the "
-                        "recording or raise the server's upload limit.",
-                        code="file_too_large",
-                    )
-                    await response(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await self._refusal()(scope, receive, send)
+                return
+        seen = 0
+        over = False
+        started = False
+
+        async def counted() -> Message:
+            nonlocal seen, over
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    over = True
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded(message: Message) -> None:
+            nonlocal started
+            # The app's own answer to a body cut short (FastAPI's "error parsing the body")
+            # gives way to the 413.
+            if over and not started:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if started or not over:
+                raise
+        if over and not started:
+            await self._refusal()(scope, receive, send)
 
 
 class RequireKey:
