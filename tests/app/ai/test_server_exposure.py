@@ -29,7 +29,7 @@ def uvicorn_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return calls
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.5", "models.internal"])  # noqa: S104
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.5", "models.internal"])
 def test_serve_beyond_loopback_refuses_to_start_without_a_key(
     host: str, uvicorn_calls: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
