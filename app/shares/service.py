@@ -54,7 +54,9 @@ from app.transcripts.schemas import SegmentOut, TranscriptOut
 SHARE_ID_BYTES = 24  # 32 characters of token_urlsafe
 GONE = "This link has expired, was revoked, or never existed."
 SHARED_MESSAGES = 1000
-PRESIGNED_SECONDS = 900
+# A presigned media URL is a bearer credential of its own that outlives a revoked link, and a
+# player that loses it asks /s/<id>/media again: five minutes bounds what a leaked URL gives.
+PRESIGNED_SECONDS = 300
 
 
 def _out(row: DictRow, settings: Settings) -> ShareOut:
@@ -256,7 +258,7 @@ async def public_media(
     services: Services, store: ObjectStore, share_id: str
 ) -> tuple[str | None, Path | None, str | None]:
     """(content type, local path or None, presigned URL or None) of a shared recording's media.
-    A presigned URL lives at most 15 minutes, and never past the link's own expiry."""
+    A presigned URL lives at most 5 minutes, and never past the link's own expiry."""
     async with services.db.transaction() as conn:
         share = await _resolve(conn, share_id)
         if share["resource_type"] != ResourceType.recording:
