@@ -116,8 +116,8 @@ class Identity(pulumi.ComponentResource):
                 list_uploads=True,
             ),
         )
-        # The migration Job reads the RDS-managed master secret once, to create the app's
-        # login role and database (infra/db_bootstrap.py); nothing else can.
+        # The migration Job reads the RDS-managed master secret once, to create the database's
+        # roles and the database (infra/db_bootstrap.py); nothing else can.
         self.migrate_role = role(
             "migrate",
             "record-migrate",

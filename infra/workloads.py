@@ -8,6 +8,7 @@ ALB; ``/metrics`` stays inside the cluster.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from urllib.parse import quote
 
 import pulumi
 
+from app.kit.roles import LoginRoles
 from infra import k8s as kube
 from infra.config import ProjectConfig, RolloutConfig, WorkloadsConfig
 from infra.mail import MailSettings
@@ -34,6 +36,13 @@ PUBLIC_PATHS = (
 RDS_CA_BUNDLE = "/etc/ssl/certs/rds-global-bundle.pem"
 # The ScaledObject counts jobs waiting or running in procrastinate's table.
 QUEUE_DEPTH_QUERY = "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
+# Which Secret holds each component's DATABASE_URL: the API's and the worker's log in as roles
+# that own nothing; only the migration Job's logs in as the owner (app/kit/roles.py).
+DB_SECRETS = {
+    "api": "record-db-api",
+    "worker": "record-db-worker",
+    "migrate": "record-db-migrate",
+}
 SECRETS_AS_ENV_SKIP = (
     "CKV_K8S_35=The app reads its settings from the environment (pydantic-settings, one "
     "settings object); the Secret is namespaced, encrypted with KMS in etcd and mounted only "
@@ -177,21 +186,10 @@ class Workloads(pulumi.ComponentResource):
             opts_ns,
         )
 
-        password = pulumi.Output.secret(cfg.db_app_password)
-        database_url = pulumi.Output.all(args.db_host, args.db_port, password).apply(
-            lambda a: (
-                f"postgresql://{args.db_app_user}:{quote(str(a[2]), safe='')}@{a[0]}:{int(a[1])}"
-                f"/{args.db_name}?sslmode=verify-full&sslrootcert={RDS_CA_BUNDLE}"
-            )
-        )
         redis_url = pulumi.Output.all(
             args.cache_host, pulumi.Output.secret(cfg.cache_auth_token)
         ).apply(lambda a: f"rediss://:{quote(str(a[1]), safe='')}@{a[0]}:6379/{args.cache_db}")
-        secret_data: dict[str, Any] = {
-            "DATABASE_URL": pulumi.Output.secret(database_url),
-            "REDIS_URL": pulumi.Output.secret(redis_url),
-            "DB_APP_PASSWORD": password,
-        }
+        secret_data: dict[str, Any] = {"REDIS_URL": pulumi.Output.secret(redis_url)}
         if cfg.openai_api_key is not None:
             secret_data["OPENAI_API_KEY"] = pulumi.Output.secret(cfg.openai_api_key)
         if cfg.model_server_api_key is not None:
@@ -210,7 +208,7 @@ class Workloads(pulumi.ComponentResource):
             },
             opts_ns,
         )
-        config_deps = [config_map, secret, self._smtp_secret(opts_ns)]
+        config_deps = [config_map, secret, *self._db_secrets(), self._smtp_secret(opts_ns)]
         # A new image is a new Job: Jobs are immutable, and the name says which build migrated.
         digest = hashlib.sha256(cfg.image.encode()).hexdigest()[:10]
 
@@ -370,14 +368,77 @@ class Workloads(pulumi.ComponentResource):
             self.opts_ns,
         )
 
+    def _db_secrets(self) -> list[pulumi.CustomResource]:
+        roles = LoginRoles(self.args.db_app_user)
+        passwords = {role: self._role_password(role) for role in roles.all}
+        return [
+            self._db_secret(
+                DB_SECRETS["api"], {"DATABASE_URL": self._database_url(roles.api, passwords)}
+            ),
+            self._db_secret(
+                DB_SECRETS["worker"],
+                {"DATABASE_URL": self._database_url(roles.worker, passwords)},
+            ),
+            # The bootstrap sets every login's password; the migrations run as the owner.
+            self._db_secret(
+                DB_SECRETS["migrate"],
+                {
+                    "DATABASE_URL": self._database_url(roles.owner, passwords),
+                    "DB_OWNER_PASSWORD": passwords[roles.owner],
+                    "DB_API_PASSWORD": passwords[roles.api],
+                    "DB_WORKER_PASSWORD": passwords[roles.worker],
+                },
+            ),
+        ]
+
+    def _role_password(self, role: str) -> pulumi.Output[str]:
+        """Each login role's password, derived from the stack's one Pulumi secret
+        (``dbAppPassword``): the API's or the worker's, if it leaks, says nothing of the
+        owner's."""
+        return pulumi.Output.secret(
+            pulumi.Output.from_input(self.args.workloads.db_app_password).apply(
+                lambda secret: hmac.new(
+                    str(secret).encode(), f"record-db-login:{role}".encode(), hashlib.sha256
+                ).hexdigest()
+            )
+        )
+
+    def _database_url(
+        self, role: str, passwords: dict[str, pulumi.Output[str]]
+    ) -> pulumi.Output[str]:
+        a = self.args
+        return pulumi.Output.secret(
+            pulumi.Output.all(a.db_host, a.db_port, passwords[role]).apply(
+                lambda v: (
+                    f"postgresql://{role}:{quote(str(v[2]), safe='')}@{v[0]}:{int(v[1])}"
+                    f"/{a.db_name}?sslmode=verify-full&sslrootcert={RDS_CA_BUNDLE}"
+                )
+            )
+        )
+
+    def _db_secret(self, name: str, data: dict[str, Any]) -> pulumi.CustomResource:
+        return self._apply(
+            name.removeprefix("record-"),
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": self._meta(name, None),
+                "type": "Opaque",
+                "stringData": data,
+            },
+            self.opts_ns,
+        )
+
     def _container(
         self,
         name: str,
         command: list[str],
         cpu: tuple[str, str],
         memory: tuple[str, str],
+        db_secret: str | None = None,
         **extra: Any,
     ) -> dict[str, Any]:
+        db = [{"secretRef": {"name": db_secret}}] if db_secret else []
         return {
             "name": name,
             "image": self.args.workloads.image,
@@ -386,6 +447,7 @@ class Workloads(pulumi.ComponentResource):
             "envFrom": [
                 {"configMapRef": {"name": "record-config"}},
                 {"secretRef": {"name": "record-secrets"}},
+                *db,
             ],
             "resources": {
                 "requests": {"cpu": cpu[0], "memory": memory[0]},
@@ -484,6 +546,7 @@ class Workloads(pulumi.ComponentResource):
             command,
             cpu=("500m", "2"),
             memory=("512Mi", "1Gi"),
+            db_secret=DB_SECRETS["api"],
             ports=[{"name": "http", "containerPort": API_PORT, "protocol": "TCP"}],
             startupProbe={
                 "httpGet": {"path": "/livez", **probe},
@@ -596,7 +659,7 @@ class Workloads(pulumi.ComponentResource):
             {"name": "DB_HOST", "value": a.db_host},
             {"name": "DB_PORT", "value": pulumi.Output.from_input(a.db_port).apply(str)},
             {"name": "DB_NAME", "value": a.db_name},
-            {"name": "DB_APP_USER", "value": a.db_app_user},
+            {"name": "DB_OWNER_USER", "value": a.db_app_user},
             {"name": "DB_MASTER_SECRET_ARN", "value": a.db_master_secret_arn},
         ]
         bootstrap = self._container(
@@ -604,12 +667,17 @@ class Workloads(pulumi.ComponentResource):
             ["python", "-m", "infra.db_bootstrap"],
             cpu=("100m", "500m"),
             memory=("128Mi", "256Mi"),
+            db_secret=DB_SECRETS["migrate"],
             env=bootstrap_env,
         )
         # alembic upgrade head: creates the pgvector extension, tables and the HNSW / GIN
         # indexes. On a large table build those out of band first (DEPLOYMENT.md).
         migrate = self._container(
-            "migrate", ["record", "db", "upgrade"], cpu=("250m", "2"), memory=("512Mi", "2Gi")
+            "migrate",
+            ["record", "db", "upgrade"],
+            cpu=("250m", "2"),
+            memory=("512Mi", "2Gi"),
+            db_secret=DB_SECRETS["migrate"],
         )
         return {
             "apiVersion": "batch/v1",
@@ -631,6 +699,7 @@ class Workloads(pulumi.ComponentResource):
             ["record", "worker"],
             cpu=("500m", "2"),
             memory=("1Gi", "2Gi"),
+            db_secret=DB_SECRETS["worker"],
             ports=[{"name": "metrics", "containerPort": WORKER_METRICS_PORT, "protocol": "TCP"}],
             env=[
                 {"name": key, "valueFrom": {"secretKeyRef": {"name": SMTP_SECRET, "key": key}}}
@@ -696,7 +765,7 @@ class Workloads(pulumi.ComponentResource):
                     "secretTargetRef": [
                         {
                             "parameter": "connection",
-                            "name": "record-secrets",
+                            "name": DB_SECRETS["worker"],
                             "key": "DATABASE_URL",
                         }
                     ]

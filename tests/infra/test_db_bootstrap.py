@@ -204,3 +204,42 @@ def test_the_master_keeps_no_owner_rights_by_default(
 def test_odd_names_are_refused() -> None:
     with pytest.raises(ValueError, match="refusing identifier"):
         LoginRoles('record"; DROP')
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod", "preview"])
+def test_each_workload_gets_its_own_database_login(plans: dict[str, Any], stack: str) -> None:
+    """The API's and the worker's DATABASE_URL log in as roles that own nothing; only the
+    migration Job's logs in as the owner, and only the Job sees the passwords it sets."""
+    plan = plans[stack]
+    secrets = {m["metadata"]["name"]: m for m in plan.manifests if m["kind"] == "Secret"}
+    assert "DATABASE_URL" not in secrets["record-secrets"]["stringData"]
+    assert not any(key.startswith("DB_") for key in secrets["record-secrets"]["stringData"])
+    assert set(secrets["record-db-api"]["stringData"]) == {"DATABASE_URL"}
+    assert set(secrets["record-db-worker"]["stringData"]) == {"DATABASE_URL"}
+    assert set(secrets["record-db-migrate"]["stringData"]) == {
+        "DATABASE_URL",
+        *ENV_PASSWORDS.values(),
+    }
+    expected = {
+        "record-api": {"record-db-api"},
+        "record-worker": {"record-db-worker"},
+        "record-model-server": set(),
+    }
+    for manifest in plan.manifests:
+        if manifest["kind"] not in {"Deployment", "Rollout", "Job"}:
+            continue
+        name = manifest["metadata"]["name"]
+        pod = manifest["spec"]["template"]["spec"]
+        for container in pod["containers"] + pod.get("initContainers", []):
+            loaded = {
+                source["secretRef"]["name"]
+                for source in container["envFrom"]
+                if "secretRef" in source and source["secretRef"]["name"].startswith("record-db-")
+            }
+            want = {"record-db-migrate"} if manifest["kind"] == "Job" else expected[name]
+            assert loaded == want, (name, container["name"])
+        if manifest["kind"] == "Job":
+            env = {e["name"]: e.get("value") for e in pod["initContainers"][0]["env"]}
+            assert env[ENV_OWNER] == ("record_pr_0" if stack == "preview" else "record")
+    (keda,) = [m for m in plan.manifests if m["kind"] == "TriggerAuthentication"]
+    assert keda["spec"]["secretTargetRef"][0]["name"] == "record-db-worker"

@@ -17,7 +17,7 @@ from app.ai.clients import ModelClients
 from app.kit.db import Database
 from app.kit.redis import create_redis
 from app.kit.storage import create_store
-from tests.app.conftest import org_a, org_b  # noqa: F401 - shared fixtures
+from tests.app.conftest import mailbox, org_a, org_b  # noqa: F401 - shared fixtures
 from tests.conftest import ROLES, as_login
 from worker.jobs import STATE
 from worker.pipeline import PipelineDeps
