@@ -25,8 +25,8 @@ from app.jobs.queue import (
 )
 from app.kit.db import Database, libpq_conninfo
 from app.kit.metrics import JOB_DURATION, JOB_QUEUE_AGE, JOBS
-from app.settings import Settings
 from app.mail.sender import create_mailer
+from app.settings import Settings
 from worker.mail import MailDeps, deliver
 from worker.pipeline import (
     PermanentError,

@@ -36,9 +36,11 @@ from app.kit.security.passwords import (
     needs_rehash,
     verify_password,
 )
+from app.kit.security.text import plain_text
 from app.mail.sender import compose
 from app.settings import Settings, SignupMode
 
+USER_NAME_LENGTH = 200  # as users.name allows
 PURPOSE_VERIFY = "verify_email"
 PURPOSE_RESET = "password_reset"
 
@@ -86,7 +88,7 @@ async def signup(conn: Conn, settings: Settings, body: SignupIn) -> SignupOut:
                 conn,
                 user_id=user_id,
                 email=body.email,
-                name=body.name,
+                name=plain_text(body.name, max_length=USER_NAME_LENGTH),
                 password_hash=password_hash,
             )
     except UniqueViolation as exc:
@@ -310,7 +312,9 @@ async def oidc_user(conn: Conn, identity: OidcIdentity) -> tuple[UUID, UUID | No
                 conn,
                 user_id=user_id,
                 email=identity.email,
-                name=identity.name or identity.email.split("@")[0],
+                name=plain_text(
+                    identity.name or identity.email.split("@")[0], max_length=USER_NAME_LENGTH
+                ),
                 password_hash=None,
                 oidc_issuer=identity.issuer,
                 oidc_subject=identity.subject,

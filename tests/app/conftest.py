@@ -16,6 +16,7 @@ import pytest
 
 from app.ai.local_models import LocalModels
 from app.jobs.queue import MAIL_QUEUE
+from app.kit.db import Database
 from app.mail.sender import FileMailer, mail_dir
 from tests.app.retrieval import corpus, models, seeder  # noqa: F401 - search and chat fixtures
 from tests.conftest import ROLES, as_login
@@ -30,16 +31,19 @@ class Mailbox:
     """The local mail drop (MAIL_BACKEND=file) of a test's app: runs the queued mail jobs with
     the real worker task, then reads the .eml files they wrote."""
 
-    def __init__(self, settings: Any, db: Any) -> None:
+    def __init__(self, settings: Any, db: Database | None = None) -> None:
         self.settings = settings
-        self.db = db
+        self.db = db  # None: a pool of its own for each delivery
 
     @property
     def directory(self) -> Path:
         return mail_dir(self.settings)
 
     async def deliver(self) -> None:
-        STATE.mail = MailDeps(self.settings, self.db, FileMailer(self.directory))
+        db = self.db or Database(self.settings)
+        if self.db is None:
+            await db.open()
+        STATE.mail = MailDeps(self.settings, db, FileMailer(self.directory))
         try:
             # procrastinate's worker side, as the worker's login role (the API's may only defer).
             jobs = build_app(as_login(self.settings, ROLES.worker))
@@ -53,6 +57,8 @@ class Mailbox:
                 )
         finally:
             STATE.mail = None
+            if self.db is None:
+                await db.close()
 
     def messages(self, to: str | None = None) -> list[EmailMessage]:
         found = []

@@ -14,6 +14,10 @@ async def test_openapi_declares_bearer_auth_where_it_is_needed(client):
     public = {
         ("post", "/api/auth/signup"),
         ("post", "/api/auth/login"),
+        # Mailed links: the token in the body is the credential.
+        ("post", "/api/auth/verify"),
+        ("post", "/api/auth/password-reset"),
+        ("post", "/api/auth/password-reset/confirm"),
         ("get", "/livez"),
         ("get", "/readyz"),
         ("get", "/s/{share_id}"),  # share links: the link is the credential

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, FastAPI, Response
 
 from app.auth.deps import CurrentPrincipal
 from app.kit.ratelimit import Decision, email_subject, rate_limit, window_key
-from tests.app.conftest import PASSWORD, make_tenant, signup
+from tests.app.conftest import PASSWORD, Mailbox, make_tenant, signup
 
 # Routes the search, upload and share domains will use the same way once they land.
 probe_routes = APIRouter(prefix="/_test")
@@ -172,10 +172,10 @@ async def test_rate_limit_dependency_counts_per_user_and_reports_the_tightest(ma
         assert limit_headers(response)[:2] == (100, 96)
 
 
-async def test_upload_limit_is_per_org_and_shows_on_204(make_app, redis_url):
+async def test_upload_limit_is_per_org_and_shows_on_204(make_app, redis_url, settings):
     app = await make_app(ratelimit_upload="2/3600")
     async with client_from(app) as client:
-        org_a = await make_tenant(client, "Org A")
+        org_a = await make_tenant(client, "Org A", Mailbox(settings))
         org_b = await make_tenant(client, "Org B")
         _, member_session = await org_a.member("contributor")
         await forget_limits(redis_url)

@@ -36,7 +36,10 @@ def objects_under(settings) -> list[Path]:
 def counts(settings) -> tuple[int, int]:
     with psycopg.connect(settings.database_url) as conn:
         recordings = conn.execute("SELECT count(*) FROM recordings").fetchone()[0]
-        jobs = conn.execute("SELECT count(*) FROM procrastinate_jobs").fetchone()[0]
+        # The pipeline's jobs (signup queues mail jobs of its own).
+        jobs = conn.execute(
+            "SELECT count(*) FROM procrastinate_jobs WHERE queue_name = 'pipeline'"
+        ).fetchone()[0]
     return recordings, jobs
 
 
