@@ -18,6 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from psycopg import sql
+
+from app.kit.roles import LoginRoles, provision
+
 # A Unix socket path must fit in sun_path (108 bytes, including the ".s.PGSQL.5432" name).
 _MAX_SOCKET_DIR = 80
 
@@ -107,6 +111,35 @@ def socket_dir_for(data_dir: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"record-{digest}"
 
 
+# Tables (with their sequences and indexes), free-standing sequences, views, routines and
+# types in schema public that the bootstrap superuser owns, except what an extension owns:
+# ``record up`` ran the migrations as the superuser before it had an owner role.
+_OWNED_BY_SUPERUSER = """
+SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW' ELSE 'TABLE' END,
+       c.oid::regclass::text
+  FROM pg_class AS c
+ WHERE c.relnamespace = 'public'::regnamespace AND c.relowner = 10
+   AND c.relkind IN ('r', 'p', 'v', 'S')
+   AND NOT EXISTS (SELECT FROM pg_depend AS d
+                    WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                      AND d.deptype IN ('e', 'a', 'i'))
+UNION ALL
+SELECT 'ROUTINE', p.oid::regprocedure::text
+  FROM pg_proc AS p
+ WHERE p.pronamespace = 'public'::regnamespace AND p.proowner = 10
+   AND NOT EXISTS (SELECT FROM pg_depend AS d
+                    WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')
+UNION ALL
+SELECT 'TYPE', t.oid::regtype::text
+  FROM pg_type AS t
+ WHERE t.typnamespace = 'public'::regnamespace AND t.typowner = 10
+   AND (t.typtype IN ('e', 'd')
+        OR (t.typtype = 'c' AND (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c'))
+   AND NOT EXISTS (SELECT FROM pg_depend AS d
+                    WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e')
+"""
+
+
 @dataclass(frozen=True)
 class PostgresServer:
     data_dir: Path
@@ -169,6 +202,28 @@ class PostgresServer:
             check=False,
         )
         return result.returncode == 0
+
+    def provision(self, roles: LoginRoles, dbname: str) -> None:
+        """The roles production has and the database, owned by ``roles.owner``; then what an
+        earlier ``record up`` made as the superuser passes to the owner. No passwords: the
+        server listens on a private socket and trusts it."""
+        import psycopg
+
+        def connect(db: str) -> psycopg.Connection[tuple[object, ...]]:
+            return psycopg.connect(self.url(db), autocommit=True)
+
+        provision(connect, roles, dbname)
+        with connect(dbname) as conn:
+            for kind, name in conn.execute(_OWNED_BY_SUPERUSER).fetchall():
+                conn.execute(
+                    # Both from the catalog: a keyword and an object's quoted name.
+                    sql.SQL("ALTER {} {} OWNER TO {}").format(
+                        sql.SQL(str(kind)), sql.SQL(str(name)), sql.Identifier(roles.owner)
+                    )
+                )
+
+    def as_role(self, role: str) -> PostgresServer:
+        return PostgresServer(self.data_dir, self.socket_dir, user=role)
 
     def create_database(self, dbname: str) -> None:
         import psycopg

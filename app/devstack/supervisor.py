@@ -25,6 +25,7 @@ from rich.console import Console
 
 from app.devstack.servers import PostgresServer, ValkeyServer, service_user_kwargs, socket_dir_for
 from app.kit.process import die_with_parent
+from app.kit.roles import LoginRoles
 from app.settings import Environment, Settings, get_settings
 
 console = Console(stderr=True, highlight=False)
@@ -93,7 +94,11 @@ class Stack:
         self.logs = self.state / "logs"
         self.children: list[Child] = []
         self.stopping = False
+        # The owner's URL (migrations, the demo org, dev.env); the API and the worker log in as
+        # their own roles when the stack runs its own PostgreSQL. A DATABASE_URL of yours is
+        # used for all three: its roles are yours to arrange (app/kit/roles.py).
         self.database_url = settings.database_url
+        self.api_database_url = self.worker_database_url = settings.database_url
         self.redis_url = settings.redis_url
         self.embedded_pg = "database_url" not in settings.model_fields_set
         self.embedded_valkey = "redis_url" not in settings.model_fields_set
@@ -121,7 +126,7 @@ class Stack:
     def base_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RECORD_",))}
         env.update(
-            DATABASE_URL=self.database_url,
+            DATABASE_URL=self.api_database_url,
             REDIS_URL=self.redis_url,
             ENVIRONMENT=self.settings.environment.value,
             STATE_DIR=str(self.state),
@@ -165,8 +170,11 @@ class Stack:
             )
         )
         wait_for(server.is_ready, "PostgreSQL", timeout=30, alive=self.children[-1].alive)
-        server.create_database("record")
-        self.database_url = server.url("record")
+        roles = LoginRoles("record")
+        server.provision(roles, "record")
+        self.database_url = server.as_role(roles.owner).url("record")
+        self.api_database_url = server.as_role(roles.api).url("record")
+        self.worker_database_url = server.as_role(roles.worker).url("record")
 
     def start_valkey(self) -> None:
         server = ValkeyServer(
@@ -254,7 +262,11 @@ class Stack:
         if _has_module("worker.main"):
             # Locally the worker's samples go to the API's multiprocess directory (so the API's
             # /metrics shows them); no second metrics port to collide with.
-            worker_env = {**api_env, "WORKER_METRICS_PORT": "0"}
+            worker_env = {
+                **api_env,
+                "WORKER_METRICS_PORT": "0",
+                "DATABASE_URL": self.worker_database_url,
+            }
             self.add(Child("worker", [record, "worker"], worker_env, self.logs / "worker.log"))
 
     def wait_ready(self) -> None:

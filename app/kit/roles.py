@@ -167,7 +167,8 @@ def _roles_and_database(
         # RDS creates the first database owned by the master. Its schema public belongs to
         # pg_database_owner (PostgreSQL 15+), so it follows the database to the owner role.
         conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(db, owner))
-    conn.execute(sql.SQL("SET ROLE {}").format(owner) if not superuser else sql.SQL("SELECT 1"))
+    if not superuser:
+        conn.execute(sql.SQL("SET ROLE {}").format(owner))  # the database's ACL is the owner's
     try:
         # Each deployment's logins reach its own database only (previews share an instance).
         # TEMPORARY: the worker stages chunks in a temporary table (transcripts/repository.py).

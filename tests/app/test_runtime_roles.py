@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import psycopg
 import pytest
@@ -129,3 +130,30 @@ def test_the_api_defers_and_reads_jobs_but_cannot_work_the_queue(database_url: s
         for statement in ("DELETE FROM procrastinate_jobs", "TRUNCATE procrastinate_events"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)
+
+
+def test_record_up_hands_an_older_superuser_schema_to_the_owner(pg_server: Any) -> None:
+    """Before the owner role, `record up` migrated as the superuser: its next start gives the
+    owner every object, and the owner can then migrate (down a step and up again)."""
+    from app.kit.migrate import downgrade, upgrade
+
+    pg_server.create_database("legacy_stack")
+    upgrade(pg_server.url("legacy_stack"))  # as the superuser, as before
+    pg_server.provision(ROLES, "legacy_stack")
+    pg_server.provision(ROLES, "legacy_stack")  # every start runs it
+    with psycopg.connect(pg_server.url("legacy_stack")) as conn:
+        owners = conn.execute(
+            """
+            SELECT DISTINCT pg_get_userbyid(c.relowner) FROM pg_class AS c
+             WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'S', 'i')
+            UNION
+            SELECT DISTINCT pg_get_userbyid(p.proowner) FROM pg_proc AS p
+             WHERE p.pronamespace = 'public'::regnamespace AND p.proname LIKE 'app\\_%'
+            """
+        ).fetchall()
+    assert owners == [(ROLES.owner,)]
+    owner = as_role(pg_server.url("legacy_stack"), ROLES.owner)
+    downgrade(owner, "0006")
+    upgrade(owner)
+    with psycopg.connect(as_role(pg_server.url("legacy_stack"), ROLES.api)) as conn:
+        assert conn.execute("SELECT count(*) FROM recordings").fetchone() == (0,)

@@ -58,6 +58,25 @@ def test_dev_env_key_lists_no_recordings_and_anonymous_is_401(stack: RunningStac
     assert anonymous.headers["content-type"] == "application/problem+json"
 
 
+def test_the_api_and_the_worker_log_in_as_roles_that_own_nothing(stack: RunningStack):
+    import psycopg
+
+    # dev.env's URL is the owner's (migrations and the demo org run as it), not a superuser's.
+    with psycopg.connect(stack.dev_env()["RECORD_DATABASE_URL"]) as conn:
+        assert conn.execute(
+            "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user"
+        ).fetchone() == ("record", False)
+        sessions = set(
+            conn.execute(
+                "SELECT application_name, usename FROM pg_stat_activity "
+                "WHERE datname = 'record' AND application_name LIKE 'record%'"
+            ).fetchall()
+        )
+    assert ("record", "record_api") in sessions
+    assert ("record-worker", "record_worker") in sessions
+    assert {user for _, user in sessions} <= {"record_api", "record_worker", "record"}
+
+
 def test_listening_sockets(stack: RunningStack):
     api = host.socket(f"tcp://127.0.0.1:{stack.api_port}")
     assert api.is_listening
