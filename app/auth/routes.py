@@ -68,10 +68,17 @@ async def logout_all(principal: CurrentPrincipal, conn: DbConn) -> Response:
 
 @router.post("/auth/password", status_code=status.HTTP_204_NO_CONTENT)
 async def change_password(
-    body: PasswordChangeIn, principal: CurrentPrincipal, conn: DbConn, services: ServicesDep
+    body: PasswordChangeIn,
+    request: Request,
+    principal: CurrentPrincipal,
+    conn: DbConn,
+    services: ServicesDep,
 ) -> Response:
     """Change the password (the current one is required); every other session ends."""
-    await service.change_password(conn, services.settings, principal, body.old, body.new)
+    email = await service.session_email(conn, principal)
+    # A stolen session guessing the current password meets the login's failure limits.
+    async with login_attempt(request, services.settings, email):
+        await service.change_password(conn, services.settings, principal, body.old, body.new)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -152,6 +152,16 @@ async def verify_email(conn: Conn, token: str) -> None:
         raise ValidationError("This link was for another address; ask for a new one.")
 
 
+async def session_email(conn: Conn, principal: Principal) -> str:
+    """The email of the person signed in with a session (password changes need one)."""
+    if principal.kind is not AuthKind.session or principal.user_id is None:
+        raise AuthorizationError("Change a password signed in with a session (log in first).")
+    await set_tenant(conn, org_id=None, user_id=principal.user_id)
+    user = await repo.get_user(conn, principal.user_id)
+    assert user is not None
+    return str(user["email"])
+
+
 async def change_password(
     conn: Conn, settings: Settings, principal: Principal, old: str, new: str
 ) -> None:

@@ -221,3 +221,17 @@ async def test_mailed_tokens_refuse_garbage(client, path):
         body["password"] = NEW_PASSWORD
     response = await client.post(path, json=body)
     assert response.status_code == 400
+
+
+async def test_guessing_the_current_password_meets_the_login_limits(client):
+    user = await signup(client, name="Gus")
+    body = {"old": "wrong-guess-at-the-password", "new": NEW_PASSWORD}
+    statuses = [
+        (
+            await client.post(
+                "/api/auth/password", json=body, headers=bearer(user["session_token"])
+            )
+        ).status_code
+        for _ in range(6)
+    ]
+    assert statuses == [401] * 5 + [429]
