@@ -22,6 +22,8 @@ from infra.common import child, tags
 from infra.config import MonitoringConfig, ProjectConfig, RolloutConfig
 
 RULES_FILE = Path(__file__).resolve().parent.parent / "monitoring" / "rules" / "record.rules.yaml"
+# The canary analysis measures once a minute, from the first pause until the rollout completes.
+ANALYSIS_INTERVAL_SECONDS = 60
 
 
 def load_rule_groups() -> list[dict[str, Any]]:
@@ -285,12 +287,21 @@ class Monitoring(pulumi.ComponentResource):
 
     def _analysis_template(self) -> None:
         ro = self.args.rollout
+        canary = 'rollouts_pod_template_hash="{{args.canary-hash}}"'
+        # The canary's share of answers that are not 5xx. A canary that only fails has no
+        # non-5xx series at all: `or vector(0)` makes that 0, not an empty (inconclusive)
+        # result. No canary series, or no requests in the window (0/0 = NaN), stays empty/NaN.
         query = (
-            'sum(rate(record_http_requests_total{status!~"5..",'
-            'rollouts_pod_template_hash="{{args.canary-hash}}"}[2m]))'
-            " / sum(rate(record_http_requests_total{"
-            'rollouts_pod_template_hash="{{args.canary-hash}}"}[2m]))'
+            f'(sum(rate(record_http_requests_total{{status!~"5..",{canary}}}[2m])) or vector(0))'
+            f" / sum(rate(record_http_requests_total{{{canary}}}[2m]))"
         )
+        # Argo evaluates both with expr: `result` is the vector's values. Neither holds for an
+        # empty or NaN result, which makes the measurement inconclusive, not failed.
+        measured = "len(result) > 0 && !isNaN(result[0])"
+        # The analysis runs from the first pause until the rollout completes (no count); idle
+        # minutes are inconclusive, and a canary idle for as long as its pauses last pauses the
+        # rollout for a person (`kubectl argo rollouts promote` or `abort`).
+        inconclusive_limit = max(1, len(ro.steps) * ro.pause_seconds // ANALYSIS_INTERVAL_SECONDS)
         self._apply(
             "analysis-success-rate",
             {
@@ -302,11 +313,11 @@ class Monitoring(pulumi.ComponentResource):
                     "metrics": [
                         {
                             "name": "success-rate",
-                            "interval": "1m",
-                            "count": 5,
+                            "interval": f"{ANALYSIS_INTERVAL_SECONDS}s",
                             "failureLimit": 1,
-                            # No traffic yet is not a failure: NaN counts as inconclusive.
-                            "successCondition": f"result[0] >= {ro.min_success_rate}",
+                            "inconclusiveLimit": inconclusive_limit,
+                            "successCondition": f"{measured} && result[0] >= {ro.min_success_rate}",
+                            "failureCondition": f"{measured} && result[0] < {ro.min_success_rate}",
                             "provider": {
                                 "prometheus": {
                                     "address": "http://kube-prometheus-stack-prometheus."

@@ -33,6 +33,7 @@ PUBLIC_PATHS = (
     ("/docs", "Prefix"),
     ("/openapi.json", "Exact"),
 )
+INGRESS_NAME = "record"
 RDS_CA_BUNDLE = "/etc/ssl/certs/rds-global-bundle.pem"
 # The ScaledObject counts jobs waiting or running in procrastinate's table.
 QUEUE_DEPTH_QUERY = "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
@@ -48,9 +49,30 @@ SECRETS_AS_ENV_SKIP = (
     "settings object); the Secret is namespaced, encrypted with KMS in etcd and mounted only "
     "into Record's own pods"
 )
+# With a canary, the ALB splits traffic by weight between these two Services (Argo Rollouts
+# points their selectors at the stable and the canary pods); the Ingress names the root Service
+# `record-api`, whose action annotation Argo writes, and which still selects every API pod.
+API_STABLE_SERVICE = "record-api-stable"
+API_CANARY_SERVICE = "record-api-canary"
+API_SERVICE_PORT = 80
+# What `pulumi up` waits for on the Rollout (a custom resource, so nothing by default): Argo
+# reports Healthy once every step passed and the new pods are the stable set. An aborted canary
+# stays Degraded and an inconclusive one Paused, so the wait runs out and the update fails.
+ROLLOUT_WAIT_FOR = "jsonpath={.status.phase}=Healthy"
+# Beyond its pause, each traffic step (and the final promotion) waits for new pods to start,
+# pass /readyz and register as ALB targets (ip targets trail readiness by tens of seconds);
+# the promotion also waits out Argo's 30 s scale-down delay of the old pods.
+ROLLOUT_STEP_ALLOWANCE_SECONDS = 180
 # Only the worker sends mail, so only the worker sees the SMTP credentials (secretKeyRef).
 SMTP_SECRET = "record-smtp"
 SMTP_SECRET_KEYS = ("SMTP_USERNAME", "SMTP_PASSWORD")
+
+
+def rollout_timeout_seconds(rollout: RolloutConfig) -> int:
+    """How long `pulumi up` waits for the Rollout: every pause, and an allowance for each
+    traffic step and the promotion. The background analysis runs alongside the pauses."""
+    steps = len(rollout.steps)
+    return steps * rollout.pause_seconds + (steps + 1) * ROLLOUT_STEP_ALLOWANCE_SECONDS
 
 
 @dataclass
@@ -256,22 +278,7 @@ class Workloads(pulumi.ComponentResource):
             )
             api_kind, api_version = "Deployment", "apps/v1"
 
-        self._apply(
-            "api-service",
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": self._meta("record-api", "api"),
-                "spec": {
-                    "type": "ClusterIP",
-                    "selector": kube.selector(p, "api"),
-                    "ports": [
-                        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
-                    ],
-                },
-            },
-            opts_ns,
-        )
+        self._api_services(opts_ns)
         self.ingress = self._apply("ingress", self._ingress(), after_migration)
         self._apply(
             "api-hpa",
@@ -335,6 +342,32 @@ class Workloads(pulumi.ComponentResource):
         if annotations:
             meta["annotations"] = annotations
         return meta
+
+    def _api_services(self, opts: pulumi.ResourceOptions) -> None:
+        services = [("api-service", self.api_service, "api")]
+        if self.args.rollout.canary:
+            # Not labelled component=api: the ServiceMonitor scrapes each pod once, through
+            # record-api, not again through the Services Argo narrows to one pod hash.
+            services += [
+                ("api-stable-service", API_STABLE_SERVICE, "api-stable"),
+                ("api-canary-service", API_CANARY_SERVICE, "api-canary"),
+            ]
+        port = {"name": "http", "port": API_SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
+        for resource, name, component in services:
+            self._apply(
+                resource,
+                {
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "metadata": self._meta(name, component),
+                    "spec": {
+                        "type": "ClusterIP",
+                        "selector": kube.selector(self.args.project, "api"),
+                        "ports": [port],
+                    },
+                },
+                opts,
+            )
 
     def _smtp_secret(self, opts: pulumi.ResourceOptions) -> pulumi.CustomResource:
         mail = self.args.mail
@@ -582,10 +615,15 @@ class Workloads(pulumi.ComponentResource):
         for weight in ro.steps:
             steps.append({"setWeight": weight})
             steps.append({"pause": {"duration": f"{ro.pause_seconds}s"}})
+        annotations = {
+            "checkov.io/skip1": SECRETS_AS_ENV_SKIP,
+            "pulumi.com/waitFor": ROLLOUT_WAIT_FOR,
+            "pulumi.com/timeoutSeconds": str(rollout_timeout_seconds(ro)),
+        }
         return {
             "apiVersion": "argoproj.io/v1alpha1",
             "kind": "Rollout",
-            "metadata": self._meta("record-api", "api", {"checkov.io/skip1": SECRETS_AS_ENV_SKIP}),
+            "metadata": self._meta("record-api", "api", annotations),
             "spec": {
                 "revisionHistoryLimit": 5,
                 "selector": {"matchLabels": kube.selector(self.args.project, "api")},
@@ -594,6 +632,17 @@ class Workloads(pulumi.ComponentResource):
                     "canary": {
                         "maxSurge": "25%",
                         "maxUnavailable": 0,
+                        # setWeight is the share of requests the ALB sends to the canary, not
+                        # a ratio of pods (Argo's ALB traffic routing).
+                        "stableService": API_STABLE_SERVICE,
+                        "canaryService": API_CANARY_SERVICE,
+                        "trafficRouting": {
+                            "alb": {
+                                "ingress": INGRESS_NAME,
+                                "rootService": self.api_service,
+                                "servicePort": API_SERVICE_PORT,
+                            }
+                        },
                         "analysis": {
                             "templates": [{"templateName": "record-api-success-rate"}],
                             "startingStep": 1,
@@ -631,11 +680,14 @@ class Workloads(pulumi.ComponentResource):
             ),
             "alb.ingress.kubernetes.io/tags": ",".join(f"{k}={v}" for k, v in p.tags.items()),
         }
-        backend = {"service": {"name": self.api_service, "port": {"name": "http"}}}
+        # With a canary the ALB forwards by the action Argo writes on this Ingress
+        # (alb.ingress.kubernetes.io/actions.record-api), weighted across stable and canary.
+        port = {"name": "use-annotation"} if self.args.rollout.canary else {"name": "http"}
+        backend = {"service": {"name": self.api_service, "port": port}}
         return {
             "apiVersion": "networking.k8s.io/v1",
             "kind": "Ingress",
-            "metadata": self._meta("record", "api", annotations),
+            "metadata": self._meta(INGRESS_NAME, "api", annotations),
             "spec": {
                 "ingressClassName": "alb",
                 "tls": [{"hosts": [cfg.domain]}],
