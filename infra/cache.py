@@ -24,6 +24,9 @@ class CacheArgs:
 class Cache(pulumi.ComponentResource):
     primary_endpoint: pulumi.Output[str]
     replication_group_id: pulumi.Output[str]
+    # AWS/ElastiCache publishes per member cluster (CacheClusterId), never per replication
+    # group: "<group>-001" is the first node, then one per replica.
+    member_cluster_ids: list[pulumi.Output[str]]
 
     def __init__(
         self, name: str, args: CacheArgs, opts: pulumi.ResourceOptions | None = None
@@ -77,4 +80,8 @@ class Cache(pulumi.ComponentResource):
         )
         self.primary_endpoint = group.primary_endpoint_address
         self.replication_group_id = group.id
+        self.member_cluster_ids = [
+            pulumi.Output.concat(group.replication_group_id, f"-{n:03d}")
+            for n in range(1, 2 + cfg.replicas)
+        ]
         self.register_outputs({"primary_endpoint": self.primary_endpoint})

@@ -45,6 +45,9 @@ class Cluster(pulumi.ComponentResource):
     kubeconfig: pulumi.Output[str]
     name: pulumi.Output[str]
     releases: list[k8s.helm.v3.Release]
+    # The role Alertmanager publishes to the alert topic with; monitoring grants it the topic's
+    # key. None when the cluster's own Prometheus (not ours) is used.
+    alertmanager_role: aws.iam.Role | None = None
 
     def __init__(
         self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None
@@ -338,6 +341,7 @@ def _prometheus_values(p: ProjectConfig, cluster: Cluster, args: ClusterArgs) ->
             ),
         )
         alertmanager_sa = {"annotations": {"eks.amazonaws.com/role-arn": role.arn}}
+        cluster.alertmanager_role = role
     return {
         "prometheus": {
             "prometheusSpec": {
@@ -352,7 +356,9 @@ def _prometheus_values(p: ProjectConfig, cluster: Cluster, args: ClusterArgs) ->
             "serviceAccount": alertmanager_sa,
             "alertmanagerSpec": {
                 "alertmanagerConfigSelector": {"matchLabels": {"record.dev/alerting": "true"}},
-                "alertmanagerConfigMatcherStrategy": {"type": "None"},
+                # Each AlertmanagerConfig routes only its own namespace's alerts: with "None"
+                # Record's routes caught every alert in the cluster, Watchdog included.
+                "alertmanagerConfigMatcherStrategy": {"type": "OnNamespace"},
             },
         },
         "grafana": {

@@ -18,7 +18,7 @@ import pulumi_aws as aws
 import yaml
 
 from infra import k8s as kube
-from infra.common import child, tags
+from infra.common import child, policy, tags
 from infra.config import MonitoringConfig, ProjectConfig, RolloutConfig
 
 RULES_FILE = Path(__file__).resolve().parent.parent / "monitoring" / "rules" / "record.rules.yaml"
@@ -30,6 +30,23 @@ def load_rule_groups() -> list[dict[str, Any]]:
     return list(yaml.safe_load(RULES_FILE.read_text())["groups"])
 
 
+def alerts_in_namespace(groups: list[dict[str, Any]], namespace: str) -> list[dict[str, Any]]:
+    """The rules with ``namespace`` on every alert. Alertmanager routes an AlertmanagerConfig's
+    alerts by that label (OnNamespace), and the SLO expressions sum it away."""
+    return [
+        {
+            **group,
+            "rules": [
+                {**rule, "labels": {**rule.get("labels", {}), "namespace": namespace}}
+                if "alert" in rule
+                else rule
+                for rule in group["rules"]
+            ],
+        }
+        for group in groups
+    ]
+
+
 @dataclass
 class MonitoringArgs:
     project: ProjectConfig
@@ -39,9 +56,10 @@ class MonitoringArgs:
     provider: pulumi.ProviderResource
     topic_name: str
     db_identifier: pulumi.Input[str]
-    cache_group_id: pulumi.Input[str]
+    cache_cluster_ids: list[pulumi.Output[str]]
     ingress: pulumi.CustomResource
     depends_on: list[pulumi.Resource]
+    alertmanager_role: aws.iam.Role | None = None
 
 
 class Monitoring(pulumi.ComponentResource):
@@ -120,6 +138,22 @@ class Monitoring(pulumi.ComponentResource):
             tags=tags(p, self.args.topic_name),
             opts=child(self),
         )
+        if self.args.alertmanager_role is not None:
+            # Publishing to a topic under a customer key is a KMS call made as the publisher:
+            # sns:Publish alone is refused (KMSAccessDenied), so no page would ever leave.
+            aws.iam.RolePolicy(
+                f"{p.prefix}-alertmanager-alerts-key",
+                role=self.args.alertmanager_role.id,
+                policy=policy(
+                    {
+                        "Sid": "AlertTopicKey",
+                        "Effect": "Allow",
+                        "Action": ["kms:GenerateDataKey*", "kms:Decrypt"],
+                        "Resource": key.arn,
+                    }
+                ),
+                opts=child(self),
+            )
         if self.args.monitoring.alert_email:
             aws.sns.TopicSubscription(
                 f"{p.prefix}-alerts-email",
@@ -170,7 +204,7 @@ class Monitoring(pulumi.ComponentResource):
                 "apiVersion": "monitoring.coreos.com/v1",
                 "kind": "PrometheusRule",
                 "metadata": self._meta("record-slo"),
-                "spec": {"groups": load_rule_groups()},
+                "spec": {"groups": alerts_in_namespace(load_rule_groups(), self.args.namespace)},
             },
         )
 
@@ -211,15 +245,21 @@ class Monitoring(pulumi.ComponentResource):
                         "sendResolved": True,
                     }
                 ],
-            }
+            },
+            # Alerts of the namespace that are neither pages nor tickets (the chart's "info",
+            # CPUThrottlingHigh among them) go nowhere.
+            {"name": "none"},
         ]
+        # Record's own rules say "page" and "ticket"; the chart's rules about Record's pods
+        # (KubePodCrashLooping, ...) say "critical" and "warning".
         routes: list[dict[str, Any]] = [
             {
                 "receiver": "sns",
-                "matchers": [{"name": "severity", "value": "page"}],
+                "matchers": [{"name": "severity", "value": "page|critical", "matchType": "=~"}],
                 "repeatInterval": "1h",
             },
         ]
+        tickets = [{"name": "severity", "value": "ticket|warning", "matchType": "=~"}]
         if self.args.monitoring.alert_webhook_url is not None:
             secret_name = "record-alert-webhook"
             self._apply(
@@ -242,21 +282,9 @@ class Monitoring(pulumi.ComponentResource):
                     ],
                 }
             )
-            routes.append(
-                {
-                    "receiver": "tickets",
-                    "matchers": [{"name": "severity", "value": "ticket"}],
-                    "repeatInterval": "12h",
-                }
-            )
+            routes.append({"receiver": "tickets", "matchers": tickets, "repeatInterval": "12h"})
         else:
-            routes.append(
-                {
-                    "receiver": "sns",
-                    "matchers": [{"name": "severity", "value": "ticket"}],
-                    "repeatInterval": "12h",
-                }
-            )
+            routes.append({"receiver": "sns", "matchers": tickets, "repeatInterval": "12h"})
         self._apply(
             "alertmanagerconfig",
             {
@@ -264,8 +292,9 @@ class Monitoring(pulumi.ComponentResource):
                 "kind": "AlertmanagerConfig",
                 "metadata": self._meta("record", **{"record.dev/alerting": "true"}),
                 "spec": {
+                    # The operator adds namespace="<this namespace>" to this route (OnNamespace).
                     "route": {
-                        "receiver": "sns",
+                        "receiver": "none",
                         "groupBy": ["alertname", "namespace"],
                         "groupWait": "30s",
                         "groupInterval": "5m",
@@ -386,37 +415,44 @@ class Monitoring(pulumi.ComponentResource):
                 3,
                 "GreaterThanThreshold",
             ),
-            (
-                "cache-engine-cpu",
-                "AWS/ElastiCache",
-                "EngineCPUUtilization",
-                {"ReplicationGroupId": a.cache_group_id},
-                "Average",
-                80,
-                3,
-                "GreaterThanThreshold",
-            ),
-            (
-                "cache-memory",
-                "AWS/ElastiCache",
-                "DatabaseMemoryUsagePercentage",
-                {"ReplicationGroupId": a.cache_group_id},
-                "Maximum",
-                85,
-                3,
-                "GreaterThanThreshold",
-            ),
-            (
-                "cache-evictions",
-                "AWS/ElastiCache",
-                "Evictions",
-                {"ReplicationGroupId": a.cache_group_id},
-                "Sum",
-                100,
-                3,
-                "GreaterThanThreshold",
-            ),
         ]
+        # AWS/ElastiCache publishes these per member cluster (node), by CacheClusterId: an
+        # alarm on any other dimension watches a metric with no data, which notBreaching reads
+        # as OK for ever.
+        for number, cluster_id in enumerate(a.cache_cluster_ids, start=1):
+            node = {"CacheClusterId": cluster_id}
+            alarms += [
+                (
+                    f"cache-engine-cpu-{number:03d}",
+                    "AWS/ElastiCache",
+                    "EngineCPUUtilization",
+                    node,
+                    "Average",
+                    80,
+                    3,
+                    "GreaterThanThreshold",
+                ),
+                (
+                    f"cache-memory-{number:03d}",
+                    "AWS/ElastiCache",
+                    "DatabaseMemoryUsagePercentage",
+                    node,
+                    "Maximum",
+                    85,
+                    3,
+                    "GreaterThanThreshold",
+                ),
+                (
+                    f"cache-evictions-{number:03d}",
+                    "AWS/ElastiCache",
+                    "Evictions",
+                    node,
+                    "Sum",
+                    100,
+                    3,
+                    "GreaterThanThreshold",
+                ),
+            ]
         # The ALB belongs to the load balancer controller; its name is known once the Ingress
         # is admitted, so the ALB alarms read it from the ingress status.
         alb_suffix = a.ingress.status.apply(  # type: ignore[attr-defined]
