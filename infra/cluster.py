@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pulumi
 import pulumi_aws as aws
@@ -19,11 +20,18 @@ EKS_OIDC_THUMBPRINT = "9e99a48a9960b14926bb7f3b02e22da2b0ab7280"
 
 CHARTS = {
     "aws-load-balancer-controller": ("https://aws.github.io/eks-charts", "1.13.4"),
+    # metrics-server 0.8.0: the resource metrics (metrics.k8s.io) the API's CPU HPA scales on.
+    "metrics-server": ("https://kubernetes-sigs.github.io/metrics-server/", "3.13.0"),
     "keda": ("https://kedacore.github.io/charts", "2.17.2"),
     "argo-rollouts": ("https://argoproj.github.io/argo-helm", "2.40.1"),
     "kube-prometheus-stack": ("https://prometheus-community.github.io/helm-charts", "75.15.1"),
 }
 MONITORING_NAMESPACE = "monitoring"
+# docs/install/iam_policy.json at the controller version the chart above ships (v2.13.4);
+# infra/vendor/README.md says where it came from.
+LBC_IAM_POLICY = (
+    Path(__file__).resolve().parent / "vendor" / "aws-load-balancer-controller" / "iam_policy.json"
+)
 
 
 @dataclass
@@ -252,7 +260,7 @@ class Cluster(pulumi.ComponentResource):
             oidc_issuer=self.oidc_issuer,
             namespace="kube-system",
             service_account="aws-load-balancer-controller",
-            role_policy=_load_balancer_controller_policy(),
+            role_policy=load_balancer_controller_policy(),
         )
         releases.append(
             _release(
@@ -272,6 +280,9 @@ class Cluster(pulumi.ComponentResource):
                 prefix,
             )
         )
+        if not cfg.existing_metrics_server:
+            # Neither EKS nor a kubeconfig'd cluster promises one; without it the HPA has no data.
+            releases.append(_release("metrics-server", "kube-system", {}, opts, prefix))
         releases.append(
             _release("keda", "keda", {"podSecurityContext": {"runAsNonRoot": True}}, opts, prefix)
         )
@@ -422,66 +433,10 @@ def irsa_role(
     return role
 
 
-def _load_balancer_controller_policy() -> pulumi.Output[str]:
-    # The controller's published policy, narrowed to the actions an ALB Ingress uses.
-    return policy(
-        {
-            "Effect": "Allow",
-            "Action": ["iam:CreateServiceLinkedRole"],
-            "Resource": "*",
-            "Condition": {
-                "StringEquals": {"iam:AWSServiceName": "elasticloadbalancing.amazonaws.com"}
-            },
-        },
-        {
-            "Effect": "Allow",
-            "Action": [
-                "ec2:Describe*",
-                "elasticloadbalancing:Describe*",
-                "acm:ListCertificates",
-                "acm:DescribeCertificate",
-                "wafv2:GetWebACL",
-                "wafv2:GetWebACLForResource",
-                "shield:GetSubscriptionState",
-                "tag:GetResources",
-            ],
-            "Resource": "*",
-        },
-        {
-            "Effect": "Allow",
-            "Action": [
-                "ec2:CreateSecurityGroup",
-                "ec2:AuthorizeSecurityGroupIngress",
-                "ec2:RevokeSecurityGroupIngress",
-                "ec2:DeleteSecurityGroup",
-                "ec2:CreateTags",
-                "ec2:DeleteTags",
-                "elasticloadbalancing:Create*",
-                "elasticloadbalancing:Delete*",
-                "elasticloadbalancing:Modify*",
-                "elasticloadbalancing:Set*",
-                "elasticloadbalancing:AddTags",
-                "elasticloadbalancing:RemoveTags",
-                "elasticloadbalancing:RegisterTargets",
-                "elasticloadbalancing:DeregisterTargets",
-                "elasticloadbalancing:AddListenerCertificates",
-                "elasticloadbalancing:RemoveListenerCertificates",
-            ],
-            "Resource": "*",
-            "Condition": {"Null": {"aws:ResourceTag/elbv2.k8s.aws/cluster": "false"}},
-        },
-        {
-            "Effect": "Allow",
-            "Action": [
-                "ec2:CreateSecurityGroup",
-                "elasticloadbalancing:CreateLoadBalancer",
-                "elasticloadbalancing:CreateTargetGroup",
-                "elasticloadbalancing:AddTags",
-            ],
-            "Resource": "*",
-            "Condition": {"Null": {"aws:RequestTag/elbv2.k8s.aws/cluster": "false"}},
-        },
-    )
+def load_balancer_controller_policy() -> str:
+    """Upstream's policy for the pinned chart's controller, unedited: a trimmed copy once left
+    the controller unable to create the ALB, so the Ingress never got an address."""
+    return LBC_IAM_POLICY.read_text()
 
 
 def _field(value: object, name: str) -> str:

@@ -81,6 +81,8 @@ class ClusterConfig:
     oidc_issuer: str | None = None
     # An existing Prometheus (operator) in the cluster: kube-prometheus-stack is not installed.
     existing_prometheus: bool = False
+    # A metrics-server already serving metrics.k8s.io (the API's CPU HPA reads it): not installed.
+    existing_metrics_server: bool = False
 
 
 @dataclass(frozen=True)
@@ -329,6 +331,7 @@ def _cluster(cfg: pulumi.Config, proj: ProjectConfig) -> ClusterConfig:
             "oidcProviderArn",
             "oidcIssuer",
             "existingPrometheus",
+            "existingMetricsServer",
         },
         "cluster",
     )
@@ -345,6 +348,7 @@ def _cluster(cfg: pulumi.Config, proj: ProjectConfig) -> ClusterConfig:
         oidc_provider_arn=cl.get("oidcProviderArn"),
         oidc_issuer=cl.get("oidcIssuer"),
         existing_prometheus=_pick(cl, "existingPrometheus", False, bool, "cluster"),
+        existing_metrics_server=_pick(cl, "existingMetricsServer", False, bool, "cluster"),
     )
     if cluster.mode not in {"eks", "existing"}:
         raise ConfigError(f"{NAMESPACE}:cluster.mode must be 'eks' or 'existing'")

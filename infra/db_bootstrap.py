@@ -2,10 +2,10 @@
 
 Runs as the migration Job's init container, from the application image (boto3 and psycopg,
 no Pulumi): reads the RDS-managed master secret with the Job's IRSA role, then, idempotently,
-provisions (``app/kit/roles.py``) the owner role the migrations run as, the API's and the
-worker's login roles (which own nothing), with the passwords the stack derives from its Pulumi
-secret, and the database the owner owns, with pgvector in it. A preview stack uses the same step
-to get its own roles and database on the shared base instance.
+provisions (``app/kit/roles.py``) the owner role the migrations run as, the API's, the
+worker's and KEDA's login roles (which own nothing), with the passwords the stack derives from
+its Pulumi secret, and the database the owner owns, with pgvector in it. A preview stack uses the
+same step to get its own roles and database on the shared base instance.
 
 The master is what RDS makes it: LOGIN, CREATEROLE, CREATEDB, a member of ``rds_superuser``,
 not a superuser, and the owner of the first database (``tests/infra/test_db_bootstrap.py``
@@ -30,6 +30,7 @@ ENV_PASSWORDS = {
     "owner": "DB_OWNER_PASSWORD",
     "api": "DB_API_PASSWORD",
     "worker": "DB_WORKER_PASSWORD",
+    "keda": "DB_KEDA_PASSWORD",
 }
 
 
@@ -46,6 +47,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
         roles.owner: env[ENV_PASSWORDS["owner"]],
         roles.api: env[ENV_PASSWORDS["api"]],
         roles.worker: env[ENV_PASSWORDS["worker"]],
+        roles.keda: env[ENV_PASSWORDS["keda"]],
     }
 
     # RDS: TLS, and the server's certificate checked against the RDS CA bundle.

@@ -35,14 +35,21 @@ PUBLIC_PATHS = (
 )
 INGRESS_NAME = "record"
 RDS_CA_BUNDLE = "/etc/ssl/certs/rds-global-bundle.pem"
-# The ScaledObject counts jobs waiting or running in procrastinate's table.
-QUEUE_DEPTH_QUERY = "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
+# The ScaledObject counts jobs waiting or running, through the one view KEDA's login may read
+# (migration 0008).
+QUEUE_DEPTH_QUERY = "SELECT jobs FROM app_queue_depth"
+# KEDA's operator has no RDS CA bundle (the app image's PGSSLROOTCERT is not in its image) and
+# its scaler takes no sslrootcert: TLS without verifying the server. What a man in the middle
+# inside the VPC could take is a password that reads one number (app/kit/roles.py).
+KEDA_SSLMODE = "require"
 # Which Secret holds each component's DATABASE_URL: the API's and the worker's log in as roles
 # that own nothing; only the migration Job's logs in as the owner (app/kit/roles.py).
 DB_SECRETS = {
     "api": "record-db-api",
     "worker": "record-db-worker",
     "migrate": "record-db-migrate",
+    # Not a DATABASE_URL: the password alone, for KEDA's TriggerAuthentication.
+    "keda": "record-db-keda",
 }
 SECRETS_AS_ENV_SKIP = (
     "CKV_K8S_35=The app reads its settings from the environment (pydantic-settings, one "
@@ -420,8 +427,10 @@ class Workloads(pulumi.ComponentResource):
                     "DB_OWNER_PASSWORD": passwords[roles.owner],
                     "DB_API_PASSWORD": passwords[roles.api],
                     "DB_WORKER_PASSWORD": passwords[roles.worker],
+                    "DB_KEDA_PASSWORD": passwords[roles.keda],
                 },
             ),
+            self._db_secret(DB_SECRETS["keda"], {"password": passwords[roles.keda]}),
         ]
 
     def _role_password(self, role: str) -> pulumi.Output[str]:
@@ -806,7 +815,10 @@ class Workloads(pulumi.ComponentResource):
         return pulumi.Output.unsecret(digest)
 
     def _keda(self, opts: pulumi.ResourceOptions) -> None:
-        cfg = self.args.workloads
+        a, cfg = self.args, self.args.workloads
+        # KEDA's operator, not a Record pod, opens this connection: its own login, and each
+        # setting as its postgresql scaler takes it (host, port, ... and a password), not the
+        # app's DATABASE_URL, whose sslrootcert names a file only the app image has.
         self._apply(
             "worker-keda-auth",
             {
@@ -815,11 +827,7 @@ class Workloads(pulumi.ComponentResource):
                 "metadata": self._meta("record-worker-db", "worker"),
                 "spec": {
                     "secretTargetRef": [
-                        {
-                            "parameter": "connection",
-                            "name": DB_SECRETS["worker"],
-                            "key": "DATABASE_URL",
-                        }
+                        {"parameter": "password", "name": DB_SECRETS["keda"], "key": "password"}
                     ]
                 },
             },
@@ -841,6 +849,13 @@ class Workloads(pulumi.ComponentResource):
                         {
                             "type": "postgresql",
                             "metadata": {
+                                "host": a.db_host,
+                                "port": pulumi.Output.from_input(a.db_port).apply(
+                                    lambda port: str(int(port))
+                                ),
+                                "userName": LoginRoles(a.db_app_user).keda,
+                                "dbName": a.db_name,
+                                "sslmode": KEDA_SSLMODE,
                                 "query": QUEUE_DEPTH_QUERY,
                                 # One replica per `concurrency` jobs in flight.
                                 "targetQueryValue": str(cfg.worker_concurrency),

@@ -3,13 +3,19 @@ nothing.
 
 ``record_app`` (no login) holds the rights a request needs; row-level security decides the rows.
 ``record_jobs`` (no login, a member of ``record_app``) adds what procrastinate's worker needs on
-its queue tables. Each deployment has three login roles named after its owner role:
+its queue tables. ``record_queue_reader`` (no login) may read one number: how many jobs wait or
+run (the ``app_queue_depth`` view, migration 0008). Each deployment has four login roles named
+after its owner role:
 
 - ``<owner>``: owns the database and every table, runs the migrations (the migration Job).
 - ``<owner>_api``: the API; a member of ``record_app`` only.
 - ``<owner>_worker``: the worker; a member of ``record_jobs`` only.
+- ``<owner>_keda``: KEDA's operator, which scales the worker on the queue's depth; a member of
+  ``record_queue_reader`` only. It connects from outside Record's pods (without the RDS CA
+  bundle the app image carries, so without verifying the server), hence a login that can
+  learn nothing else.
 
-None of them is a superuser or may create roles or databases, and the two runtime roles own
+None of them is a superuser or may create roles or databases, and the runtime roles own
 nothing, so a ``RESET ROLE`` or ``SET ROLE`` smuggled into a query finds no owner's rights to
 return to: RLS binds the login role itself. The group roles are cluster-wide (preview databases
 share an instance with their base stack); the logins are per deployment, and each may connect to
@@ -32,6 +38,7 @@ from psycopg import sql
 
 APP_ROLE = "record_app"
 JOBS_ROLE = "record_jobs"
+QUEUE_READER_ROLE = "record_queue_reader"
 
 _IDENT_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
 
@@ -62,13 +69,22 @@ class LoginRoles:
         return f"{self.owner}_worker"
 
     @property
-    def all(self) -> tuple[str, str, str]:
-        return (self.owner, self.api, self.worker)
+    def keda(self) -> str:
+        return f"{self.owner}_keda"
+
+    @property
+    def all(self) -> tuple[str, str, str, str]:
+        return (self.owner, self.api, self.worker, self.keda)
 
     @property
     def memberships(self) -> tuple[tuple[str, str], ...]:
         """(group, member): the only role memberships the runtime roles have."""
-        return ((APP_ROLE, JOBS_ROLE), (APP_ROLE, self.api), (JOBS_ROLE, self.worker))
+        return (
+            (APP_ROLE, JOBS_ROLE),
+            (APP_ROLE, self.api),
+            (JOBS_ROLE, self.worker),
+            (QUEUE_READER_ROLE, self.keda),
+        )
 
 
 class UnsafeRole(RuntimeError):
@@ -128,7 +144,7 @@ def _roles_and_database(
     assert current is not None
     myself, superuser = str(current[0]), bool(current[1])
 
-    for group in (APP_ROLE, JOBS_ROLE):
+    for group in (APP_ROLE, JOBS_ROLE, QUEUE_READER_ROLE):
         if _role(conn, group) is None:
             conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(group)))
     for login in roles.all:
@@ -177,6 +193,10 @@ def _roles_and_database(
             sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}, {}").format(
                 db, sql.Identifier(roles.api), sql.Identifier(roles.worker)
             )
+        )
+        # KEDA counts the queue: it connects, nothing more (no temporary tables).
+        conn.execute(
+            sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(db, sql.Identifier(roles.keda))
         )
         # The provisioner comes back on the next deploy (extensions, a new role).
         conn.execute(

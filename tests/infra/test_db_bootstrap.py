@@ -26,6 +26,7 @@ import pytest
 from app.devstack.servers import PostgresServer, hand_to_service_user, service_user_kwargs
 from app.kit.roles import APP_ROLE, JOBS_ROLE, LoginRoles
 from infra.db_bootstrap import ENV_OWNER, ENV_PASSWORDS, main
+from infra.workloads import QUEUE_DEPTH_QUERY
 
 MASTER = "record_admin"
 MASTER_PASSWORD = "master-secret-0"
@@ -174,6 +175,11 @@ async def test_bootstrap_then_migrations_then_the_app(
         assert row is not None
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("RESET ROLE; CREATE ROLE intruder")
+    # KEDA's login, by its password, reads the queue's depth.
+    with psycopg.connect(login(rds_like, roles.keda, owner, database)) as conn:
+        assert conn.execute(QUEUE_DEPTH_QUERY).fetchone() == (0,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CREATE TEMPORARY TABLE scratch (x int)")
 
 
 def test_a_preview_cannot_reach_the_base_database(
@@ -241,5 +247,10 @@ def test_each_workload_gets_its_own_database_login(plans: dict[str, Any], stack:
         if manifest["kind"] == "Job":
             env = {e["name"]: e.get("value") for e in pod["initContainers"][0]["env"]}
             assert env[ENV_OWNER] == ("record_pr_0" if stack == "preview" else "record")
+    # KEDA's operator logs in as its own role, with the password alone (tests/infra/
+    # test_autoscaling.py).
     (keda,) = [m for m in plan.manifests if m["kind"] == "TriggerAuthentication"]
-    assert keda["spec"]["secretTargetRef"][0]["name"] == "record-db-worker"
+    assert keda["spec"]["secretTargetRef"] == [
+        {"parameter": "password", "name": "record-db-keda", "key": "password"}
+    ]
+    assert set(secrets["record-db-keda"]["stringData"]) == {"password"}

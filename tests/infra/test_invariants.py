@@ -264,7 +264,7 @@ def test_scaling_and_disruption_objects(plans: dict[str, Plan], stack: str) -> N
     scaled = one(of_kind(plan, "ScaledObject"))
     trigger = one(scaled["spec"]["triggers"])
     assert trigger["type"] == "postgresql"
-    assert "procrastinate_jobs" in trigger["metadata"]["query"]
+    assert "app_queue_depth" in trigger["metadata"]["query"]
     assert (
         trigger["authenticationRef"]["name"]
         == one(of_kind(plan, "TriggerAuthentication"))["metadata"]["name"]
@@ -339,7 +339,12 @@ def test_secrets_come_from_pulumi_secrets_only(plans: dict[str, Plan], stack: st
 @pytest.mark.parametrize("stack", BASE_STACKS)
 def test_controllers_are_installed_with_helm(plans: dict[str, Plan], stack: str) -> None:
     charts = {r["inputs"]["chart"] for r in plans[stack].of_type("kubernetes:helm.sh/v3:Release")}
-    assert {"aws-load-balancer-controller", "keda", "kube-prometheus-stack"} <= charts
+    assert {
+        "aws-load-balancer-controller",
+        "metrics-server",
+        "keda",
+        "kube-prometheus-stack",
+    } <= charts
     assert ("argo-rollouts" in charts) == bool(of_kind(plans[stack], "Rollout"))
 
 
