@@ -131,6 +131,7 @@ class Settings(BaseSettings):
     ratelimit_media: str = "120/60"
     # Per client IP, each public entry point its own budget: one cannot spend another's.
     ratelimit_signup: str = "10/60"
+    ratelimit_login: str = "30/60"  # every login request, per client IP
     ratelimit_share_page: str = "60/60"  # GET /s/{id}, its media apart
     ratelimit_password_reset: str = "5/900"
     # Logins count FAILED attempts only, so that nobody can lock someone else out: per (client

@@ -76,8 +76,8 @@ STATE = WorkerState()
 
 
 def _add_mail_task(app: procrastinate.App, retry: PipelineRetry) -> None:
-    @app.task(name=MAIL_TASK, queue=MAIL_QUEUE, retry=retry)
-    async def send_mail_task(kind: str, **args: str) -> None:
+    @app.task(name=MAIL_TASK, queue=MAIL_QUEUE, retry=retry, pass_context=True)
+    async def send_mail_task(context: procrastinate.JobContext, /, kind: str, **args: str) -> None:
         mail = STATE.mail
         if mail is None and STATE.deps is not None:
             deps = STATE.deps
@@ -90,7 +90,10 @@ def _add_mail_task(app: procrastinate.App, retry: PipelineRetry) -> None:
             status = "succeeded" if sent else "skipped"
         except Exception as exc:
             # No address or link in the log: the kind and the error are enough to act on.
-            log.warning("mail not sent; will retry", kind=kind, error=type(exc).__name__)
+            if retry.is_last_attempt(context.job.attempts):
+                log.error("gave up sending a mail", kind=kind, error=type(exc).__name__)
+            else:
+                log.warning("mail not sent; will retry", kind=kind, error=type(exc).__name__)
             raise
         finally:
             JOBS.labels("send_mail", status).inc()

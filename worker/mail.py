@@ -5,7 +5,7 @@ a new token, so only the link that was last mailed works."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never
 from uuid import UUID
 
 from app.auth import service as auth_service
@@ -28,17 +28,21 @@ async def deliver(deps: MailDeps, kind: MailKind, args: dict[str, Any]) -> bool:
     address asking for a reset, an invitation revoked or a user verified before the job ran)."""
     settings = deps.settings
     async with deps.db.transaction() as conn:
-        if kind is MailKind.verify_email:
-            message = await auth_service.verification_mail(conn, settings, UUID(args["user_id"]))
-        elif kind is MailKind.password_reset:
-            message = await auth_service.password_reset_mail(conn, settings, args["email"])
-        else:
-            message = await orgs_service.invitation_mail(
-                conn,
-                settings,
-                org_id=UUID(args["org_id"]),
-                invitation_id=UUID(args["invitation_id"]),
-            )
+        match kind:
+            case MailKind.verify_email:
+                user_id = UUID(args["user_id"])
+                message = await auth_service.verification_mail(conn, settings, user_id)
+            case MailKind.password_reset:
+                message = await auth_service.password_reset_mail(conn, settings, args["email"])
+            case MailKind.invitation:
+                message = await orgs_service.invitation_mail(
+                    conn,
+                    settings,
+                    org_id=UUID(args["org_id"]),
+                    invitation_id=UUID(args["invitation_id"]),
+                )
+            case _:  # pragma: no cover - every kind is handled above
+                assert_never(kind)
     if message is None:
         return False
     await deps.mailer.send(message)

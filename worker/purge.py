@@ -14,7 +14,7 @@ import structlog
 from redis.asyncio import Redis
 
 from app.kit.storage import ObjectStore, org_prefixes
-from app.orgs import repository as orgs
+from app.orgs import service as orgs
 from worker.pipeline import PermanentError, PipelineDeps
 
 log = structlog.stdlib.get_logger(__name__)
@@ -37,7 +37,7 @@ class OrgPurged:
 
 async def purge_org(deps: PipelineDeps, org_id: UUID) -> OrgPurged:
     async with deps.db.transaction(org_id=org_id) as conn:
-        if await orgs.get_org(conn, org_id) is not None:
+        if await orgs.org_exists(conn, org_id):
             raise OrgStillExists(f"org {org_id} still exists; its objects stay")
     objects, aborted = await delete_objects(deps.store, org_id)
     cache_keys = await forget_cached(deps.redis, org_id)

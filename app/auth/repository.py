@@ -146,12 +146,7 @@ async def insert_user_token(
     expires_at: datetime,
 ) -> None:
     # A new link retires the user's earlier unused links of the same kind.
-    await execute(
-        conn,
-        "UPDATE user_tokens SET used_at = now() WHERE user_id = %s AND purpose = %s "
-        "AND used_at IS NULL",
-        (user_id, purpose),
-    )
+    await retire_user_tokens(conn, user_id, purpose)
     await execute(
         conn,
         "INSERT INTO user_tokens (id, user_id, purpose, token_hash, email, expires_at) "

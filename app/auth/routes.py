@@ -43,11 +43,15 @@ async def signup(body: SignupIn, conn: DbConn, services: ServicesDep) -> SignupO
     return await service.signup(conn, services.settings, body)
 
 
-@router.post("/auth/login")
-async def login(body: LoginIn, request: Request, conn: DbConn, services: ServicesDep) -> LoginOut:
+@router.post("/auth/login", dependencies=[Depends(rate_limit("login"))])
+async def login(body: LoginIn, request: Request, services: ServicesDep) -> LoginOut:
     # Failed logins are limited per client IP (and email); an account's failures from
-    # anywhere only slow its checks down, so nobody can lock its owner out.
-    async with login_attempt(request, services.settings, body.email):
+    # anywhere only slow its checks down, so nobody can lock its owner out. The transaction
+    # starts after that wait: a delayed attempt holds no pooled connection while it sleeps.
+    async with (
+        login_attempt(request, services.settings, body.email),
+        services.db.transaction() as conn,
+    ):
         return await service.login(conn, services.settings, body.email, body.password)
 
 
@@ -82,15 +86,22 @@ async def change_password(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/auth/verify", status_code=status.HTTP_204_NO_CONTENT, dependencies=[PerClientIp])
-async def verify_email(body: TokenIn, conn: DbConn) -> Response:
-    """Prove the account's email with the token from the mailed link (single use)."""
-    await service.verify_email(conn, body.token)
+@router.post("/auth/verify", status_code=status.HTTP_204_NO_CONTENT)
+async def verify_email(body: TokenIn, principal: CurrentPrincipal, conn: DbConn) -> Response:
+    """Prove the account's email with the token from the mailed link (single use), signed in
+    to that account."""
+    await service.verify_email(conn, principal, body.token)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/auth/verify/resend", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/auth/verify/resend",
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[Depends(rate_limit("password_reset"))],
+)
 async def resend_verification(principal: CurrentPrincipal, conn: DbConn) -> Accepted:
+    """Mail a new verification link (the earlier one stops working). Limited like password
+    resets, per client IP: each request sends a message."""
     await service.resend_verification(conn, principal)
     return Accepted(detail="A new verification link is on its way.")
 
@@ -109,7 +120,9 @@ async def request_password_reset(body: PasswordResetIn, conn: DbConn) -> Accepte
 @router.post(
     "/auth/password-reset/confirm",
     status_code=status.HTTP_204_NO_CONTENT,
-    dependencies=[Depends(rate_limit("password_reset"))],
+    # Not the reset's own budget: a person retrying a refused password must not spend the
+    # office's allowance for reset mails. The 256-bit token is the protection.
+    dependencies=[PerClientIp],
 )
 async def confirm_password_reset(
     body: PasswordResetConfirmIn, conn: DbConn, services: ServicesDep

@@ -28,6 +28,7 @@ from app.kit.errors import (
     AuthorizationError,
     ConflictError,
     ValidationError,
+    WrongPasswordError,
 )
 from app.kit.ids import new_id
 from app.kit.security.passwords import (
@@ -37,7 +38,7 @@ from app.kit.security.passwords import (
     verify_password,
 )
 from app.kit.security.text import plain_text
-from app.mail.sender import compose
+from app.mail.sender import compose, mailed_link
 from app.settings import Settings, SignupMode
 
 USER_NAME_LENGTH = 200  # as users.name allows
@@ -57,10 +58,6 @@ async def _new_session(conn: Conn, settings: Settings, user_id: UUID) -> tuple[s
         expires_at=expires_at,
     )
     return token, expires_at
-
-
-def link(settings: Settings, path: str, token: str) -> str:
-    return f"{settings.public_url.rstrip('/')}/{path}/{token}"
 
 
 async def signup(conn: Conn, settings: Settings, body: SignupIn) -> SignupOut:
@@ -140,14 +137,19 @@ async def resend_verification(conn: Conn, principal: Principal) -> None:
     await defer_mail(conn, MailKind.verify_email, lock=f"verify:{user_id}", user_id=str(user_id))
 
 
-async def verify_email(conn: Conn, token: str) -> None:
+async def verify_email(conn: Conn, principal: Principal, token: str) -> None:
+    """Verify the signed-in account's email with its mailed token. Signed in, because the link
+    proves the mailbox and the session proves the password: someone who signed up with another
+    person's address first cannot have that person verify the squatted account by a click (the
+    owner of the address takes it back with a password reset instead)."""
+    user_id = _person(principal)
     used = await repo.use_user_token(conn, token_digest(token), PURPOSE_VERIFY)
-    if used is None:
+    if used is None or used["user_id"] != user_id:
         raise ValidationError(
-            "This verification link is unknown, used or expired; ask for a new one "
-            "(POST /api/auth/verify/resend)."
+            "This verification link is unknown, used, expired or for another account; sign in "
+            "to the account it was sent for, or ask for a new one (POST /api/auth/verify/resend)."
         )
-    await set_tenant(conn, org_id=None, user_id=used["user_id"])
+    await set_tenant(conn, org_id=None, user_id=user_id)
     if not await repo.mark_email_verified(conn, user_id=used["user_id"], email=used["email"]):
         raise ValidationError("This link was for another address; ask for a new one.")
 
@@ -173,7 +175,10 @@ async def change_password(
     user = await repo.get_user(conn, user_id)
     assert user is not None
     if not await anyio.to_thread.run_sync(verify_password, user["password_hash"], old):
-        raise AuthenticationError("The current password is wrong.")
+        raise WrongPasswordError(
+            "The current password is wrong; try again, or reset it by email "
+            "(POST /api/auth/password-reset)."
+        )
     check_password_strength(new, email=user["email"], min_length=settings.password_min_length)
     new_hash = await anyio.to_thread.run_sync(hash_password, new)
     await repo.update_password_hash(conn, user_id=user_id, password_hash=new_hash)
@@ -208,9 +213,18 @@ async def reset_password(conn: Conn, settings: Settings, token: str, password: s
     await repo.update_password_hash(conn, user_id=user_id, password_hash=new_hash)
     # The link proved the mailbox: the address is verified, and every session ends (a squatter
     # who signed up with this address first is signed out and locked out).
+    user = await repo.get_user(conn, user_id)
+    assert user is not None
+    first_proof = not user["email_verified"]
     await repo.mark_email_verified(conn, user_id=user_id, email=used["email"])
     await repo.revoke_sessions(conn, user_id)
     await repo.retire_user_tokens(conn, user_id, PURPOSE_RESET)
+    if first_proof:
+        # The mailbox's owner just proved the address for the first time: whoever made the
+        # account before (someone who signed up with this address) loses the keys they made.
+        from app.orgs.service import revoke_keys_everywhere
+
+        await revoke_keys_everywhere(conn, user_id)
 
 
 # Mail, composed inside the job's transaction: the token is made and its hash stored there,
@@ -248,7 +262,7 @@ async def verification_mail(conn: Conn, settings: Settings, user_id: UUID) -> Em
     body = (
         f"Hello {user['name']},\n\n"
         "Confirm that this address is yours by opening this link:\n\n"
-        f"  {link(settings, 'verify', token)}\n\n"
+        f"  {mailed_link(settings, 'verify', token)}\n\n"
         f'(or POST /api/auth/verify with {{"token": "{token}"}}). '
         f"It works once, for {hours} hours.\n\n"
         "If you did not sign up for Record, ignore this message.\n"
@@ -274,7 +288,7 @@ async def password_reset_mail(conn: Conn, settings: Settings, email: str) -> Ema
         f"Hello {user['name']},\n\n"
         "Someone asked to reset the password of your Record account. To choose a new one, "
         "open this link:\n\n"
-        f"  {link(settings, 'reset-password', token)}\n\n"
+        f"  {mailed_link(settings, 'reset-password', token)}\n\n"
         f'(or POST /api/auth/password-reset/confirm with {{"token": "{token}", '
         f'"password": "..."}}). It works once, for {minutes} minutes, and signs out '
         "every session.\n\nIf it was not you, ignore this message: nothing changes.\n"
@@ -352,5 +366,12 @@ async def oidc_user(conn: Conn, identity: OidcIdentity) -> tuple[UUID, UUID | No
 
     org_id: UUID = binding["org_id"]
     await set_tenant(conn, org_id=org_id, user_id=user_id)
-    await apply_idp_role(conn, org_id=org_id, user_id=user_id, role=role, issuer=identity.issuer)
-    return user_id, org_id, role
+    acting = await apply_idp_role(
+        conn,
+        org_id=org_id,
+        user_id=user_id,
+        role=role,
+        max_role=Role(binding["max_role"]),
+        issuer=identity.issuer,
+    )
+    return user_id, org_id, acting

@@ -66,6 +66,19 @@ class AuthenticationError(AppError):
         super().__init__(detail, **kwargs)
 
 
+class WrongPasswordError(AuthenticationError):
+    """The current password, re-entered by someone signed in, is wrong. 403, not 401: the
+    session is fine, and a client that reads 401 as "signed out" would drop it. Login limits
+    count it as a failed password (it is an AuthenticationError)."""
+
+    status_code = 403
+    code = "wrong_password"
+
+    def __init__(self, detail: str, **kwargs: Any) -> None:
+        kwargs.setdefault("headers", {})
+        super().__init__(detail, **kwargs)
+
+
 class AuthorizationError(AppError):
     status_code = 403
     code = "forbidden"

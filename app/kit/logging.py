@@ -30,6 +30,8 @@ _SECRET_NAMES = (
 SECRET_VALUES = (
     (re.compile(r"\brk_[A-Za-z0-9_\-]{8,}"), "rk_[REDACTED]"),
     (re.compile(r"\brs_[A-Za-z0-9_\-]{8,}"), "rs_[REDACTED]"),
+    # Tokens of mailed links (invitation, verification, reset), wherever a path or text has one.
+    (re.compile(r"\b(r[ipv]_)[A-Za-z0-9_\-]{8,}"), r"\1[REDACTED]"),
     (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._\-~+/]+=*"), "Bearer [REDACTED]"),
     (re.compile(r"(?i)\bbasic\s+[A-Za-z0-9+/]{6,}=*"), "Basic [REDACTED]"),
     # A JWT anywhere (OIDC tokens): three base64url parts, the first a JSON header.
@@ -46,6 +48,7 @@ SECRET_VALUES = (
     # a line (the 500 handler's path, an exception's text, a URL in a message), the id is
     # dropped. Route templates (/s/{share_id}) are left as they are.
     (re.compile(r"(/s/)(?!\{)[^/?#\s\"'<>]+"), r"\1[REDACTED]"),
+    (re.compile(r"(/api/share/)(?!\{)[^/?#\s\"'<>]+"), r"\1[REDACTED]"),
 )
 REDACTED = "[REDACTED]"
 

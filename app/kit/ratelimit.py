@@ -132,6 +132,7 @@ LimiterName = Literal[
     "signup",
     "share_page",
     "password_reset",
+    "login",
     "login_failures_ip",
     "login_failures_ip_email",
     "login_failures_email",
@@ -147,6 +148,7 @@ LIMITER_NAMES: tuple[LimiterName, ...] = (
     "signup",
     "share_page",
     "password_reset",
+    "login",
     "login_failures_ip",
     "login_failures_ip_email",
     "login_failures_email",
@@ -165,6 +167,9 @@ DEFAULT_PER: Mapping[str, Per] = {
     "signup": "ip",
     "share_page": "ip",  # GET /s/{id}, apart from its media
     "password_reset": "ip",
+    # Every login request, right or wrong: each costs an argon2 check, and successful logins
+    # give back what the failure limiters took.
+    "login": "ip",
     # The login limiters count failed logins only, so they are applied by the login route
     # itself (app/auth/login_throttle.py), not as a dependency; login_failures_ip_email and
     # login_failures_email count per (IP, email) and per email, which no ``Per`` names.

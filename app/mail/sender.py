@@ -80,6 +80,11 @@ class SmtpMailer:
         )
 
 
+def mailed_link(settings: Settings, path: str, token: str) -> str:
+    """``PUBLIC_URL/<path>/<token>``: the link a mail carries (verify, invite, reset-password)."""
+    return f"{settings.public_url.rstrip('/')}/{path}/{token}"
+
+
 def mail_dir(settings: Settings) -> Path:
     return settings.state_dir / "mail"
 

@@ -63,12 +63,12 @@ async def list_members(conn: Conn, org_id: UUID) -> list[DictRow]:
 
 
 async def list_invitations(conn: Conn, org_id: UUID) -> list[DictRow]:
-    """Open invitations (neither accepted nor revoked), expired ones included."""
+    """Open invitations (not accepted; a revoked one is deleted), expired ones included."""
     return await fetch_all(
         conn,
         """
         SELECT id, email, role, invited_by, created_at, expires_at FROM invitations
-         WHERE org_id = %s AND accepted_at IS NULL AND revoked_at IS NULL
+         WHERE org_id = %s AND accepted_at IS NULL
          ORDER BY created_at, id
         """,
         (org_id,),
@@ -80,17 +80,26 @@ async def get_open_invitation(conn: Conn, org_id: UUID, invitation_id: UUID) -> 
         conn,
         """
         SELECT id, email, role, invited_by, created_at, expires_at FROM invitations
-         WHERE org_id = %s AND id = %s AND accepted_at IS NULL AND revoked_at IS NULL
+         WHERE org_id = %s AND id = %s AND accepted_at IS NULL
         """,
         (org_id, invitation_id),
     )
 
 
+async def open_invitation_by_email(conn: Conn, org_id: UUID, email: str) -> DictRow | None:
+    return await fetch_one(
+        conn,
+        "SELECT id, role FROM invitations WHERE org_id = %s AND lower(email) = lower(%s) "
+        "AND accepted_at IS NULL",
+        (org_id, email),
+    )
+
+
 async def revoke_invitation(conn: Conn, org_id: UUID, invitation_id: UUID) -> int:
+    """Revoked is gone (its token with it); the audit log keeps who revoked what."""
     return await execute(
         conn,
-        "UPDATE invitations SET revoked_at = now(), token_hash = NULL "
-        "WHERE org_id = %s AND id = %s AND accepted_at IS NULL AND revoked_at IS NULL",
+        "DELETE FROM invitations WHERE org_id = %s AND id = %s AND accepted_at IS NULL",
         (org_id, invitation_id),
     )
 
@@ -99,16 +108,27 @@ async def set_invitation_token(
     conn: Conn, org_id: UUID, invitation_id: UUID, digest: bytes
 ) -> DictRow | None:
     """Give a still-open invitation its (new) token; returns it, or None if it ended."""
-    return await fetch_one(
+    invitation = await fetch_one(
         conn,
         """
-        UPDATE invitations SET token_hash = %s
-         WHERE org_id = %s AND id = %s AND accepted_at IS NULL AND revoked_at IS NULL
-           AND expires_at > now()
-        RETURNING id, email, role, invited_by, created_at, expires_at
+        SELECT id, email, role, invited_by, created_at, expires_at FROM invitations
+         WHERE org_id = %s AND id = %s AND accepted_at IS NULL AND expires_at > now()
+           FOR UPDATE
         """,
-        (digest, org_id, invitation_id),
+        (org_id, invitation_id),
     )
+    if invitation is None:
+        return None
+    await execute(
+        conn,
+        """
+        INSERT INTO invitation_tokens (invitation_id, org_id, token_hash) VALUES (%s, %s, %s)
+        ON CONFLICT (invitation_id) DO UPDATE
+            SET token_hash = excluded.token_hash, created_at = now()
+        """,
+        (invitation_id, org_id, digest),
+    )
+    return invitation
 
 
 async def find_invitation_by_token(conn: Conn, digest: bytes) -> DictRow | None:
@@ -121,17 +141,26 @@ async def find_invitation_by_token(conn: Conn, digest: bytes) -> DictRow | None:
 async def accept_invitation(
     conn: Conn, *, org_id: UUID, invitation_id: UUID, digest: bytes, user_id: UUID
 ) -> DictRow | None:
-    """Single use: only one request can turn an open invitation into accepted."""
-    return await fetch_one(
+    """Single use: only one request can turn an open invitation into accepted (the row lock
+    makes a second one wait, then find it accepted); its token is deleted with it."""
+    accepted = await fetch_one(
         conn,
         """
-        UPDATE invitations SET accepted_at = now(), accepted_by = %s, token_hash = NULL
-         WHERE org_id = %s AND id = %s AND token_hash = %s AND accepted_at IS NULL
-           AND revoked_at IS NULL AND expires_at > now()
-        RETURNING id, role
+        UPDATE invitations AS i SET accepted_at = now(), accepted_by = %s
+         WHERE i.org_id = %s AND i.id = %s AND i.accepted_at IS NULL AND i.expires_at > now()
+           AND EXISTS (
+               SELECT FROM invitation_tokens AS t
+                WHERE t.invitation_id = i.id AND t.token_hash = %s
+           )
+        RETURNING i.id, i.role
         """,
         (user_id, org_id, invitation_id, digest),
     )
+    if accepted is not None:
+        await execute(
+            conn, "DELETE FROM invitation_tokens WHERE invitation_id = %s", (invitation_id,)
+        )
+    return accepted
 
 
 async def member_by_email(conn: Conn, org_id: UUID, email: str) -> DictRow | None:
@@ -229,14 +258,16 @@ async def insert_invitation(
         """
         INSERT INTO invitations (id, org_id, email, role, invited_by, expires_at)
         VALUES (%s, %s, %s, %s, %s, %s)
-        ON CONFLICT (org_id, lower(email)) WHERE accepted_at IS NULL AND revoked_at IS NULL
+        ON CONFLICT (org_id, lower(email)) WHERE accepted_at IS NULL
         DO UPDATE SET role = excluded.role, invited_by = excluded.invited_by,
-            expires_at = excluded.expires_at, token_hash = NULL, created_at = now()
+            expires_at = excluded.expires_at, created_at = now()
         RETURNING id, email, role, invited_by, created_at, expires_at
         """,
         (invitation_id, org_id, email, role.value, invited_by, expires_at),
     )
     assert row is not None
+    # A fresh start: the link mailed before stops working; the job mails a new one.
+    await execute(conn, "DELETE FROM invitation_tokens WHERE invitation_id = %s", (row["id"],))
     return row
 
 

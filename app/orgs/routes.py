@@ -42,8 +42,10 @@ IdpManager = Annotated[Principal, Depends(require(Permission.idp_manage))]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-async def create_org(body: OrgIn, principal: CurrentPrincipal, conn: DbConn) -> OrgOut:
-    return await service.create_org(conn, principal, body.name)
+async def create_org(
+    body: OrgIn, principal: CurrentPrincipal, conn: DbConn, services: ServicesDep
+) -> OrgOut:
+    return await service.create_org(conn, services.settings, principal, body.name)
 
 
 @router.get("/{org_id}")
@@ -83,6 +85,7 @@ async def invite_member(
 
 @router.get("/{org_id}/invitations")
 async def list_invitations(org_id: UUID, principal: MemberManager, conn: DbConn) -> InvitationList:
+    """The org's open invitations, expired ones included (owners and admins)."""
     service.ensure_path_org(principal, org_id)
     return InvitationList(items=await service.list_invitations(conn, principal))
 
@@ -91,6 +94,8 @@ async def list_invitations(org_id: UUID, principal: MemberManager, conn: DbConn)
 async def revoke_invitation(
     org_id: UUID, invitation_id: UUID, principal: MemberManager, conn: DbConn
 ) -> Response:
+    """Revoke an open invitation: its link stops working (audited). Admins revoke only the
+    roles they could grant."""
     service.ensure_path_org(principal, org_id)
     await service.revoke_invitation(conn, principal, invitation_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -100,11 +105,14 @@ async def revoke_invitation(
 async def accept_invitation(
     body: InvitationAcceptIn, principal: CurrentPrincipal, conn: DbConn
 ) -> OrgMembershipOut:
+    """Join the org with the token from the mailed link: signed in as a person (not an API
+    key) whose verified email is the invited address. Works once, until it expires."""
     return await service.accept_invitation(conn, principal, body.token)
 
 
 @router.get("/{org_id}/oidc-binding")
 async def get_oidc_binding(org_id: UUID, principal: IdpManager, conn: DbConn) -> OidcBindingOut:
+    """Which identity provider's org claim names this org, and the highest role it grants."""
     service.ensure_path_org(principal, org_id)
     return await service.get_oidc_binding(conn, principal)
 
@@ -121,6 +129,7 @@ async def put_oidc_binding(
 
 @router.delete("/{org_id}/oidc-binding", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_oidc_binding(org_id: UUID, principal: IdpManager, conn: DbConn) -> Response:
+    """Stop accepting the identity provider's org and role claims for this org (audited)."""
     service.ensure_path_org(principal, org_id)
     await service.delete_oidc_binding(conn, principal)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

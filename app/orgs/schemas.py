@@ -42,10 +42,14 @@ class OidcBindingIn(Strict):
     issuer: str = Field(
         min_length=1, max_length=500, description="The identity provider's `iss`, exactly."
     )
-    claim_value: str = Field(
+    claim_value: str | None = Field(
+        default=None,
         min_length=1,
         max_length=200,
-        description="The value of the org claim (OIDC_ORG_CLAIM) that means this org.",
+        description=(
+            "The value of the org claim (OIDC_ORG_CLAIM) that means this org: the org's id "
+            "(the default; no other value is accepted, so no org can claim another's first)."
+        ),
     )
     max_role: Role = Field(
         default=Role.admin, description="The highest role the identity provider may grant here."

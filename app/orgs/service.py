@@ -7,11 +7,10 @@ from email.message import EmailMessage
 from uuid import UUID
 
 import structlog
-from psycopg.errors import UniqueViolation
 
 from app.auth import repository as auth_repo
 from app.auth.principal import AuthKind, Principal
-from app.auth.rbac import Permission, Role, can_assign
+from app.auth.rbac import Permission, Role, at_most, can_assign
 from app.auth.schemas import OrgMembershipOut, OrgOut
 from app.auth.tokens import (
     API_KEY_PREFIX,
@@ -23,10 +22,10 @@ from app.auth.tokens import (
 from app.jobs.queue import MailKind, defer_mail, defer_org_purge
 from app.kit.audit import audit_by, write_audit
 from app.kit.db import Conn, set_tenant
-from app.kit.errors import AuthorizationError, ConflictError, NotFoundError
+from app.kit.errors import AuthorizationError, ConflictError, NotFoundError, ValidationError
 from app.kit.ids import new_id
 from app.kit.security.text import plain_text
-from app.mail.sender import compose
+from app.mail.sender import compose, mailed_link
 from app.orgs import repository as repo
 from app.orgs.schemas import (
     ApiKeyCreated,
@@ -38,7 +37,7 @@ from app.orgs.schemas import (
     OidcBindingIn,
     OidcBindingOut,
 )
-from app.settings import Settings
+from app.settings import Settings, SignupMode
 from app.shares import repository as shares_repo
 from app.shares.audit import audit_ended
 
@@ -64,10 +63,42 @@ async def create_org_for(conn: Conn, *, user_id: UUID, name: str) -> OrgOut:
     return OrgOut.model_validate(row)
 
 
-async def create_org(conn: Conn, principal: Principal, name: str) -> OrgOut:
+async def create_org(conn: Conn, settings: Settings, principal: Principal, name: str) -> OrgOut:
     if principal.kind is AuthKind.api_key or principal.user_id is None:
         raise AuthorizationError("API keys belong to one org; create orgs with a user session.")
+    if settings.signup_mode is not SignupMode.open:
+        # Where signup is closed, an account made with an invited address (no proof of the
+        # mailbox yet) joins by accepting; it does not open orgs of its own until verified.
+        await set_tenant(conn, org_id=None, user_id=principal.user_id)
+        user = await auth_repo.get_user(conn, principal.user_id)
+        if user is None or not user["email_verified"]:
+            raise AuthorizationError(
+                "Verify your email first (POST /api/auth/verify with the mailed link)."
+            )
     return await create_org_for(conn, user_id=principal.user_id, name=name)
+
+
+async def revoke_keys_everywhere(conn: Conn, user_id: UUID) -> None:
+    """Revoke every API key the user made, in each org they belong to (audited there)."""
+    for org in await auth_repo.user_orgs(conn, user_id):
+        await set_tenant(conn, org_id=org["id"], user_id=user_id)
+        if await repo.revoke_member_keys(conn, org["id"], user_id):
+            await write_audit(
+                conn,
+                org_id=org["id"],
+                actor_user_id=user_id,
+                actor_key_id=None,
+                action="api_key.revoke_all",
+                target_type="user",
+                target_id=user_id,
+                data={"reason": "password reset proved the email for the first time"},
+            )
+    await set_tenant(conn, org_id=None, user_id=user_id)
+
+
+async def org_exists(conn: Conn, org_id: UUID) -> bool:
+    """Whether the org is there (for the transaction's tenant settings)."""
+    return await repo.get_org(conn, org_id) is not None
 
 
 async def get_org(conn: Conn, org_id: UUID) -> OrgOut:
@@ -119,6 +150,10 @@ async def invite_member(
     _check_assign(principal, body.role)
     if await repo.member_by_email(conn, principal.org, body.email) is not None:
         raise ConflictError("This user is already a member; change their role instead.")
+    # Inviting again replaces the open invitation: only someone who could have made it may.
+    existing = await repo.open_invitation_by_email(conn, principal.org, body.email)
+    if existing is not None:
+        _check_assign(principal, Role(existing["role"]))
     ttl = timedelta(hours=settings.invitation_ttl_hours)
     row = await repo.insert_invitation(
         conn,
@@ -330,7 +365,7 @@ async def invitation_mail(
         return None
     org = await repo.get_org(conn, org_id)
     assert org is not None
-    link = f"{settings.public_url.rstrip('/')}/invite/{token}"
+    link = mailed_link(settings, "invite", token)
     expires = invitation["expires_at"].strftime("%Y-%m-%d %H:%M UTC")
     body = (
         f'You are invited to join "{org["name"]}" on Record as {invitation["role"]}.\n\n'
@@ -346,32 +381,38 @@ async def invitation_mail(
 
 
 async def apply_idp_role(
-    conn: Conn, *, org_id: UUID, user_id: UUID, role: Role, issuer: str
-) -> None:
-    """Make the membership what the bound identity provider says, by the members API's rules:
-    the last owner is not demoted. Every change is audited (actor: the person signing in)."""
+    conn: Conn, *, org_id: UUID, user_id: UUID, role: Role, max_role: Role, issuer: str
+) -> Role:
+    """Make the membership what the bound identity provider says, by the members API's rules,
+    and return the role the person acts with. A provider may grant up to ``max_role`` only, so
+    a role above that (an owner, with an admin-capped binding) is the members API's to change,
+    not the provider's; the last owner is never demoted; a new reader's share links end. Every
+    change is audited, with the person signing in as the actor."""
     member = await repo.get_member(conn, org_id, user_id)
     current = Role(member["role"]) if member else None
     if current is role:
-        return
+        return role
+    if current is not None and not at_most(current, max_role):
+        return current
     if current is Role.owner:
         await _keep_an_owner(conn, org_id, user_id)
     await repo.upsert_membership(conn, org_id=org_id, user_id=user_id, role=role)
-    await write_audit(
+    actor = Principal(kind=AuthKind.oidc, user_id=user_id, org_id=org_id, role=role)
+    if role is Role.reader and current is not None:
+        ended = await shares_repo.end_by_creator(conn, org_id, user_id)
+        await audit_ended(conn, actor, ended, "member became a reader")
+    await _audit(
         conn,
-        org_id=org_id,
-        actor_user_id=user_id,
-        actor_key_id=None,
-        action="member.add" if current is None else "member.role_change",
-        target_type="user",
-        target_id=user_id,
-        data={
-            "source": "oidc",
-            "issuer": issuer,
-            "new": role.value,
-            **({"old": current.value} if current else {}),
-        },
+        actor,
+        "member.add" if current is None else "member.role_change",
+        "user",
+        user_id,
+        source="oidc",
+        issuer=issuer,
+        new=role.value,
+        **({"old": current.value} if current else {}),
     )
+    return role
 
 
 async def get_oidc_binding(conn: Conn, principal: Principal) -> OidcBindingOut:
@@ -382,20 +423,22 @@ async def get_oidc_binding(conn: Conn, principal: Principal) -> OidcBindingOut:
 
 
 async def put_oidc_binding(conn: Conn, principal: Principal, body: OidcBindingIn) -> OidcBindingOut:
-    try:
-        async with conn.transaction():
-            row = await repo.put_oidc_binding(
-                conn,
-                org_id=principal.org,
-                issuer=body.issuer,
-                claim_value=body.claim_value,
-                max_role=body.max_role,
-                user_id=principal.user_id,
-            )
-    except UniqueViolation as exc:
-        raise ConflictError(
-            "Another org is bound to this issuer and claim value; choose another value."
-        ) from exc
+    # The claim value is the org's own id. A free-form value ("acme") would go to whichever
+    # org asked for it first, and with it the people the provider sends with that value.
+    claim_value = str(principal.org)
+    if body.claim_value is not None and body.claim_value != claim_value:
+        raise ValidationError(
+            f"The org claim must carry this org's id ({claim_value}); set the identity "
+            "provider's claim to that value."
+        )
+    row = await repo.put_oidc_binding(
+        conn,
+        org_id=principal.org,
+        issuer=body.issuer,
+        claim_value=claim_value,
+        max_role=body.max_role,
+        user_id=principal.user_id,
+    )
     await _audit(
         conn,
         principal,
@@ -403,7 +446,7 @@ async def put_oidc_binding(conn: Conn, principal: Principal, body: OidcBindingIn
         "org",
         principal.org,
         issuer=body.issuer,
-        claim_value=body.claim_value,
+        claim_value=claim_value,
         max_role=body.max_role.value,
     )
     return OidcBindingOut.model_validate(row)

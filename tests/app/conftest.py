@@ -79,9 +79,14 @@ class Mailbox:
                 return match.group(1)
         raise AssertionError(f"no /{path}/ link was mailed to {to}")
 
-    async def verify(self, client: httpx.AsyncClient, email_address: str) -> None:
+    async def verify(self, client: httpx.AsyncClient, email_address: str, session: str) -> None:
+        """Verify ``email_address`` with its mailed link, signed in with ``session``."""
         token = await self.token(email_address, "verify")
-        response = await client.post("/api/auth/verify", json={"token": token})
+        response = await client.post(
+            "/api/auth/verify",
+            json={"token": token},
+            headers={"Authorization": f"Bearer {session}"},
+        )
         assert response.status_code == 204, response.text
 
 
@@ -121,7 +126,7 @@ class Tenant:
         person joins: signed up, verified, invited, and accepted with the mailed link."""
         assert self.mailbox is not None, "member() reads the mail: make the tenant with a mailbox"
         user = await signup(self.client, name=f"{role} member")
-        await self.mailbox.verify(self.client, user["email"])
+        await self.mailbox.verify(self.client, user["email"], user["session_token"])
         await self.join(user["email"], user["session_token"], role)
         return user["user"]["id"], user["session_token"]
 

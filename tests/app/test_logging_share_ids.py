@@ -94,3 +94,21 @@ def test_objects_that_render_a_share_path_are_redacted() -> None:
     assert event["error"] == "/s/[REDACTED]/media"
     plain = redact_secrets(None, "info", {"event": "x", "n": 3, "ok": True, "none": None})
     assert plain == {"event": "x", "n": 3, "ok": True, "none": None}
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "GET /invite/ri_Q2xhc3NpZmllZFRva2VuVmFsdWVfMDEyMzQ1Njc4OQ HTTP/1.1 404",
+        "GET /verify/rv_Q2xhc3NpZmllZFRva2VuVmFsdWVfMDEyMzQ1Njc4OQ HTTP/1.1 404",
+        "GET /reset-password/rp_Q2xhc3NpZmllZFRva2VuVmFsdWVfMDEyMzQ1Njc4OQ HTTP/1.1 404",
+        f"DELETE /api/share/{LINK} HTTP/1.1 401",
+    ],
+)
+def test_mailed_link_tokens_and_share_ids_in_api_paths_are_redacted(line: str):
+    # A mailed link clicked against the API (or a failed revoke) reaches the access log.
+    event = redact_secrets(None, "info", {"event": line, "path": line.split()[1]})
+    text = json.dumps(event)
+    assert "Q2xhc3NpZmllZFRva2VuVmFsdWVf" not in text
+    assert LINK not in text
+    assert "[REDACTED]" in event["path"]

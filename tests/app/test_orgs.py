@@ -191,7 +191,7 @@ async def test_invite_then_signup_then_accept_joins_org(client, org_a: Tenant, m
     assert response.status_code == 201
     assert response.json()["org"]["id"] != org_a.org_id  # signing up claims no invitation
     session = response.json()["session_token"]
-    await mailbox.verify(client, "Later@example.com")
+    await mailbox.verify(client, "Later@example.com", session)
     token = await mailbox.token("later@example.com", "invite")
     accepted = await client.post(
         "/api/invitations/accept",

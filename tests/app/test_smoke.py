@@ -15,7 +15,6 @@ async def test_openapi_declares_bearer_auth_where_it_is_needed(client):
         ("post", "/api/auth/signup"),
         ("post", "/api/auth/login"),
         # Mailed links: the token in the body is the credential.
-        ("post", "/api/auth/verify"),
         ("post", "/api/auth/password-reset"),
         ("post", "/api/auth/password-reset/confirm"),
         ("get", "/livez"),

@@ -1,10 +1,12 @@
 """Accounts by proof: mailed single-use tokens (invitations, email verification, password
 reset), verified emails, per-org OIDC bindings, and API keys capped by their maker's role.
 
-- An invitation is accepted only with the token mailed to the invited address, by a signed-in
-  user whose verified email is that address (``app_claim_invitations``, which joined whoever
-  signed up with the address, is gone). Invitations pending from before have no token: they
-  expire here and must be sent again.
+- An invitation is accepted only with the token mailed to the invited address
+  (``invitation_tokens``), by a signed-in user whose verified email is that address.
+  ``app_claim_invitations``, which joined whoever signed up with the address, now claims
+  nothing: it stays (empty) only so that pods of the previous release, still rolling out, get
+  an answer instead of an error. Invitations pending from before have no token: they expire
+  here and must be sent again. A revoked invitation is deleted (the audit log keeps it).
 - ``user_tokens`` holds the hashes of email-verification and password-reset tokens; a token is
   used once, inside ``app_use_user_token``.
 - ``org_oidc_bindings``: an org accepts org and role claims only from the issuer and claim
@@ -35,13 +37,24 @@ CREATE FUNCTION app_current_key() RETURNS uuid
     AS $$ SELECT NULLIF(current_setting('app.key_id', true), '')::uuid $$;
 GRANT EXECUTE ON FUNCTION app_current_key() TO record_app;
 
-ALTER TABLE users ADD COLUMN email_verified_at timestamptz;
+ALTER TABLE users ADD COLUMN IF NOT EXISTS email_verified_at timestamptz;
 
-ALTER TABLE invitations ADD COLUMN token_hash bytea;
-ALTER TABLE invitations ADD COLUMN expires_at timestamptz;
-ALTER TABLE invitations ADD COLUMN revoked_at timestamptz;
-ALTER TABLE invitations ADD COLUMN accepted_by uuid;
+ALTER TABLE invitations ADD COLUMN IF NOT EXISTS expires_at timestamptz;
+ALTER TABLE invitations ADD COLUMN IF NOT EXISTS accepted_by uuid;
 UPDATE invitations SET expires_at = now() WHERE expires_at IS NULL;
+
+CREATE TABLE invitation_tokens (
+    invitation_id uuid PRIMARY KEY REFERENCES invitations (id) ON DELETE CASCADE,
+    org_id uuid NOT NULL REFERENCES orgs (id) ON DELETE CASCADE,
+    token_hash bytea NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX invitation_tokens_token_hash_key ON invitation_tokens (token_hash);
+CREATE INDEX invitation_tokens_org_idx ON invitation_tokens (org_id);
+ALTER TABLE invitation_tokens ENABLE ROW LEVEL SECURITY;
+CREATE POLICY invitation_tokens_tenant ON invitation_tokens
+    USING (org_id = app_current_org()) WITH CHECK (org_id = app_current_org());
+GRANT SELECT, INSERT, UPDATE, DELETE ON invitation_tokens TO record_app;
 
 CREATE TABLE user_tokens (
     id uuid PRIMARY KEY,
@@ -94,7 +107,10 @@ ALTER POLICY sessions_self ON sessions
     USING (user_id = app_current_user() AND app_current_key() IS NULL)
     WITH CHECK (user_id = app_current_user() AND app_current_key() IS NULL);
 
-DROP FUNCTION app_claim_invitations(uuid, text);
+CREATE OR REPLACE FUNCTION app_claim_invitations(p_user_id uuid, p_email text)
+    RETURNS TABLE (org_id uuid, role text)
+    LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp
+    AS $$ SELECT NULL::uuid, NULL::text WHERE false $$;
 
 CREATE OR REPLACE FUNCTION app_authenticate_api_key(p_key_hash bytea)
     RETURNS TABLE (key_id uuid, org_id uuid, role text, created_by uuid)
@@ -132,9 +148,9 @@ CREATE FUNCTION app_find_invitation(p_token_hash bytea)
     RETURNS TABLE (id uuid, org_id uuid, email text, role text)
     LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp
     AS $$
-    SELECT i.id, i.org_id, i.email, i.role FROM invitations AS i
-     WHERE i.token_hash = p_token_hash AND i.accepted_at IS NULL AND i.revoked_at IS NULL
-       AND i.expires_at > now()
+    SELECT i.id, i.org_id, i.email, i.role
+      FROM invitation_tokens AS t JOIN invitations AS i ON i.id = t.invitation_id
+     WHERE t.token_hash = p_token_hash AND i.accepted_at IS NULL AND i.expires_at > now()
 $$;
 
 -- Use an email-verification or password-reset token: once, before it expires.
@@ -155,7 +171,7 @@ CREATE FUNCTION app_email_invited(p_email text) RETURNS boolean
     SELECT EXISTS (
         SELECT FROM invitations AS i
          WHERE lower(i.email) = lower(p_email) AND i.accepted_at IS NULL
-           AND i.revoked_at IS NULL AND i.expires_at > now()
+           AND i.expires_at > now()
     )
 $$;
 
@@ -178,16 +194,6 @@ GRANT EXECUTE ON FUNCTION
     TO record_app;
 """
 
-# Built outside the transaction: the invitations table is live.
-INDEXES_UP = (
-    "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS invitations_token_hash_key "
-    "ON invitations (token_hash)",
-    # Pending now means neither accepted nor revoked (an expired one is replaced on re-invite).
-    "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS invitations_open_key "
-    "ON invitations (org_id, lower(email)) WHERE accepted_at IS NULL AND revoked_at IS NULL",
-    "DROP INDEX CONCURRENTLY IF EXISTS invitations_pending_key",
-)
-
 DOWNGRADE = """
 SET lock_timeout = '5s';
 SET statement_timeout = '5min';
@@ -209,7 +215,7 @@ BEGIN
          WHERE k.key_hash = p_key_hash AND k.revoked_at IS NULL;
 END
 $$;
-CREATE FUNCTION app_claim_invitations(p_user_id uuid, p_email text)
+CREATE OR REPLACE FUNCTION app_claim_invitations(p_user_id uuid, p_email text)
     RETURNS TABLE (org_id uuid, role text)
     LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp
     AS $$
@@ -225,8 +231,6 @@ CREATE FUNCTION app_claim_invitations(p_user_id uuid, p_email text)
     )
     SELECT c.org_id, c.role FROM claimed AS c ORDER BY c.created_at
 $$;
-REVOKE ALL ON FUNCTION app_claim_invitations(uuid, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION app_claim_invitations(uuid, text) TO record_app;
 ALTER POLICY sessions_self ON sessions
     USING (user_id = app_current_user()) WITH CHECK (user_id = app_current_user());
 ALTER POLICY memberships_org_or_self ON memberships
@@ -236,37 +240,18 @@ ALTER POLICY orgs_member ON orgs
         id = app_current_org()
         OR id IN (SELECT m.org_id FROM memberships AS m WHERE m.user_id = app_current_user())
     );
-DROP TABLE IF EXISTS org_oidc_bindings, user_tokens;
+DROP TABLE IF EXISTS org_oidc_bindings, user_tokens, invitation_tokens;
+DELETE FROM invitations WHERE accepted_at IS NULL AND expires_at <= now();
 ALTER TABLE invitations DROP COLUMN IF EXISTS accepted_by;
-ALTER TABLE invitations DROP COLUMN IF EXISTS revoked_at;
 ALTER TABLE invitations DROP COLUMN IF EXISTS expires_at;
-ALTER TABLE invitations DROP COLUMN IF EXISTS token_hash;
 ALTER TABLE users DROP COLUMN IF EXISTS email_verified_at;
 DROP FUNCTION IF EXISTS app_current_key();
 """
 
-INDEXES_DOWN = (
-    "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS invitations_pending_key "
-    "ON invitations (org_id, lower(email)) WHERE accepted_at IS NULL",
-    "DROP INDEX CONCURRENTLY IF EXISTS invitations_open_key",
-    "DROP INDEX CONCURRENTLY IF EXISTS invitations_token_hash_key",
-)
-
 
 def upgrade() -> None:
     op.execute(UPGRADE)
-    with op.get_context().autocommit_block():
-        for statement in INDEXES_UP:
-            op.execute(statement)
 
 
 def downgrade() -> None:
-    # Invitations that ended unaccepted would collide in the older "pending" index.
-    op.execute(
-        "DELETE FROM invitations WHERE accepted_at IS NULL "
-        "AND (revoked_at IS NOT NULL OR expires_at <= now())"
-    )
-    with op.get_context().autocommit_block():
-        for statement in INDEXES_DOWN:
-            op.execute(statement)
     op.execute(DOWNGRADE)

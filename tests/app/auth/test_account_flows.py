@@ -29,10 +29,19 @@ async def test_signup_mails_a_verification_link_that_works_once(client, mailbox:
     [message] = mailbox.messages(user["email"])
     assert message["From"] == mailbox.settings.mail_from
     assert message["Subject"] == "Confirm your email for Record"
-    assert (await client.post("/api/auth/verify", json={"token": token})).status_code == 204
+    mine = bearer(user["session_token"])
+    # Signed out, or signed in as someone else, the link does nothing.
+    assert (await client.post("/api/auth/verify", json={"token": token})).status_code == 401
+    other = await signup(client, name="Other")
+    response = await client.post(
+        "/api/auth/verify", json={"token": token}, headers=bearer(other["session_token"])
+    )
+    assert response.status_code == 400
+    response = await client.post("/api/auth/verify", json={"token": token}, headers=mine)
+    assert response.status_code == 204
     me = await client.get("/api/me", headers=bearer(user["session_token"]))
     assert me.json()["user"]["email_verified"] is True
-    again = await client.post("/api/auth/verify", json={"token": token})
+    again = await client.post("/api/auth/verify", json={"token": token}, headers=mine)
     assert again.status_code == 400
     assert again.headers["content-type"] == "application/problem+json"
     # Verified already: asking for another link is a conflict.
@@ -47,8 +56,11 @@ async def test_a_resent_link_retires_the_first(client, mailbox: Mailbox):
     assert resend.status_code == 202
     second = await mailbox.token(user["email"], "verify")
     assert first != second
-    assert (await client.post("/api/auth/verify", json={"token": first})).status_code == 400
-    assert (await client.post("/api/auth/verify", json={"token": second})).status_code == 204
+    me = bearer(user["session_token"])
+    response = await client.post("/api/auth/verify", json={"token": first}, headers=me)
+    assert response.status_code == 400
+    response = await client.post("/api/auth/verify", json={"token": second}, headers=me)
+    assert response.status_code == 204
 
 
 async def test_password_change_needs_the_old_one_and_ends_other_sessions(client):
@@ -58,7 +70,8 @@ async def test_password_change_needs_the_old_one_and_ends_other_sessions(client)
     response = await client.post(
         "/api/auth/password", json=body, headers=bearer(user["session_token"])
     )
-    assert response.status_code == 401
+    assert response.status_code == 403
+    assert response.json()["code"] == "wrong_password"
     weak = {"old": PASSWORD, "new": "password1234"}
     response = await client.post(
         "/api/auth/password", json=weak, headers=bearer(user["session_token"])
@@ -192,7 +205,7 @@ async def test_a_key_whose_maker_is_gone_authenticates_nobody(client, org_a: Ten
 async def test_a_key_does_not_see_its_makers_other_orgs(
     client, org_a: Tenant, org_b: Tenant, database_url, mailbox: Mailbox
 ):
-    await mailbox.verify(client, org_a.email)
+    await mailbox.verify(client, org_a.email, org_a.session)
     await org_b.join(org_a.email, org_a.session, "reader")  # org_a's owner also in org B
     me = await client.get("/api/me", headers=org_a.auth())
     assert [o["id"] for o in me.json()["orgs"]] == [org_a.org_id]
@@ -216,11 +229,69 @@ async def test_a_key_does_not_see_its_makers_other_orgs(
 
 @pytest.mark.parametrize("path", ["/api/auth/verify", "/api/auth/password-reset/confirm"])
 async def test_mailed_tokens_refuse_garbage(client, path):
+    user = await signup(client, name="Gary")
     body = {"token": "rv_" + "x" * 40}
     if path.endswith("confirm"):
         body["password"] = NEW_PASSWORD
-    response = await client.post(path, json=body)
+    response = await client.post(path, json=body, headers=bearer(user["session_token"]))
     assert response.status_code == 400
+
+
+async def test_a_squatter_cannot_have_the_address_owner_verify_their_account(
+    client, org_a: Tenant, mailbox: Mailbox
+):
+    """The attack: sign up with a colleague's address; they get "confirm your email" and
+    click it. Verified, the account would take their identity provider's sign-in, and with it
+    their org, while the squatter still knows its password. A link verifies only the account
+    signed in to it, so the click does nothing; the colleague resets the password instead,
+    which ends the squatter's sessions and the keys they made."""
+    squatter = await signup(client, name="Squatter")
+    key = await client.post(
+        f"/api/orgs/{squatter['org']['id']}/api-keys",
+        json={"name": "backdoor", "role": "owner"},
+        headers={**bearer(squatter["session_token"]), "X-Record-Org": squatter["org"]["id"]},
+    )
+    assert key.status_code == 201
+    token = await mailbox.token(squatter["email"], "verify")
+    assert (await client.post("/api/auth/verify", json={"token": token})).status_code == 401
+    await client.post("/api/auth/password-reset", json={"email": squatter["email"]})
+    reset = await mailbox.token(squatter["email"], "reset-password")
+    body = {"token": reset, "password": NEW_PASSWORD}
+    assert (await client.post("/api/auth/password-reset/confirm", json=body)).status_code == 204
+    assert (await client.get("/api/me", headers=bearer(key.json()["key"]))).status_code == 401
+    assert (
+        await client.get("/api/me", headers=bearer(squatter["session_token"]))
+    ).status_code == 401
+
+
+async def test_where_signup_is_closed_unverified_accounts_open_no_orgs(
+    client, org_a: Tenant, mailbox: Mailbox, app
+):
+    from app.settings import SignupMode
+
+    services = app.state.services
+    original = services.settings
+    await client.post(
+        f"/api/orgs/{org_a.org_id}/members",
+        json={"email": "invited@example.com", "role": "reader"},
+        headers=org_a.auth(),
+    )
+    services.settings = original.model_copy(update={"signup_mode": SignupMode.invite_only})
+    try:
+        # Anyone may sign up with an invited address; that proves nothing about the mailbox.
+        user = await client.post(
+            "/api/auth/signup",
+            json={"email": "invited@example.com", "password": PASSWORD, "name": "I"},
+        )
+        assert user.status_code == 201
+        session = user.json()["session_token"]
+        response = await client.post("/api/orgs", json={"name": "Mine"}, headers=bearer(session))
+        assert response.status_code == 403
+        await mailbox.verify(client, "invited@example.com", session)
+        response = await client.post("/api/orgs", json={"name": "Mine"}, headers=bearer(session))
+        assert response.status_code == 201
+    finally:
+        services.settings = original
 
 
 async def test_guessing_the_current_password_meets_the_login_limits(client):
@@ -234,4 +305,4 @@ async def test_guessing_the_current_password_meets_the_login_limits(client):
         ).status_code
         for _ in range(6)
     ]
-    assert statuses == [401] * 5 + [429]
+    assert statuses == [403] * 5 + [429]

@@ -66,12 +66,11 @@ def idp(app) -> IdentityProvider:
     return provider
 
 
-async def bind(
-    client, tenant: Tenant, claim_value: str, max_role: str = "admin", issuer: str = ISSUER
-):
+async def bind(client, tenant: Tenant, max_role: str = "admin", issuer: str = ISSUER):
+    """Bind the provider to the org: its org claim then carries the org's id."""
     response = await client.put(
         f"/api/orgs/{tenant.org_id}/oidc-binding",
-        json={"issuer": issuer, "claim_value": claim_value, "max_role": max_role},
+        json={"issuer": issuer, "max_role": max_role},
         headers=tenant.auth(),
     )
     assert response.status_code == 200, response.text
@@ -79,8 +78,8 @@ async def bind(
 
 
 async def test_oidc_token_with_org_and_role_claims(client, idp, org_a: Tenant, org_b: Tenant):
-    await bind(client, org_a, "acme-engineering")
-    token = idp.token(record_org="acme-engineering", record_role="contributor")
+    await bind(client, org_a)
+    token = idp.token(record_org=org_a.org_id, record_role="contributor")
     headers = {"Authorization": f"Bearer {token}"}
     me = await client.get("/api/me", headers=headers)
     assert me.status_code == 200, me.text
@@ -112,8 +111,8 @@ async def test_oidc_token_with_org_and_role_claims(client, idp, org_a: Tenant, o
     ],
 )
 async def test_oidc_bad_claims_are_401(client, idp, org_a: Tenant, claims, detail):
-    await bind(client, org_a, "acme")
-    token = idp.token(record_org="acme", record_role="reader", **claims)
+    await bind(client, org_a)
+    token = idp.token(record_org=org_a.org_id, record_role="reader", **claims)
     response = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
     assert detail in response.json()["detail"]
@@ -130,8 +129,8 @@ async def test_oidc_token_for_unknown_org_or_bad_role(client, idp, org_a: Tenant
     token = idp.token(record_org=str(uuid.uuid4()), record_role="reader")
     response = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
-    await bind(client, org_a, "acme")
-    token = idp.token(record_org="acme", record_role="emperor")
+    await bind(client, org_a)
+    token = idp.token(record_org=org_a.org_id, record_role="emperor")
     response = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
 
@@ -139,12 +138,12 @@ async def test_oidc_token_for_unknown_org_or_bad_role(client, idp, org_a: Tenant
 async def test_oidc_links_only_verified_email_to_a_verified_account(
     client, idp, org_a: Tenant, mailbox
 ):
-    await bind(client, org_a, "acme")
+    await bind(client, org_a)
     token = idp.token(
         sub="other-sub",
         email=org_a.email,
         email_verified=False,
-        record_org="acme",
+        record_org=org_a.org_id,
         record_role="reader",
     )
     response = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
@@ -155,7 +154,7 @@ async def test_oidc_links_only_verified_email_to_a_verified_account(
     response = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
     assert "verified" in response.json()["detail"]
-    await mailbox.verify(client, org_a.email)
+    await mailbox.verify(client, org_a.email, org_a.session)
     response = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200
     assert response.json()["user"]["id"] == org_a.user_id
@@ -178,7 +177,7 @@ async def test_only_a_json_true_verifies_an_email(idp, app, value):
 
 
 async def test_string_false_links_no_account(client, idp, org_a: Tenant, mailbox):
-    await mailbox.verify(client, org_a.email)
+    await mailbox.verify(client, org_a.email, org_a.session)
     token = idp.token(sub="attacker", email=org_a.email, email_verified="false")
     response = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
@@ -196,33 +195,50 @@ async def test_a_token_naming_an_org_id_gets_nothing_without_a_binding(client, i
     assert "outsider@example.com" not in {m["email"] for m in members.json()["items"]}
 
 
-async def test_a_binding_is_per_issuer_and_claim_value(client, idp, org_a: Tenant, org_b: Tenant):
-    await bind(client, org_a, "acme", issuer="https://other-idp.example.com/")
-    token = idp.token(sub="p1", email="p1@example.com", record_org="acme", record_role="reader")
+async def test_a_binding_is_per_issuer_and_names_its_own_org(
+    client, idp, org_a: Tenant, org_b: Tenant
+):
+    await bind(client, org_a, issuer="https://other-idp.example.com/")
+    token = idp.token(
+        sub="p1", email="p1@example.com", record_org=org_a.org_id, record_role="reader"
+    )
     response = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401  # bound to another issuer
-    await bind(client, org_b, "acme")
+    await bind(client, org_a)
     response = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200
-    assert response.json()["org"]["id"] == org_b.org_id
-    # One issuer and value name one org.
-    clash = await client.put(
-        f"/api/orgs/{org_a.org_id}/oidc-binding",
-        json={"issuer": ISSUER, "claim_value": "acme"},
-        headers=org_a.auth(),
+    assert response.json()["org"]["id"] == org_a.org_id
+
+
+@pytest.mark.parametrize("value", ["acme", "ORG-A"])
+async def test_no_org_can_bind_a_value_first(client, idp, org_a: Tenant, org_b: Tenant, value):
+    """The attack: org B's owner binds a value before org A does ("acme", or A's id), and the
+    provider's people who carry it land in org B. A binding names its own org's id only."""
+    value = org_a.org_id if value == "ORG-A" else value
+    response = await client.put(
+        f"/api/orgs/{org_b.org_id}/oidc-binding",
+        json={"issuer": ISSUER, "claim_value": value},
+        headers=org_b.auth(),
     )
-    assert clash.status_code == 409
+    assert response.status_code == 400
+    assert org_b.org_id in response.json()["detail"]
+    await bind(client, org_a)
+    token = idp.token(
+        sub="p9", email="p9@example.com", record_org=org_a.org_id, record_role="reader"
+    )
+    me = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
+    assert me.json()["org"]["id"] == org_a.org_id
 
 
 async def test_claimed_roles_obey_the_binding_and_the_last_owner_rule(
     client, idp, org_a: Tenant, database_url
 ):
-    await bind(client, org_a, "acme", max_role="admin")
-    over = idp.token(sub="p2", email="p2@example.com", record_org="acme", record_role="owner")
+    await bind(client, org_a, max_role="admin")
+    over = idp.token(sub="p2", email="p2@example.com", record_org=org_a.org_id, record_role="owner")
     response = await client.get("/api/me", headers={"Authorization": f"Bearer {over}"})
     assert response.status_code == 401
     assert "at most the admin role" in response.json()["detail"]
-    await bind(client, org_a, "acme", max_role="owner")
+    await bind(client, org_a, max_role="owner")
     response = await client.get("/api/me", headers={"Authorization": f"Bearer {over}"})
     assert response.status_code == 200
     user_id = response.json()["user"]["id"]
@@ -231,7 +247,9 @@ async def test_claimed_roles_obey_the_binding_and_the_last_owner_rule(
         f"/api/orgs/{org_a.org_id}/members/{org_a.user_id}", headers=org_a.session_auth()
     )
     assert response.status_code == 204, response.text
-    demote = idp.token(sub="p2", email="p2@example.com", record_org="acme", record_role="reader")
+    demote = idp.token(
+        sub="p2", email="p2@example.com", record_org=org_a.org_id, record_role="reader"
+    )
     response = await client.get("/api/me", headers={"Authorization": f"Bearer {demote}"})
     assert response.status_code == 409
     with psycopg.connect(database_url) as conn:
@@ -255,7 +273,7 @@ async def test_claimed_roles_obey_the_binding_and_the_last_owner_rule(
 
 async def test_only_owners_bind_an_identity_provider(client, org_a: Tenant, org_b: Tenant):
     admin_key = await org_a.key("admin")
-    body = {"issuer": ISSUER, "claim_value": "acme", "max_role": "reader"}
+    body = {"issuer": ISSUER, "max_role": "reader"}
     url = f"/api/orgs/{org_a.org_id}/oidc-binding"
     response = await client.put(url, json=body, headers=org_a.auth(admin_key))
     assert response.status_code == 403
@@ -267,6 +285,45 @@ async def test_only_owners_bind_an_identity_provider(client, org_a: Tenant, org_
     assert (await client.get(url, headers=org_b.auth())).status_code == 404
     assert (await client.delete(url, headers=org_b.auth())).status_code == 404
     got = await client.get(url, headers=org_a.auth())
-    assert got.json()["claim_value"] == "acme"
+    assert got.json()["claim_value"] == org_a.org_id
     assert (await client.delete(url, headers=org_a.auth())).status_code == 204
     assert (await client.get(url, headers=org_a.auth())).status_code == 404
+
+
+async def test_a_capped_provider_cannot_touch_a_role_above_its_cap(
+    client, idp, org_a: Tenant, mailbox
+):
+    await bind(client, org_a, max_role="admin")
+    # An owner of the org, already known to the provider, signs in with a reader claim.
+    await mailbox.verify(client, org_a.email, org_a.session)
+    token = idp.token(
+        sub="owner-sub", email=org_a.email, record_org=org_a.org_id, record_role="reader"
+    )
+    response = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.text
+    assert response.json()["org"]["role"] == "owner"
+    members = await client.get(f"/api/orgs/{org_a.org_id}/members", headers=org_a.auth())
+    assert {m["email"]: m["role"] for m in members.json()["items"]}[org_a.email] == "owner"
+
+
+async def test_a_provider_demoting_to_reader_ends_the_persons_links(
+    client, idp, org_a: Tenant, database_url
+):
+    await bind(client, org_a, max_role="admin")
+    headers = {"Authorization": f"Bearer {idp.token(record_org=org_a.org_id, record_role='admin')}"}
+    assert (await client.get("/api/me", headers=headers)).status_code == 200
+    user_id = (await client.get("/api/me", headers=headers)).json()["user"]["id"]
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "INSERT INTO shares (id, org_id, resource_type, resource_id, created_by) "
+            "VALUES (%s, %s, 'conversation', %s, %s)",
+            ("s" * 24, org_a.org_id, str(uuid.uuid4()), user_id),
+        )
+    demoted = {
+        "Authorization": f"Bearer {idp.token(record_org=org_a.org_id, record_role='reader')}"
+    }
+    me = await client.get("/api/me", headers=demoted)
+    assert me.json()["org"]["role"] == "reader"
+    with psycopg.connect(database_url) as conn:
+        revoked = conn.execute("SELECT revoked_at IS NOT NULL FROM shares").fetchone()
+    assert revoked == (True,)
