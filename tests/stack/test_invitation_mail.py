@@ -51,7 +51,8 @@ def test_an_invited_person_joins_through_the_mailed_links(stack: RunningStack):
         verify = mailed_link(stack, newcomer, "verify")
         assert verify.startswith(f"{stack.api_url}/verify/")
         token = verify.rsplit("/", 1)[1]
-        assert http.post("/api/auth/verify", json={"token": token}).status_code == 204
+        verified = http.post("/api/auth/verify", json={"token": token}, headers=session)
+        assert verified.status_code == 204, verified.text
 
         invited = http.post(
             f"/api/orgs/{org_id}/members",
