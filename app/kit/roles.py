@@ -133,6 +133,39 @@ def provision(
                 )
 
 
+def _grant_membership(
+    conn: psycopg.Connection[tuple[object, ...]],
+    group: str,
+    member: str,
+    *,
+    owner: str,
+    superuser: bool,
+) -> None:
+    """GRANT group TO member, once. PostgreSQL 16 lets only a role with ADMIN OPTION on the
+    group grant it. A group this provisioner created, it holds that on; ``record_app`` made by
+    an older set-up (migration 0001 run by the application's login, now the owner role) has
+    the owner as its admin, so the grant is made as the owner ("no possible grantors" else)."""
+    exists = conn.execute(
+        "SELECT EXISTS (SELECT FROM pg_auth_members AS m "
+        "JOIN pg_roles AS g ON g.oid = m.roleid JOIN pg_roles AS r ON r.oid = m.member "
+        "WHERE g.rolname = %s AND r.rolname = %s)",
+        (group, member),
+    ).fetchone()
+    if exists is not None and exists[0]:
+        return
+    grant = sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(member))
+    try:
+        conn.execute(grant)
+    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.InternalError_):
+        if superuser:
+            raise
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
+        try:
+            conn.execute(grant)
+        finally:
+            conn.execute("RESET ROLE")
+
+
 def _roles_and_database(
     conn: psycopg.Connection[tuple[object, ...]],
     roles: LoginRoles,
@@ -160,10 +193,6 @@ def _roles_and_database(
         conn.execute(alter)
         if any(_role(conn, login) or ()):
             raise UnsafeRole(f"role {login} is a superuser or bypasses row-level security")
-    for group, member in roles.memberships:
-        conn.execute(
-            sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(member))
-        )
     if not superuser:
         # PostgreSQL 16: CREATE/ALTER DATABASE ... OWNER needs SET on the owner role. Without
         # INHERIT: the provisioner may act as the owner, but does not hold its rights by default.
@@ -172,6 +201,8 @@ def _roles_and_database(
                 sql.Identifier(roles.owner), sql.Identifier(myself)
             )
         )
+    for group, member in roles.memberships:
+        _grant_membership(conn, group, member, owner=roles.owner, superuser=superuser)
 
     found = conn.execute(
         "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (database,)
