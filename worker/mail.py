@@ -34,6 +34,9 @@ async def deliver(deps: MailDeps, kind: MailKind, args: dict[str, Any]) -> bool:
                 message = await auth_service.verification_mail(conn, settings, user_id)
             case MailKind.password_reset:
                 message = await auth_service.password_reset_mail(conn, settings, args["email"])
+            case MailKind.password_changed:
+                user_id = UUID(args["user_id"])
+                message = await auth_service.password_changed_mail(conn, settings, user_id)
             case MailKind.invitation:
                 message = await orgs_service.invitation_mail(
                     conn,

@@ -185,6 +185,7 @@ async def change_password(
     # Whoever else holds a session (the reason to change a password) is signed out.
     await repo.revoke_sessions(conn, user_id, keep=principal.session_id)
     await repo.retire_user_tokens(conn, user_id, PURPOSE_RESET)
+    await _notify_password_changed(conn, user_id)
 
 
 async def logout_everywhere(conn: Conn, principal: Principal) -> int:
@@ -219,6 +220,7 @@ async def reset_password(conn: Conn, settings: Settings, token: str, password: s
     await repo.mark_email_verified(conn, user_id=user_id, email=used["email"])
     await repo.revoke_sessions(conn, user_id)
     await repo.retire_user_tokens(conn, user_id, PURPOSE_RESET)
+    await _notify_password_changed(conn, user_id)
     if first_proof:
         # The mailbox's owner just proved the address for the first time: whoever made the
         # account before (someone who signed up with this address) loses the keys they made.
@@ -268,6 +270,30 @@ async def verification_mail(conn: Conn, settings: Settings, user_id: UUID) -> Em
         "If you did not sign up for Record, ignore this message.\n"
     )
     return compose(settings, to=user["email"], subject="Confirm your email for Record", body=body)
+
+
+async def _notify_password_changed(conn: Conn, user_id: UUID) -> None:
+    # The account's owner hears of every change (ASVS 2.2.3): if it was not them, they reset.
+    lock = f"password-changed:{user_id}:{new_id()}"  # one mail per change
+    await defer_mail(conn, MailKind.password_changed, lock=lock, user_id=str(user_id))
+
+
+async def password_changed_mail(
+    conn: Conn, settings: Settings, user_id: UUID
+) -> EmailMessage | None:
+    await set_tenant(conn, org_id=None, user_id=user_id)
+    user = await repo.get_user(conn, user_id)
+    if user is None:
+        return None
+    body = (
+        f"Hello {user['name']},\n\n"
+        "The password of your Record account was just changed, and its other sessions were "
+        "signed out.\n\nIf that was not you, reset it now (POST /api/auth/password-reset "
+        "with this address): the link goes to this mailbox only.\n"
+    )
+    return compose(
+        settings, to=user["email"], subject="Your Record password was changed", body=body
+    )
 
 
 async def password_reset_mail(conn: Conn, settings: Settings, email: str) -> EmailMessage | None:

@@ -91,6 +91,7 @@ class MailKind(StrEnum):
     verify_email = "verify_email"
     password_reset = "password_reset"
     invitation = "invitation"
+    password_changed = "password_changed"
 
 
 async def defer_mail(conn: Conn, kind: MailKind, *, lock: str, **args: str) -> None:

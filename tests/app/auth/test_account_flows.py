@@ -63,7 +63,9 @@ async def test_a_resent_link_retires_the_first(client, mailbox: Mailbox):
     assert response.status_code == 204
 
 
-async def test_password_change_needs_the_old_one_and_ends_other_sessions(client):
+async def test_password_change_needs_the_old_one_and_ends_other_sessions(
+    client, mailbox: Mailbox
+):
     user = await signup(client, name="Pat")
     other = (await login(client, user["email"])).json()["session_token"]
     body = {"old": "not-the-password-at-all", "new": NEW_PASSWORD}
@@ -86,6 +88,10 @@ async def test_password_change_needs_the_old_one_and_ends_other_sessions(client)
     assert (await client.get("/api/me", headers=bearer(other))).status_code == 401
     assert (await login(client, user["email"])).status_code == 401
     assert (await login(client, user["email"], NEW_PASSWORD)).status_code == 200
+    # The owner of the address hears of it (if it was not them, they reset the password).
+    await mailbox.deliver()
+    subjects = [m["Subject"] for m in mailbox.messages(user["email"])]
+    assert subjects.count("Your Record password was changed") == 1
 
 
 async def test_password_change_refuses_api_keys(client, org_a: Tenant):
