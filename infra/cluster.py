@@ -11,6 +11,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
+from infra import k8s as kube
 from infra.common import assume_role_policy, child, kms_key, policy, tags
 from infra.config import ClusterConfig, ProjectConfig
 
@@ -27,6 +28,10 @@ CHARTS = {
     "kube-prometheus-stack": ("https://prometheus-community.github.io/helm-charts", "75.15.1"),
 }
 MONITORING_NAMESPACE = "monitoring"
+# Prometheus keeps 15 days on its own EBS volume; it stops at retentionSize before the volume
+# fills (a full volume crash-loops it).
+PROMETHEUS_VOLUME = "50Gi"
+PROMETHEUS_RETENTION_SIZE = "45GB"
 # docs/install/iam_policy.json at the controller version the chart above ships (v2.13.4);
 # infra/vendor/README.md says where it came from.
 LBC_IAM_POLICY = (
@@ -116,6 +121,30 @@ class Cluster(pulumi.ComponentResource):
             tags=tags(p, f"{prefix}-eks-logs"),
             opts=child(self),
         )
+        # `pulumi up` installs the charts and the workloads through this endpoint: the public
+        # one open to publicAccessCidrs only, or (privateOnly) the private one, reached from a
+        # deploy inside the VPC through this group. Nodes always use the private one.
+        endpoint_groups: list[pulumi.Input[str]] = []
+        if cfg.private_only:
+            endpoint_groups.append(
+                aws.ec2.SecurityGroup(
+                    f"{prefix}-eks-deploy",
+                    name=f"{prefix}-eks-deploy",
+                    description=f"{prefix}: pulumi up from inside the VPC to the API endpoint",
+                    vpc_id=args.vpc_id,
+                    ingress=[
+                        {
+                            "description": "Kubernetes API from the VPC (deploy runner)",
+                            "protocol": "tcp",
+                            "from_port": 443,
+                            "to_port": 443,
+                            "cidr_blocks": [args.vpc_cidr],
+                        }
+                    ],
+                    tags=tags(p, f"{prefix}-eks-deploy"),
+                    opts=child(self),
+                ).id
+            )
         cluster = aws.eks.Cluster(
             f"{prefix}-eks",
             name=prefix,
@@ -124,8 +153,9 @@ class Cluster(pulumi.ComponentResource):
             vpc_config={
                 "subnet_ids": args.private_subnet_ids,
                 "endpoint_private_access": True,
-                "endpoint_public_access": cfg.public_endpoint,
-                "public_access_cidrs": list(cfg.admin_cidrs) if cfg.public_endpoint else None,
+                "endpoint_public_access": not cfg.private_only,
+                "public_access_cidrs": None if cfg.private_only else list(cfg.public_access_cidrs),
+                "security_group_ids": endpoint_groups or None,
             },
             encryption_config={
                 "provider": {"key_arn": secrets_key.arn},
@@ -212,6 +242,16 @@ class Cluster(pulumi.ComponentResource):
             tags=tags(p, f"{prefix}-oidc"),
             opts=child(self),
         )
+        ebs_csi_role = irsa_role(
+            self,
+            p,
+            purpose="ebs-csi-driver",
+            oidc_provider_arn=oidc.arn,
+            oidc_issuer=issuer,
+            namespace="kube-system",
+            service_account="ebs-csi-controller-sa",
+            managed_policy_arn="arn:aws:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy",
+        )
         # NetworkPolicies are enforced only when the VPC CNI runs its policy agent.
         addons = [
             aws.eks.Addon(
@@ -232,6 +272,16 @@ class Cluster(pulumi.ComponentResource):
                     opts=child(self, depends_on=[node_group]),
                 )
                 for addon in ("coredns", "kube-proxy")
+            ),
+            # Provisions the EBS volumes behind the gp3 StorageClass (Prometheus's data).
+            aws.eks.Addon(
+                f"{prefix}-aws-ebs-csi-driver",
+                cluster_name=cluster.name,
+                addon_name="aws-ebs-csi-driver",
+                service_account_role_arn=ebs_csi_role.arn,
+                resolve_conflicts_on_update="OVERWRITE",
+                tags=tags(p, f"{prefix}-aws-ebs-csi-driver"),
+                opts=child(self, depends_on=[node_group]),
             ),
         ]
 
@@ -296,17 +346,38 @@ class Cluster(pulumi.ComponentResource):
                     prefix,
                 )
             )
+        # Only a cluster built here has the EBS CSI driver: on an existing one Prometheus keeps
+        # the chart's emptyDir (DEPLOYMENT.md).
+        storage_class = self._gp3_storage_class(p) if cfg.mode == "eks" else None
         if not cfg.existing_prometheus:
             releases.append(
                 _release(
                     "kube-prometheus-stack",
                     MONITORING_NAMESPACE,
-                    _prometheus_values(p, self, args),
-                    opts,
+                    _prometheus_values(p, self, args, storage_class),
+                    child(
+                        self,
+                        provider=self.provider,
+                        depends_on=[storage_class] if storage_class else [],
+                    ),
                     prefix,
                 )
             )
         return releases
+
+    def _gp3_storage_class(self, p: ProjectConfig) -> k8s.storage.v1.StorageClass:
+        name = f"{p.prefix}-gp3"
+        return k8s.storage.v1.StorageClass(
+            name,
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=name, labels=kube.labels(p)),
+            provisioner="ebs.csi.aws.com",
+            parameters={"type": "gp3", "encrypted": "true"},
+            # The volume is made in the AZ the pod is scheduled to, not in a random one.
+            volume_binding_mode="WaitForFirstConsumer",
+            allow_volume_expansion=True,
+            reclaim_policy="Delete",
+            opts=child(self, provider=self.provider),
+        )
 
 
 def _release(
@@ -332,7 +403,12 @@ def _release(
     )
 
 
-def _prometheus_values(p: ProjectConfig, cluster: Cluster, args: ClusterArgs) -> dict[str, object]:
+def _prometheus_values(
+    p: ProjectConfig,
+    cluster: Cluster,
+    args: ClusterArgs,
+    storage_class: k8s.storage.v1.StorageClass | None,
+) -> dict[str, object]:
     alertmanager_sa: dict[str, object] = {}
     if args.alertmanager_topic_arn is not None:
         role = irsa_role(
@@ -361,6 +437,22 @@ def _prometheus_values(p: ProjectConfig, cluster: Cluster, args: ClusterArgs) ->
                 "podMonitorSelectorNilUsesHelmValues": False,
                 "ruleSelectorNilUsesHelmValues": False,
                 "retention": "15d",
+                **(
+                    {
+                        "retentionSize": PROMETHEUS_RETENTION_SIZE,
+                        "storageSpec": {
+                            "volumeClaimTemplate": {
+                                "spec": {
+                                    "storageClassName": storage_class.metadata.name,
+                                    "accessModes": ["ReadWriteOnce"],
+                                    "resources": {"requests": {"storage": PROMETHEUS_VOLUME}},
+                                }
+                            }
+                        },
+                    }
+                    if storage_class is not None
+                    else {}
+                ),
             }
         },
         "alertmanager": {
@@ -393,9 +485,11 @@ def irsa_role(
     oidc_issuer: pulumi.Input[str],
     namespace: str,
     service_account: str,
-    role_policy: pulumi.Input[str],
+    role_policy: pulumi.Input[str] | None = None,
+    managed_policy_arn: str | None = None,
 ) -> aws.iam.Role:
-    """A role only the one ServiceAccount can assume (IRSA), with one inline policy."""
+    """A role only the one ServiceAccount can assume (IRSA), with one inline policy or one AWS
+    managed policy."""
     name = f"{p.prefix}-{purpose}"
     subject = f"system:serviceaccount:{namespace}:{service_account}"
     issuer_host = pulumi.Output.from_input(oidc_issuer).apply(
@@ -429,7 +523,12 @@ def irsa_role(
         tags=tags(p, name),
         opts=child(parent),
     )
-    aws.iam.RolePolicy(name, role=role.id, policy=role_policy, opts=child(parent))
+    if role_policy is not None:
+        aws.iam.RolePolicy(name, role=role.id, policy=role_policy, opts=child(parent))
+    if managed_policy_arn is not None:
+        aws.iam.RolePolicyAttachment(
+            name, role=role.name, policy_arn=managed_policy_arn, opts=child(parent)
+        )
     return role
 
 

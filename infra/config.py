@@ -7,8 +7,10 @@ deletion protection, a single AZ) refuses to build rather than deploy.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pulumi
@@ -23,6 +25,25 @@ _LOCAL_PART = re.compile(r"^[a-z0-9][a-z0-9._+-]{0,63}$")
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # A display name goes into the From header as is: no quotes, angle brackets or commas.
 _DISPLAY_NAME = re.compile(r"^[\w .'-]{1,64}$")
+
+# Amazon EKS support per Kubernetes minor version: (end of standard support, end of extended
+# support), UTC days. From AWS's "Amazon EKS Kubernetes release calendar" (EKS User Guide,
+# "Understand the Kubernetes version lifecycle on EKS") for 1.29-1.34; 1.35's row was not on
+# the copy we read: its dates follow the calendar's rule (14 + 12 months after its EKS release
+# in late January 2026) as endoflife.date's amazon-eks page lists them; check them there. On
+# each date the support has ended: extended support is billed from the start of that day, and
+# from the second EKS upgrades the control plane by itself. Add a row per EKS release.
+EKS_KUBERNETES_SUPPORT: dict[str, tuple[date, date]] = {
+    "1.29": (date(2025, 3, 23), date(2026, 3, 23)),
+    "1.30": (date(2025, 7, 23), date(2026, 7, 23)),
+    "1.31": (date(2025, 11, 26), date(2026, 11, 26)),
+    "1.32": (date(2026, 3, 23), date(2027, 3, 23)),
+    "1.33": (date(2026, 7, 29), date(2027, 7, 29)),
+    "1.34": (date(2026, 12, 2), date(2027, 12, 2)),
+    "1.35": (date(2027, 3, 27), date(2028, 3, 27)),
+}
+# The newest version in the table: in standard support until 2027-03-27.
+DEFAULT_KUBERNETES_VERSION = "1.35"
 
 
 class ConfigError(ValueError):
@@ -68,9 +89,13 @@ class NetworkConfig:
 @dataclass(frozen=True)
 class ClusterConfig:
     mode: str = "eks"  # "eks" builds one; "existing" deploys into a cluster by kubeconfig
-    version: str = "1.31"
-    public_endpoint: bool = False
-    admin_cidrs: tuple[str, ...] = ()
+    version: str = DEFAULT_KUBERNETES_VERSION
+    # How `pulumi up` reaches the API server it installs charts and workloads through: the
+    # public endpoint, open only to these CIDRs (the private one stays on for the nodes) ...
+    public_access_cidrs: tuple[str, ...] = ()
+    # ... or the private endpoint alone, which only a deploy run inside the VPC can reach.
+    private_only: bool = False
+    deploy_from_vpc: bool = False
     # For mode "existing": where the cluster already lives.
     kubeconfig: pulumi.Input[str] | None = None
     vpc_id: str | None = None
@@ -87,7 +112,8 @@ class ClusterConfig:
 
 @dataclass(frozen=True)
 class DatabaseConfig:
-    engine_version: str = "16.4"
+    # The major only: RDS applies minor upgrades itself (infra/database.py).
+    engine_version: str = "16"
     instance_class: str = "db.t4g.medium"
     allocated_storage_gb: int = 50
     max_allocated_storage_gb: int = 500
@@ -238,8 +264,11 @@ def _unknown_keys(block: dict[str, Any], allowed: set[str], where: str) -> None:
         )
 
 
-def load(project: str | None = None, stack: str | None = None) -> StackConfig:
-    """Reads and validates the current stack's config (``pulumi.Config``)."""
+def load(
+    project: str | None = None, stack: str | None = None, today: date | None = None
+) -> StackConfig:
+    """Reads and validates the current stack's config (``pulumi.Config``); ``today`` (UTC) is
+    the day the Kubernetes version's support is judged on."""
     cfg = pulumi.Config(NAMESPACE)
     aws_cfg = pulumi.Config("aws")
     project = project or pulumi.get_project()
@@ -276,6 +305,13 @@ def load(project: str | None = None, stack: str | None = None) -> StackConfig:
     rollout = _rollout(cfg, proj)
     preview = _preview(cfg, proj)
     mail = _mail(cfg, proj, preview)
+    if preview is None:
+        # A preview deploys onto its base stack's cluster and builds none of its own.
+        _deploy_path(cluster)
+        if cluster.mode == "eks":
+            warning = kubernetes_support(cluster.version, today or datetime.now(UTC).date())
+            if warning:
+                pulumi.log.warn(warning)
     if preview is not None:
         # One stack per pull request: the slug keeps their names apart.
         proj = replace(proj, instance=preview.slug)
@@ -317,13 +353,20 @@ def _network(cfg: pulumi.Config, proj: ProjectConfig) -> NetworkConfig:
 
 def _cluster(cfg: pulumi.Config, proj: ProjectConfig) -> ClusterConfig:
     cl = _obj(cfg, "cluster")
+    for old in ("publicEndpoint", "adminCidrs"):
+        if old in cl:
+            raise ConfigError(
+                f"{NAMESPACE}:cluster.{old} is gone: set cluster.publicAccessCidrs "
+                "(or cluster.privateOnly with cluster.deployFromVpc); see DEPLOYMENT.md"
+            )
     _unknown_keys(
         cl,
         {
             "mode",
             "version",
-            "publicEndpoint",
-            "adminCidrs",
+            "publicAccessCidrs",
+            "privateOnly",
+            "deployFromVpc",
             "vpcId",
             "vpcCidr",
             "privateSubnetIds",
@@ -337,9 +380,10 @@ def _cluster(cfg: pulumi.Config, proj: ProjectConfig) -> ClusterConfig:
     )
     cluster = ClusterConfig(
         mode=_pick(cl, "mode", "eks", str, "cluster"),
-        version=_pick(cl, "version", "1.31", str, "cluster"),
-        public_endpoint=_pick(cl, "publicEndpoint", False, bool, "cluster"),
-        admin_cidrs=tuple(cl.get("adminCidrs", ())),
+        version=_pick(cl, "version", DEFAULT_KUBERNETES_VERSION, str, "cluster"),
+        public_access_cidrs=_cidrs(cl.get("publicAccessCidrs", ()), "cluster.publicAccessCidrs"),
+        private_only=_pick(cl, "privateOnly", False, bool, "cluster"),
+        deploy_from_vpc=_pick(cl, "deployFromVpc", False, bool, "cluster"),
         kubeconfig=cfg.get_secret("kubeconfig"),
         vpc_id=cl.get("vpcId"),
         vpc_cidr=cl.get("vpcCidr"),
@@ -368,11 +412,78 @@ def _cluster(cfg: pulumi.Config, proj: ProjectConfig) -> ClusterConfig:
         ]
         if missing:
             raise ConfigError(f"cluster.mode 'existing' needs {NAMESPACE}:{', '.join(missing)}")
-    if cluster.public_endpoint and not cluster.admin_cidrs:
-        raise ConfigError(
-            f"{NAMESPACE}:cluster.publicEndpoint needs cluster.adminCidrs (never 0.0.0.0/0)"
-        )
     return cluster
+
+
+def _cidrs(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{NAMESPACE}:{where} must be a list of CIDRs, got {value!r}")
+    for cidr in value:
+        try:
+            network = ipaddress.ip_network(cidr, strict=True)
+        except ValueError as exc:
+            raise ConfigError(f"{NAMESPACE}:{where}: {cidr!r} is not a CIDR ({exc})") from exc
+        if network.prefixlen == 0:
+            raise ConfigError(
+                f"{NAMESPACE}:{where} must name networks, not {cidr} (the whole internet)"
+            )
+    return tuple(value)
+
+
+def _deploy_path(cluster: ClusterConfig) -> None:
+    """The program installs charts and workloads through the cluster's API endpoint: a cluster
+    it builds must say from where that endpoint is reached."""
+    if cluster.mode != "eks":
+        if cluster.public_access_cidrs or cluster.private_only or cluster.deploy_from_vpc:
+            raise ConfigError(
+                f"{NAMESPACE}:cluster.publicAccessCidrs, privateOnly and deployFromVpc are for "
+                "mode 'eks': an existing cluster's endpoint is its owner's to set"
+            )
+        return
+    if cluster.private_only:
+        if cluster.public_access_cidrs:
+            raise ConfigError(
+                f"{NAMESPACE}:cluster.privateOnly has no public endpoint: "
+                "drop cluster.publicAccessCidrs"
+            )
+        if not cluster.deploy_from_vpc:
+            raise ConfigError(
+                f"{NAMESPACE}:cluster.privateOnly needs cluster.deployFromVpc: true, and "
+                "`pulumi up` run from inside the VPC (DEPLOYMENT.md, Deploy path)"
+            )
+        return
+    if cluster.deploy_from_vpc:
+        raise ConfigError(f"{NAMESPACE}:cluster.deployFromVpc goes with cluster.privateOnly")
+    if not cluster.public_access_cidrs:
+        raise ConfigError(
+            f"{NAMESPACE}:cluster.publicAccessCidrs is required: the CIDRs `pulumi up` runs "
+            "from (CI runners, the operators' VPN), or cluster.privateOnly with "
+            "cluster.deployFromVpc"
+        )
+
+
+def kubernetes_support(version: str, today: date) -> str | None:
+    """Refuses a version EKS no longer supports on ``today``; the warning to print when it is
+    past standard support (extended support costs more per cluster hour), else None."""
+    if version not in EKS_KUBERNETES_SUPPORT:
+        raise ConfigError(
+            f"{NAMESPACE}:cluster.version {version!r} is not in the EKS support table "
+            f"(infra/config.py EKS_KUBERNETES_SUPPORT): one of {sorted(EKS_KUBERNETES_SUPPORT)}"
+        )
+    standard_end, extended_end = EKS_KUBERNETES_SUPPORT[version]
+    if today >= extended_end:
+        raise ConfigError(
+            f"{NAMESPACE}:cluster.version {version} left EKS extended support on "
+            f"{extended_end.isoformat()}: upgrade one minor version at a time to one in "
+            "standard support"
+        )
+    if today >= standard_end:
+        return (
+            f"{NAMESPACE}:cluster.version {version} is in EKS extended support since "
+            f"{standard_end.isoformat()} (billed extra; auto-upgraded from "
+            f"{extended_end.isoformat()}): plan the upgrade"
+        )
+    return None
 
 
 def _database(cfg: pulumi.Config, proj: ProjectConfig) -> DatabaseConfig:
@@ -394,7 +505,7 @@ def _database(cfg: pulumi.Config, proj: ProjectConfig) -> DatabaseConfig:
         "database",
     )
     database = DatabaseConfig(
-        engine_version=_pick(db, "engineVersion", "16.4", str, "database"),
+        engine_version=_pick(db, "engineVersion", "16", str, "database"),
         instance_class=_pick(db, "instanceClass", size.db_instance_class, str, "database"),
         allocated_storage_gb=_pick(db, "allocatedStorageGb", size.db_storage_gb, int, "database"),
         max_allocated_storage_gb=_pick(
@@ -410,7 +521,7 @@ def _database(cfg: pulumi.Config, proj: ProjectConfig) -> DatabaseConfig:
         ),
         log_min_duration_ms=_pick(db, "logMinDurationMs", 500, int, "database"),
     )
-    if not database.engine_version.startswith("16"):
+    if not re.fullmatch(r"16(\.\d+)?", database.engine_version):
         raise ConfigError(f"{NAMESPACE}:database.engineVersion must be PostgreSQL 16.x")
     if database.backup_retention_days < 1:
         raise ConfigError(f"{NAMESPACE}:database.backupRetentionDays must be >= 1 (PITR)")

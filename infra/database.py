@@ -10,6 +10,17 @@ import pulumi_aws as aws
 from infra.common import assume_role_policy, child, ingress_only_from, kms_key, tags
 from infra.config import DatabaseConfig, ProjectConfig
 
+# RDS applies minor upgrades itself in the maintenance window. Pinned to a minor ("16.4"), the
+# instance would then differ from the program after each one and the next `pulumi up` would
+# try to take it back down, which RDS refuses: with automatic minor upgrades the program
+# names the major version only.
+AUTO_MINOR_VERSION_UPGRADE = True
+
+
+def engine_version(configured: str, auto_minor_upgrade: bool) -> str:
+    """The engineVersion to declare: ``16`` for ``16.4`` when RDS owns the minor version."""
+    return configured.split(".", 1)[0] if auto_minor_upgrade else configured
+
 
 @dataclass
 class DatabaseArgs:
@@ -94,7 +105,7 @@ class Database(pulumi.ComponentResource):
             f"{prefix}-db",
             identifier=prefix,
             engine="postgres",
-            engine_version=cfg.engine_version,
+            engine_version=engine_version(cfg.engine_version, AUTO_MINOR_VERSION_UPGRADE),
             instance_class=cfg.instance_class,
             allocated_storage=cfg.allocated_storage_gb,
             max_allocated_storage=cfg.max_allocated_storage_gb,
@@ -127,7 +138,7 @@ class Database(pulumi.ComponentResource):
             monitoring_interval=60,
             monitoring_role_arn=monitoring_role.arn,
             enabled_cloudwatch_logs_exports=["postgresql", "upgrade"],
-            auto_minor_version_upgrade=True,
+            auto_minor_version_upgrade=AUTO_MINOR_VERSION_UPGRADE,
             ca_cert_identifier="rds-ca-rsa2048-g1",
             apply_immediately=False,
             tags=tags(p, prefix),

@@ -254,15 +254,23 @@ def render(stack: str, overrides: dict[str, Any] | None = None) -> Plan:
     loop.set_default_executor(ThreadPoolExecutor(max_workers=4, initializer=thread_loop))
 
     class Monitor(mocks.MockMonitor):
-        """Records what each resource waits for: mocks see inputs, not dependencies."""
+        """Records what each resource waits for, and how long Pulumi awaits it: mocks see
+        inputs, not dependencies or options."""
 
         def RegisterResource(self, request: Any) -> Any:
             depends[(request.type, request.name)] = sorted(
                 {urn.rsplit("::", 1)[-1] for urn in request.dependencies}
             )
+            if request.HasField("customTimeouts"):
+                timeouts[(request.type, request.name)] = {
+                    op: value
+                    for op in ("create", "update", "delete")
+                    if (value := getattr(request.customTimeouts, op))
+                }
             return super().RegisterResource(request)
 
     depends: dict[tuple[str, str], list[str]] = {}
+    timeouts: dict[tuple[str, str], dict[str, str]] = {}
     settings.reset_options(project=PROJECT, stack=stack)
     set_all_config(config, secret_keys)
     mock = Mocks()
@@ -288,6 +296,8 @@ def render(stack: str, overrides: dict[str, Any] | None = None) -> Plan:
         asyncio.set_event_loop(previous_loop)
     for resource in plan.resources:
         resource["dependsOn"] = depends.get((resource["type"], resource["name"]), [])
+        if key_timeouts := timeouts.get((resource["type"], resource["name"])):
+            resource["customTimeouts"] = key_timeouts
     _ = pulumi  # imported for its side effect of initialising the runtime
     return plan
 

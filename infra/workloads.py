@@ -56,6 +56,11 @@ SECRETS_AS_ENV_SKIP = (
     "settings object); the Secret is namespaced, encrypted with KMS in etcd and mounted only "
     "into Record's own pods"
 )
+# Index builds on a large table take minutes (1M x 384 HNSW: 382 s); Kubernetes stops the
+# migration Job after this long, and Pulumi waits a little longer so that it reports the Job's
+# own failure (DeadlineExceeded) rather than a timeout of its own while the Job still runs.
+MIGRATION_DEADLINE_SECONDS = 3600
+MIGRATION_AWAIT_MARGIN_SECONDS = 300
 # With a canary, the ALB splits traffic by weight between these two Services (Argo Rollouts
 # points their selectors at the stable and the canary pods); the Ingress names the root Service
 # `record-api`, whose action annotation Argo writes, and which still selects every API pod.
@@ -247,7 +252,12 @@ class Workloads(pulumi.ComponentResource):
             pulumi.ResourceOptions.merge(
                 opts_ns,
                 pulumi.ResourceOptions(
-                    depends_on=[namespace, *config_deps], delete_before_replace=False
+                    depends_on=[namespace, *config_deps],
+                    delete_before_replace=False,
+                    custom_timeouts=pulumi.CustomTimeouts(
+                        create=f"{MIGRATION_DEADLINE_SECONDS + MIGRATION_AWAIT_MARGIN_SECONDS}s",
+                        update=f"{MIGRATION_DEADLINE_SECONDS + MIGRATION_AWAIT_MARGIN_SECONDS}s",
+                    ),
                 ),
             ),
         )
@@ -746,8 +756,7 @@ class Workloads(pulumi.ComponentResource):
             "metadata": self._meta(name, "migrate", {"checkov.io/skip1": SECRETS_AS_ENV_SKIP}),
             "spec": {
                 "backoffLimit": 2,
-                # Index builds on a large table take minutes (1M x 384 HNSW: 382 s).
-                "activeDeadlineSeconds": 3600,
+                "activeDeadlineSeconds": MIGRATION_DEADLINE_SECONDS,
                 "template": self._pod(
                     "migrate", [migrate], initContainers=[bootstrap], restartPolicy="Never"
                 ),

@@ -352,7 +352,9 @@ def test_controllers_are_installed_with_helm(plans: dict[str, Plan], stack: str)
 def test_eks_has_irsa_and_encrypted_secrets(plans: dict[str, Plan], stack: str) -> None:
     plan = plans[stack]
     cluster = one(plan.of_type("aws:eks/cluster:Cluster"))["inputs"]
-    assert cluster["vpcConfig"]["endpointPublicAccess"] is False
+    # Public only to the stack's deploy CIDRs (tests/infra/test_cluster.py).
+    assert cluster["vpcConfig"]["endpointPrivateAccess"] is True
+    assert "0.0.0.0/0" not in cluster["vpcConfig"]["publicAccessCidrs"]
     one(plan.of_type("aws:iam/openIdConnectProvider:OpenIdConnectProvider"))
     assert plan.of_type("aws:eks/nodeGroup:NodeGroup")
     roles = {

@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 import yaml
 
+from infra.config import DEFAULT_KUBERNETES_VERSION
 from infra.plan import REPO_ROOT, Plan
 from tests.infra.conftest import STACKS
 
-# The cluster version the stacks deploy (infra/config.py ClusterConfig.version).
-K8S_VERSION = "1.31.0"
+# The cluster version the stacks deploy.
+K8S_VERSION = f"{DEFAULT_KUBERNETES_VERSION}.0"
 CRD_GROUPS = ("keda.sh/", "monitoring.coreos.com/", "argoproj.io/")
 
 BROKEN_POD = {
