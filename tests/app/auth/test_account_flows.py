@@ -63,9 +63,7 @@ async def test_a_resent_link_retires_the_first(client, mailbox: Mailbox):
     assert response.status_code == 204
 
 
-async def test_password_change_needs_the_old_one_and_ends_other_sessions(
-    client, mailbox: Mailbox
-):
+async def test_password_change_needs_the_old_one_and_ends_other_sessions(client, mailbox: Mailbox):
     user = await signup(client, name="Pat")
     other = (await login(client, user["email"])).json()["session_token"]
     body = {"old": "not-the-password-at-all", "new": NEW_PASSWORD}
