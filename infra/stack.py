@@ -121,6 +121,7 @@ def _build_base(config: StackConfig) -> dict[str, Any]:
             cache_host=cache.primary_endpoint,
             cache_db=0,
             bucket_name=storage.bucket_name,
+            bucket_kms_key_arn=storage.kms_key_arn,
             object_prefix=RECORDINGS_PREFIX,
             api_role_arn=identity.api_role.arn,
             worker_role_arn=identity.worker_role.arn,
@@ -228,6 +229,7 @@ def _build_preview(config: StackConfig) -> dict[str, Any]:
             cache_host=base["cacheEndpoint"],  # type: ignore[arg-type]
             cache_db=preview.cache_db,
             bucket_name=base["bucketName"],  # type: ignore[arg-type]
+            bucket_kms_key_arn=base["bucketKmsKeyArn"],  # type: ignore[arg-type]
             object_prefix=preview.object_prefix,
             api_role_arn=identity.api_role.arn,
             worker_role_arn=identity.worker_role.arn,

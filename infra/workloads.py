@@ -103,6 +103,7 @@ class WorkloadsArgs:
     cache_host: pulumi.Input[str]
     cache_db: int
     bucket_name: pulumi.Input[str]
+    bucket_kms_key_arn: pulumi.Input[str]
     object_prefix: str
     api_role_arn: pulumi.Input[str]
     worker_role_arn: pulumi.Input[str]
@@ -183,6 +184,8 @@ class Workloads(pulumi.ComponentResource):
             "STORAGE_BACKEND": "s3",
             "S3_BUCKET": args.bucket_name,
             "S3_PREFIX": args.object_prefix,
+            # The bucket's own key: with aws:kms and no key id, S3 would use aws/s3 instead.
+            "S3_KMS_KEY_ID": args.bucket_kms_key_arn,
             "AWS_REGION": p.region,
             "OPENAI_BASE_URL": model_url if cfg.use_local_models else cfg.openai_base_url,
             "PROMETHEUS_MULTIPROC_DIR": "/run/metrics",
