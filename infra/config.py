@@ -19,6 +19,7 @@ from infra.presets import PRESETS, SizePreset
 
 NAMESPACE = "record"
 _IMAGE_DIGEST = re.compile(r"^[\w.\-/:]+@sha256:[0-9a-f]{64}$")
+_IMAGE_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _STACK_NAME = re.compile(r"^[a-z][a-z0-9-]{1,20}$")
 _HOST_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 _LOCAL_PART = re.compile(r"^[a-z0-9][a-z0-9._+-]{0,63}$")
@@ -143,8 +144,23 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class ImageConfig:
+    """Where the workloads' images come from: built and pushed by the program (the default),
+    or digest-pinned references built elsewhere (``record:image.prebuilt``, for CI)."""
+
+    # ``repo@sha256:<64 hex>`` each; set, nothing is built or pushed.
+    prebuilt_api: str | None = None
+    prebuilt_models: str | None = None
+    # What the pushed tags name: the commit by default (``git rev-parse``), or CI's own.
+    revision: str | None = None
+
+    @property
+    def prebuilt(self) -> bool:
+        return self.prebuilt_api is not None
+
+
+@dataclass(frozen=True)
 class WorkloadsConfig:
-    image: str
     domain: str
     certificate_arn: str
     api_replicas: int
@@ -230,6 +246,7 @@ class StackConfig:
     workloads: WorkloadsConfig
     monitoring: MonitoringConfig
     rollout: RolloutConfig
+    image: ImageConfig = field(default_factory=ImageConfig)
     preview: PreviewConfig | None = None
     # None on a preview stack: it sends through its base stack's identity (infra/preview.py).
     mail: MailConfig | None = None
@@ -301,6 +318,7 @@ def load(
     cache = _cache(cfg, proj)
     storage = _storage(cfg, proj)
     workloads = _workloads(cfg, proj)
+    image = _image(cfg, workloads)
     monitoring = _monitoring(cfg, proj)
     rollout = _rollout(cfg, proj)
     preview = _preview(cfg, proj)
@@ -330,6 +348,7 @@ def load(
         workloads=workloads,
         monitoring=monitoring,
         rollout=rollout,
+        image=image,
         preview=preview,
         mail=mail,
     )
@@ -579,14 +598,8 @@ def _workloads(cfg: pulumi.Config, proj: ProjectConfig) -> WorkloadsConfig:
         "workloads",
     )
     domain = cfg.require("domain")
-    image = cfg.require("image")
-    if not _IMAGE_DIGEST.match(image):
-        raise ConfigError(
-            f"{NAMESPACE}:image must be pinned by digest (repo@sha256:<64 hex>), got {image!r}"
-        )
     use_local = _pick(wl, "useLocalModels", False, bool, "workloads")
     workloads = WorkloadsConfig(
-        image=image,
         domain=domain,
         certificate_arn=cfg.require("certificateArn"),
         api_replicas=_pick(wl, "apiReplicas", size.api_replicas, int, "workloads"),
@@ -621,6 +634,46 @@ def _workloads(cfg: pulumi.Config, proj: ProjectConfig) -> WorkloadsConfig:
     if workloads.worker_min_replicas > workloads.worker_max_replicas:
         raise ConfigError(f"{NAMESPACE}:workloads.workerMinReplicas exceeds workerMaxReplicas")
     return workloads
+
+
+def _image(cfg: pulumi.Config, workloads: WorkloadsConfig) -> ImageConfig:
+    raw = cfg.get("image")
+    if raw is not None and not raw.lstrip().startswith("{"):
+        # The old form: one reference for every process, the model server's included.
+        raise ConfigError(
+            f"{NAMESPACE}:image is a mapping now: the program builds and pushes the images; "
+            "an image built elsewhere goes in image.prebuilt.api (and .models), by digest"
+        )
+    im = _obj(cfg, "image")
+    _unknown_keys(im, {"prebuilt", "revision"}, "image")
+    prebuilt = im.get("prebuilt") or {}
+    if not isinstance(prebuilt, dict):
+        raise ConfigError(f"{NAMESPACE}:image.prebuilt must be a mapping (api, models)")
+    _unknown_keys(prebuilt, {"api", "models"}, "image.prebuilt")
+    for key, ref in prebuilt.items():
+        if not isinstance(ref, str) or not _IMAGE_DIGEST.match(ref):
+            raise ConfigError(
+                f"{NAMESPACE}:image.prebuilt.{key} must be pinned by digest "
+                f"(repo@sha256:<64 hex>), got {ref!r}"
+            )
+    if prebuilt and "api" not in prebuilt:
+        raise ConfigError(f"{NAMESPACE}:image.prebuilt needs api (the API and worker image)")
+    if prebuilt and workloads.use_local_models and "models" not in prebuilt:
+        raise ConfigError(
+            f"{NAMESPACE}:image.prebuilt needs models (built with EXTRAS=ai) "
+            "with workloads.useLocalModels"
+        )
+    revision = _pick(im, "revision", None, str, "image")
+    if revision is not None and not _IMAGE_REVISION.match(revision):
+        raise ConfigError(
+            f"{NAMESPACE}:image.revision must be a tag-safe word (letters, digits, '.', '_', "
+            f"'-'), got {revision!r}"
+        )
+    return ImageConfig(
+        prebuilt_api=prebuilt.get("api"),
+        prebuilt_models=prebuilt.get("models"),
+        revision=revision,
+    )
 
 
 def _monitoring(cfg: pulumi.Config, proj: ProjectConfig) -> MonitoringConfig:

@@ -119,12 +119,37 @@ def _arn(service: str, kind: str, name: str, region: str = "us-east-1") -> str:
     return f"arn:aws:{service}:{region}:{ACCOUNT}:{kind}/{PLACEHOLDER}-{name}"
 
 
+def _repository_url(repository: str, region: str) -> str:
+    return f"{ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{repository}"
+
+
+def offline_digest(image_resource: str) -> str:
+    """The digest an offline plan says a build pushed: a hash of its resource name, hex like a
+    real one (a reference must parse), in an account-000000000000 repository."""
+    return "sha256:" + hashlib.sha256(f"{PLACEHOLDER}/{image_resource}".encode()).hexdigest()
+
+
+def _registry_outputs(typ: str, name: str, inputs: dict[str, Any], region: str) -> dict[str, Any]:
+    """ECR repositories' addresses, and what the registry answers to an image's push: the tag
+    stays, the digest is the build's."""
+    if typ == "aws:ecr/repository:Repository":
+        return {
+            "repositoryUrl": _repository_url(inputs.get("name", name), region),
+            "registryId": ACCOUNT,
+        }
+    if typ == "docker-build:index:Image":
+        digest = offline_digest(name)
+        return {"digest": digest, "ref": f"{inputs['tags'][0]}@{digest}"}
+    return {}
+
+
 def _computed(typ: str, name: str, inputs: dict[str, Any], region: str) -> dict[str, Any]:
     """Placeholder values for outputs the cloud assigns."""
     token = hashlib.sha256(f"{typ}/{name}".encode()).hexdigest()[:8]
     out: dict[str, Any] = {
         "arn": _arn(typ.split(":")[1].split("/", maxsplit=1)[0], "resource", name)
     }
+    out.update(_registry_outputs(typ, name, inputs, region))
     if typ == "aws:eks/cluster:Cluster":
         out.update(
             endpoint=f"https://{PLACEHOLDER}-{token}.eks.amazonaws.com",
@@ -220,6 +245,10 @@ def render(stack: str, overrides: dict[str, Any] | None = None) -> Plan:
                 outputs["dbPort"] = 5432
                 outputs["vpcCidr"] = "10.40.0.0/16"
                 outputs["kubeconfig"] = "{}"
+                for image in ("api", "models"):
+                    outputs[f"{image}RepositoryUrl"] = _repository_url(
+                        f"{PLACEHOLDER}-base/{image}", region
+                    )
                 return f"{args.name}", {"name": args.name, "outputs": outputs}
             state = {**args.inputs, **_computed(args.typ, args.name, inputs, region)}
             return f"{PLACEHOLDER}-{args.name}", state
@@ -231,6 +260,13 @@ def render(stack: str, overrides: dict[str, Any] | None = None) -> Plan:
                 return {"names": [f"{region}{z}" for z in "abc"], "zoneIds": ["z1", "z2", "z3"]}
             if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
                 return {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:root", "userId": "x"}
+            if args.token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
+                return {
+                    "userName": "AWS",
+                    "password": f"{PLACEHOLDER}-ecr-token",
+                    "authorizationToken": f"{PLACEHOLDER}-ecr-token",
+                    "proxyEndpoint": f"https://{ACCOUNT}.dkr.ecr.{region}.amazonaws.com",
+                }
             if args.token == "aws:lb/getLoadBalancer:getLoadBalancer":
                 return {
                     "arn": _arn("elasticloadbalancing", "loadbalancer", "alb", region),

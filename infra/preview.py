@@ -35,6 +35,9 @@ BASE_OUTPUTS = (
     "smtpHost",
     "smtpUsername",
     "smtpPassword",
+    # infra/images.py: a preview pushes its builds into the base stack's repositories.
+    "apiRepositoryUrl",
+    "modelsRepositoryUrl",
 )
 
 

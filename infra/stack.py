@@ -12,6 +12,7 @@ from infra.cluster import Cluster, ClusterArgs
 from infra.config import StackConfig
 from infra.database import Database, DatabaseArgs
 from infra.identity import Identity, IdentityArgs
+from infra.images import IMAGES, Images, ImagesArgs, Registry
 from infra.mail import Mail, MailArgs, MailSettings
 from infra.monitoring import Monitoring, MonitoringArgs
 from infra.network import Network, NetworkArgs
@@ -104,6 +105,18 @@ def _build_base(config: StackConfig) -> dict[str, Any]:
             db_secret_kms_key_arn=database.master_secret_kms_key_arn,
         ),
     )
+    # The repositories live as long as the stack; previews push into them too.
+    registry = Registry(prefix, p)
+    images = Images(
+        prefix,
+        ImagesArgs(
+            project=p,
+            image=config.image,
+            with_models=config.workloads.use_local_models,
+            repository_urls=dict(registry.repository_urls),
+            tag_prefix=prefix,
+        ),
+    )
     workloads = Workloads(
         prefix,
         WorkloadsArgs(
@@ -129,6 +142,8 @@ def _build_base(config: StackConfig) -> dict[str, Any]:
             mail=mail.settings,
             # CRDs (KEDA, Prometheus operator, Argo Rollouts) exist once the charts are in.
             depends_on=list(cluster.releases),
+            api_image=images.refs["api"],
+            models_image=images.refs.get("models"),
         ),
     )
     monitoring = Monitoring(
@@ -173,6 +188,8 @@ def _build_base(config: StackConfig) -> dict[str, Any]:
         "smtpHost": mail.settings.smtp_host,
         "smtpUsername": mail.settings.smtp_username,
         "smtpPassword": mail.settings.smtp_password,
+        # Where preview stacks push their builds (infra/images.py).
+        **{f"{image}RepositoryUrl": registry.repository_urls[image] for image in IMAGES},
     }
     for key, value in outputs.items():
         pulumi.export(key, value)
@@ -212,6 +229,19 @@ def _build_preview(config: StackConfig) -> dict[str, Any]:
         smtp_username=pulumi.Output.secret(base["smtpUsername"].apply(str)),
         smtp_password=pulumi.Output.secret(base["smtpPassword"].apply(str)),
     )
+    # Into the base stack's repositories, tagged pr-<n>-<revision>, which its lifecycle keeps
+    # apart from the base's own builds.
+    images = Images(
+        prefix,
+        ImagesArgs(
+            project=p,
+            image=config.image,
+            with_models=config.workloads.use_local_models,
+            repository_urls={image: base[f"{image}RepositoryUrl"].apply(str) for image in IMAGES},
+            tag_prefix=config.preview.slug,
+        ),
+        opts=pulumi.ResourceOptions(parent=preview),
+    )
     Workloads(
         prefix,
         WorkloadsArgs(
@@ -236,6 +266,8 @@ def _build_preview(config: StackConfig) -> dict[str, Any]:
             migrate_role_arn=identity.migrate_role.arn,
             mail=mail,
             depends_on=[],
+            api_image=images.refs["api"],
+            models_image=images.refs.get("models"),
         ),
         opts=pulumi.ResourceOptions(parent=preview),
     )

@@ -110,6 +110,10 @@ class WorkloadsArgs:
     migrate_role_arn: pulumi.Input[str]
     mail: MailSettings
     depends_on: list[pulumi.Resource]
+    # Digest-pinned references (infra/images.py): the API/worker/migration image, and the
+    # model server's (built with EXTRAS=ai) when workloads.useLocalModels.
+    api_image: pulumi.Input[str]
+    models_image: pulumi.Input[str] | None = None
 
 
 class Workloads(pulumi.ComponentResource):
@@ -247,11 +251,13 @@ class Workloads(pulumi.ComponentResource):
         )
         config_deps = [config_map, secret, *self._db_secrets(), self._smtp_secret(opts_ns)]
         # A new image is a new Job: Jobs are immutable, and the name says which build migrated.
-        digest = hashlib.sha256(cfg.image.encode()).hexdigest()[:10]
+        digest = pulumi.Output.from_input(args.api_image).apply(
+            lambda image: hashlib.sha256(image.encode()).hexdigest()[:10]
+        )
 
         self.migration = self._apply(
             "migrate",
-            self._migration_job(f"record-migrate-{digest}"),
+            self._migration_job(pulumi.Output.concat("record-migrate-", digest)),
             pulumi.ResourceOptions.merge(
                 opts_ns,
                 pulumi.ResourceOptions(
@@ -352,7 +358,10 @@ class Workloads(pulumi.ComponentResource):
         return kube.apply(f"{self.args.project.prefix}-{name}", manifest, opts)
 
     def _meta(
-        self, name: str, component: str | None, annotations: dict[str, Any] | None = None
+        self,
+        name: pulumi.Input[str],
+        component: str | None,
+        annotations: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         meta: dict[str, Any] = {
             "name": name,
@@ -491,12 +500,14 @@ class Workloads(pulumi.ComponentResource):
         cpu: tuple[str, str],
         memory: tuple[str, str],
         db_secret: str | None = None,
+        *,
+        image: pulumi.Input[str] | None = None,
         **extra: Any,
     ) -> dict[str, Any]:
         db = [{"secretRef": {"name": db_secret}}] if db_secret else []
         return {
             "name": name,
-            "image": self.args.workloads.image,
+            "image": image if image is not None else self.args.api_image,
             "imagePullPolicy": "Always",
             "command": command,
             "envFrom": [
@@ -727,7 +738,7 @@ class Workloads(pulumi.ComponentResource):
             },
         }
 
-    def _migration_job(self, name: str) -> dict[str, Any]:
+    def _migration_job(self, name: pulumi.Input[str]) -> dict[str, Any]:
         a = self.args
         bootstrap_env = [
             {"name": "DB_HOST", "value": a.db_host},
@@ -883,6 +894,8 @@ class Workloads(pulumi.ComponentResource):
 
     def _model_server(self, opts: pulumi.ResourceOptions) -> None:
         p = self.args.project
+        # The API image has no models: the model server runs the EXTRAS=ai build.
+        assert self.args.models_image is not None
         probe = {"tcpSocket": {"port": "http"}, "periodSeconds": 10, "timeoutSeconds": 2}
         container = self._container(
             "model-server",
@@ -890,6 +903,7 @@ class Workloads(pulumi.ComponentResource):
             ["record", "models", "serve", "--host", "0.0.0.0", "--port", str(MODEL_PORT)],  # noqa: S104
             cpu=("1", "2"),
             memory=("2Gi", "4Gi"),
+            image=self.args.models_image,
             ports=[{"name": "http", "containerPort": MODEL_PORT, "protocol": "TCP"}],
             readinessProbe=probe,
             livenessProbe={**probe, "initialDelaySeconds": 30},

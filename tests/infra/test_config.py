@@ -24,7 +24,10 @@ def _prod_database(**changes: Any) -> dict[str, Any]:
         ({"record:database": _prod_database(multiAz=False)}, "database.multiAz must be true"),
         ({"record:cache": {"automaticFailover": False}}, "cache.automaticFailover must be true"),
         ({"record:network": {"azCount": 2}}, "network.azCount must be 3"),
-        ({"record:image": "ghcr.io/example/record:latest"}, "must be pinned by digest"),
+        (
+            {"record:image": {"prebuilt": {"api": "ghcr.io/example/record:latest"}}},
+            "must be pinned by digest",
+        ),
         ({"record:size": "huge"}, "record:size must be one of"),
         ({"record:database": _prod_database(iops=3000)}, "unknown keys ['iops']"),
         ({"record:database": _prod_database(engineVersion="15.7")}, "PostgreSQL 16"),

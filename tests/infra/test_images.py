@@ -1,0 +1,192 @@
+"""The program builds and pushes its images into ECR repositories it owns, and every workload
+runs the pushed digest; ``record:image.prebuilt`` pins images built elsewhere instead."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.config import ConfigError
+from infra.plan import REPO_ROOT, Plan, offline_digest, render
+from tests.infra.conftest import STACKS, one, pod_templates
+
+IMAGE = "docker-build:index:Image"
+REPOSITORY = "aws:ecr/repository:Repository"
+LIFECYCLE = "aws:ecr/lifecyclePolicy:LifecyclePolicy"
+DIGEST_REF = re.compile(r"^(?P<repo>[\w.\-/]+)@sha256:[0-9a-f]{64}$")
+PREBUILT = {
+    "api": "111111111111.dkr.ecr.eu-west-1.amazonaws.com/ci/record@sha256:" + "a1" * 32,
+    "models": "111111111111.dkr.ecr.eu-west-1.amazonaws.com/ci/record-ai@sha256:" + "b2" * 32,
+}
+BASE_STACKS = ("dev", "staging", "prod")
+# Stacks that run the local model server (workloads.useLocalModels), so build its image too.
+LOCAL_MODELS = {"dev": True, "staging": False, "prod": False, "preview": True}
+
+
+def _images(plan: Plan) -> dict[str, dict[str, Any]]:
+    """Built images by role (``api``/``models``), from the resource names."""
+    return {r["name"].rsplit("-", 2)[-2]: r for r in plan.of_type(IMAGE)}
+
+
+def _containers(plan: Plan) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (name, container)
+        for name, pod in pod_templates(plan)
+        for container in pod["containers"] + pod.get("initContainers", [])
+    ]
+
+
+@pytest.mark.parametrize("stack", BASE_STACKS)
+def test_base_stack_owns_scanned_immutable_encrypted_repositories(
+    plans: dict[str, Plan], stack: str
+) -> None:
+    plan = plans[stack]
+    repositories = {r["inputs"]["name"]: r["inputs"] for r in plan.of_type(REPOSITORY)}
+    assert set(repositories) == {f"record-{stack}/api", f"record-{stack}/models"}
+    for name, repo in repositories.items():
+        assert repo["imageTagMutability"] == "IMMUTABLE", name
+        assert repo["imageScanningConfiguration"] == {"scanOnPush": True}, name
+        encryption = one(repo["encryptionConfigurations"])
+        assert encryption["encryptionType"] == "KMS", name
+        assert encryption["kmsKey"].startswith("arn:aws:kms:"), name
+        # Production keeps its images on `pulumi destroy`; the others may go with the stack.
+        assert repo["forceDelete"] is (stack != "prod"), name
+    lifecycles = plan.of_type(LIFECYCLE)
+    assert sorted(r["inputs"]["repository"] for r in lifecycles) == sorted(repositories)
+
+
+@pytest.mark.parametrize("stack", BASE_STACKS)
+def test_lifecycle_policy_keeps_recent_builds_and_expires_untagged(
+    plans: dict[str, Plan], stack: str
+) -> None:
+    for resource in plans[stack].of_type(LIFECYCLE):
+        rules = json.loads(resource["inputs"]["policy"])["rules"]
+        assert set(json.loads(resource["inputs"]["policy"])) == {"rules"}
+        priorities = [rule["rulePriority"] for rule in rules]
+        assert len(set(priorities)) == len(priorities)
+        for rule in rules:
+            # ECR's schema: every rule has these three, and only expire as its action.
+            assert set(rule) <= {"rulePriority", "description", "selection", "action"}
+            assert rule["action"] == {"type": "expire"}
+            selection = rule["selection"]
+            assert selection["tagStatus"] in {"tagged", "untagged", "any"}
+            assert selection["countType"] in {"imageCountMoreThan", "sinceImagePushed"}
+            assert isinstance(selection["countNumber"], int)
+            assert selection["countNumber"] > 0
+            if selection["countType"] == "sinceImagePushed":
+                assert selection["countUnit"] == "days"
+            if selection["tagStatus"] == "tagged":
+                assert selection.get("tagPrefixList") or selection.get("tagPatternList")
+            # A catch-all rule must come last (ECR refuses it elsewhere); this policy has none:
+            # images tagged by someone else are left alone.
+            assert selection["tagStatus"] != "any"
+        untagged = one(r for r in rules if r["selection"]["tagStatus"] == "untagged")
+        assert untagged["selection"]["countType"] == "sinceImagePushed"
+        assert untagged["selection"]["countNumber"] <= 14
+        builds = one(
+            r for r in rules if r["selection"].get("tagPrefixList") == [f"record-{stack}-"]
+        )
+        assert builds["selection"]["countType"] == "imageCountMoreThan"
+        assert builds["selection"]["countNumber"] >= 10
+        assert one(r for r in rules if r["selection"].get("tagPrefixList") == ["pr-"])
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_images_are_built_from_the_dockerfile_and_pushed(
+    plans: dict[str, Plan], stack: str
+) -> None:
+    images = _images(plans[stack])
+    assert set(images) == ({"api", "models"} if LOCAL_MODELS[stack] else {"api"})
+    registry = (
+        "000000000000.dkr.ecr.eu-west-1.amazonaws.com/"
+        + ("offline-placeholder-base" if stack == "preview" else f"record-{stack}")
+        + "/"
+    )
+    tag_prefix = "pr-0-" if stack == "preview" else f"record-{stack}-"
+    for role, resource in images.items():
+        inputs = resource["inputs"]
+        assert inputs["push"] is True
+        # The repository's root and its Dockerfile, relative to where the program runs.
+        assert Path(inputs["context"]["location"]).resolve() == REPO_ROOT
+        assert Path(inputs["dockerfile"]["location"]).resolve() == REPO_ROOT / "Dockerfile"
+        assert inputs["target"] == "runtime"
+        assert inputs["platforms"] == ["linux/amd64"]
+        assert inputs["buildArgs"] == ({"EXTRAS": "ai"} if role == "models" else {})
+        tag = one(inputs["tags"])
+        assert tag.startswith(f"{registry}{role}:{tag_prefix}"), tag
+        registry_auth = one(inputs["registries"])
+        assert registry_auth["username"]
+        assert registry_auth["password"] == "[secret]"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_workload_runs_the_pushed_digest(plans: dict[str, Plan], stack: str) -> None:
+    plan = plans[stack]
+    pushed = {
+        role: f"{one(r['inputs']['tags']).rsplit(':', 1)[0]}@{offline_digest(r['name'])}"
+        for role, r in _images(plan).items()
+    }
+    containers = _containers(plan)
+    assert containers
+    for name, container in containers:
+        role = "models" if container["name"] == "model-server" else "api"
+        assert container["image"] == pushed[role], name
+        assert "0" * 64 not in container["image"], name
+    if LOCAL_MODELS[stack]:
+        assert any(c["name"] == "model-server" for _, c in containers)
+    # The migration Job is named after the image it migrates with.
+    job = one(m for m in plan.manifests if m["kind"] == "Job")
+    assert job["metadata"]["name"].startswith("record-migrate-")
+
+
+def test_node_role_may_pull_from_ecr(plans: dict[str, Plan]) -> None:
+    attachments = plans["staging"].of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+    assert any(
+        a["inputs"]["policyArn"] == "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly"
+        for a in attachments
+    )
+
+
+@pytest.mark.parametrize("stack", ["dev", "preview", "prod"])
+def test_prebuilt_images_are_pinned_and_nothing_is_built(stack: str) -> None:
+    plan = render(stack, {"record:image": {"prebuilt": PREBUILT}})
+    assert plan.of_type(IMAGE) == []
+    for name, container in _containers(plan):
+        role = "models" if container["name"] == "model-server" else "api"
+        assert container["image"] == PREBUILT[role], name
+    # A base stack keeps its repositories (previews may still build into them).
+    if stack != "preview":
+        assert len(plan.of_type(REPOSITORY)) == 2
+
+
+def test_revision_names_the_pushed_tag() -> None:
+    plan = render("staging", {"record:image": {"revision": "ci-1234"}})
+    tag = one(one(plan.of_type(IMAGE))["inputs"]["tags"])
+    assert tag.endswith("/record-staging/api:record-staging-ci-1234")
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        ({"prebuilt": {"api": "ghcr.io/example/record:latest"}}, "pinned by digest"),
+        ({"prebuilt": {"api": "ghcr.io/example/record@sha256:abc"}}, "pinned by digest"),
+        (
+            {"prebuilt": {"api": "ghcr.io/example/record@sha256:" + "A" * 64}},
+            "pinned by digest",
+        ),
+        ({"prebuilt": {"models": PREBUILT["models"]}}, "needs api"),
+        ({"prebuilt": {"api": PREBUILT["api"]}}, "needs models"),
+        ({"prebuilt": {**PREBUILT, "worker": PREBUILT["api"]}}, "unknown keys ['worker']"),
+        ({"prebuilt": [PREBUILT["api"]]}, "must be a mapping"),
+        ({"revision": "a b"}, "tag-safe"),
+        ({"tag": "latest"}, "unknown keys ['tag']"),
+        (PREBUILT["api"], "record:image is a mapping now"),
+    ],
+)
+def test_invalid_image_config_is_refused(image: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        render("dev", {"record:image": image})
