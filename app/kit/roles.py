@@ -225,6 +225,11 @@ def _roles_and_database(
                 db, sql.Identifier(roles.api), sql.Identifier(roles.worker)
             )
         )
+        # The logins act as record_app (SET ROLE), and a temporary table is created with the
+        # current role's rights: the group needs TEMPORARY too, or every chunk write fails.
+        conn.execute(
+            sql.SQL("GRANT TEMPORARY ON DATABASE {} TO {}").format(db, sql.Identifier(APP_ROLE))
+        )
         # KEDA counts the queue: it connects, nothing more (no temporary tables).
         conn.execute(
             sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(db, sql.Identifier(roles.keda))

@@ -173,6 +173,10 @@ async def test_bootstrap_then_migrations_then_the_app(
     with psycopg.connect(login(rds_like, roles.worker, owner, database)) as conn:
         row = conn.execute("SELECT * FROM procrastinate_register_worker_v1()").fetchone()
         assert row is not None
+        # The chunk writes stage rows in a temporary table, as record_app.
+        conn.execute("SET ROLE record_app")
+        conn.execute("CREATE TEMPORARY TABLE chunk_stage_probe (id uuid)")
+        conn.execute("RESET ROLE")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("RESET ROLE; CREATE ROLE intruder")
     # KEDA's login, by its password, reads the queue's depth.
