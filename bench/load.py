@@ -14,7 +14,8 @@ Setup (here, through the API, before k6 starts):
 
 - ``--orgs`` orgs (default 5), each from one signup (its owner);
 - members: the owners invite ``--users`` minus ``--orgs`` more emails, round-robin over the orgs
-  with the roles admin, contributor, reader; each then signs up and so joins that org (a signup
+  with the roles admin, contributor, reader; each signs up, verifies its email and accepts the
+  invitation through the links the stack's worker mails to its mail drop (a signup
   is the one anonymous request a user costs; signups are limited per IP, 10/60 by default
   (``signup``): against a stack with that default the setup waits out the window when it has to);
 - credentials, one per user: owners use an owner API key; every other admin a contributor or
@@ -43,6 +44,8 @@ Thresholds (in the script): p95 of expected (2xx) responses < 500 ms, and unexpe
 from __future__ import annotations
 
 import argparse
+import email
+import email.policy
 import json
 import math
 import os
@@ -58,6 +61,7 @@ import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +126,8 @@ class Target:
     url: str
     key: str | None
     started: bool  # a stack of our own
+    # Where the stack writes its mail (MAIL_BACKEND=file): members join through mailed links.
+    mail_dir: Path | None = None
 
 
 @contextmanager
@@ -132,7 +138,8 @@ def target(args: argparse.Namespace) -> Iterator[Target]:
     if args.url and not key:
         key = dev_env.get("RECORD_API_KEY")
     if url and (args.url or key):
-        yield Target(url.rstrip("/"), key, started=False)
+        local_mail = ROOT / ".record" / "mail"
+        yield Target(url.rstrip("/"), key, started=False, mail_dir=local_mail)
         return
     from tests.stack.conftest import start_stack
 
@@ -143,7 +150,12 @@ def target(args: argparse.Namespace) -> Iterator[Target]:
     stack = start_stack(base / "state", free_port(), free_port(), per_ip)
     try:
         print(f"  up in {time.monotonic() - began:.0f} s at {stack.api_url}", flush=True)
-        yield Target(stack.api_url, stack.dev_env().get("RECORD_API_KEY"), started=True)
+        yield Target(
+            stack.api_url,
+            stack.dev_env().get("RECORD_API_KEY"),
+            started=True,
+            mail_dir=stack.state / "mail",
+        )
     finally:
         code = stack.stop()
         print(f"stack stopped (record up exited {code})", flush=True)
@@ -265,22 +277,47 @@ def create_orgs(api: Api, run: str, count: int) -> tuple[list[Org], list[Identit
     return orgs, identities
 
 
-def add_members(api: Api, run: str, orgs: list[Org], count: int) -> list[Identity]:
+def mailed_token(mail_dir: Path, to: str, path: str, timeout: float = 60.0) -> str:
+    """The token of the newest ``<PUBLIC_URL>/<path>/<token>`` link the worker mailed to ``to``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for eml in sorted(mail_dir.glob("*.eml"), reverse=True) if mail_dir.exists() else []:
+            message = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+            if message["To"] != to or not isinstance(message, EmailMessage):
+                continue
+            match = re.search(rf"/{path}/([A-Za-z0-9_-]+)", message.get_content())
+            if match:
+                return match[1]
+        time.sleep(0.2)
+    raise SystemExit(f"setup: no /{path}/ link reached {to} in {mail_dir} within {timeout:.0f} s")
+
+
+def add_members(
+    api: Api, run: str, orgs: list[Org], count: int, mail_dir: Path | None
+) -> list[Identity]:
     """Invite ``count`` emails round-robin over the orgs (admin, contributor, reader), sign each
-    up (joining the org), and give each one credential: every other admin its own API key."""
+    up, verify and accept the invitation through the mailed links (as a person joins), and give
+    each one credential: every other admin its own API key."""
     identities: list[Identity] = []
     admins = 0
+    if count and mail_dir is None:
+        raise SystemExit("setup: members join through mailed links; run against a local stack")
     for j in range(count):
+        assert mail_dir is not None
         org = orgs[j % len(orgs)]
         role = MEMBER_ROLES[(j // len(orgs)) % len(MEMBER_ROLES)]
-        email = f"bench-{run}-m{j}@example.com"
-        invite = {"email": email, "role": role}
-        api.call("POST", f"/api/orgs/{org.id}/members", org.owner_session, json=invite)
-        body = {"email": email, "password": PASSWORD, "name": f"Member {j}"}
+        address = f"bench-{run}-m{j}@example.com"
+        body = {"email": address, "password": PASSWORD, "name": f"Member {j}"}
         out = api.call("POST", "/api/auth/signup", json=body)
-        if out["org"] is None or out["org"]["id"] != org.id:
-            raise SystemExit(f"setup: {email} signed up but did not join {org.name}")
         user_id, session = out["user"]["id"], out["session_token"]
+        verify = {"token": mailed_token(mail_dir, address, "verify")}
+        api.call("POST", "/api/auth/verify", session, json=verify)
+        invite = {"email": address, "role": role}
+        api.call("POST", f"/api/orgs/{org.id}/members", org.owner_session, json=invite)
+        accept = {"token": mailed_token(mail_dir, address, "invite")}
+        joined = api.call("POST", "/api/invitations/accept", session, json=accept)
+        if joined.get("id") != org.id:
+            raise SystemExit(f"setup: {address} did not join {org.name}")
         name = f"o{orgs.index(org)}.{role}{j}"
         if role == "admin" and admins % 2 == 0:
             # The admin's own key, with a role an admin may grant: it counts against the admin.
@@ -351,11 +388,13 @@ def given_key_identity(api: Api, key: str) -> Identity | None:
     return Identity("given key", "api_key", key, me["org"]["id"], user_id, "")
 
 
-def setup(api: Api, args: argparse.Namespace, key: str | None, work: Path) -> dict[str, Any]:
+def setup(
+    api: Api, args: argparse.Namespace, key: str | None, work: Path, mail_dir: Path | None
+) -> dict[str, Any]:
     run = secrets.token_hex(3)
     began = time.monotonic()
     orgs, identities = create_orgs(api, run, args.orgs)
-    identities += add_members(api, run, orgs, max(0, args.users - args.orgs))
+    identities += add_members(api, run, orgs, max(0, args.users - args.orgs), mail_dir)
     for ident in identities:
         ident.edit = {"owner": "any", "admin": "any", "contributor": "own"}.get(ident.role, "none")
         ident.manage_keys = ident.role in ("owner", "admin")
@@ -589,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"setup: {args.orgs} orgs, {args.users} users against {tgt.url}", flush=True)
             api = Api(tgt.url)
             try:
-                data = setup(api, args, tgt.key, work)
+                data = setup(api, args, tgt.key, work, tgt.mail_dir)
             finally:
                 api.close()
             data_path = work / "identities.json"

@@ -64,7 +64,7 @@ async def test_upload_streams_to_storage_and_queues_one_job(
     body = response.json()
     recording = body["recording"]
     assert recording["status"] == "uploaded"
-    assert recording["title"] == "Stand-up"
+    assert recording["title"] == "<i>Stand-up</i>"  # plain text, stored as given
     assert recording["content_type"] == "audio/wav"
     assert recording["size_bytes"] == len(content)
     [stored] = objects_under(settings)
