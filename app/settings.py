@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     database_statement_timeout_ms: int = Field(default=15_000, ge=100)
     slow_query_ms: int = Field(default=1_000, ge=1)
     redis_url: str = "redis://localhost:6379/0"
+    # Put before every key the app writes (rate limits, caches, uploads): a preview stack shares
+    # its base's Valkey as a user allowed only keys under "pr-<n>:". No braces: they would
+    # change a key's cluster hash tag.
+    redis_key_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9_.:-]*$", max_length=64)
 
     # Set under gunicorn: every worker writes samples here and /metrics aggregates them.
     prometheus_multiproc_dir: str | None = None

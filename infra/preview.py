@@ -2,9 +2,10 @@
 
 A preview owns only what is cheap and disposable: a namespace, a database on the base stack's
 RDS instance (created by the migration Job's bootstrap step), IRSA roles scoped to its own
-prefix in the base bucket, and its workloads. Cluster, RDS, Valkey, the bucket and the SES
-identity with its SMTP credentials are read from the base stack's outputs (a StackReference),
-never created.
+prefix in the base bucket, a Valkey user of its own in the base's user group, allowed only keys
+under its ``REDIS_KEY_PREFIX`` (``pr-<n>:``), and its workloads. Cluster, RDS, Valkey, the bucket
+and the SES identity with its SMTP credentials are read from the base stack's outputs (a
+StackReference), never created; the base's Valkey password is not among them.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pulumi
+import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
+from infra.cache import derived_password, preview_access
+from infra.common import tags
 from infra.config import PreviewConfig, ProjectConfig
 
 # The outputs a base stack exports for its previews (infra/stack.py).
@@ -25,7 +29,7 @@ BASE_OUTPUTS = (
     "dbMasterSecretArn",
     "dbSecretKmsKeyArn",
     "cacheEndpoint",
-    "cacheAuthToken",
+    "cacheUserGroupId",
     "bucketName",
     "bucketArn",
     "bucketKmsKeyArn",
@@ -45,6 +49,8 @@ BASE_OUTPUTS = (
 class PreviewArgs:
     project: ProjectConfig
     preview: PreviewConfig
+    # The preview's own secret (dbAppPassword) its Valkey password is derived from.
+    secret: pulumi.Input[str]
 
 
 class Preview(pulumi.ComponentResource):
@@ -53,8 +59,10 @@ class Preview(pulumi.ComponentResource):
     namespace: str
     database: str
     object_prefix: str
-    # Valkey has 16 logical databases; previews share the base's instance, one each.
-    cache_db: int
+    # Its Valkey user: only keys under cache_key_prefix, with a password of its own.
+    cache_user: str
+    cache_key_prefix: str
+    cache_password: pulumi.Output[str]
 
     def __init__(
         self, name: str, args: PreviewArgs, opts: pulumi.ResourceOptions | None = None
@@ -66,7 +74,26 @@ class Preview(pulumi.ComponentResource):
         self.namespace = f"record-{pv.slug}"
         self.database = f"record_pr_{pv.pr_number}"
         self.object_prefix = f"previews/{pv.slug}/"
-        self.cache_db = 1 + pv.pr_number % 15
+        self.cache_user = pv.slug
+        self.cache_key_prefix = f"{pv.slug}:"
+        self.cache_password = derived_password(args.secret, f"record-valkey:{self.cache_user}")
+        prefix = args.project.prefix
+        user = aws.elasticache.User(
+            f"{prefix}-valkey",
+            user_id=prefix,
+            user_name=self.cache_user,
+            engine="valkey",
+            access_string=preview_access(self.cache_key_prefix),
+            passwords=[self.cache_password],
+            tags=tags(args.project, prefix),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        aws.elasticache.UserGroupAssociation(
+            f"{prefix}-valkey",
+            user_group_id=self.outputs["cacheUserGroupId"].apply(str),
+            user_id=user.user_id,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
         self.provider = k8s.Provider(
             f"{args.project.prefix}-k8s",
             kubeconfig=self.outputs["kubeconfig"],

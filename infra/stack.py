@@ -132,7 +132,8 @@ def _build_base(config: StackConfig) -> dict[str, Any]:
             db_app_user=config.database.app_user,
             db_master_secret_arn=database.master_secret_arn,
             cache_host=cache.primary_endpoint,
-            cache_db=0,
+            cache_user=cache.app_user_name,
+            cache_key_prefix="",
             bucket_name=storage.bucket_name,
             bucket_kms_key_arn=storage.kms_key_arn,
             object_prefix=RECORDINGS_PREFIX,
@@ -172,7 +173,8 @@ def _build_base(config: StackConfig) -> dict[str, Any]:
         "dbMasterSecretArn": database.master_secret_arn,
         "dbSecretKmsKeyArn": database.master_secret_kms_key_arn,
         "cacheEndpoint": cache.primary_endpoint,
-        "cacheAuthToken": pulumi.Output.secret(cache_token),
+        # Previews join this group with users of their own (infra/preview.py).
+        "cacheUserGroupId": cache.user_group_id,
         "bucketName": storage.bucket_name,
         "bucketArn": storage.bucket_arn,
         "bucketKmsKeyArn": storage.kms_key_arn,
@@ -200,7 +202,11 @@ def _build_preview(config: StackConfig) -> dict[str, Any]:
     p = config.project
     assert config.preview is not None
     prefix = p.prefix
-    preview = Preview(prefix, PreviewArgs(project=p, preview=config.preview))
+    assert config.workloads.db_app_password is not None
+    preview = Preview(
+        prefix,
+        PreviewArgs(project=p, preview=config.preview, secret=config.workloads.db_app_password),
+    )
     base = preview.outputs
     identity = Identity(
         prefix,
@@ -219,8 +225,8 @@ def _build_preview(config: StackConfig) -> dict[str, Any]:
     )
     from dataclasses import replace
 
-    # The preview's Valkey token is the base stack's: one instance, one token.
-    workloads_cfg = replace(config.workloads, cache_auth_token=base["cacheAuthToken"])
+    # Its own Valkey user's password, never the base's: one instance, a user per preview.
+    workloads_cfg = replace(config.workloads, cache_auth_token=preview.cache_password)
     # One SES identity per base stack, like its Valkey: previews mail From its domain with its
     # SMTP credentials (a rotation there reaches a preview at its next `pulumi up`).
     mail = MailSettings(
@@ -257,7 +263,8 @@ def _build_preview(config: StackConfig) -> dict[str, Any]:
             db_app_user=f"record_pr_{config.preview.pr_number}",
             db_master_secret_arn=base["dbMasterSecretArn"],  # type: ignore[arg-type]
             cache_host=base["cacheEndpoint"],  # type: ignore[arg-type]
-            cache_db=preview.cache_db,
+            cache_user=preview.cache_user,
+            cache_key_prefix=preview.cache_key_prefix,
             bucket_name=base["bucketName"],  # type: ignore[arg-type]
             bucket_kms_key_arn=base["bucketKmsKeyArn"],  # type: ignore[arg-type]
             object_prefix=preview.object_prefix,

@@ -101,7 +101,10 @@ class WorkloadsArgs:
     db_app_user: str
     db_master_secret_arn: pulumi.Input[str]
     cache_host: pulumi.Input[str]
-    cache_db: int
+    # The Valkey user the pods log in as (its password: workloads.cache_auth_token), and the
+    # prefix of every key they write (REDIS_KEY_PREFIX; "" on a base stack). Always db 0.
+    cache_user: pulumi.Input[str]
+    cache_key_prefix: str
     bucket_name: pulumi.Input[str]
     bucket_kms_key_arn: pulumi.Input[str]
     object_prefix: str
@@ -209,6 +212,8 @@ class Workloads(pulumi.ComponentResource):
             "SMTP_PORT": str(args.mail.smtp_port),
             "SMTP_STARTTLS": "true" if args.mail.starttls else "false",
         }
+        if args.cache_key_prefix:
+            settings["REDIS_KEY_PREFIX"] = args.cache_key_prefix
         for key, value in (
             ("OIDC_ISSUER", cfg.oidc_issuer),
             ("OIDC_JWKS_URL", cfg.oidc_jwks_url),
@@ -228,8 +233,12 @@ class Workloads(pulumi.ComponentResource):
         )
 
         redis_url = pulumi.Output.all(
-            args.cache_host, pulumi.Output.secret(cfg.cache_auth_token)
-        ).apply(lambda a: f"rediss://:{quote(str(a[1]), safe='')}@{a[0]}:6379/{args.cache_db}")
+            args.cache_host, args.cache_user, pulumi.Output.secret(cfg.cache_auth_token)
+        ).apply(
+            lambda a: (
+                f"rediss://{quote(str(a[1]), safe='')}:{quote(str(a[2]), safe='')}@{a[0]}:6379/0"
+            )
+        )
         secret_data: dict[str, Any] = {"REDIS_URL": pulumi.Output.secret(redis_url)}
         if cfg.openai_api_key is not None:
             secret_data["OPENAI_API_KEY"] = pulumi.Output.secret(cfg.openai_api_key)

@@ -178,9 +178,11 @@ class RedisPieceCache:
     A cache and nothing more: when Redis fails, the piece is transcribed again.
     """
 
-    def __init__(self, redis: Redis, *, scope: str, ttl_seconds: int = 86_400) -> None:
+    def __init__(
+        self, redis: Redis, *, scope: str, ttl_seconds: int = 86_400, key_prefix: str = ""
+    ) -> None:
         self.redis = redis
-        self.prefix = f"transcript-piece:{{{scope}}}"
+        self.prefix = f"{key_prefix}transcript-piece:{{{scope}}}"  # REDIS_KEY_PREFIX first
         self.ttl_seconds = ttl_seconds
 
     def _key(self, piece: Piece) -> str:

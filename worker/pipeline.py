@@ -173,7 +173,11 @@ async def _transcribe(
             piece_seconds=deps.settings.transcription_piece_seconds,
             workdir=Path(tmp),
             concurrency=deps.settings.transcription_concurrency,
-            cache=RedisPieceCache(deps.redis, scope=f"{org_id}:{recording_id}:{media_key}:{model}"),
+            cache=RedisPieceCache(
+                deps.redis,
+                scope=f"{org_id}:{recording_id}:{media_key}:{model}",
+                key_prefix=deps.settings.redis_key_prefix,
+            ),
         )
     segments = transcript.segments
     async with deps.db.transaction(org_id=org_id) as conn:

@@ -40,7 +40,7 @@ async def purge_org(deps: PipelineDeps, org_id: UUID) -> OrgPurged:
         if await orgs.org_exists(conn, org_id):
             raise OrgStillExists(f"org {org_id} still exists; its objects stay")
     objects, aborted = await delete_objects(deps.store, org_id)
-    cache_keys = await forget_cached(deps.redis, org_id)
+    cache_keys = await forget_cached(deps.redis, org_id, deps.settings.redis_key_prefix)
     purged = OrgPurged(objects=objects, uploads_aborted=aborted, cache_keys=cache_keys)
     log.info(
         "org purged",
@@ -61,17 +61,18 @@ async def delete_objects(store: ObjectStore, org_id: UUID) -> tuple[int, int]:
     return objects, aborted
 
 
-async def forget_cached(redis: Redis, org_id: UUID) -> int:
+async def forget_cached(redis: Redis, org_id: UUID, key_prefix: str = "") -> int:
     """Delete every Valkey key that names the org: its search answers and transcripts
     (``search:{org}``, ``transcript:{org/recording}``), transcription pieces, embeddings of
     its texts (``emb:…:org:…``) and its rate-limit counters. A cache retired by version alone
     would keep the values (a transcript's text, say) until their TTL; matching the id finds
     them all without this module knowing each cache's key format, and an org's UUID names
     nothing else. SCAN walks the whole keyspace in small steps, so this is for a job, never
-    a request; on a Redis Cluster it would have to walk every primary."""
+    a request; on a Redis Cluster it would have to walk every primary. Only keys under
+    ``key_prefix`` (REDIS_KEY_PREFIX): a preview's Valkey user may touch nothing else."""
     removed = 0
     batch: list[bytes] = []
-    async for key in redis.scan_iter(match=f"*{org_id}*", count=SCAN_BATCH):
+    async for key in redis.scan_iter(match=f"{key_prefix}*{org_id}*", count=SCAN_BATCH):
         batch.append(key)
         if len(batch) >= SCAN_BATCH:
             removed += await redis.unlink(*batch)

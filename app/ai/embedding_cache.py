@@ -32,9 +32,9 @@ def cache_space(models: ModelClients, base_url: str) -> str:
     return f"{config.embedding_model}:{config.embedding_dimensions}:{server}"
 
 
-def cache_key(space: str, text: str, scope: str = "") -> str:
+def cache_key(space: str, text: str, scope: str = "", prefix: str = "") -> str:
     digest = hashlib.sha256(text.encode()).hexdigest()
-    return f"emb:v3:{space}:{scope}:{digest}"
+    return f"{prefix}emb:v3:{space}:{scope}:{digest}"
 
 
 class CachedEmbeddings:
@@ -48,8 +48,10 @@ class CachedEmbeddings:
         batch_size: int,
         cache_name: str = "embeddings",
         scope: str = "",
+        key_prefix: str = "",
     ) -> None:
         self.models = models
+        self.key_prefix = key_prefix  # REDIS_KEY_PREFIX
         # Whose texts (an org): one org's cache hits must not tell it what another org said
         # or searched for (a hit answers in milliseconds, a miss in tens).
         self.scope = scope
@@ -78,10 +80,11 @@ class CachedEmbeddings:
             batch_size=settings.embedding_batch_size,
             cache_name=cache_name,
             scope=scope,
+            key_prefix=settings.redis_key_prefix,
         )
 
     def key(self, text: str) -> str:
-        return cache_key(self.space, text, self.scope)
+        return cache_key(self.space, text, self.scope, self.key_prefix)
 
     async def embed(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Embeddings for ``texts``, in order, from the cache where it has them."""

@@ -51,13 +51,16 @@ class Ticket:
 
 
 class VersionedCache:
-    def __init__(self, redis: Redis, namespace: str, *, ttl_seconds: int) -> None:
+    def __init__(
+        self, redis: Redis, namespace: str, *, ttl_seconds: int, key_prefix: str = ""
+    ) -> None:
         self.redis = redis
         self.namespace = namespace
         self.ttl_seconds = ttl_seconds
+        self.key_prefix = key_prefix  # REDIS_KEY_PREFIX
 
     def _keys(self, scope: str, key: str) -> tuple[str, str]:
-        base = f"{self.namespace}:{{{scope}}}"
+        base = f"{self.key_prefix}{self.namespace}:{{{scope}}}"
         return f"{base}:gen", f"{base}:{key}"
 
     async def read(self, scope: str, key: str) -> tuple[bytes | None, Ticket]:

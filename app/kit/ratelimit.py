@@ -220,9 +220,9 @@ def rates_from_settings(settings: Settings) -> dict[str, Rate]:
     return {name: parse_rate(getattr(settings, f"ratelimit_{name}")) for name in LIMITER_NAMES}
 
 
-def window_key(limiter: str, subject: str) -> str:
+def window_key(limiter: str, subject: str, prefix: str = "") -> str:
     # The braces make the whole name the Redis Cluster hash tag: one key, one slot.
-    return f"rl:{{{limiter}:{subject}}}"
+    return f"{prefix}rl:{{{limiter}:{subject}}}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +269,8 @@ class SlidingWindowScript:
     arguments every time).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, key_prefix: str = "") -> None:
+        self.key_prefix = key_prefix  # REDIS_KEY_PREFIX
         self.sha = hashlib.sha1(SLIDING_WINDOW_LUA.encode(), usedforsecurity=False).hexdigest()
         # EVALSHA <sha> 1: the head of a seven-part command; key, limit, window, member follow.
         self._head = (
@@ -284,7 +285,7 @@ class SlidingWindowScript:
         return b"%s%d" % (self._prefix, next(self._counter))
 
     def packed(self, limiter: str, subject: str, rate: Rate, member: bytes | None = None) -> bytes:
-        key = window_key(limiter, subject).encode()
+        key = window_key(limiter, subject, self.key_prefix).encode()
         if member is None:
             member = self.new_member()
         return b"%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n" % (
@@ -526,6 +527,7 @@ class RateLimiter:
         trusted_proxies: Iterable[str] = (),
         enabled: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        key_prefix: str = "",
     ) -> None:
         self.client = client
         self.rates = dict(rates)
@@ -533,7 +535,7 @@ class RateLimiter:
         self.breaker = CircuitBreaker(breaker_seconds, clock)
         self.trusted_proxies = parse_networks(trusted_proxies)
         self.enabled = enabled
-        self._script = SlidingWindowScript()
+        self._script = SlidingWindowScript(key_prefix)
         self._connections = ScriptConnections(client)
 
     @classmethod
@@ -545,6 +547,7 @@ class RateLimiter:
             breaker_seconds=settings.ratelimit_breaker_seconds,
             trusted_proxies=settings.trusted_proxies,
             enabled=settings.ratelimit_enabled,
+            key_prefix=settings.redis_key_prefix,
         )
 
     async def aclose(self) -> None:
@@ -582,13 +585,14 @@ class RateLimiter:
         nothing to take back or Redis did not answer (then the window keeps it)."""
         if not decision.member:
             return False
-        key = window_key(decision.limiter, decision.subject).encode()
+        key = window_key(decision.limiter, decision.subject, self._script.key_prefix).encode()
         command = resp_command(b"ZREM", key, decision.member)
         return await self._command(decision.limiter, command, "refund")
 
     async def forget(self, limiter: str, subject: str) -> bool:
         """Empty ``subject``'s window of ``limiter``. False when Redis did not answer."""
-        command = resp_command(b"DEL", window_key(limiter, subject).encode())
+        key = window_key(limiter, subject, self._script.key_prefix).encode()
+        command = resp_command(b"DEL", key)
         return await self._command(limiter, command, "forget")
 
     async def _command(self, limiter: str, packed: bytes, what: str) -> bool:

@@ -98,12 +98,12 @@ class PendingUpload:
         )
 
 
-def pending_key(upload_id: UUID) -> str:
-    return f"upload:{upload_id}"
+def pending_key(upload_id: UUID, prefix: str = "") -> str:
+    return f"{prefix}upload:{upload_id}"
 
 
-def state_key(upload_id: UUID) -> str:
-    return f"upload:{upload_id}:state"
+def state_key(upload_id: UUID, prefix: str = "") -> str:
+    return f"{prefix}upload:{upload_id}:state"
 
 
 def _redis_down() -> ServiceUnavailableError:
@@ -159,7 +159,7 @@ async def start_direct_upload(
     )
     try:
         await services.redis.set(
-            pending_key(upload_id),
+            pending_key(upload_id, services.settings.redis_key_prefix),
             pending.dumps(),
             ex=presigned.expires_in + PENDING_MARGIN_SECONDS,
         )
@@ -187,7 +187,7 @@ async def complete_direct_upload(
     """Check the stored object, then write the row and its job in one transaction."""
     redis = services.redis
     try:
-        raw = await redis.get(pending_key(upload_id))
+        raw = await redis.get(pending_key(upload_id, services.settings.redis_key_prefix))
         if raw is None:
             raise NotFoundError(NOT_FOUND)
         pending = PendingUpload.loads(raw)
@@ -198,8 +198,12 @@ async def complete_direct_upload(
             raise AuthorizationError(
                 "Only the member who started this upload, or an admin, may complete it."
             )
-        ttl = max(int(await redis.ttl(pending_key(upload_id))), 60)
-        claimed = await redis.set(state_key(upload_id), b"completing", nx=True, ex=ttl)
+        ttl = max(
+            int(await redis.ttl(pending_key(upload_id, services.settings.redis_key_prefix))), 60
+        )
+        claimed = await redis.set(
+            state_key(upload_id, services.settings.redis_key_prefix), b"completing", nx=True, ex=ttl
+        )
     except RedisError as exc:
         raise _redis_down() from exc
     if not claimed:
@@ -239,7 +243,7 @@ async def complete_direct_upload(
         with anyio.CancelScope(shield=True):
             if copied:
                 await store.delete(media_key)
-            await redis.delete(state_key(upload_id))
+            await redis.delete(state_key(upload_id, services.settings.redis_key_prefix))
         raise
     try:
         await store.delete(pending.key)
@@ -250,7 +254,10 @@ async def complete_direct_upload(
     # a 500 (the "completing" claim still answers a retry with 409 until it expires).
     try:
         await redis.set(
-            state_key(upload_id), json.dumps({"job_id": job_id}).encode(), ex=ttl, xx=True
+            state_key(upload_id, services.settings.redis_key_prefix),
+            json.dumps({"job_id": job_id}).encode(),
+            ex=ttl,
+            xx=True,
         )
     except RedisError:
         log.warning("could not record a completed upload", upload_id=str(upload_id))
@@ -283,6 +290,6 @@ async def _check_object(
         with anyio.CancelScope(shield=True):
             await store.delete(key)
             await store.delete(pending.key)
-            await services.redis.delete(pending_key(upload_id))
+            await services.redis.delete(pending_key(upload_id, services.settings.redis_key_prefix))
         raise
     return media.content_type

@@ -62,7 +62,12 @@ def fuse(rankings: Sequence[Sequence[Candidate]], limit: int) -> list[Candidate]
 
 def answer_cache(redis: Redis, settings: Settings) -> VersionedCache:
     """Ranked answers per org (the scope): retired together whenever the org's chunks change."""
-    return VersionedCache(redis, "search", ttl_seconds=settings.search_cache_ttl_seconds)
+    return VersionedCache(
+        redis,
+        "search",
+        ttl_seconds=settings.search_cache_ttl_seconds,
+        key_prefix=settings.redis_key_prefix,
+    )
 
 
 def _fingerprint(query: str, body: SearchIn, space: str) -> str:

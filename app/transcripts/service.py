@@ -24,7 +24,12 @@ NOT_YET = "No transcript for this recording (yet): check its status."
 
 
 def transcript_cache(redis: Redis, settings: Settings) -> VersionedCache:
-    return VersionedCache(redis, "transcript", ttl_seconds=settings.transcript_cache_ttl_seconds)
+    return VersionedCache(
+        redis,
+        "transcript",
+        ttl_seconds=settings.transcript_cache_ttl_seconds,
+        key_prefix=settings.redis_key_prefix,
+    )
 
 
 def transcript_scope(org_id: UUID, recording_id: UUID) -> str:

@@ -83,7 +83,9 @@ def test_encryption_everywhere(plans: dict[str, Plan], stack: str) -> None:
     assert cache_["kmsKeyId"]
     assert cache_["transitEncryptionEnabled"] is True
     assert cache_["transitEncryptionMode"] == "required"
-    assert cache_["authToken"] == "[secret]"
+    # RBAC users (tests/infra/test_preview_cache.py), not the shared AUTH token.
+    assert cache_["userGroupIds"]
+    assert "authToken" not in cache_
     buckets = plan.of_type("aws:s3/bucket:Bucket")
     sse = plan.of_type(
         "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
