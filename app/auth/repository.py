@@ -26,12 +26,6 @@ async def authenticate_session(conn: Conn, digest: bytes) -> DictRow | None:
     )
 
 
-async def find_user_by_email(conn: Conn, email: str) -> DictRow | None:
-    return await fetch_one(
-        conn, "SELECT id, email, name, password_hash FROM app_find_user_by_email(%s)", (email,)
-    )
-
-
 async def find_user_for_login(conn: Conn, email: str) -> DictRow | None:
     return await fetch_one(
         conn,

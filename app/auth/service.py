@@ -68,7 +68,7 @@ async def signup(conn: Conn, settings: Settings, body: SignupIn) -> SignupOut:
     check_password_strength(
         body.password, email=body.email, min_length=settings.password_min_length
     )
-    if await repo.find_user_by_email(conn, body.email) is not None:
+    if await repo.find_user_for_login(conn, body.email) is not None:
         raise ConflictError("An account with this email exists; log in instead.")
     invite_only = settings.signup_mode is SignupMode.invite_only
     if invite_only and not await repo.email_invited(conn, body.email):

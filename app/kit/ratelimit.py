@@ -44,7 +44,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 from uuid import UUID
 
 import redis
@@ -137,22 +137,7 @@ LimiterName = Literal[
     "login_failures_ip_email",
     "login_failures_email",
 ]
-LIMITER_NAMES: tuple[LimiterName, ...] = (
-    "api",
-    "search",
-    "chat",
-    "upload",
-    "share",
-    "anonymous",
-    "media",
-    "signup",
-    "share_page",
-    "password_reset",
-    "login",
-    "login_failures_ip",
-    "login_failures_ip_email",
-    "login_failures_email",
-)
+LIMITER_NAMES: tuple[LimiterName, ...] = get_args(LimiterName)
 
 # Whom each limiter counts, as the seed document sets them.
 Per = Literal["user", "org", "ip"]
