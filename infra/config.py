@@ -97,6 +97,8 @@ class ClusterConfig:
     # ... or the private endpoint alone, which only a deploy run inside the VPC can reach.
     private_only: bool = False
     deploy_from_vpc: bool = False
+    # "owner/name": with deployFromVpc, the repository whose workflows the in-VPC runner serves.
+    runner_repository: str | None = None
     # For mode "existing": where the cluster already lives.
     kubeconfig: pulumi.Input[str] | None = None
     vpc_id: str | None = None
@@ -386,6 +388,7 @@ def _cluster(cfg: pulumi.Config, proj: ProjectConfig) -> ClusterConfig:
             "publicAccessCidrs",
             "privateOnly",
             "deployFromVpc",
+            "runnerRepository",
             "vpcId",
             "vpcCidr",
             "privateSubnetIds",
@@ -403,6 +406,7 @@ def _cluster(cfg: pulumi.Config, proj: ProjectConfig) -> ClusterConfig:
         public_access_cidrs=_cidrs(cl.get("publicAccessCidrs", ()), "cluster.publicAccessCidrs"),
         private_only=_pick(cl, "privateOnly", False, bool, "cluster"),
         deploy_from_vpc=_pick(cl, "deployFromVpc", False, bool, "cluster"),
+        runner_repository=_pick(cl, "runnerRepository", None, str, "cluster"),
         kubeconfig=cfg.get_secret("kubeconfig"),
         vpc_id=cl.get("vpcId"),
         vpc_cidr=cl.get("vpcCidr"),
