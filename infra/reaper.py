@@ -1,0 +1,303 @@
+"""The preview reaper: destroys pull-request previews nobody will look at again.
+
+``.github/workflows/reaper.yml`` runs ``python -m infra.reaper`` every hour. A preview stack
+(``preview-pr-<n>``) is destroyed and removed when its pull request is closed (merged or not:
+the close event's own destroy may have failed or never run) or when its ``record:expires-at``
+stack tag has passed; ``preview.yml`` moves that tag to 72 hours after each push. Everything
+else is kept: base stacks are never looked at, and a preview whose state cannot be told (no
+tag, a pull request GitHub does not know, an update in progress) is kept with a warning, since
+a wrong keep costs a day of pods and a wrong destroy costs someone's review environment.
+
+The decision is ``decide`` (stacks and pull-request states in, actions out); ``reap`` wires it
+to the Pulumi CLI and the GitHub API, both injectable, and prints what it did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal, Protocol, TextIO
+
+import httpx
+
+# The stack tag preview.yml sets: an ISO 8601 UTC instant, e.g. 2026-12-07T01:00:00Z.
+EXPIRES_TAG = "record:expires-at"
+# `pulumi stack ls` prints names as the backend qualifies them: preview-pr-12, org/preview-pr-12
+# or organization/record/preview-pr-12; the last segment is the stack's own name.
+PREVIEW_STACK = re.compile(r"(?:^|/)preview-pr-(?P<pr>[1-9][0-9]*)$")
+# A destroy waits on Kubernetes finalizers and the RDS database drop; no single one should
+# hold the hourly run past the next.
+DESTROY_TIMEOUT_SECONDS = 40 * 60
+
+PrState = Literal["open", "closed"]
+
+
+class CommandError(RuntimeError):
+    """A Pulumi CLI command exited non-zero."""
+
+
+class Runner(Protocol):
+    def __call__(self, args: Sequence[str], timeout: float | None = None) -> str:
+        """Runs ``pulumi <args>`` and returns its stdout; raises CommandError on failure."""
+        ...
+
+
+class PullRequests(Protocol):
+    def state(self, number: int) -> PrState | None:
+        """The pull request's state, or None when the repository has no such pull request."""
+        ...
+
+
+@dataclass(frozen=True)
+class Stack:
+    # As `pulumi stack ls` printed it: what `--stack` takes back.
+    name: str
+    update_in_progress: bool = False
+
+
+@dataclass(frozen=True)
+class Preview:
+    stack: str
+    pr_number: int
+    # None: the tag is missing or unreadable.
+    expires_at: datetime | None
+    update_in_progress: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    stack: str
+    reap: bool
+    reason: str
+    # Something a person should look at (a preview the reaper cannot judge).
+    warning: bool = False
+
+
+def preview_pr_number(stack_name: str) -> int | None:
+    """The pull request a preview stack belongs to; None for every other stack."""
+    match = PREVIEW_STACK.search(stack_name)
+    return int(match["pr"]) if match else None
+
+
+def parse_expiry(value: str | None) -> datetime | None:
+    """The tag's instant (timezone-aware), or None when it is absent or not ISO 8601 with a
+    zone: a naive time would be read in the runner's zone."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+def decide(
+    previews: Sequence[Preview], states: Mapping[int, PrState | None], now: datetime
+) -> list[Decision]:
+    """One decision per preview: reap when its pull request is closed or its TTL has passed."""
+    decisions = []
+    for preview in previews:
+        decisions.append(_decide_one(preview, states.get(preview.pr_number), now))
+    return decisions
+
+
+def _decide_one(preview: Preview, state: PrState | None, now: datetime) -> Decision:
+    pr = f"#{preview.pr_number}"
+    if preview.update_in_progress:
+        # Its own workflow is deploying or destroying it; the next run judges it again.
+        return Decision(preview.stack, False, f"an update is in progress (PR {pr})")
+    if state == "closed":
+        return Decision(preview.stack, True, f"PR {pr} is closed")
+    if state is None:
+        return Decision(
+            preview.stack, False, f"GitHub has no PR {pr} in this repository", warning=True
+        )
+    if preview.expires_at is None:
+        return Decision(
+            preview.stack,
+            False,
+            f"PR {pr} is open and the stack has no valid {EXPIRES_TAG} tag",
+            warning=True,
+        )
+    expiry = preview.expires_at.astimezone(UTC).isoformat(timespec="seconds")
+    if preview.expires_at <= now:
+        return Decision(preview.stack, True, f"PR {pr} is open but expired at {expiry}")
+    return Decision(preview.stack, False, f"PR {pr} is open, expires at {expiry}")
+
+
+def list_stacks(run: Runner) -> list[Stack]:
+    """The current project's stacks (``pulumi stack ls --json``: name, current, lastUpdate,
+    updateInProgress, resourceCount, url; no tags)."""
+    rows = json.loads(run(["stack", "ls", "--json"]))
+    return [Stack(str(row["name"]), bool(row.get("updateInProgress", False))) for row in rows]
+
+
+def read_expiry(run: Runner, stack: str) -> datetime | None:
+    """``pulumi stack tag ls --json`` prints the tags as one JSON object, name to value."""
+    tags = json.loads(run(["stack", "tag", "ls", "--json", "--stack", stack]))
+    value = tags.get(EXPIRES_TAG) if isinstance(tags, dict) else None
+    return parse_expiry(value if isinstance(value, str) else None)
+
+
+def find_previews(run: Runner, stacks: Sequence[Stack]) -> list[Preview]:
+    """Only preview stacks; their tags are the only thing read from them."""
+    previews = []
+    for stack in stacks:
+        number = preview_pr_number(stack.name)
+        if number is None:
+            continue
+        previews.append(
+            Preview(stack.name, number, read_expiry(run, stack.name), stack.update_in_progress)
+        )
+    return previews
+
+
+def destroy(run: Runner, stack: str) -> None:
+    """``pulumi destroy`` then ``pulumi stack rm``: a stack whose resources could not all be
+    deleted keeps its state, so the next run (or a person) can finish the job."""
+    run(["destroy", "--yes", "--stack", stack], timeout=DESTROY_TIMEOUT_SECONDS)
+    run(["stack", "rm", "--yes", "--stack", stack])
+
+
+def reap(
+    run: Runner,
+    pulls: PullRequests,
+    now: datetime,
+    *,
+    dry_run: bool = False,
+    out: TextIO | None = None,
+) -> int:
+    """Decides, destroys (unless ``dry_run``), prints each step (to stdout by default);
+    returns the exit status: 1 when a destroy failed, else 0."""
+    out = out or sys.stdout
+    previews = find_previews(run, list_stacks(run))
+    states = {p.pr_number: pulls.state(p.pr_number) for p in previews}
+    decisions = decide(previews, states, now)
+    print(f"{len(previews)} preview stack(s) at {now.isoformat(timespec='seconds')}", file=out)
+    failed = 0
+    for decision in decisions:
+        verb = "reap" if decision.reap else "keep"
+        prefix = "warning: " if decision.warning else ""
+        print(f"{prefix}{verb} {decision.stack}: {decision.reason}", file=out)
+        if not decision.reap:
+            continue
+        if dry_run:
+            print(f"  dry run: would destroy and remove {decision.stack}", file=out)
+            continue
+        try:
+            destroy(run, decision.stack)
+        except CommandError as error:
+            failed += 1
+            print(f"  error: {decision.stack} not reaped: {error}", file=out)
+            continue
+        print(f"  destroyed and removed {decision.stack}", file=out)
+    reaped = sum(d.reap for d in decisions)
+    print(f"done: {reaped} to reap, {failed} failed, {len(decisions) - reaped} kept", file=out)
+    return 1 if failed else 0
+
+
+def pulumi_runner(cwd: str | None = None) -> Runner:
+    """Runs the Pulumi CLI; its progress (destroy's) streams to stderr, the job log."""
+
+    def run(args: Sequence[str], timeout: float | None = None) -> str:
+        command = ["pulumi", *args, "--non-interactive"]
+        try:
+            result = subprocess.run(  # noqa: S603 - fixed program, arguments from our own list
+                command,
+                cwd=cwd,
+                stdout=subprocess.PIPE,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise CommandError(f"{' '.join(command)}: {error}") from error
+        if result.returncode != 0:
+            raise CommandError(f"{' '.join(command)} exited {result.returncode}")
+        return result.stdout
+
+    return run
+
+
+class GitHubPullRequests:
+    """Pull-request states from the REST API (``GET /repos/{repo}/pulls/{n}``)."""
+
+    def __init__(self, client: httpx.Client, repository: str) -> None:
+        self._client = client
+        self._repository = repository
+
+    def state(self, number: int) -> PrState | None:
+        response = self._client.get(f"/repos/{self._repository}/pulls/{number}")
+        if response.status_code == httpx.codes.NOT_FOUND:
+            return None
+        response.raise_for_status()
+        state = response.json().get("state")
+        if state not in ("open", "closed"):
+            raise ValueError(f"PR #{number}: unexpected state {state!r}")
+        return "open" if state == "open" else "closed"
+
+
+def github_client(token: str, api_url: str = "https://api.github.com") -> httpx.Client:
+    return httpx.Client(
+        base_url=api_url,
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/vnd.github+json",
+            "X-GitHub-Api-Version": "2022-11-28",
+        },
+        timeout=30.0,
+    )
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m infra.reaper",
+        description=(
+            "Destroy preview-pr-<n> stacks whose pull request is closed or whose "
+            f"{EXPIRES_TAG} stack tag has passed; print what was done."
+        ),
+    )
+    parser.add_argument("--dry-run", action="store_true", help="decide and print, destroy nothing")
+    parser.add_argument(
+        "--repository",
+        default=os.environ.get("GITHUB_REPOSITORY"),
+        help="owner/name of the pull requests (default: $GITHUB_REPOSITORY)",
+    )
+    parser.add_argument(
+        "--api-url",
+        default=os.environ.get("GITHUB_API_URL", "https://api.github.com"),
+        help="GitHub REST API root (default: $GITHUB_API_URL or api.github.com)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    run: Runner | None = None,
+    client_factory: Callable[[str, str], httpx.Client] = github_client,
+    now: datetime | None = None,
+) -> int:
+    args = _parse_args(argv)
+    token = os.environ.get("GITHUB_TOKEN")
+    if not args.repository or not token:
+        print("error: set GITHUB_TOKEN and --repository (or GITHUB_REPOSITORY)", file=sys.stderr)
+        return 2
+    with client_factory(token, args.api_url) as client:
+        return reap(
+            run or pulumi_runner(),
+            GitHubPullRequests(client, args.repository),
+            now or datetime.now(UTC),
+            dry_run=args.dry_run,
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
