@@ -1,4 +1,13 @@
-"""/livez: the process answers. /readyz: it can serve (database, Redis, schema at head).
+"""/livez: the process answers. /readyz: it can serve (database reachable, schema at head).
+
+Readiness fails only for what no request can be served without. Valkey is not one of them: the
+rate limiter fails open and the caches are optional, so Valkey down answers 200 with the body
+saying "degraded". Otherwise one Valkey hiccup would take every API pod out of rotation at once.
+
+/readyz answers within ``CHECK_TIMEOUT`` whatever the dependencies do, under the readiness
+probe's own timeout: a probe that times out counts as a failure, and a pool saturated by load
+would otherwise hold the check in its queue until the kubelet gave up and pulled a pod that was
+busy serving.
 
 /metrics is for the cluster's Prometheus; the public ingress never routes it.
 """
@@ -7,60 +16,148 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from typing import Any
 
+import psycopg
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from psycopg.rows import dict_row
+from psycopg_pool import PoolTimeout
 
+from app.kit.context import current_request_id
+from app.kit.db import Conn, libpq_conninfo
 from app.kit.deps import get_services
+from app.kit.errors import PROBLEM_JSON, ServiceUnavailableError
 from app.kit.metrics import render_latest
 from app.kit.migrate import head_revisions
+from app.kit.roles import APP_ROLE
+from app.kit.services import Services
 
 router = APIRouter(tags=["health"])
-CHECK_TIMEOUT = 2.0
+
+# The whole check's budget: under the readiness probe's timeoutSeconds (2 s in
+# infra/workloads.py), so the probe reads our answer rather than timing out.
+CHECK_TIMEOUT = 1.5
+# How long the check queues for a pooled connection before it opens one of its own: a healthy
+# pool hands one over in microseconds, so waiting longer only means every one is busy.
+POOL_WAIT = 0.2
+# The checks without which the API serves nothing; any other failing check is "degraded".
+REQUIRED = frozenset({"database"})
+# What a degraded dependency costs, for whoever reads the probe's body.
+DEGRADED_IMPACT = {
+    "redis": "rate limits fail open; search, transcript and embedding caches are off",
+}
+
+
+class NotReadyError(ServiceUnavailableError):
+    code = "not_ready"
 
 
 @router.get("/livez")
 async def livez() -> dict[str, str]:
+    # Touches nothing: a dependency's outage must never get a healthy process restarted.
     return {"status": "alive"}
 
 
-async def _timed(coro: Any) -> dict[str, Any]:
+async def _timed(check: Awaitable[dict[str, Any]]) -> dict[str, Any]:
     started = time.perf_counter()
     try:
-        detail = await asyncio.wait_for(coro, CHECK_TIMEOUT)
+        detail = await asyncio.wait_for(check, CHECK_TIMEOUT)
         return {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 1), **detail}
+    except TimeoutError:
+        return {"ok": False, "error": f"no answer within {CHECK_TIMEOUT}s"}
     except Exception as exc:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
-@router.get("/readyz")
+async def _revisions(conn: Conn) -> set[str]:
+    cur = await conn.execute("SELECT version_num FROM alembic_version")
+    return {row["version_num"] for row in await cur.fetchall()}
+
+
+async def _revisions_unpooled(services: Services) -> set[str]:
+    """The revisions read over a connection of the check's own, outside the pool."""
+    conn = await psycopg.AsyncConnection.connect(
+        libpq_conninfo(services.settings.database_url),
+        autocommit=True,
+        row_factory=dict_row,
+        application_name="record-readyz",
+    )
+    try:
+        # As the pool's connections do: the login role itself may read nothing.
+        await conn.execute(f"SET ROLE {APP_ROLE}")
+        return await _revisions(conn)
+    finally:
+        await conn.close()
+
+
+async def _database(services: Services) -> dict[str, Any]:
+    pool = services.db.pool
+    try:
+        async with pool.connection(timeout=POOL_WAIT) as conn:
+            current = await _revisions(conn)
+        via = "pool"
+    except PoolTimeout:
+        # Every pooled connection is in use (or none can be made): a busy API is still one
+        # that serves, so ask the database directly. If it is down this fails at once, and
+        # if it hangs, the check's timeout answers.
+        current = await _revisions_unpooled(services)
+        via = "direct"
+    expected = head_revisions()
+    if current != expected:
+        raise RuntimeError(
+            f"schema at {sorted(current) or 'nothing'}, code expects {sorted(expected)}: "
+            "run `record db upgrade`"
+        )
+    stats = pool.get_stats()
+    return {
+        "revision": sorted(current),
+        "via": via,
+        "pool": {
+            "size": stats.get("pool_size", 0),
+            "available": stats.get("pool_available", 0),
+            "waiting": stats.get("requests_waiting", 0),
+        },
+    }
+
+
+async def _redis(services: Services) -> dict[str, Any]:
+    await services.redis.ping()
+    return {}
+
+
+@router.get(
+    "/readyz",
+    responses={
+        503: {
+            "description": "The database is unreachable or its schema is not at the code's head.",
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}},
+        }
+    },
+)
 async def readyz(request: Request) -> JSONResponse:
     services = get_services(request)
-
-    async def database() -> dict[str, Any]:
-        async with services.db.pool.connection() as conn:
-            cur = await conn.execute("SELECT version_num FROM alembic_version")
-            current = {row["version_num"] for row in await cur.fetchall()}
-        expected = head_revisions()
-        if current != expected:
-            raise RuntimeError(
-                f"schema at {sorted(current) or 'nothing'}, code expects {sorted(expected)}: "
-                "run `record db upgrade`"
-            )
-        return {"revision": sorted(current)}
-
-    async def redis() -> dict[str, Any]:
-        await services.redis.ping()
-        return {}
-
-    db_check, redis_check = await asyncio.gather(_timed(database()), _timed(redis()))
-    checks = {"database": db_check, "redis": redis_check}
-    ready = all(check["ok"] for check in checks.values())
-    return JSONResponse(
-        {"status": "ready" if ready else "not_ready", "checks": checks},
-        status_code=200 if ready else 503,
+    db_check, redis_check = await asyncio.gather(
+        _timed(_database(services)), _timed(_redis(services))
     )
+    checks = {"database": db_check, "redis": redis_check}
+    failing = sorted(name for name, check in checks.items() if not check["ok"])
+    for name in failing:
+        if name in DEGRADED_IMPACT:
+            checks[name]["impact"] = DEGRADED_IMPACT[name]
+    if blocking := [name for name in failing if name in REQUIRED]:
+        error = NotReadyError(
+            f"Cannot serve without: {', '.join(blocking)}.", headers={"Retry-After": "5"}
+        )
+        body = error.problem(instance=request.url.path, request_id=current_request_id())
+        return JSONResponse(
+            {**body, "checks": checks},
+            status_code=error.status_code,
+            headers=error.headers,
+            media_type=PROBLEM_JSON,
+        )
+    return JSONResponse({"status": "degraded" if failing else "ready", "checks": checks})
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -1,0 +1,125 @@
+"""Faults on purpose, against the real servers of ``tests/conftest.py``.
+
+A fault that would break other tests (stopping Valkey, filling a disk) gets a server or a
+filesystem of its own here, so the session's shared ones stay healthy.
+"""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from app.devstack.servers import ValkeyServer
+from tests.conftest import ROLES, as_login, free_port
+
+
+class OwnValkey:
+    """A Valkey of one test's own, to stop, pause and resume."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.server = ValkeyServer(
+            data_dir=data_dir, port=free_port(), password=secrets.token_urlsafe(16)
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            self.server.command(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if redis.Redis.from_url(self.url, socket_timeout=0.5).ping():
+                    return
+            except redis.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError("Valkey did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused server cannot act on SIGTERM
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+
+@pytest.fixture
+def own_valkey(tmp_path: Path) -> Iterator[OwnValkey]:
+    valkey = OwnValkey(tmp_path / "valkey")
+    valkey.start()
+    try:
+        yield valkey
+    finally:
+        valkey.stop()
+
+
+@asynccontextmanager
+async def running_app(settings: Any, *, wait_for_pool: bool = True) -> AsyncIterator[Any]:
+    """The app as the ``app`` fixture makes it (the API's login role), for settings of a test's
+    own; ``wait_for_pool=False`` for a database that is not there."""
+    from asgi_lifespan import LifespanManager
+
+    from app.main import create_app
+
+    application = create_app(as_login(settings, ROLES.api))
+    async with LifespanManager(application):
+        if wait_for_pool:
+            await application.state.services.db.pool.wait(timeout=10)
+        yield application
+
+
+@asynccontextmanager
+async def http_client(application: Any) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=application)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+class SilentHost:
+    """A port that accepts TCP connections and never says a word: a database host that hangs
+    (a stopped process, a black-holed network) as a client sees it. ``close`` ends the hang:
+    the waiting connections are reset."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = int(self.listener.getsockname()[1])
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def silent_host() -> Iterator[SilentHost]:
+    host = SilentHost()
+    try:
+        yield host
+    finally:
+        host.close()
