@@ -123,9 +123,11 @@ class Cluster(pulumi.ComponentResource):
         )
         # `pulumi up` installs the charts and the workloads through this endpoint: the public
         # one open to publicAccessCidrs only, or (privateOnly) the private one, reached from a
-        # deploy inside the VPC through this group. Nodes always use the private one.
+        # deploy inside the VPC through this group. Nodes always use the private one. The runner
+        # this program provisions (runnerRepository, infra/runner.py) needs no VPC-wide group:
+        # the cluster security group admits its own group alone.
         endpoint_groups: list[pulumi.Input[str]] = []
-        if cfg.private_only:
+        if cfg.deploy_from_vpc and cfg.runner_repository is None:
             endpoint_groups.append(
                 aws.ec2.SecurityGroup(
                     f"{prefix}-eks-deploy",

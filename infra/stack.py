@@ -17,6 +17,7 @@ from infra.mail import Mail, MailArgs, MailSettings
 from infra.monitoring import Monitoring, MonitoringArgs
 from infra.network import Network, NetworkArgs
 from infra.preview import Preview, PreviewArgs
+from infra.runner import Runner, RunnerArgs
 from infra.storage import RECORDINGS_PREFIX, Storage, StorageArgs
 from infra.workloads import Workloads, WorkloadsArgs
 
@@ -64,6 +65,21 @@ def _build_base(config: StackConfig) -> dict[str, Any]:
             alertmanager_topic_arn=topic_arn,
         ),
     )
+    # Where `pulumi up` runs when the endpoint is private: a runner of this stack's own.
+    runner = None
+    if config.cluster.deploy_from_vpc and config.cluster.runner_repository:
+        runner = Runner(
+            prefix,
+            RunnerArgs(
+                project=p,
+                repository=config.cluster.runner_repository,
+                vpc_id=vpc_id,
+                private_subnet_ids=private_subnets,
+                cluster_name=cluster.name,
+                cluster_security_group_id=cluster.node_security_group_id,
+                account_id=aws.get_caller_identity_output().account_id,
+            ),
+        )
     storage = Storage(prefix, StorageArgs(project=p, storage=config.storage))
     database = Database(
         prefix,
@@ -193,6 +209,10 @@ def _build_base(config: StackConfig) -> dict[str, Any]:
         # Where preview stacks push their builds (infra/images.py).
         **{f"{image}RepositoryUrl": registry.repository_urls[image] for image in IMAGES},
     }
+    if runner is not None:
+        # The `runs-on` label of deploy jobs; the deploy role's trust policy names this role.
+        outputs["deployRunnerLabel"] = runner.label
+        outputs["deployRunnerRoleArn"] = runner.role.arn
     for key, value in outputs.items():
         pulumi.export(key, value)
     return outputs
