@@ -8,6 +8,7 @@ from app.client_cli import ask as ask_command
 from app.client_cli import recordings_app
 from app.client_cli import search as search_command
 from app.client_cli import upload as upload_command
+from app.smoke import smoke as smoke_command
 
 app = typer.Typer(
     name="record",
@@ -22,6 +23,7 @@ app.command("upload")(upload_command)
 app.command("search")(search_command)
 app.command("ask")(ask_command)
 app.add_typer(recordings_app, name="recordings")
+app.command("smoke")(smoke_command)
 
 
 @app.command()
