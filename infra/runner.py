@@ -20,16 +20,19 @@ Two identities, on purpose:
 - The runner's own role (this module) is narrow in AWS: its log group, the network interfaces
   CodeBuild creates in the private subnets, ``eks:DescribeCluster`` on this cluster
   (``aws eks update-kubeconfig``), and ``sts:AssumeRole`` on the deploy role, nothing else.
-  In Kubernetes it is cluster admin through an access entry, so jobs on the runner reach the API
-  (``kubectl`` checks after a deploy, the chart and workload installs) whoever created the
-  cluster: EKS makes only the creator admin by itself.
+  In Kubernetes it is cluster admin through an access entry: EKS makes only the cluster's
+  creator admin by itself, and steps that run as the runner (``kubectl`` checks and rollout
+  repairs after a deploy) reach the API whoever created the cluster, without the deploy
+  role's AWS rights. (``pulumi up`` signs its Kubernetes requests as the deploy role.)
 - ``pulumi up`` itself creates VPCs, IAM roles, KMS keys, RDS and EKS: a policy that allows it
   is ``*`` in all but name, and written here it would hand those rights to every job of the
-  repository that names the runner's label. So the runner carries none of them: the job assumes
-  the deploy role, ``<prefix>-deploy`` (``deploy_role_name``), for the ``pulumi up`` step only.
-  That role exists before this program runs (it runs the first deploy, from outside the VPC,
-  before any runner exists), and its trust policy must name the runner's role (stack output
-  ``deployRunnerRoleArn``): this program cannot widen it.
+  repository that names the runner's label. So the runner carries none of them: the job takes
+  the deploy role for the ``pulumi up`` step, either by GitHub OIDC (as the workflows do; no
+  right of the runner's is involved) or chained from the runner's role, which may assume
+  ``<prefix>-deploy`` (``deploy_role_name``) and no other. That role exists before this program
+  runs (it runs the first deploy, from outside the VPC, before any runner exists); to chain,
+  its trust policy must name the runner's role (stack output ``deployRunnerRoleArn``): this
+  program cannot widen it.
 
 Anyone who can make a workflow job queue with that label gets both, so the repository must not
 run workflows from forks on self-hosted runners, and deploy jobs belong behind a GitHub
