@@ -134,6 +134,24 @@ class ServiceUnavailableError(AppError):
     code = "service_unavailable"
 
 
+class InsufficientStorageError(AppError):
+    """The server's own storage is full (ENOSPC, EDQUOT): nothing the caller sent is wrong,
+    and the same request succeeds once an operator has made room."""
+
+    status_code = 507
+    code = "insufficient_storage"
+
+    def __init__(
+        self,
+        detail: str = (
+            "The server is out of storage space, so the upload was not kept. Try again later, "
+            "or tell the server's operator if it persists."
+        ),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(detail, **kwargs)
+
+
 def internal_problem(*, instance: str | None, request_id: str | None) -> dict[str, Any]:
     """The body of a 500: says nothing of the cause, only how to report it."""
     body: dict[str, Any] = {

@@ -73,6 +73,9 @@ _API_PROBLEMS: dict[int, str] = {
     503: "A dependency is unavailable; try again.",
 }
 _PROBE_PROBLEMS: dict[int, str] = {500: _API_PROBLEMS[500]}
+# Refusals worth more than an info line: a limit hit, a dependency away, and the server's disk
+# full (507), for an operator to act on now.
+_LOG_LEVELS: dict[int, str] = {429: "warning", 502: "warning", 503: "warning", 507: "error"}
 
 
 def problem_response(error: AppError, *, instance: str | None) -> JSONResponse:
@@ -86,7 +89,7 @@ def problem_response(error: AppError, *, instance: str | None) -> JSONResponse:
 
 async def _app_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
-    level = "warning" if exc.status_code in (429, 502, 503) else "info"
+    level = _LOG_LEVELS.get(exc.status_code, "info")
     getattr(log, level)("request refused", status=exc.status_code, code=exc.code, detail=exc.detail)
     return problem_response(exc, instance=request.url.path)
 

@@ -8,6 +8,7 @@ upload in memory, and an aborted write leaves no object behind.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ from uuid import UUID
 
 import anyio
 
+from app.kit.errors import InsufficientStorageError
 from app.kit.metrics import STORAGE_BYTES, STORAGE_OPS
 from app.kit.security.files import resolve_under
 from app.settings import Settings
@@ -29,6 +31,8 @@ READ_CHUNK = 1024 * 1024
 # S3 parts must be at least 5 MiB (except the last); 8 MiB keeps memory bounded and requests few.
 MIN_PART_SIZE = 5 * 1024 * 1024
 PART_SIZE = 8 * 1024 * 1024
+# A full disk, or the store's user over its quota: the server's to fix, not the caller's.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _KEY = re.compile(r"^[a-z0-9][a-z0-9/._\-]{0,500}$")
 
 
@@ -154,7 +158,22 @@ class FileStore:
 
     async def write(self, key: str, chunks: AsyncIterable[bytes], *, content_type: str) -> int:
         timer = _Timed("upload")
-        path = self._path(key)
+        try:
+            written = await self._write(self._path(key), chunks)
+        except OSError as exc:
+            timer.done(status="error")
+            if exc.errno in DISK_FULL:
+                raise InsufficientStorageError() from exc
+            raise
+        except BaseException:
+            timer.done(status="error")
+            raise
+        timer.done(written)
+        return written
+
+    async def _write(self, path: Path, chunks: AsyncIterable[bytes]) -> int:
+        # Any of these can find the disk full: a new folder, the temporary file's inode, a
+        # write, or the flush on close.
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
         written = 0
@@ -167,9 +186,7 @@ class FileStore:
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await anyio.Path(tmp_name).unlink(missing_ok=True)
-            timer.done(status="error")
             raise
-        timer.done(written)
         return written
 
     async def read(self, key: str) -> AsyncIterator[bytes]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response, status
@@ -12,6 +12,7 @@ from app.auth.deps import require, require_detached
 from app.auth.principal import Principal
 from app.auth.rbac import Permission
 from app.kit.deps import DbConn, ServicesDep
+from app.kit.errors import PROBLEM_JSON
 from app.kit.pagination import Cursor, Limit
 from app.kit.ratelimit import Decision, rate_limit
 from app.recordings import direct, service
@@ -36,11 +37,18 @@ Writer = Annotated[Principal, Depends(require(Permission.recordings_write))]
 
 Creator = Annotated[Principal, Depends(require_detached(Permission.recordings_create))]
 
+# Only the streaming upload writes to the server's own disk (a direct upload goes to S3).
+INSUFFICIENT_STORAGE: dict[str, Any] = {
+    "description": "The server's storage is full; nothing was kept. Try again later.",
+    "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}},
+}
+
 
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
     openapi_extra={"requestBody": UPLOAD_REQUEST_BODY},
+    responses={507: INSUFFICIENT_STORAGE},
 )
 async def upload_recording(
     request: Request,

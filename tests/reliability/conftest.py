@@ -21,6 +21,11 @@ import pytest
 import redis
 
 from app.devstack.servers import ValkeyServer
+
+# The API-level fixtures (orgs made through the API, their mail, the real models behind the
+# in-process model server, a seeded corpus), as tests/app has them.
+from tests.app.conftest import local_models, mailbox, model_app, org_a, org_b  # noqa: F401
+from tests.app.retrieval import corpus, models, seeder  # noqa: F401
 from tests.conftest import ROLES, as_login, free_port
 
 
@@ -123,3 +128,53 @@ def silent_host() -> Iterator[SilentHost]:
         yield host
     finally:
         host.close()
+
+
+def _mount(args: list[str]) -> str | None:
+    """Run ``mount``; the reason it refused, or None."""
+    try:
+        result = subprocess.run(
+            ["mount", *args], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    return None if result.returncode == 0 else (result.stderr.strip() or "refused")
+
+
+def mount_small_filesystem(target: Path, size_kib: int, scratch: Path) -> None:
+    """A filesystem of ``size_kib`` at ``target``: tmpfs, or else an ext4 image on a loop
+    device. Skips the test, saying why, where neither may be mounted (CI without privileges)."""
+    target.mkdir(parents=True, exist_ok=True)
+    refused = _mount(["-t", "tmpfs", "-o", f"size={size_kib}k,mode=0700", "tmpfs", str(target)])
+    if refused is None:
+        return
+    image = scratch / "disk.img"
+    with open(image, "wb") as handle:
+        handle.truncate(size_kib * 1024)
+    made = subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], capture_output=True, check=False
+    )
+    loop_refused = (
+        _mount(["-o", "loop", str(image), str(target)])
+        if made.returncode == 0
+        else ("mkfs.ext4 failed")
+    )
+    if loop_refused is not None:
+        pytest.skip(
+            f"cannot mount a small filesystem here (tmpfs: {refused}; loop: {loop_refused})"
+        )
+
+
+def unmount(target: Path) -> None:
+    subprocess.run(["umount", "-l", str(target)], capture_output=True, check=False)
+
+
+@pytest.fixture
+def small_disk(settings: Any, tmp_path: Path) -> Iterator[Path]:
+    """The app's object store (``STATE_DIR/objects``) on a 256 KiB filesystem of its own."""
+    objects = settings.state_dir / "objects"
+    mount_small_filesystem(objects, 256, tmp_path)
+    try:
+        yield objects
+    finally:
+        unmount(objects)
