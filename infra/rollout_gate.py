@@ -47,6 +47,10 @@ EXIT_UNREADABLE = 3
 # plenty for a rollout whose pauses last minutes, and keeps the API server's load negligible.
 POLL_SECONDS = 5.0
 REQUEST_TIMEOUT_SECONDS = 10.0
+# A 401/403 this soon after the Job started may be a RoleBinding the API server's RBAC cache
+# has not seen yet (Pulumi creates it just before the Job); after that it is a mistake that
+# waiting will not fix.
+AUTH_GRACE_SECONDS = 30.0
 
 GATE_NAME = "record-rollout-gate"
 GATE_COMPONENT = "rollout-gate"
@@ -143,7 +147,7 @@ def _failure(status: Mapping[str, Any]) -> str | None:
 
 
 class Unreadable(Exception):
-    """The API refused the gate (401/403): waiting longer would not help."""
+    """The API refused the gate (401/403)."""
 
 
 @dataclass(frozen=True)
@@ -215,37 +219,27 @@ def wait(
     *,
     timeout: float,
     poll: float = POLL_SECONDS,
+    auth_grace: float = AUTH_GRACE_SECONDS,
     out: Callable[[str], None] = print,
 ) -> int:
-    deadline = time.monotonic() + timeout
+    """Read the Rollout every ``poll`` seconds until a verdict or ``timeout``; print each new
+    state once, and the verdict last."""
+    started = time.monotonic()
     look = f"kubectl argo rollouts get rollout {name} -n {namespace}"
     last = "no answer from the API server yet"
     with cluster.client() as client:
         while True:
-            try:
-                rollout = cluster.get(client, rollout_path(namespace, name))
-            except Unreadable as error:
-                out(f"rollout-gate: cannot read rollout {namespace}/{name}: {error}")
-                return EXIT_UNREADABLE
-            except (httpx.HTTPError, ValueError) as error:
-                # The API server restarting or a 404 before the cache catches up: try again.
-                last = f"API error: {error}"
-            else:
-                verdict = judge(rollout)
-                if verdict.state == "passed":
-                    out(f"rollout-gate: rollout {namespace}/{name} {verdict.summary}")
-                    return EXIT_PASSED
-                if verdict.state == "failed":
-                    out(f"rollout-gate: rollout {namespace}/{name} failed: {verdict.summary}")
-                    metrics = failing_metrics(cluster, client, rollout)
-                    if metrics:
-                        out(metrics)
+            patient = time.monotonic() - started < auth_grace
+            code, summary = _look_once(cluster, client, namespace, name, patient=patient)
+            if code is not None:
+                out(summary)
+                if code == EXIT_FAILED:
                     out(f"rollout-gate: see `{look}`")
-                    return EXIT_FAILED
-                if verdict.summary != last:
-                    out(f"rollout-gate: {verdict.summary}")
-                last = verdict.summary
-            if time.monotonic() + poll > deadline:
+                return code
+            if summary != last:
+                out(f"rollout-gate: {summary}")
+                last = summary
+            if time.monotonic() + poll > started + timeout:
                 out(
                     f"rollout-gate: rollout {namespace}/{name} did not finish in {timeout:g} s; "
                     f"stuck at: {last}. Look with `{look}`"
@@ -254,12 +248,44 @@ def wait(
             time.sleep(poll)
 
 
+def _look_once(
+    cluster: Cluster, client: httpx.Client, namespace: str, name: str, *, patient: bool
+) -> tuple[int | None, str]:
+    """(an exit code, or None to keep waiting; what to say)."""
+    subject = f"rollout-gate: rollout {namespace}/{name}"
+    try:
+        rollout = cluster.get(client, rollout_path(namespace, name))
+    except Unreadable as error:
+        if patient:
+            return None, f"refused: {error}"
+        return EXIT_UNREADABLE, f"{subject} cannot be read: {error}"
+    except (httpx.HTTPError, ValueError) as error:
+        # The API server restarting, or a 404 before its cache catches up: try again.
+        return None, f"API error: {error}"
+    verdict = judge(rollout)
+    if verdict.state == "passed":
+        return EXIT_PASSED, f"{subject} {verdict.summary}"
+    if verdict.state == "failed":
+        lines = [f"{subject} failed: {verdict.summary}"]
+        metrics = failing_metrics(cluster, client, rollout)
+        if metrics:
+            lines.append(metrics)
+        return EXIT_FAILED, "\n".join(lines)
+    return None, verdict.summary
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.rollout_gate", description=__doc__)
     parser.add_argument("--namespace", help="default: the pod's own namespace")
     parser.add_argument("--rollout", required=True)
     parser.add_argument("--timeout", type=float, required=True, help="seconds")
     parser.add_argument("--poll", type=float, default=POLL_SECONDS, help="seconds")
+    parser.add_argument(
+        "--auth-grace",
+        type=float,
+        default=AUTH_GRACE_SECONDS,
+        help="seconds a 401/403 is retried before the gate gives up",
+    )
     parser.add_argument("--api-server", default=API_SERVER)
     parser.add_argument("--service-account-dir", type=Path, default=SERVICE_ACCOUNT_DIR)
     args = parser.parse_args(argv)
@@ -271,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.rollout,
         timeout=args.timeout,
         poll=args.poll,
+        auth_grace=args.auth_grace,
         out=lambda line: print(line, flush=True),
     )
 
@@ -307,7 +334,7 @@ def gate_objects(
     labels: Mapping[str, str],
     timeout_seconds: int,
     fingerprint: pulumi.Input[str],
-    api_server_cidr: pulumi.Input[str],
+    api_server_cidrs: Sequence[pulumi.Input[str]],
 ) -> list[dict[str, Any]]:
     """The manifests that gate `pulumi up` on the Rollout ``rollout_name`` in ``namespace``
     (keyword arguments only).
@@ -322,13 +349,18 @@ def gate_objects(
     - ``fingerprint``: 1-40 of ``[a-z0-9]``, str or Output; changes whenever the Rollout's spec
       does, so that each update runs a new Job ``record-rollout-gate-<fingerprint>`` (a Job's
       pod template is immutable, and Pulumi awaits a Job only when it creates it).
-    - ``api_server_cidr``: where the API server's endpoints live (EKS: the control plane's
-      ENIs in the cluster's VPC, so the VPC CIDR); egress is allowed there on 443 and to DNS.
+    - ``api_server_cidrs``: where the gate's packets to ``kubernetes.default.svc`` may be
+      addressed: the Service's ClusterIP range (the cluster's service CIDR: a network-policy
+      engine that filters before kube-proxy's DNAT, as the VPC CNI's eBPF agent may, sees
+      that address) and the endpoints' (EKS: the control plane's ENIs in the cluster's
+      subnets, so the VPC CIDR). Egress is allowed there on 443, and to the cluster's DNS.
 
     Returns, in creation order: ServiceAccount, Role, RoleBinding, NetworkPolicy, Job. Apply
     them with the same options as the Rollout, the Job with ``depends_on`` the Rollout and the
     others, so that it starts only after the Rollout's update has been applied.
     """
+    if not api_server_cidrs:
+        raise ValueError("api_server_cidrs: the gate must reach the API server somewhere")
     if "app.kubernetes.io/instance" not in labels:
         raise ValueError("labels need app.kubernetes.io/instance to select the gate's pod")
     gate_labels = {**labels, "app.kubernetes.io/component": GATE_COMPONENT}
@@ -375,7 +407,7 @@ def gate_objects(
             "policyTypes": ["Ingress", "Egress"],
             "egress": [
                 {
-                    "to": [{"ipBlock": {"cidr": api_server_cidr}}],
+                    "to": [{"ipBlock": {"cidr": cidr}} for cidr in api_server_cidrs],
                     "ports": [{"protocol": "TCP", "port": 443}],
                 },
                 {

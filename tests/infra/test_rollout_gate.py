@@ -148,13 +148,15 @@ class FakeApi:
     states: list[dict[str, Any]] = field(default_factory=list)
     served: int = 0
     forbidden: bool = False
+    # Refuse this many requests first, as an API server whose RBAC cache trails a new binding.
+    forbidden_for: int = 0
     paths: list[str] = field(default_factory=list)
 
     def answer(self, path: str, token: str | None) -> tuple[int, dict[str, Any]]:
         self.paths.append(path)
         if token != f"Bearer {TOKEN}":
             return 401, {"kind": "Status", "reason": "Unauthorized"}
-        if self.forbidden:
+        if self.forbidden or len(self.paths) <= self.forbidden_for:
             return 403, {"kind": "Status", "reason": "Forbidden"}
         prefix = f"/apis/argoproj.io/v1alpha1/namespaces/{NAMESPACE}"
         if path == f"{prefix}/rollouts/{ROLLOUT}":
@@ -241,7 +243,9 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         server.server_close()
 
 
-def run_gate(cluster: Cluster, timeout: float = 10) -> subprocess.CompletedProcess[str]:
+def run_gate(
+    cluster: Cluster, timeout: float = 10, auth_grace: float = 5
+) -> subprocess.CompletedProcess[str]:
     """``python -m infra.rollout_gate`` as the Job runs it, but against the fake API; the
     namespace comes from the projected file, as when --namespace is left out."""
     return subprocess.run(
@@ -255,6 +259,8 @@ def run_gate(cluster: Cluster, timeout: float = 10) -> subprocess.CompletedProce
             str(timeout),
             "--poll",
             "0.05",
+            "--auth-grace",
+            str(auth_grace),
             "--api-server",
             cluster.url,
             "--service-account-dir",
@@ -367,16 +373,26 @@ def test_a_controller_that_never_observes_the_update_times_out(cluster: Cluster)
     assert "generation 4, observed 3" in result.stdout.splitlines()[-1]
 
 
-def test_a_gate_without_read_access_fails_at_once(cluster: Cluster) -> None:
+def test_a_gate_without_read_access_fails_before_its_timeout(cluster: Cluster) -> None:
     cluster.api.forbidden = True
 
-    result = run_gate(cluster, timeout=30)
+    result = run_gate(cluster, timeout=30, auth_grace=0.3)
 
     assert result.returncode == EXIT_UNREADABLE, result.stdout + result.stderr
     assert "403" in result.stdout
-    assert cluster.api.paths == [
-        f"/apis/argoproj.io/v1alpha1/namespaces/{NAMESPACE}/rollouts/{ROLLOUT}"
-    ]
+    rollout_path = f"/apis/argoproj.io/v1alpha1/namespaces/{NAMESPACE}/rollouts/{ROLLOUT}"
+    assert set(cluster.api.paths) == {rollout_path}
+    assert len(cluster.api.paths) < 30
+
+
+def test_a_role_binding_not_yet_in_effect_is_waited_for(cluster: Cluster) -> None:
+    cluster.api.forbidden_for = 3
+    cluster.api.states = [HEALTHY]
+
+    result = run_gate(cluster)
+
+    assert result.returncode == EXIT_PASSED, result.stdout + result.stderr
+    assert "refused: 403" in result.stdout
 
 
 # -- the verdict on one state -------------------------------------------------------------------
@@ -421,7 +437,7 @@ def build(**overrides: Any) -> list[dict[str, Any]]:
         "labels": LABELS,
         "timeout_seconds": 2340,
         "fingerprint": "0123456789ab",
-        "api_server_cidr": "10.0.0.0/16",
+        "api_server_cidrs": ["172.20.0.0/16", "10.0.0.0/16"],
     }
     return gate_objects(**{**args, **overrides})
 
@@ -504,7 +520,7 @@ def test_the_network_policy_lets_only_the_gate_reach_the_api_server_and_dns() ->
     assert "ingress" not in policy
     api, dns = policy["egress"]
     assert api == {
-        "to": [{"ipBlock": {"cidr": "10.0.0.0/16"}}],
+        "to": [{"ipBlock": {"cidr": "172.20.0.0/16"}}, {"ipBlock": {"cidr": "10.0.0.0/16"}}],
         "ports": [{"protocol": "TCP", "port": 443}],
     }
     assert {p["port"] for p in dns["ports"]} == {53}
