@@ -156,10 +156,17 @@ def speak(words: list[str], path: Path) -> None:
             "install espeak-ng). A tone would transcribe to nothing, so search could not find it."
         )
     sentence = f"Smoke check: {', '.join(words)}."
-    # A fixed program found on PATH; the sentence is built from our own word list.
-    subprocess.run(  # noqa: S603
-        [espeak, "-s", "150", "-w", str(path), sentence], check=True, timeout=60
-    )
+    try:
+        # A fixed program found on PATH; the sentence is built from our own word list.
+        subprocess.run(  # noqa: S603
+            [espeak, "-s", "150", "-w", str(path), sentence],
+            check=True,
+            timeout=60,
+            capture_output=True,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        stderr = getattr(exc, "stderr", b"") or b""
+        raise CheckFailed(f"espeak-ng could not speak: {exc} {stderr.decode()[:200]}") from exc
 
 
 def problem_detail(response: httpx.Response) -> str:
@@ -176,6 +183,14 @@ def problem_detail(response: httpx.Response) -> str:
     return f"HTTP {response.status_code}: {text}" + (
         f" (request_id {request_id})" if request_id else ""
     )
+
+
+def retry_after(response: httpx.Response) -> float:
+    """Seconds a 429 asks to wait (a number; an HTTP date counts as one second)."""
+    try:
+        return min(max(float(response.headers.get("retry-after") or 1), 0.1), RETRY_AFTER_CAP)
+    except ValueError:
+        return 1.0
 
 
 def sse_events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -225,8 +240,11 @@ class SmokeRun:
 
     def _saw(self, response: httpx.Response) -> None:
         # /metrics may be answered by the ingress itself, which owes no app headers.
-        if response.request.url.path != "/metrics":
-            what = f"{response.request.method} {response.request.url.path} ({response.status_code})"
+        path = response.request.url.path
+        if path != "/metrics":
+            # A share link's id is its credential: not printed, even revoked.
+            shown = "/s/…" if path.startswith("/s/") else path
+            what = f"{response.request.method} {shown} ({response.status_code})"
             self.seen.append((what, response.headers))
 
     def close(self) -> None:
@@ -263,8 +281,13 @@ class SmokeRun:
                     "right, and are its DNS, load balancer and ingress up?"
                 ) from exc
             if response.status_code == 429 and time.monotonic() < deadline:
-                time.sleep(min(float(response.headers.get("retry-after") or 1), RETRY_AFTER_CAP))
+                time.sleep(retry_after(response))
                 continue
+            if response.is_redirect and response.status_code not in expect:
+                raise CheckFailed(
+                    f"{what}: HTTP {response.status_code} to {response.headers.get('location')}: "
+                    "run the check against the URL it redirects to."
+                )
             if response.status_code not in expect:
                 raise CheckFailed(f"{what}: {problem_detail(response)}")
             return response
@@ -650,6 +673,8 @@ class SmokeRun:
 
 
 def timed(name: str, step: Callable[[], str]) -> CheckResult:
+    import httpx
+
     started = time.monotonic()
     status: Status = "ok"
     try:
@@ -661,6 +686,8 @@ def timed(name: str, step: Callable[[], str]) -> CheckResult:
     except (KeyError, TypeError, ValueError) as exc:
         # An answer of the wrong shape: an API of another version, or not Record at all.
         status, detail = "fail", f"unexpected answer ({type(exc).__name__}: {exc}): is it Record?"
+    except httpx.HTTPError as exc:
+        status, detail = "fail", f"HTTP error ({type(exc).__name__}: {exc})"
     return CheckResult(name, status, round(time.monotonic() - started, 2), detail)
 
 

@@ -251,3 +251,68 @@ def test_a_wrong_url_fails_readiness_and_skips_the_rest():
     assert "Is the URL right" in checks["readiness"]["detail"]
     assert checks["upload to ready"]["status"] == "skipped"
     assert report["created"] == {}
+
+
+class TlsIngress(httpx.BaseTransport):
+    """What stands in front of a deployment, faked where the local stack has nothing: TLS
+    termination for ``https://record.test`` and, with ``cut_streams``, a proxy that ends an
+    event stream after its first event (buffering or an idle timeout)."""
+
+    def __init__(self, upstream: str, *, cut_streams: bool) -> None:
+        self.upstream = httpx.URL(upstream)
+        self.inner = httpx.HTTPTransport()
+        self.cut_streams = cut_streams
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/metrics":
+            return httpx.Response(404)
+        request.url = request.url.copy_with(
+            scheme="http", host=self.upstream.host, port=self.upstream.port
+        )
+        request.headers["host"] = self.upstream.netloc.decode()
+        response = self.inner.handle_request(request)
+        if not (
+            self.cut_streams
+            and response.headers.get("content-type", "").startswith("text/event-stream")
+        ):
+            return response
+        first = b""
+        for chunk in response.stream:
+            first += chunk
+            if b"\n\n" in first:
+                break
+        response.close()
+        headers = {
+            k: v
+            for k, v in response.headers.items()
+            if k.lower() not in {"content-length", "transfer-encoding"}
+        }
+        return httpx.Response(200, headers=headers, content=first.split(b"\n\n")[0] + b"\n\n")
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_over_https_hsts_is_required_and_a_cut_event_stream_fails_chat(live: RunningStack):
+    from app.smoke import SmokeOptions, SmokeRun
+
+    options = SmokeOptions(
+        url="https://record.test",
+        api_key=live.dev_env()["RECORD_API_KEY"],
+        poll_interval=0.3,
+    )
+    report = SmokeRun(options, TlsIngress(live.api_url, cut_streams=True)).run()
+    checks = {c.name: c for c in report.checks}
+    assert not report.ok
+    # Locally the app runs as development, so it sends no HSTS: over https that is a failure.
+    assert checks["security headers"].status == "fail"
+    assert "Strict-Transport-Security on GET /readyz (200)" in checks["security headers"].detail
+    assert checks["chat stream"].status == "fail"
+    assert "ended without a done event (events: ['conversation'])" in checks["chat stream"].detail
+    assert "buffering" in checks["chat stream"].detail
+    failed = {name for name, check in checks.items() if not check.ok}
+    assert failed == {"security headers", "chat stream"}, report.checks
+    # The conversation the cut stream had started is deleted with the rest.
+    assert {"conversation", "recording", "share"} <= set(report.created)
+    assert report.left_behind == []
+    assert smoke_recordings(live) == []
