@@ -1,16 +1,25 @@
 """Creates the database's roles and the database before migrations run.
 
-Runs as the migration Job's init container, from the application image (boto3 and psycopg,
-no Pulumi): reads the RDS-managed master secret with the Job's IRSA role, then, idempotently,
-provisions (``app/kit/roles.py``) the owner role the migrations run as, the API's, the
-worker's and KEDA's login roles (which own nothing), with the passwords the stack derives from
-its Pulumi secret, and the database the owner owns, with pgvector in it. A preview stack uses the
-same step to get its own roles and database on the shared base instance.
+Runs from the application image (boto3 and psycopg, no Pulumi): reads the RDS-managed master
+secret with its pod's IRSA role, then, idempotently, provisions (``app/kit/roles.py``) the owner
+role the migrations run as, the API's, the worker's and KEDA's login roles (which own nothing),
+with the passwords the stack derives from its Pulumi secret, and the database the owner owns,
+with pgvector in it.
+
+Two callers, both running code from main, never a pull request's:
+
+- a base stack's migration Job, as its init container (``infra/workloads.py``), for the base's
+  own database;
+- a preview's provisioner Job (``infra/provisioner.py``), which the preview's Pulumi program
+  creates in the *base* namespace, running the base's image under the base's
+  ``record-db-provisioner`` ServiceAccount, for the preview's database on the shared instance.
+  The preview's own pods never see the master secret: its migration Job only migrates.
 
 The master is what RDS makes it: LOGIN, CREATEROLE, CREATEDB, a member of ``rds_superuser``,
 not a superuser, and the owner of the first database (``tests/infra/test_db_bootstrap.py``
 emulates exactly that). ``python -m infra.db_bootstrap``; settings come from the environment
-the Job sets.
+the Job sets: ``AWS_REGION``, ``DB_MASTER_SECRET_ARN``, ``DB_HOST``, ``DB_PORT``, ``DB_NAME``,
+``DB_OWNER_USER`` and the four ``DB_*_PASSWORD`` (``PGSSLMODE``/``PGSSLROOTCERT`` optional).
 """
 
 from __future__ import annotations
@@ -24,7 +33,8 @@ import psycopg
 
 from app.kit.roles import LoginRoles, provision
 
-# The migration Job's environment (infra/workloads.py) names each of these.
+# The Jobs' environment (infra/workloads.py, infra/provisioner.py) names each of these.
+ENV_DATABASE = "DB_NAME"
 ENV_OWNER = "DB_OWNER_USER"
 ENV_PASSWORDS = {
     "owner": "DB_OWNER_PASSWORD",
@@ -66,9 +76,9 @@ def main(env: Mapping[str, str] | None = None) -> int:
             autocommit=True,
         )
 
-    provision(connect, roles, env["DB_NAME"], passwords=passwords)
+    provision(connect, roles, env[ENV_DATABASE], passwords=passwords)
     print(
-        f"db-bootstrap: roles {', '.join(roles.all)} and database {env['DB_NAME']} ready",
+        f"db-bootstrap: roles {', '.join(roles.all)} and database {env[ENV_DATABASE]} ready",
         flush=True,
     )
     return 0

@@ -1,4 +1,10 @@
-"""Identity: IRSA roles for the API, the worker and the migration Job, least privilege each."""
+"""Identity: IRSA roles for the API, the worker and the migration Job, least privilege each.
+
+Only a base stack's roles may read the RDS master secret: its migration Job's (which bootstraps
+the base's own database) and the database provisioner's (``infra/provisioner.py``), which makes
+previews' databases with main's code. A preview's roles never can: its pods run pull-request
+code, and its migration Job needs no AWS access at all.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import pulumi_aws as aws
 from infra.cluster import irsa_role
 from infra.common import policy
 from infra.config import ProjectConfig
+from infra.provisioner import SERVICE_ACCOUNT
 
 
 @dataclass
@@ -22,14 +29,17 @@ class IdentityArgs:
     bucket_kms_key_arn: pulumi.Input[str]
     # Objects live under this prefix: a preview stack gets its own inside the base bucket.
     object_prefix: str
-    db_master_secret_arn: pulumi.Input[str]
-    db_secret_kms_key_arn: pulumi.Input[str]
+    # The RDS master secret and its key: a base stack's only. None on a preview, whose roles
+    # then get no access to either (and whose migration Job no role).
+    db_master_secret_arn: pulumi.Input[str] | None = None
+    db_secret_kms_key_arn: pulumi.Input[str] | None = None
 
 
 class Identity(pulumi.ComponentResource):
     api_role: aws.iam.Role
     worker_role: aws.iam.Role
-    migrate_role: aws.iam.Role
+    migrate_role: aws.iam.Role | None
+    provisioner_role: aws.iam.Role | None
 
     def __init__(
         self, name: str, args: IdentityArgs, opts: pulumi.ResourceOptions | None = None
@@ -116,12 +126,9 @@ class Identity(pulumi.ComponentResource):
                 list_uploads=True,
             ),
         )
-        # The migration Job reads the RDS-managed master secret once, to create the database's
-        # roles and the database (infra/db_bootstrap.py); nothing else can.
-        self.migrate_role = role(
-            "migrate",
-            "record-migrate",
-            policy(
+        self.migrate_role = self.provisioner_role = None
+        if args.db_master_secret_arn is not None and args.db_secret_kms_key_arn is not None:
+            master_secret = policy(
                 {
                     "Effect": "Allow",
                     "Action": "secretsmanager:GetSecretValue",
@@ -132,6 +139,11 @@ class Identity(pulumi.ComponentResource):
                     "Action": "kms:Decrypt",
                     "Resource": args.db_secret_kms_key_arn,
                 },
-            ),
-        )
+            )
+            # The base's migration Job reads the RDS-managed master secret once, to create its
+            # database's roles and the database (infra/db_bootstrap.py).
+            self.migrate_role = role("migrate", "record-migrate", master_secret)
+            # The same right for the ServiceAccount previews' provisioner Jobs run as, in this
+            # namespace, with this stack's image (infra/provisioner.py).
+            self.provisioner_role = role("db-provisioner", SERVICE_ACCOUNT, master_secret)
         self.register_outputs({"api_role": self.api_role.arn})

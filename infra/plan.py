@@ -249,6 +249,12 @@ def render(stack: str, overrides: dict[str, Any] | None = None) -> Plan:
                     outputs[f"{image}RepositoryUrl"] = _repository_url(
                         f"{PLACEHOLDER}-base/{image}", region
                     )
+                # Its namespace as a base stack names it (record-<stack>), and its deployed API
+                # image, pinned like every image: a preview's provisioner runs there with it.
+                outputs["namespace"] = f"{PROJECT}-{args.name.rsplit('/', 1)[-1]}"
+                outputs["apiImage"] = (
+                    f"{outputs['apiRepositoryUrl']}@{offline_digest(f'{PLACEHOLDER}-base-api')}"
+                )
                 return f"{args.name}", {"name": args.name, "outputs": outputs}
             state = {**args.inputs, **_computed(args.typ, args.name, inputs, region)}
             return f"{PLACEHOLDER}-{args.name}", state

@@ -1,11 +1,18 @@
 """Preview: one pull request's deployment on the shared base stack (staging by default).
 
 A preview owns only what is cheap and disposable: a namespace, a database on the base stack's
-RDS instance (created by the migration Job's bootstrap step), IRSA roles scoped to its own
-prefix in the base bucket, a Valkey user of its own in the base's user group, allowed only keys
-under its ``REDIS_KEY_PREFIX`` (``pr-<n>:``), and its workloads. Cluster, RDS, Valkey, the bucket
-and the SES identity with its SMTP credentials are read from the base stack's outputs (a
-StackReference), never created; the base's Valkey password is not among them.
+RDS instance, IRSA roles scoped to its own prefix in the base bucket, a Valkey user of its own
+in the base's user group, allowed only keys under its ``REDIS_KEY_PREFIX`` (``pr-<n>:``), and
+its workloads. Cluster, RDS, Valkey, the bucket and the SES identity with its SMTP credentials
+are read from the base stack's outputs (a StackReference), never created; the base's Valkey
+password is not among them.
+
+Its pods run the pull request's code, so nothing in its namespace may read the RDS master
+secret: its database and login roles come from a provisioner Job that this program creates in
+the *base* namespace, running the base's own image (main's code) under the base's
+``record-db-provisioner`` ServiceAccount (``infra/provisioner.py``). Its IRSA roles have no
+access to the master secret or its key, and its migration Job only runs the migrations, as the
+preview's owner role, once the provisioner is done.
 """
 
 from __future__ import annotations
@@ -26,8 +33,8 @@ BASE_OUTPUTS = (
     "vpcCidr",
     "dbAddress",
     "dbPort",
+    # Only named to the provisioner Job, which reads it with the base's role.
     "dbMasterSecretArn",
-    "dbSecretKmsKeyArn",
     "cacheEndpoint",
     "cacheUserGroupId",
     "bucketName",
@@ -42,6 +49,11 @@ BASE_OUTPUTS = (
     # infra/images.py: a preview pushes its builds into the base stack's repositories.
     "apiRepositoryUrl",
     "modelsRepositoryUrl",
+    # infra/provisioner.py: where a preview's database provisioner runs, as whom, and with
+    # which image (the digest the base deployed, not the pull request's build).
+    "namespace",
+    "dbProvisionerServiceAccount",
+    "apiImage",
 )
 
 
@@ -58,6 +70,8 @@ class Preview(pulumi.ComponentResource):
     outputs: dict[str, pulumi.Output[object]]
     namespace: str
     database: str
+    # The owner role its migrations run as; its other logins are named after it.
+    db_owner: str
     object_prefix: str
     # Its Valkey user: only keys under cache_key_prefix, with a password of its own.
     cache_user: str
@@ -73,6 +87,7 @@ class Preview(pulumi.ComponentResource):
         self.outputs = {key: base.require_output(key) for key in BASE_OUTPUTS}
         self.namespace = f"record-{pv.slug}"
         self.database = f"record_pr_{pv.pr_number}"
+        self.db_owner = self.database
         self.object_prefix = f"previews/{pv.slug}/"
         self.cache_user = pv.slug
         self.cache_key_prefix = f"{pv.slug}:"

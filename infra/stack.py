@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pulumi
 import pulumi_aws as aws
@@ -17,6 +17,7 @@ from infra.mail import Mail, MailArgs, MailSettings
 from infra.monitoring import Monitoring, MonitoringArgs
 from infra.network import Network, NetworkArgs
 from infra.preview import Preview, PreviewArgs
+from infra.provisioner import DbProvisioner, DbProvisionerArgs, PreviewDatabase, PreviewDatabaseArgs
 from infra.runner import Runner, RunnerArgs
 from infra.storage import RECORDINGS_PREFIX, Storage, StorageArgs
 from infra.workloads import Workloads, WorkloadsArgs
@@ -155,12 +156,25 @@ def _build_base(config: StackConfig) -> dict[str, Any]:
             object_prefix=RECORDINGS_PREFIX,
             api_role_arn=identity.api_role.arn,
             worker_role_arn=identity.worker_role.arn,
-            migrate_role_arn=identity.migrate_role.arn,
+            migrate_role_arn=identity.migrate_role.arn if identity.migrate_role else None,
             mail=mail.settings,
             # CRDs (KEDA, Prometheus operator, Argo Rollouts) exist once the charts are in.
             depends_on=list(cluster.releases),
             api_image=images.refs["api"],
             models_image=images.refs.get("models"),
+        ),
+    )
+    # Where previews get their databases made, by this stack's code (infra/provisioner.py).
+    assert identity.provisioner_role is not None
+    provisioner = DbProvisioner(
+        prefix,
+        DbProvisionerArgs(
+            project=p,
+            namespace=namespace,
+            provider=cluster.provider,
+            role_arn=identity.provisioner_role.arn,
+            vpc_cidr=vpc_cidr,
+            depends_on=[workloads],
         ),
     )
     monitoring = Monitoring(
@@ -208,6 +222,9 @@ def _build_base(config: StackConfig) -> dict[str, Any]:
         "smtpPassword": mail.settings.smtp_password,
         # Where preview stacks push their builds (infra/images.py).
         **{f"{image}RepositoryUrl": registry.repository_urls[image] for image in IMAGES},
+        # What a preview's database provisioner Job runs as, and with (infra/provisioner.py).
+        "dbProvisionerServiceAccount": provisioner.service_account,
+        "apiImage": images.refs["api"],
     }
     if runner is not None:
         # The `runs-on` label of deploy jobs; the deploy role's trust policy names this role.
@@ -238,8 +255,27 @@ def _build_preview(config: StackConfig) -> dict[str, Any]:
             bucket_arn=base["bucketArn"],  # type: ignore[arg-type]
             bucket_kms_key_arn=base["bucketKmsKeyArn"],  # type: ignore[arg-type]
             object_prefix=preview.object_prefix,
-            db_master_secret_arn=base["dbMasterSecretArn"],  # type: ignore[arg-type]
-            db_secret_kms_key_arn=base["dbSecretKmsKeyArn"],  # type: ignore[arg-type]
+            # No master secret: its pods run the pull request's code.
+        ),
+        opts=pulumi.ResourceOptions(parent=preview),
+    )
+    # Its database and roles, made in the base namespace by the base's image and role.
+    database = PreviewDatabase(
+        prefix,
+        PreviewDatabaseArgs(
+            project=p,
+            slug=config.preview.slug,
+            database=preview.database,
+            owner=preview.db_owner,
+            secret=config.workloads.db_app_password,
+            base_namespace=base["namespace"].apply(str),
+            service_account=base["dbProvisionerServiceAccount"].apply(str),
+            base_image=base["apiImage"].apply(str),
+            db_host=base["dbAddress"].apply(str),
+            # A StackReference hands numbers back as floats (JSON).
+            db_port=base["dbPort"].apply(lambda port: int(cast(float, port))),
+            db_master_secret_arn=base["dbMasterSecretArn"].apply(str),
+            provider=preview.provider,
         ),
         opts=pulumi.ResourceOptions(parent=preview),
     )
@@ -280,8 +316,9 @@ def _build_preview(config: StackConfig) -> dict[str, Any]:
             db_host=base["dbAddress"],  # type: ignore[arg-type]
             db_port=base["dbPort"],  # type: ignore[arg-type]
             db_name=preview.database,
-            db_app_user=f"record_pr_{config.preview.pr_number}",
-            db_master_secret_arn=base["dbMasterSecretArn"],  # type: ignore[arg-type]
+            db_app_user=preview.db_owner,
+            # No bootstrap step: the provisioner Job made the database and its roles.
+            db_master_secret_arn=None,
             cache_host=base["cacheEndpoint"],  # type: ignore[arg-type]
             cache_user=preview.cache_user,
             cache_key_prefix=preview.cache_key_prefix,
@@ -290,9 +327,10 @@ def _build_preview(config: StackConfig) -> dict[str, Any]:
             object_prefix=preview.object_prefix,
             api_role_arn=identity.api_role.arn,
             worker_role_arn=identity.worker_role.arn,
-            migrate_role_arn=identity.migrate_role.arn,
+            migrate_role_arn=None,
             mail=mail,
-            depends_on=[],
+            # Nothing of the preview's runs before its database exists.
+            depends_on=[database.job],
             api_image=images.refs["api"],
             models_image=images.refs.get("models"),
         ),

@@ -99,7 +99,10 @@ class WorkloadsArgs:
     db_port: pulumi.Input[int]
     db_name: str
     db_app_user: str
-    db_master_secret_arn: pulumi.Input[str]
+    # None on a preview: no bootstrap init container and no master secret in its namespace;
+    # its database comes from the base's provisioner (infra/provisioner.py) and the migration
+    # Job only migrates.
+    db_master_secret_arn: pulumi.Input[str] | None
     cache_host: pulumi.Input[str]
     # The Valkey user the pods log in as (its password: workloads.cache_auth_token), and the
     # prefix of every key they write (REDIS_KEY_PREFIX; "" on a base stack). Always db 0.
@@ -110,7 +113,7 @@ class WorkloadsArgs:
     object_prefix: str
     api_role_arn: pulumi.Input[str]
     worker_role_arn: pulumi.Input[str]
-    migrate_role_arn: pulumi.Input[str]
+    migrate_role_arn: pulumi.Input[str] | None
     mail: MailSettings
     depends_on: list[pulumi.Resource]
     # Digest-pinned references (infra/images.py): the API/worker/migration image, and the
@@ -450,15 +453,22 @@ class Workloads(pulumi.ComponentResource):
                 DB_SECRETS["worker"],
                 {"DATABASE_URL": self._database_url(roles.worker, passwords)},
             ),
-            # The bootstrap sets every login's password; the migrations run as the owner.
+            # The bootstrap sets every login's password; the migrations run as the owner. A
+            # preview's Job only migrates: the owner's URL alone.
             self._db_secret(
                 DB_SECRETS["migrate"],
                 {
                     "DATABASE_URL": self._database_url(roles.owner, passwords),
-                    "DB_OWNER_PASSWORD": passwords[roles.owner],
-                    "DB_API_PASSWORD": passwords[roles.api],
-                    "DB_WORKER_PASSWORD": passwords[roles.worker],
-                    "DB_KEDA_PASSWORD": passwords[roles.keda],
+                    **(
+                        {
+                            "DB_OWNER_PASSWORD": passwords[roles.owner],
+                            "DB_API_PASSWORD": passwords[roles.api],
+                            "DB_WORKER_PASSWORD": passwords[roles.worker],
+                            "DB_KEDA_PASSWORD": passwords[roles.keda],
+                        }
+                        if self.args.db_master_secret_arn is not None
+                        else {}
+                    ),
                 },
             ),
             self._db_secret(DB_SECRETS["keda"], {"password": passwords[roles.keda]}),
@@ -773,6 +783,7 @@ class Workloads(pulumi.ComponentResource):
             memory=("512Mi", "2Gi"),
             db_secret=DB_SECRETS["migrate"],
         )
+        init = {"initContainers": [bootstrap]} if a.db_master_secret_arn is not None else {}
         return {
             "apiVersion": "batch/v1",
             "kind": "Job",
@@ -780,9 +791,7 @@ class Workloads(pulumi.ComponentResource):
             "spec": {
                 "backoffLimit": 2,
                 "activeDeadlineSeconds": MIGRATION_DEADLINE_SECONDS,
-                "template": self._pod(
-                    "migrate", [migrate], initContainers=[bootstrap], restartPolicy="Never"
-                ),
+                "template": self._pod("migrate", [migrate], **init, restartPolicy="Never"),
             },
         }
 

@@ -240,7 +240,11 @@ def _seconds(duration: str) -> int:
 def test_pulumi_awaits_the_migration_job_until_its_own_deadline(
     plans: dict[str, Plan], stack: str
 ) -> None:
-    job = one(plans[stack].of_type("kubernetes:batch/v1:Job"))
+    job = one(
+        r
+        for r in plans[stack].of_type("kubernetes:batch/v1:Job")
+        if r["inputs"]["metadata"]["name"].startswith("record-migrate-")
+    )
     deadline = job["inputs"]["spec"]["activeDeadlineSeconds"]
     timeouts = job.get("customTimeouts", {})
     for operation in ("create", "update"):

@@ -1,4 +1,7 @@
-"""The migration Job's bootstrap against a real PostgreSQL 16 set up the way RDS sets one up.
+"""The database bootstrap against a real PostgreSQL 16 set up the way RDS sets one up: a base
+stack's, as its migration Job's init container runs it, and a preview's, as the base's
+provisioner Job runs it (``infra/provisioner.py``), with the environment read from that Job's
+rendered manifest.
 
 What is emulated, and how: RDS's master user is ``LOGIN CREATEROLE CREATEDB``, not a superuser,
 and owns the database RDS created (``record``); its password lives in Secrets Manager (moto
@@ -25,8 +28,11 @@ import pytest
 
 from app.devstack.servers import PostgresServer, hand_to_service_user, service_user_kwargs
 from app.kit.roles import APP_ROLE, JOBS_ROLE, LoginRoles
-from infra.db_bootstrap import ENV_OWNER, ENV_PASSWORDS, main
+from infra.db_bootstrap import ENV_DATABASE, ENV_OWNER, ENV_PASSWORDS, main
+from infra.plan import PLACEHOLDER, Plan
+from infra.provisioner import JOB_PREFIX
 from infra.workloads import QUEUE_DEPTH_QUERY
+from tests.infra.conftest import of_kind, one
 
 MASTER = "record_admin"
 MASTER_PASSWORD = "master-secret-0"
@@ -111,6 +117,26 @@ def job_env(server: PostgresServer, secret_arn: str, owner: str, database: str) 
     }
 
 
+def provisioner_env(plan: Plan, server: PostgresServer, secret_arn: str) -> dict[str, str]:
+    """What the preview's rendered provisioner Job gives its container: its env as rendered but
+    for what only a deployment knows (the RDS address, the secret's ARN, TLS: a local socket
+    here), and its Secret's keys, each filled with ``<owner>-<kind>-pw``."""
+    job = one(m for m in of_kind(plan, "Job") if m["metadata"]["name"].startswith(JOB_PREFIX))
+    container = one(job["spec"]["template"]["spec"]["containers"])
+    env = {e["name"]: str(e["value"]) for e in container["env"]}
+    assert env["DB_HOST"] == f"{PLACEHOLDER}-base-dbAddress"
+    assert env["DB_MASTER_SECRET_ARN"] == f"{PLACEHOLDER}-base-dbMasterSecretArn"
+    env.update(DB_HOST=str(server.socket_dir), DB_MASTER_SECRET_ARN=secret_arn)
+    env["PGSSLMODE"] = "disable"
+    kinds = {variable: kind for kind, variable in ENV_PASSWORDS.items()}
+    for source in container["envFrom"]:
+        name = source["secretRef"]["name"]
+        secret = one(m for m in of_kind(plan, "Secret") if m["metadata"]["name"] == name)
+        for key in secret["stringData"]:
+            env[key] = f"{env[ENV_OWNER]}-{kinds[key]}-pw"
+    return env
+
+
 def login(server: PostgresServer, role: str, owner: str, database: str) -> str:
     kind = "owner" if role == owner else role.removeprefix(f"{owner}_")
     return f"postgresql://{role}:{owner}-{kind}-pw@/{database}?host={server.socket_dir}"
@@ -119,9 +145,13 @@ def login(server: PostgresServer, role: str, owner: str, database: str) -> str:
 STACKS = [("record", "record"), ("record_pr_7", "record_pr_7")]
 
 
-@pytest.mark.parametrize(("owner", "database"), STACKS, ids=["base", "preview"])
+@pytest.mark.parametrize("stack", ["base", "preview"])
 async def test_bootstrap_then_migrations_then_the_app(
-    rds_like: PostgresServer, master_secret: str, redis_url: str, owner: str, database: str
+    rds_like: PostgresServer,
+    master_secret: str,
+    redis_url: str,
+    plans: dict[str, Plan],
+    stack: str,
 ) -> None:
     from asgi_lifespan import LifespanManager
     from httpx import ASGITransport, AsyncClient
@@ -130,11 +160,17 @@ async def test_bootstrap_then_migrations_then_the_app(
     from app.main import create_app
     from app.settings import Settings
 
-    env = job_env(rds_like, master_secret, owner, database)
+    if stack == "base":
+        env = job_env(rds_like, master_secret, "record", "record")
+    else:
+        env = provisioner_env(plans["preview"], rds_like, master_secret)
+    owner, database = env[ENV_OWNER], env[ENV_DATABASE]
+    assert (owner, database) == (("record",) * 2 if stack == "base" else ("record_pr_0",) * 2)
     assert main(env) == 0
     assert main(env) == 0  # a Job retried, or the next deploy: nothing changes, nothing fails
     roles = LoginRoles(owner)
 
+    # alembic upgrade head as the owner: all a preview's own migration Job does.
     upgrade(login(rds_like, owner, owner, database))
     upgrade(login(rds_like, owner, owner, database))
 
@@ -219,16 +255,18 @@ def test_odd_names_are_refused() -> None:
 @pytest.mark.parametrize("stack", ["dev", "staging", "prod", "preview"])
 def test_each_workload_gets_its_own_database_login(plans: dict[str, Any], stack: str) -> None:
     """The API's and the worker's DATABASE_URL log in as roles that own nothing; only the
-    migration Job's logs in as the owner, and only the Job sees the passwords it sets."""
+    migration Job's logs in as the owner, and only a base stack's Job, which bootstraps, sees the
+    passwords it sets (a preview's provisioner runs in the base namespace)."""
     plan = plans[stack]
     secrets = {m["metadata"]["name"]: m for m in plan.manifests if m["kind"] == "Secret"}
     assert "DATABASE_URL" not in secrets["record-secrets"]["stringData"]
     assert not any(key.startswith("DB_") for key in secrets["record-secrets"]["stringData"])
     assert set(secrets["record-db-api"]["stringData"]) == {"DATABASE_URL"}
     assert set(secrets["record-db-worker"]["stringData"]) == {"DATABASE_URL"}
+    bootstraps = stack != "preview"
     assert set(secrets["record-db-migrate"]["stringData"]) == {
         "DATABASE_URL",
-        *ENV_PASSWORDS.values(),
+        *(ENV_PASSWORDS.values() if bootstraps else ()),
     }
     expected = {
         "record-api": {"record-db-api"},
@@ -239,6 +277,8 @@ def test_each_workload_gets_its_own_database_login(plans: dict[str, Any], stack:
         if manifest["kind"] not in {"Deployment", "Rollout", "Job"}:
             continue
         name = manifest["metadata"]["name"]
+        if name.startswith(JOB_PREFIX):
+            continue  # the base's provisioner (tests/infra/test_preview_provisioner.py)
         pod = manifest["spec"]["template"]["spec"]
         for container in pod["containers"] + pod.get("initContainers", []):
             loaded = {
@@ -248,9 +288,11 @@ def test_each_workload_gets_its_own_database_login(plans: dict[str, Any], stack:
             }
             want = {"record-db-migrate"} if manifest["kind"] == "Job" else expected[name]
             assert loaded == want, (name, container["name"])
-        if manifest["kind"] == "Job":
+        if manifest["kind"] == "Job" and bootstraps:
             env = {e["name"]: e.get("value") for e in pod["initContainers"][0]["env"]}
-            assert env[ENV_OWNER] == ("record_pr_0" if stack == "preview" else "record")
+            assert env[ENV_OWNER] == "record"
+        elif manifest["kind"] == "Job":
+            assert "initContainers" not in pod
     # KEDA's operator logs in as its own role, with the password alone (tests/infra/
     # test_autoscaling.py).
     (keda,) = [m for m in plan.manifests if m["kind"] == "TriggerAuthentication"]

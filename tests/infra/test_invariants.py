@@ -171,7 +171,11 @@ def test_non_prod_shares_one_nat(plans: dict[str, Plan], stack: str) -> None:
 @pytest.mark.parametrize("stack", STACKS)
 def test_migration_job_runs_before_the_api(plans: dict[str, Plan], stack: str) -> None:
     plan = plans[stack]
-    job = one(plan.of_type("kubernetes:batch/v1:Job"))
+    job = one(
+        r
+        for r in plan.of_type("kubernetes:batch/v1:Job")
+        if r["inputs"]["metadata"]["name"].startswith("record-migrate-")
+    )
     container = one(job["inputs"]["spec"]["template"]["spec"]["containers"])
     assert container["command"] == ["record", "db", "upgrade"]
     api_types = {"kubernetes:apps/v1:Deployment", "kubernetes:argoproj.io/v1alpha1:Rollout"}
@@ -436,10 +440,9 @@ def test_preview_reuses_the_base_stack(plans: dict[str, Plan]) -> None:
     namespace = one(of_kind(plan, "Namespace"))
     assert namespace["metadata"]["name"] == "record-pr-0"
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-    job = one(of_kind(plan, "Job"))
-    env = {
-        e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["initContainers"][0]["env"]
-    }
+    # Its database is made in the base namespace (infra/provisioner.py).
+    job = one(m for m in of_kind(plan, "Job") if m["metadata"]["namespace"] == "record-staging")
+    env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["DB_NAME"] == "record_pr_0"
     config = one(m for m in of_kind(plan, "ConfigMap") if m["metadata"]["name"] == "record-config")
     assert config["data"]["S3_PREFIX"] == "previews/pr-0/"

@@ -25,7 +25,8 @@ SETTINGS = frozenset(name.upper() for name in Settings.model_fields)
 # Read by something other than Settings, each for the reason given. Nothing else may be set.
 NOT_SETTINGS = frozenset(
     {
-        # infra/db_bootstrap.py (the migration Job's init container), before `record` runs.
+        # infra/db_bootstrap.py (the migration Job's init container, or a preview's provisioner
+        # Job in the base namespace), before `record` runs.
         "DB_HOST",
         "DB_PORT",
         "DB_NAME",
@@ -48,6 +49,15 @@ NOT_SETTINGS_PREFIXES = ("OTEL_", "PYTHON")
 # workload name prefix, container name -> the settings it cannot do without in production.
 _APP = {"ENVIRONMENT", "DATABASE_URL", "REDIS_URL", "PUBLIC_URL", "MAIL_BACKEND", "MAIL_FROM"}
 _STORAGE = {"STORAGE_BACKEND", "S3_BUCKET", "S3_PREFIX", "S3_KMS_KEY_ID", "AWS_REGION"}
+_BOOTSTRAP = {
+    "AWS_REGION",
+    "DB_HOST",
+    "DB_PORT",
+    "DB_NAME",
+    "DB_MASTER_SECRET_ARN",
+    ENV_OWNER,
+    *ENV_PASSWORDS.values(),
+}
 REQUIRED = {
     ("record-api", "api"): _APP
     | _STORAGE
@@ -56,15 +66,9 @@ REQUIRED = {
     | _STORAGE
     | {"OPENAI_API_KEY", "SMTP_HOST", "SMTP_PORT", "SMTP_USERNAME", "SMTP_PASSWORD"},
     ("record-migrate-", "migrate"): {"ENVIRONMENT", "DATABASE_URL"},
-    ("record-migrate-", "db-bootstrap"): {
-        "AWS_REGION",
-        "DB_HOST",
-        "DB_PORT",
-        "DB_NAME",
-        "DB_MASTER_SECRET_ARN",
-        ENV_OWNER,
-        *ENV_PASSWORDS.values(),
-    },
+    ("record-migrate-", "db-bootstrap"): _BOOTSTRAP,
+    # A preview's (infra/provisioner.py): the same program, in the base namespace.
+    ("record-db-provision-", "db-provisioner"): _BOOTSTRAP,
     ("record-model-server", "model-server"): {"MODEL_SERVER_API_KEY"},
 }
 # Only where the stack configures them.
@@ -154,7 +158,8 @@ def test_allowlist_does_not_shadow_a_setting() -> None:
 @pytest.mark.parametrize("stack", STACKS)
 def test_every_variable_the_containers_get_is_read(plans: dict[str, Plan], stack: str) -> None:
     env = container_env(plans[stack])
-    assert {container for _, container in env} >= {"api", "worker", "migrate", "db-bootstrap"}
+    bootstrap = "db-provisioner" if stack == "preview" else "db-bootstrap"
+    assert {container for _, container in env} >= {"api", "worker", "migrate", bootstrap}
     unread = {f"{w}/{c}": sorted(_unread(names)) for (w, c), names in env.items()}
     assert not {k: v for k, v in unread.items() if v}, (
         "not a field of app/settings.py Settings, nor on NOT_SETTINGS (misspelt or renamed?)"
@@ -180,7 +185,9 @@ def test_each_container_gets_the_settings_it_needs(plans: dict[str, Plan], stack
                 seen.add((prefix, name))
                 missing = required - names
                 assert not missing, f"{stack}: {workload}/{container} lacks {sorted(missing)}"
-    expected = {key for key in REQUIRED if key[1] != "model-server"}
+    # A base stack bootstraps in its migration Job; a preview in the base's provisioner Job.
+    absent = {"model-server", "db-bootstrap" if stack == "preview" else "db-provisioner"}
+    expected = {key for key in REQUIRED if key[1] not in absent}
     assert expected <= seen, f"{stack}: no {sorted(expected - seen)}"
 
 

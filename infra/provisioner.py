@@ -1,0 +1,280 @@
+"""The database provisioner: a preview's database and roles, made by main's code, not the PR's.
+
+Creating a database and its login roles takes the RDS master's credentials. Pods of a preview
+run pull-request code, so they must never hold those (#12, defect 9). The base stack owns, in its
+own namespace, the ServiceAccount ``record-db-provisioner``, whose IRSA role alone may read the
+master secret (``infra/identity.py``), and a NetworkPolicy that lets its pods reach RDS, STS and
+Secrets Manager (:class:`DbProvisioner`). A preview stack's Pulumi program (run by the deploy
+workflow, not by a pod of the PR) creates there a Secret with its login passwords and a Job
+that runs the base's own API image -- the digest the base deployed, code from main -- with
+``python -m infra.db_bootstrap`` under that ServiceAccount (:class:`PreviewDatabase`). The
+preview's own migration Job waits for it and then only runs ``alembic upgrade head`` as the
+preview's owner.
+
+The base's own database is still bootstrapped by its migration Job's init container: that Job
+runs the base's code under the base's role, so it crosses no trust boundary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+
+from app.kit.roles import LoginRoles
+from infra import k8s as kube
+from infra.cache import derived_password
+from infra.config import ProjectConfig
+from infra.db_bootstrap import ENV_DATABASE, ENV_OWNER, ENV_PASSWORDS
+from infra.workloads import RDS_CA_BUNDLE, SECRETS_AS_ENV_SKIP, UID
+
+SERVICE_ACCOUNT = "record-db-provisioner"
+COMPONENT = "db-provisioner"
+# A preview's Job and its inputs' Secret in the base namespace: record-db-provision-pr-<n>.
+JOB_PREFIX = "record-db-provision-"
+# Creating four roles and an empty database takes seconds; a Job still running after this long
+# is stuck (RDS unreachable, a lock held by a running migration), and Pulumi, which awaits it a
+# little longer, then reports the Job's own DeadlineExceeded.
+PROVISION_DEADLINE_SECONDS = 600
+PROVISION_AWAIT_MARGIN_SECONDS = 120
+# The container's hardening, as every Record container has it (infra/workloads.py; a test
+# compares the two).
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "runAsUser": UID,
+    "runAsGroup": UID,
+    "privileged": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def login_password(secret: pulumi.Input[str], role: str) -> pulumi.Output[str]:
+    """A login role's password, as the stack's workloads derive it from ``dbAppPassword``
+    (``Workloads._role_password``; a test checks the two agree)."""
+    return derived_password(secret, f"record-db-login:{role}")
+
+
+def pod_selector() -> dict[str, str]:
+    """What the base's NetworkPolicy selects: a provisioner pod of any preview (each carries its
+    own instance label), in the base namespace only."""
+    return {"app.kubernetes.io/name": "record", "app.kubernetes.io/component": COMPONENT}
+
+
+@dataclass
+class DbProvisionerArgs:
+    project: ProjectConfig
+    namespace: str
+    provider: pulumi.ProviderResource
+    # The IRSA role that may read the master secret (Identity.provisioner_role).
+    role_arn: pulumi.Input[str]
+    vpc_cidr: pulumi.Input[str]
+    # The namespace and its default-deny policy (Workloads) come first.
+    depends_on: list[pulumi.Resource]
+
+
+class DbProvisioner(pulumi.ComponentResource):
+    """Base side: the ServiceAccount previews' provisioner Jobs run as, and their egress."""
+
+    service_account: str
+
+    def __init__(
+        self, name: str, args: DbProvisionerArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("record:infra:DbProvisioner", name, None, opts)
+        p = args.project
+        self.service_account = SERVICE_ACCOUNT
+        child = pulumi.ResourceOptions(
+            parent=self, provider=args.provider, depends_on=args.depends_on
+        )
+        meta = {"namespace": args.namespace, "labels": kube.labels(p, COMPONENT)}
+        kube.apply(
+            f"{p.prefix}-sa-{COMPONENT}",
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {
+                    **meta,
+                    "name": SERVICE_ACCOUNT,
+                    "annotations": {"eks.amazonaws.com/role-arn": args.role_arn},
+                },
+                "automountServiceAccountToken": False,
+            },
+            child,
+        )
+        tcp = [{"protocol": "TCP", "port": 5432}]
+        kube.apply(
+            f"{p.prefix}-netpol-{COMPONENT}",
+            {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": {**meta, "name": f"record-{COMPONENT}"},
+                "spec": {
+                    "podSelector": {"matchLabels": pod_selector()},
+                    "policyTypes": ["Ingress", "Egress"],
+                    # RDS in the VPC; STS (IRSA) and Secrets Manager over HTTPS. No ingress.
+                    "egress": [
+                        {"to": [{"ipBlock": {"cidr": args.vpc_cidr}}], "ports": tcp},
+                        {
+                            "to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
+                            "ports": [{"protocol": "TCP", "port": 443}],
+                        },
+                    ],
+                },
+            },
+            child,
+        )
+        self.register_outputs({"service_account": SERVICE_ACCOUNT})
+
+
+@dataclass
+class PreviewDatabaseArgs:
+    project: ProjectConfig
+    # Names the Job and its Secret (pr-<n>).
+    slug: str
+    database: str
+    owner: str
+    # The preview's Pulumi secret its login passwords derive from (dbAppPassword).
+    secret: pulumi.Input[str]
+    # From the base stack's outputs.
+    base_namespace: pulumi.Input[str]
+    service_account: pulumi.Input[str]
+    base_image: pulumi.Input[str]
+    db_host: pulumi.Input[str]
+    db_port: pulumi.Input[int]
+    db_master_secret_arn: pulumi.Input[str]
+    # The preview's provider: the base cluster's kubeconfig, from the deploy workflow.
+    provider: pulumi.ProviderResource
+
+
+class PreviewDatabase(pulumi.ComponentResource):
+    """Preview side: the provisioner Job in the base namespace, and the Secret it reads."""
+
+    job: pulumi.CustomResource
+
+    def __init__(
+        self, name: str, args: PreviewDatabaseArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("record:infra:PreviewDatabase", name, None, opts)
+        p = args.project
+        roles = LoginRoles(args.owner)
+        passwords = {role: login_password(args.secret, role) for role in roles.all}
+        kinds = dict(zip(("owner", "api", "worker", "keda"), roles.all, strict=True))
+        object_name = f"{JOB_PREFIX}{args.slug}"
+        meta = {
+            "name": object_name,
+            "namespace": args.base_namespace,
+            "labels": kube.labels(p, COMPONENT),
+        }
+        child = pulumi.ResourceOptions(parent=self, provider=args.provider)
+        inputs = kube.apply(
+            f"{p.prefix}-db-provision-inputs",
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": meta,
+                "type": "Opaque",
+                # The passwords only: the names are no secret, and stay readable in the Job.
+                "stringData": {
+                    ENV_PASSWORDS[kind]: passwords[role] for kind, role in kinds.items()
+                },
+            },
+            child,
+        )
+        # The Job reads the Secret at start only, and a Job's template cannot change: new
+        # passwords (dbAppPassword rotated) change this fingerprint, so the Job is replaced and
+        # runs again. 48 bits of SHA-256 of HMAC outputs say nothing about them.
+        fingerprint = pulumi.Output.unsecret(
+            pulumi.Output.all(*passwords.values()).apply(
+                lambda values: hashlib.sha256("\n".join(values).encode()).hexdigest()[:12]
+            )
+        )
+        await_seconds = f"{PROVISION_DEADLINE_SECONDS + PROVISION_AWAIT_MARGIN_SECONDS}s"
+        self.job = kube.apply(
+            f"{p.prefix}-db-provision",
+            self._job(args, meta, object_name, fingerprint),
+            pulumi.ResourceOptions.merge(
+                child,
+                pulumi.ResourceOptions(
+                    depends_on=[inputs],
+                    # One name per preview: the finished Job goes before its successor comes.
+                    delete_before_replace=True,
+                    custom_timeouts=pulumi.CustomTimeouts(
+                        create=await_seconds, update=await_seconds
+                    ),
+                ),
+            ),
+        )
+        self.register_outputs({"job": object_name})
+
+    @staticmethod
+    def _job(
+        args: PreviewDatabaseArgs,
+        meta: dict[str, Any],
+        secret_name: str,
+        fingerprint: pulumi.Output[str],
+    ) -> dict[str, Any]:
+        container = {
+            "name": COMPONENT,
+            "image": args.base_image,
+            "imagePullPolicy": "Always",
+            "command": ["python", "-m", "infra.db_bootstrap"],
+            "env": [
+                {"name": "AWS_REGION", "value": args.project.region},
+                {"name": "DB_HOST", "value": args.db_host},
+                {"name": "DB_PORT", "value": pulumi.Output.from_input(args.db_port).apply(str)},
+                {"name": "DB_MASTER_SECRET_ARN", "value": args.db_master_secret_arn},
+                {"name": "PGSSLROOTCERT", "value": RDS_CA_BUNDLE},
+                {"name": ENV_DATABASE, "value": args.database},
+                {"name": ENV_OWNER, "value": args.owner},
+            ],
+            "envFrom": [{"secretRef": {"name": secret_name}}],
+            "resources": {
+                "requests": {"cpu": "100m", "memory": "128Mi"},
+                "limits": {"cpu": "500m", "memory": "256Mi"},
+            },
+            "securityContext": CONTAINER_SECURITY,
+            # An emptyDir of the pod's own, not the node's /tmp (the root is read-only).
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108
+        }
+        return {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {**meta, "annotations": {"checkov.io/skip1": SECRETS_AS_ENV_SKIP}},
+            "spec": {
+                "backoffLimit": 2,
+                "activeDeadlineSeconds": PROVISION_DEADLINE_SECONDS,
+                # No ttlSecondsAfterFinished: Pulumi owns the Job, and one garbage-collected
+                # behind its back would be recreated (and re-run) by the next refresh. The
+                # preview's `pulumi destroy` deletes it.
+                "template": {
+                    "metadata": {
+                        "labels": meta["labels"],
+                        "annotations": {
+                            "checkov.io/skip1": SECRETS_AS_ENV_SKIP,
+                            "record.dev/db-inputs": fingerprint,
+                        },
+                    },
+                    "spec": {
+                        "serviceAccountName": args.service_account,
+                        # IRSA projects its own token; the Kubernetes API token is never needed.
+                        "automountServiceAccountToken": False,
+                        "enableServiceLinks": False,
+                        "restartPolicy": "Never",
+                        "securityContext": {
+                            "runAsNonRoot": True,
+                            "runAsUser": UID,
+                            "runAsGroup": UID,
+                            "fsGroup": UID,
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                        "containers": [container],
+                        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+                    },
+                },
+            },
+        }
