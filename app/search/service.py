@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
+import anyio
 import numpy as np
 import structlog
 from redis.asyncio import Redis
@@ -38,6 +39,10 @@ from app.settings import Settings
 
 log = structlog.stdlib.get_logger(__name__)
 
+# A query embeds in tens of milliseconds. A model server silent for this long is hung or
+# unreachable: the model client's own timeout and retries would hold the search for minutes,
+# where hybrid search can answer by words at once (tests/reliability/test_model_server_down.py).
+QUERY_EMBED_TIMEOUT = 2.0
 RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al.): 1 / (60 + rank)
 CACHE_VERSION = "v1"
 
@@ -179,6 +184,17 @@ async def find_checked(services: Services, org_id: UUID, body: SearchIn) -> Sear
     return SearchOut(results=results, mode=mode)
 
 
+async def _embed_query(embeddings: CachedEmbeddings, query: str) -> np.ndarray:
+    """The query's embedding, or ExternalServiceError once QUERY_EMBED_TIMEOUT has passed."""
+    try:
+        with anyio.fail_after(QUERY_EMBED_TIMEOUT):
+            return await embeddings.embed_one(query)
+    except TimeoutError as exc:
+        raise ExternalServiceError(
+            "model server", f"no query embedding within {QUERY_EMBED_TIMEOUT}s"
+        ) from exc
+
+
 async def _rank(
     services: Services,
     embeddings: CachedEmbeddings,
@@ -193,7 +209,7 @@ async def _rank(
     vector: np.ndarray | None = None
     if mode is not SearchMode.keyword:
         try:
-            vector = await embeddings.embed_one(query)
+            vector = await _embed_query(embeddings, query)
         except ExternalServiceError as exc:
             if mode is SearchMode.vector:
                 # The operator's detail (which server, which setting) goes to the log; the
