@@ -23,6 +23,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal, Protocol, TextIO
 
 import httpx
@@ -166,6 +167,21 @@ def destroy(run: Runner, stack: str) -> None:
     run(["stack", "rm", "--yes", "--stack", stack])
 
 
+def secrets_provider_file(directory: Path, secrets_provider: str) -> Callable[[str], None]:
+    """Writes ``Pulumi.<stack>.yaml`` naming the secrets provider, where there is none.
+
+    preview.yml writes a preview's stack file on the runner that deploys it; this checkout has
+    none, and without one a self-managed backend falls back to a passphrase to encrypt the
+    state that `pulumi destroy` saves."""
+
+    def prepare(stack: str) -> None:
+        path = directory / f"Pulumi.{stack.rsplit('/', 1)[-1]}.yaml"
+        if not path.exists():
+            path.write_text(f"secretsprovider: {secrets_provider}\n")
+
+    return prepare
+
+
 def reap(
     run: Runner,
     pulls: PullRequests,
@@ -173,6 +189,7 @@ def reap(
     *,
     dry_run: bool = False,
     out: TextIO | None = None,
+    before_destroy: Callable[[str], None] | None = None,
 ) -> int:
     """Decides, destroys (unless ``dry_run``), prints each step (to stdout by default);
     returns the exit status: 1 when a destroy failed, else 0."""
@@ -192,8 +209,10 @@ def reap(
             print(f"  dry run: would destroy and remove {decision.stack}", file=out)
             continue
         try:
+            if before_destroy is not None:
+                before_destroy(decision.stack)
             destroy(run, decision.stack)
-        except CommandError as error:
+        except (CommandError, OSError) as error:
             failed += 1
             print(f"  error: {decision.stack} not reaped: {error}", file=out)
             continue
@@ -271,6 +290,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="owner/name of the pull requests (default: $GITHUB_REPOSITORY)",
     )
     parser.add_argument(
+        "--secrets-provider",
+        default=os.environ.get("PULUMI_SECRETS_PROVIDER") or None,
+        help=(
+            "the previews' secrets provider (awskms://...), written into a missing stack file "
+            "before a destroy (default: $PULUMI_SECRETS_PROVIDER; unset for Pulumi Cloud)"
+        ),
+    )
+    parser.add_argument(
         "--api-url",
         default=os.environ.get("GITHUB_API_URL", "https://api.github.com"),
         help="GitHub REST API root (default: $GITHUB_API_URL or api.github.com)",
@@ -296,6 +323,11 @@ def main(
             GitHubPullRequests(client, args.repository),
             now or datetime.now(UTC),
             dry_run=args.dry_run,
+            before_destroy=(
+                secrets_provider_file(Path.cwd(), args.secrets_provider)
+                if args.secrets_provider
+                else None
+            ),
         )
 
 

@@ -7,6 +7,7 @@ import io
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -22,6 +23,7 @@ from infra.reaper import (
     parse_expiry,
     preview_pr_number,
     reap,
+    secrets_provider_file,
 )
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -297,3 +299,71 @@ def test_main_wires_the_cli_to_github(
 def test_main_refuses_to_run_without_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GITHUB_TOKEN", raising=False)
     assert main(["--repository", "acme/record"], run=FakePulumi({})) == 2
+
+
+KMS = "awskms://alias/record-staging-pulumi?region=eu-west-1"
+
+
+def test_a_destroy_gets_a_stack_file_naming_the_secrets_provider(tmp_path: Path) -> None:
+    stack_file = tmp_path / "Pulumi.preview-pr-3.yaml"
+    seen_at_destroy: list[str] = []
+
+    class Recording(FakePulumi):
+        def __call__(self, args: Sequence[str], timeout: float | None = None) -> str:
+            if args[0] == "destroy":
+                seen_at_destroy.append(stack_file.read_text())
+            return super().__call__(args, timeout)
+
+    pulumi = Recording({"org/preview-pr-3": tag(EXPIRED), "preview-pr-4": tag(FRESH)})
+    (tmp_path / "Pulumi.preview-pr-4.yaml").write_text("config: {}\n")
+    prepare = secrets_provider_file(tmp_path, KMS)
+
+    status = reap(
+        pulumi, FakePulls({3: "open", 4: "open"}), NOW, out=io.StringIO(), before_destroy=prepare
+    )
+
+    assert status == 0
+    assert seen_at_destroy == [f"secretsprovider: {KMS}\n"]
+    # Only for stacks it destroys, and never over a file that is there.
+    assert (tmp_path / "Pulumi.preview-pr-4.yaml").read_text() == "config: {}\n"
+    prepare("preview-pr-4")
+    assert (tmp_path / "Pulumi.preview-pr-4.yaml").read_text() == "config: {}\n"
+
+
+def test_main_takes_the_secrets_provider_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GITHUB_TOKEN", "t0ken")
+    monkeypatch.setenv("PULUMI_SECRETS_PROVIDER", KMS)
+    pulumi = FakePulumi({"preview-pr-1": tag(FRESH)})
+
+    status = main(
+        ["--repository", "acme/record"],
+        run=pulumi,
+        client_factory=lambda token, url: _github({1: "closed"}),
+        now=NOW,
+    )
+
+    assert status == 0
+    assert pulumi.destroyed() == ["preview-pr-1"]
+    assert (tmp_path / "Pulumi.preview-pr-1.yaml").read_text() == f"secretsprovider: {KMS}\n"
+
+
+def test_without_a_secrets_provider_no_stack_file_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GITHUB_TOKEN", "t0ken")
+    monkeypatch.setenv("PULUMI_SECRETS_PROVIDER", "")  # Pulumi Cloud: the service's own
+    pulumi = FakePulumi({"preview-pr-1": tag(FRESH)})
+
+    main(
+        ["--repository", "acme/record"],
+        run=pulumi,
+        client_factory=lambda token, url: _github({1: "closed"}),
+        now=NOW,
+    )
+
+    assert pulumi.destroyed() == ["preview-pr-1"]
+    assert list(tmp_path.iterdir()) == []

@@ -171,6 +171,9 @@ def test_pulumi_backend_and_secrets_come_from_settings_not_the_files() -> None:
         assert env["PULUMI_BACKEND_URL"] == "${{ vars.PULUMI_BACKEND_URL }}"
         assert env["PULUMI_ACCESS_TOKEN"] == "${{ secrets.PULUMI_ACCESS_TOKEN }}"
         assert env["PULUMI_CONFIG_PASSPHRASE"] == "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"
+    # Previews' stack files are written on the runner; base stacks' name theirs in the file.
+    for name in ("preview", "reaper"):
+        assert load(name)["env"]["PULUMI_SECRETS_PROVIDER"] == "${{ vars.PULUMI_SECRETS_PROVIDER }}"
 
 
 def test_the_pulumi_cli_matches_the_sdk_pin() -> None:
@@ -484,9 +487,14 @@ def test_closing_destroys_the_stack_if_there_is_one(
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = _fake_pulumi(bin_dir, stacks)
+    kms = "awskms://alias/record-staging-pulumi?region=eu-west-1"
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "STACK": "preview-pr-7"}
+    env["PULUMI_SECRETS_PROVIDER"] = kms
     result = _run_step(_step("preview", "destroy", "pulumi destroy"), tmp_path, env)
     assert result.returncode == 0, result.stderr
     calls = [c.split(" | ")[0] for c in log.read_text().splitlines()][1:]
     assert [" ".join(c.split()[:2]).removesuffix(" --yes") for c in calls] == expected
     assert all("--stack preview-pr-7" in c for c in calls)
+    stack_file = tmp_path / "Pulumi.preview-pr-7.yaml"
+    if expected:
+        assert stack_file.read_text() == f"secretsprovider: {kms}\n"
