@@ -269,6 +269,8 @@ def test_main_goes_to_dev_then_staging_then_prod_behind_environments() -> None:
     assert on["push"] == {"branches": ["main"]}
     deploy = jobs("deploy")
     assert "needs" not in deploy["dev"]
+    # workflow_dispatch from another branch deploys nothing; staging and prod need dev.
+    assert deploy["dev"]["if"] == "github.ref == 'refs/heads/main'"
     assert deploy["staging"]["needs"] == "dev"
     assert deploy["prod"]["needs"] == "staging"
     for stack in ("dev", "staging", "prod"):
