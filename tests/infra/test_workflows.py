@@ -500,3 +500,33 @@ def test_closing_destroys_the_stack_if_there_is_one(
     stack_file = tmp_path / "Pulumi.preview-pr-7.yaml"
     if expected:
         assert stack_file.read_text() == f"secretsprovider: {kms}\n"
+
+
+def test_a_stack_left_locked_by_a_cancelled_run_is_unlocked_first(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = _fake_pulumi(
+        bin_dir,
+        '[{"name": "preview-pr-9", "updateInProgress": true},'
+        ' {"name": "preview-pr-90", "updateInProgress": true}]',
+    )
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    (tmp_path / "Pulumi.preview.yaml").write_text("config: {}\n")
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "PR": "9",
+        "STACK": "preview-pr-9",
+        "PREVIEW_DOMAIN": "p.example.org",
+        "PREVIEW_TTL_HOURS": "72",
+        "API_IMAGE": "a",
+        "MODELS_IMAGE": "m",
+        "PULUMI_SECRETS_PROVIDER": "",
+        "PREVIEW_SECRET_SEED": "s33d",
+    }
+    result = _run_step(_step("preview", "deploy", "Select the stack"), tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    calls = [c.split(" | ")[0] for c in log.read_text().splitlines()]
+    cancels = [c for c in calls if c.startswith("cancel")]
+    assert cancels == ["cancel --yes --non-interactive --stack preview-pr-9"]
+    assert calls.index(cancels[0]) < calls.index("config set --path record:preview.prNumber 9")
