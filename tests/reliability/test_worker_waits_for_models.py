@@ -1,0 +1,165 @@
+"""Uploads made while the model server is down wait and retry with backoff, and end ``ready``
+once it is back (issue 15, item 6).
+
+procrastinate's real worker runs the pipeline as the worker's login role; the model server is
+the real one (the local models behind its HTTP API) on a real port, where nothing listens until
+the test starts it, after the job has failed and been put back more than once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+import pytest
+import uvicorn
+
+from app.ai.clients import ModelClients
+from app.kit.db import Database
+from app.kit.redis import create_redis
+from app.kit.storage import create_store
+from tests.app.conftest import Tenant
+from tests.app.recordings.test_upload import upload, wav_bytes
+from tests.conftest import ROLES, as_login, free_port
+from worker.jobs import STATE, build_app
+from worker.pipeline import PipelineDeps
+
+pytestmark = pytest.mark.slow
+
+
+@asynccontextmanager
+async def worker(settings: Any) -> AsyncIterator[None]:
+    """procrastinate's worker, polling often, running until the block ends."""
+    db = Database(as_login(settings, ROLES.worker))
+    await db.open()
+    redis = create_redis(settings.redis_url, timeout=2.0)
+    models = ModelClients.from_settings(settings)
+    STATE.deps = PipelineDeps(
+        settings=settings, db=db, store=create_store(settings), models=models, redis=redis
+    )
+    jobs = build_app(as_login(settings, ROLES.worker))
+    try:
+        async with jobs.open_async():
+            task = asyncio.create_task(
+                jobs.run_worker_async(
+                    install_signal_handlers=False,
+                    concurrency=1,
+                    listen_notify=False,
+                    fetch_job_polling_interval=0.2,
+                )
+            )
+            try:
+                yield
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    finally:
+        STATE.deps = None
+        await models.aclose()
+        await redis.aclose()
+        await db.close()
+
+
+@asynccontextmanager
+async def model_server(model_app: Any, port: int) -> AsyncIterator[None]:
+    server = uvicorn.Server(
+        uvicorn.Config(model_app, host="127.0.0.1", port=port, log_level="warning")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not task.done(), "the model server did not start"
+        await asyncio.sleep(0.05)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await task
+
+
+def retry_waits(url: str, recording_id: str) -> list[float]:
+    """Seconds from each failed attempt to the next start: the backoff the job was given."""
+    with psycopg.connect(url) as conn:
+        events = conn.execute(
+            "SELECT e.type::text, e.at FROM procrastinate_events e "
+            "JOIN procrastinate_jobs j ON j.id = e.job_id "
+            "WHERE j.args->>'recording_id' = %s ORDER BY e.id",
+            (recording_id,),
+        ).fetchall()
+    waits, failed_at = [], None
+    for kind, at in events:
+        if kind == "deferred_for_retry":
+            failed_at = at
+        elif kind == "started" and failed_at is not None:
+            waits.append((at - failed_at).total_seconds())
+            failed_at = None
+    return waits
+
+
+def job_row(url: str, recording_id: str) -> dict[str, Any]:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT j.status::text, j.attempts, r.status "
+            "FROM procrastinate_jobs j JOIN recordings r "
+            "ON r.id = (j.args->>'recording_id')::uuid WHERE r.id = %s",
+            (recording_id,),
+        ).fetchone()
+    assert row is not None
+    return {"job": row[0], "attempts": row[1], "recording": row[2]}
+
+
+async def wait_for(check: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {within}s"
+        await asyncio.sleep(0.2)
+
+
+async def test_an_upload_waits_for_the_model_server_and_ends_ready(
+    app, client, settings, org_a: Tenant, model_app: Any
+):
+    port = free_port()  # nothing listens here yet: connections are refused
+    worker_settings = settings.model_copy(
+        update={
+            "openai_base_url": f"http://127.0.0.1:{port}/v1",
+            # Short, still doubling, so the test sees several attempts in seconds (whole
+            # seconds: PipelineRetry rounds down).
+            "job_retry_base_seconds": 1.0,
+        }
+    )
+    response = await upload(client, org_a, wav_bytes(2.0), "stand-up.wav")
+    assert response.status_code == 202, response.text
+    recording_id = response.json()["recording"]["id"]
+
+    async with worker(worker_settings):
+        await wait_for(
+            lambda: job_row(settings.database_url, recording_id)["attempts"] >= 2,
+            60,
+            "two failed attempts",
+        )
+        down = job_row(settings.database_url, recording_id)
+        assert down["recording"] != "failed", down  # still waiting, not given up
+        assert down["job"] in {"todo", "doing"}, down
+
+        async with model_server(model_app, port):
+            await wait_for(
+                lambda: (
+                    job_row(settings.database_url, recording_id)["recording"] in {"ready", "failed"}
+                ),
+                180,
+                "the recording to finish",
+            )
+    done = job_row(settings.database_url, recording_id)
+    assert done["recording"] == "ready", done
+    assert done["job"] == "succeeded", done
+    assert done["attempts"] >= 2
+    waits = retry_waits(settings.database_url, recording_id)
+    assert len(waits) >= 2, waits
+    # Doubling from JOB_RETRY_BASE_SECONDS (1 s here; 2 s by default).
+    assert waits[0] >= 0.9, waits
+    assert waits[1] >= 1.9, waits
+    recording = (await client.get(f"/api/recordings/{recording_id}", headers=org_a.auth())).json()
+    assert recording["error"] is None
