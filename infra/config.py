@@ -1,19 +1,35 @@
-"""Typed stack configuration: one dataclass per block, read from ``Pulumi.<stack>.yaml`` once.
+"""Typed stack configuration: one pydantic model per ``record:<block>`` of ``Pulumi.<stack>.yaml``.
 
-Every value the program uses comes through here, is validated here, and fails with a message
-that names the config key to fix. A production stack that would lose data on a bad day (no
-deletion protection, a single AZ) refuses to build rather than deploy.
+Every value the program uses comes through here, read once. Keys are camelCase as written in the
+stack file; an unknown key, a wrong type or a broken rule fails with a ``ConfigError`` naming the
+full key to fix (``record:cluster.publicAccessCidrs``). A production stack that would lose data
+on a bad day (no deletion protection, a single AZ) refuses to build rather than deploy.
+
+A default is written once: on the field, or, where it differs from stack to stack (by the size
+preset, the production flag or the stack's domain), in its block's ``stack_defaults``.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, ClassVar, Literal, TypeVar, get_args
 
 import pulumi
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 
 from infra.presets import PRESETS, SizePreset
 
@@ -26,6 +42,12 @@ _LOCAL_PART = re.compile(r"^[a-z0-9][a-z0-9._+-]{0,63}$")
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # A display name goes into the From header as is: no quotes, angle brackets or commas.
 _DISPLAY_NAME = re.compile(r"^[\w .'-]{1,64}$")
+# GitHub's rules: an owner is 1-39 letters, digits and single inner hyphens; a repository name
+# is up to 100 letters, digits, '.', '_' and '-', but not '.' or '..'.
+_GITHUB_REPOSITORY = re.compile(
+    r"^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}/(?!\.\.?$)[A-Za-z0-9._-]{1,100}$"
+)
+_POSTGRES_16 = re.compile(r"^16(\.\d+)?$")
 
 # Amazon EKS support per Kubernetes minor version: (end of standard support, end of extended
 # support), UTC days. From AWS's "Amazon EKS Kubernetes release calendar" (EKS User Guide,
@@ -45,23 +67,97 @@ EKS_KUBERNETES_SUPPORT: dict[str, tuple[date, date]] = {
 }
 # The newest version in the table: in standard support until 2027-03-27.
 DEFAULT_KUBERNETES_VERSION = "1.35"
+DEFAULT_SIZE = "small"
+
+_M = TypeVar("_M", bound=BaseModel)
+
+# A secret (`pulumi config set --secret`) as the program holds it: never a plain string.
+Secret = pulumi.Output[str]
 
 
 class ConfigError(ValueError):
     """A stack configuration that cannot be deployed, with the key to fix."""
 
 
+def _missing_secret(key: str) -> ConfigError:
+    return ConfigError(
+        f"missing secret {NAMESPACE}:{key} (pulumi config set --secret {NAMESPACE}:{key} ...)"
+    )
+
+
 @dataclass(frozen=True)
-class ProjectConfig:
+class StackDefaults:
+    """What the defaults that vary from stack to stack are chosen by."""
+
+    size: SizePreset = PRESETS[DEFAULT_SIZE]
+    production: bool = False
+    # ``record:domain``: the stack's own host name.
+    domain: str | None = None
+
+
+class _Block(BaseModel):
+    """One ``record:<block>`` mapping: camelCase keys, none unknown, immutable once read."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        alias_generator=to_camel,
+        populate_by_name=True,
+        # YAML's `3` is an int and `true` a bool: a "3" or "yes" is a typo, not a value to coerce.
+        strict=True,
+        # Secrets are pulumi Outputs.
+        arbitrary_types_allowed=True,
+    )
+
+    @classmethod
+    def stack_defaults(cls, stack: StackDefaults, data: dict[str, Any]) -> dict[str, Any]:
+        """Defaults that differ from stack to stack, by field name (``data``: the block as
+        written)."""
+        return {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_stack_defaults(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, dict):
+            return data
+        stack = (info.context or {}).get("stack") or StackDefaults()
+        filled = dict(data)
+        for name, value in cls.stack_defaults(stack, data).items():
+            alias = cls.model_fields[name].alias or name
+            if name not in data and alias not in data:
+                filled[alias] = value
+        return filled
+
+
+class ProjectConfig(_Block):
+    """The namespace's own keys (``record:owner`` ...) and where the stack runs."""
+
     project: str
     stack: str
-    owner: str
-    cost_centre: str
-    region: str
-    size: SizePreset
-    production: bool
+    owner: str = Field(min_length=1)
+    cost_centre: str = Field(min_length=1)
+    region: str = Field("us-east-1", alias="aws:region")
+    size: SizePreset = PRESETS[DEFAULT_SIZE]
+    production: bool = False
     # A preview stack is one per pull request: its slug keeps their names apart.
     instance: str | None = None
+
+    @field_validator("stack")
+    @classmethod
+    def _stack_name(cls, stack: str) -> str:
+        if not _STACK_NAME.match(stack):
+            # Not a config key: the name given to `pulumi stack init`.
+            raise ConfigError(f"stack name {stack!r} must match {_STACK_NAME.pattern}")
+        return stack
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _preset(cls, size: Any) -> Any:
+        if isinstance(size, SizePreset):
+            return size
+        if size not in PRESETS:
+            raise ValueError(f"must be one of {sorted(PRESETS)}, got {size!r}")
+        return PRESETS[size]
 
     @property
     def prefix(self) -> str:
@@ -80,30 +176,50 @@ class ProjectConfig:
         }
 
 
-@dataclass(frozen=True)
-class NetworkConfig:
+def _cidr_list(value: Any) -> Any:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"must be a list of CIDRs, got {value!r}")
+    return value
+
+
+class NetworkConfig(_Block):
     cidr: str = "10.40.0.0/16"
-    az_count: int = 3
-    nat_per_az: bool = False
+    az_count: Literal[2, 3] = 3
+    # One NAT gateway per AZ (an AZ outage keeps egress): production's default.
+    nat_per_az: bool
+
+    @classmethod
+    def stack_defaults(cls, stack: StackDefaults, data: dict[str, Any]) -> dict[str, Any]:
+        return {"nat_per_az": stack.production}
+
+    @field_validator("cidr")
+    @classmethod
+    def _network(cls, cidr: str) -> str:
+        try:
+            ipaddress.IPv4Network(cidr, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"must be an IPv4 network, got {cidr!r} ({exc})") from exc
+        return cidr
 
 
-@dataclass(frozen=True)
-class ClusterConfig:
-    mode: str = "eks"  # "eks" builds one; "existing" deploys into a cluster by kubeconfig
+class ClusterConfig(_Block):
+    mode: Literal["eks", "existing"] = "eks"  # "existing" deploys into a cluster by kubeconfig
     version: str = DEFAULT_KUBERNETES_VERSION
     # How `pulumi up` reaches the API server it installs charts and workloads through: the
     # public endpoint, open only to these CIDRs (the private one stays on for the nodes) ...
-    public_access_cidrs: tuple[str, ...] = ()
+    public_access_cidrs: tuple[str, ...] = Field((), strict=False)
     # ... or the private endpoint alone, which only a deploy run inside the VPC can reach.
     private_only: bool = False
+    # The program provisions a deploy runner inside the VPC. With publicAccessCidrs still set
+    # this is the step on the way to privateOnly: the runner is up before the endpoint closes.
     deploy_from_vpc: bool = False
     # "owner/name": with deployFromVpc, the repository whose workflows the in-VPC runner serves.
     runner_repository: str | None = None
     # For mode "existing": where the cluster already lives.
-    kubeconfig: pulumi.Input[str] | None = None
+    kubeconfig: Secret | None = Field(None, alias=f"{NAMESPACE}:kubeconfig")
     vpc_id: str | None = None
     vpc_cidr: str | None = None
-    private_subnet_ids: tuple[str, ...] = ()
+    private_subnet_ids: tuple[str, ...] = Field((), strict=False)
     node_security_group_id: str | None = None
     oidc_provider_arn: str | None = None
     oidc_issuer: str | None = None
@@ -112,377 +228,105 @@ class ClusterConfig:
     # A metrics-server already serving metrics.k8s.io (the API's CPU HPA reads it): not installed.
     existing_metrics_server: bool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        for old in ("publicEndpoint", "adminCidrs"):
+            if isinstance(data, dict) and old in data:
+                raise ConfigError(
+                    f"{NAMESPACE}:cluster.{old} is gone: set cluster.publicAccessCidrs "
+                    "(or cluster.privateOnly with cluster.deployFromVpc); see DEPLOYMENT.md"
+                )
+        return data
 
-@dataclass(frozen=True)
-class DatabaseConfig:
-    # The major only: RDS applies minor upgrades itself (infra/database.py).
-    engine_version: str = "16"
-    instance_class: str = "db.t4g.medium"
-    allocated_storage_gb: int = 50
-    max_allocated_storage_gb: int = 500
-    multi_az: bool = False
-    deletion_protection: bool = False
-    backup_retention_days: int = 7
-    # Index builds (HNSW on 1M x 384 took 382 s with 8 GB); RDS takes kB.
-    maintenance_work_mem_kb: int = 1_048_576
-    log_min_duration_ms: int = 500
-    name: str = "record"
-    app_user: str = "record"
+    @field_validator("public_access_cidrs", mode="before")
+    @classmethod
+    def _a_list(cls, value: Any) -> Any:
+        return _cidr_list(value)
 
+    @field_validator("public_access_cidrs")
+    @classmethod
+    def _networks(cls, cidrs: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in cidrs:
+            try:
+                network = ipaddress.ip_network(cidr, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"entry {cidr!r} is not a CIDR ({exc})") from exc
+            if network.prefixlen == 0:
+                raise ValueError(f"must name networks, not {cidr} (the whole internet)")
+        return cidrs
 
-@dataclass(frozen=True)
-class CacheConfig:
-    node_type: str = "cache.t4g.small"
-    replicas: int = 1
-    engine_version: str = "8.0"
-    automatic_failover: bool = False
+    @field_validator("runner_repository")
+    @classmethod
+    def _github_repository(cls, repository: str | None) -> str | None:
+        if repository is not None and not _GITHUB_REPOSITORY.match(repository):
+            raise ValueError(f"must be a GitHub repository as owner/name, got {repository!r}")
+        return repository
 
-
-@dataclass(frozen=True)
-class StorageConfig:
-    cors_origins: tuple[str, ...] = ()
-    noncurrent_version_days: int = 30
-    force_destroy: bool = False
-
-
-@dataclass(frozen=True)
-class ImageConfig:
-    """Where the workloads' images come from: built and pushed by the program (the default),
-    or digest-pinned references built elsewhere (``record:image.prebuilt``, for CI)."""
-
-    # ``repo@sha256:<64 hex>`` each; set, nothing is built or pushed.
-    prebuilt_api: str | None = None
-    prebuilt_models: str | None = None
-    # What the pushed tags name: the commit by default (``git rev-parse``), or CI's own.
-    revision: str | None = None
-
-    @property
-    def prebuilt(self) -> bool:
-        return self.prebuilt_api is not None
-
-
-@dataclass(frozen=True)
-class WorkloadsConfig:
-    domain: str
-    certificate_arn: str
-    api_replicas: int
-    api_max_replicas: int
-    api_workers: int
-    worker_min_replicas: int
-    worker_max_replicas: int
-    worker_concurrency: int
-    use_local_models: bool = False
-    openai_base_url: str | None = "https://api.openai.com/v1"
-    signup_mode: str = "invite-only"
-    log_level: str = "INFO"
-    oidc_issuer: str | None = None
-    oidc_jwks_url: str | None = None
-    oidc_audience: str | None = None
-    openai_api_key: pulumi.Input[str] | None = None
-    # With useLocalModels: the in-cluster model server's own key (MODEL_SERVER_API_KEY there,
-    # OPENAI_API_KEY in the API and the worker, which call it).
-    model_server_api_key: pulumi.Input[str] | None = None
-    db_app_password: pulumi.Input[str] | None = None
-    cache_auth_token: pulumi.Input[str] | None = None
-
-    @property
-    def public_url(self) -> str:
-        return f"https://{self.domain}"
-
-
-@dataclass(frozen=True)
-class MailConfig:
-    """Outgoing mail through Amazon SES: the domain identity and who mails come from."""
-
-    domain: str
-    from_address: str
-    from_name: str = "Record"
-    # A custom MAIL FROM (Return-Path) domain under ``domain``, for SPF alignment (DMARC).
-    mail_from_subdomain: str | None = None
-
-    @property
-    def mail_from(self) -> str:
-        """MAIL_FROM as the app sends it: ``Name <address>``."""
-        return f"{self.from_name} <{self.from_address}>"
-
-    @property
-    def mail_from_domain(self) -> str | None:
-        if self.mail_from_subdomain is None:
-            return None
-        return f"{self.mail_from_subdomain}.{self.domain}"
-
-
-@dataclass(frozen=True)
-class MonitoringConfig:
-    alert_email: str | None = None
-    alert_webhook_url: pulumi.Input[str] | None = None
-    grafana_enabled: bool = True
-
-
-@dataclass(frozen=True)
-class RolloutConfig:
-    canary: bool = False
-    steps: tuple[int, ...] = (10, 25, 50)
-    pause_seconds: int = 120
-    min_success_rate: float = 0.99
-
-
-@dataclass(frozen=True)
-class PreviewConfig:
-    base_stack: str
-    pr_number: int
-
-    @property
-    def slug(self) -> str:
-        return f"pr-{self.pr_number}"
-
-
-@dataclass(frozen=True)
-class StackConfig:
-    project: ProjectConfig
-    network: NetworkConfig
-    cluster: ClusterConfig
-    database: DatabaseConfig
-    cache: CacheConfig
-    storage: StorageConfig
-    workloads: WorkloadsConfig
-    monitoring: MonitoringConfig
-    rollout: RolloutConfig
-    image: ImageConfig = field(default_factory=ImageConfig)
-    preview: PreviewConfig | None = None
-    # None on a preview stack: it sends through its base stack's identity (infra/preview.py).
-    mail: MailConfig | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _obj(cfg: pulumi.Config, key: str) -> dict[str, Any]:
-    value = cfg.get_object(key) or {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{NAMESPACE}:{key} must be a mapping, got {type(value).__name__}")
-    return value
-
-
-def _pick(block: dict[str, Any], key: str, default: Any, kind: type, where: str) -> Any:
-    value = block.get(key, default)
-    if value is None:
-        return None
-    if kind is bool and not isinstance(value, bool):
-        raise ConfigError(f"{NAMESPACE}:{where}.{key} must be true or false, got {value!r}")
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{NAMESPACE}:{where}.{key} must be an integer, got {value!r}")
-    if kind is str and not isinstance(value, str):
-        raise ConfigError(f"{NAMESPACE}:{where}.{key} must be a string, got {value!r}")
-    return value
-
-
-def _unknown_keys(block: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(block) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"{NAMESPACE}:{where} has unknown keys {unknown}; allowed: {sorted(allowed)}"
-        )
-
-
-def load(
-    project: str | None = None, stack: str | None = None, today: date | None = None
-) -> StackConfig:
-    """Reads and validates the current stack's config (``pulumi.Config``); ``today`` (UTC) is
-    the day the Kubernetes version's support is judged on."""
-    cfg = pulumi.Config(NAMESPACE)
-    aws_cfg = pulumi.Config("aws")
-    project = project or pulumi.get_project()
-    stack = stack or pulumi.get_stack()
-    if not _STACK_NAME.match(stack):
-        raise ConfigError(f"stack name {stack!r} must match {_STACK_NAME.pattern}")
-
-    size_name = cfg.get("size") or "small"
-    if size_name not in PRESETS:
-        raise ConfigError(f"{NAMESPACE}:size must be one of {sorted(PRESETS)}, got {size_name!r}")
-    size = PRESETS[size_name]
-    production = cfg.get_bool("production") or False
-    owner = cfg.get("owner")
-    cost_centre = cfg.get("costCentre")
-    if not owner or not cost_centre:
-        raise ConfigError(f"{NAMESPACE}:owner and {NAMESPACE}:costCentre are required (tags)")
-    proj = ProjectConfig(
-        project=project,
-        stack=stack,
-        owner=owner,
-        cost_centre=cost_centre,
-        region=aws_cfg.get("region") or "us-east-1",
-        size=size,
-        production=production,
-    )
-
-    network = _network(cfg, proj)
-    cluster = _cluster(cfg, proj)
-    database = _database(cfg, proj)
-    cache = _cache(cfg, proj)
-    storage = _storage(cfg, proj)
-    workloads = _workloads(cfg, proj)
-    image = _image(cfg, workloads)
-    monitoring = _monitoring(cfg, proj)
-    rollout = _rollout(cfg, proj)
-    preview = _preview(cfg, proj)
-    mail = _mail(cfg, proj, preview)
-    if preview is None:
-        # A preview deploys onto its base stack's cluster and builds none of its own.
-        _deploy_path(cluster)
-        if cluster.mode == "eks":
-            warning = kubernetes_support(cluster.version, today or datetime.now(UTC).date())
-            if warning:
-                pulumi.log.warn(warning)
-    if preview is not None:
-        # One stack per pull request: the slug keeps their names apart.
-        proj = replace(proj, instance=preview.slug)
-    if preview is None and workloads.cache_auth_token is None:
-        raise ConfigError(
-            f"missing secret {NAMESPACE}:cacheAuthToken "
-            "(pulumi config set --secret record:cacheAuthToken ...)"
-        )
-    config = StackConfig(
-        project=proj,
-        network=network,
-        cluster=cluster,
-        database=database,
-        cache=cache,
-        storage=storage,
-        workloads=workloads,
-        monitoring=monitoring,
-        rollout=rollout,
-        image=image,
-        preview=preview,
-        mail=mail,
-    )
-    validate_production(config)
-    return config
-
-
-def _network(cfg: pulumi.Config, proj: ProjectConfig) -> NetworkConfig:
-    production = proj.production
-    net = _obj(cfg, "network")
-    _unknown_keys(net, {"cidr", "azCount", "natPerAz"}, "network")
-    network = NetworkConfig(
-        cidr=_pick(net, "cidr", "10.40.0.0/16", str, "network"),
-        az_count=_pick(net, "azCount", 3, int, "network"),
-        nat_per_az=_pick(net, "natPerAz", production, bool, "network"),
-    )
-    if network.az_count < 2 or network.az_count > 3:
-        raise ConfigError(f"{NAMESPACE}:network.azCount must be 2 or 3, got {network.az_count}")
-    return network
-
-
-def _cluster(cfg: pulumi.Config, proj: ProjectConfig) -> ClusterConfig:
-    cl = _obj(cfg, "cluster")
-    for old in ("publicEndpoint", "adminCidrs"):
-        if old in cl:
-            raise ConfigError(
-                f"{NAMESPACE}:cluster.{old} is gone: set cluster.publicAccessCidrs "
-                "(or cluster.privateOnly with cluster.deployFromVpc); see DEPLOYMENT.md"
-            )
-    _unknown_keys(
-        cl,
-        {
-            "mode",
-            "version",
-            "publicAccessCidrs",
-            "privateOnly",
-            "deployFromVpc",
-            "runnerRepository",
-            "vpcId",
-            "vpcCidr",
-            "privateSubnetIds",
-            "nodeSecurityGroupId",
-            "oidcProviderArn",
-            "oidcIssuer",
-            "existingPrometheus",
-            "existingMetricsServer",
-        },
-        "cluster",
-    )
-    cluster = ClusterConfig(
-        mode=_pick(cl, "mode", "eks", str, "cluster"),
-        version=_pick(cl, "version", DEFAULT_KUBERNETES_VERSION, str, "cluster"),
-        public_access_cidrs=_cidrs(cl.get("publicAccessCidrs", ()), "cluster.publicAccessCidrs"),
-        private_only=_pick(cl, "privateOnly", False, bool, "cluster"),
-        deploy_from_vpc=_pick(cl, "deployFromVpc", False, bool, "cluster"),
-        runner_repository=_pick(cl, "runnerRepository", None, str, "cluster"),
-        kubeconfig=cfg.get_secret("kubeconfig"),
-        vpc_id=cl.get("vpcId"),
-        vpc_cidr=cl.get("vpcCidr"),
-        private_subnet_ids=tuple(cl.get("privateSubnetIds", ())),
-        node_security_group_id=cl.get("nodeSecurityGroupId"),
-        oidc_provider_arn=cl.get("oidcProviderArn"),
-        oidc_issuer=cl.get("oidcIssuer"),
-        existing_prometheus=_pick(cl, "existingPrometheus", False, bool, "cluster"),
-        existing_metrics_server=_pick(cl, "existingMetricsServer", False, bool, "cluster"),
-    )
-    if cluster.mode not in {"eks", "existing"}:
-        raise ConfigError(f"{NAMESPACE}:cluster.mode must be 'eks' or 'existing'")
-    if cluster.mode == "existing":
+    @model_validator(mode="after")
+    def _existing_cluster_is_described(self) -> ClusterConfig:
+        if self.mode != "existing":
+            return self
         missing = [
             key
             for key, value in {
-                "kubeconfig (secret)": cluster.kubeconfig,
-                "cluster.vpcId": cluster.vpc_id,
-                "cluster.vpcCidr": cluster.vpc_cidr,
-                "cluster.privateSubnetIds": cluster.private_subnet_ids,
-                "cluster.nodeSecurityGroupId": cluster.node_security_group_id,
-                "cluster.oidcProviderArn": cluster.oidc_provider_arn,
-                "cluster.oidcIssuer": cluster.oidc_issuer,
+                f"{NAMESPACE}:kubeconfig (secret)": self.kubeconfig,
+                f"{NAMESPACE}:cluster.vpcId": self.vpc_id,
+                f"{NAMESPACE}:cluster.vpcCidr": self.vpc_cidr,
+                f"{NAMESPACE}:cluster.privateSubnetIds": self.private_subnet_ids,
+                f"{NAMESPACE}:cluster.nodeSecurityGroupId": self.node_security_group_id,
+                f"{NAMESPACE}:cluster.oidcProviderArn": self.oidc_provider_arn,
+                f"{NAMESPACE}:cluster.oidcIssuer": self.oidc_issuer,
             }.items()
             if not value
         ]
         if missing:
-            raise ConfigError(f"cluster.mode 'existing' needs {NAMESPACE}:{', '.join(missing)}")
-    return cluster
+            raise ConfigError(f"{NAMESPACE}:cluster.mode 'existing' needs {', '.join(missing)}")
+        return self
 
-
-def _cidrs(value: Any, where: str) -> tuple[str, ...]:
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{NAMESPACE}:{where} must be a list of CIDRs, got {value!r}")
-    for cidr in value:
-        try:
-            network = ipaddress.ip_network(cidr, strict=True)
-        except ValueError as exc:
-            raise ConfigError(f"{NAMESPACE}:{where}: {cidr!r} is not a CIDR ({exc})") from exc
-        if network.prefixlen == 0:
+    def check_deploy_path(self) -> None:
+        """The program installs charts and workloads through the cluster's API endpoint: a
+        cluster it builds must say from where that endpoint is reached."""
+        if self.mode != "eks":
+            if (
+                self.public_access_cidrs
+                or self.private_only
+                or self.deploy_from_vpc
+                or self.runner_repository
+            ):
+                raise ConfigError(
+                    f"{NAMESPACE}:cluster.publicAccessCidrs, privateOnly, deployFromVpc and "
+                    "runnerRepository are for mode 'eks': an existing cluster's endpoint is "
+                    "its owner's to set"
+                )
+            return
+        if self.private_only:
+            if self.public_access_cidrs:
+                raise ConfigError(
+                    f"{NAMESPACE}:cluster.privateOnly has no public endpoint: "
+                    "drop cluster.publicAccessCidrs"
+                )
+            if not self.deploy_from_vpc:
+                raise ConfigError(
+                    f"{NAMESPACE}:cluster.privateOnly needs cluster.deployFromVpc: true, and "
+                    "`pulumi up` run from inside the VPC (DEPLOYMENT.md, Deploy path)"
+                )
+        if self.deploy_from_vpc and self.runner_repository is None:
             raise ConfigError(
-                f"{NAMESPACE}:{where} must name networks, not {cidr} (the whole internet)"
+                f"{NAMESPACE}:cluster.deployFromVpc needs cluster.runnerRepository: the GitHub "
+                "repository (owner/name) whose deploy workflows the in-VPC runner serves"
             )
-    return tuple(value)
-
-
-def _deploy_path(cluster: ClusterConfig) -> None:
-    """The program installs charts and workloads through the cluster's API endpoint: a cluster
-    it builds must say from where that endpoint is reached."""
-    if cluster.mode != "eks":
-        if cluster.public_access_cidrs or cluster.private_only or cluster.deploy_from_vpc:
+        if self.runner_repository is not None and not self.deploy_from_vpc:
             raise ConfigError(
-                f"{NAMESPACE}:cluster.publicAccessCidrs, privateOnly and deployFromVpc are for "
-                "mode 'eks': an existing cluster's endpoint is its owner's to set"
+                f"{NAMESPACE}:cluster.runnerRepository goes with cluster.deployFromVpc: true "
+                "(without it no runner is provisioned)"
             )
-        return
-    if cluster.private_only:
-        if cluster.public_access_cidrs:
+        if not self.private_only and not self.public_access_cidrs:
             raise ConfigError(
-                f"{NAMESPACE}:cluster.privateOnly has no public endpoint: "
-                "drop cluster.publicAccessCidrs"
+                f"{NAMESPACE}:cluster.publicAccessCidrs is required: the CIDRs `pulumi up` "
+                "runs from (CI runners, the operators' VPN), or cluster.privateOnly with "
+                "cluster.deployFromVpc"
             )
-        if not cluster.deploy_from_vpc:
-            raise ConfigError(
-                f"{NAMESPACE}:cluster.privateOnly needs cluster.deployFromVpc: true, and "
-                "`pulumi up` run from inside the VPC (DEPLOYMENT.md, Deploy path)"
-            )
-        return
-    if cluster.deploy_from_vpc:
-        raise ConfigError(f"{NAMESPACE}:cluster.deployFromVpc goes with cluster.privateOnly")
-    if not cluster.public_access_cidrs:
-        raise ConfigError(
-            f"{NAMESPACE}:cluster.publicAccessCidrs is required: the CIDRs `pulumi up` runs "
-            "from (CI runners, the operators' VPN), or cluster.privateOnly with "
-            "cluster.deployFromVpc"
-        )
 
 
 def kubernetes_support(version: str, today: date) -> str | None:
@@ -509,264 +353,365 @@ def kubernetes_support(version: str, today: date) -> str | None:
     return None
 
 
-def _database(cfg: pulumi.Config, proj: ProjectConfig) -> DatabaseConfig:
-    production, size = proj.production, proj.size
-    db = _obj(cfg, "database")
-    _unknown_keys(
-        db,
-        {
-            "instanceClass",
-            "allocatedStorageGb",
-            "maxAllocatedStorageGb",
-            "multiAz",
-            "deletionProtection",
-            "backupRetentionDays",
-            "maintenanceWorkMemKb",
-            "logMinDurationMs",
-            "engineVersion",
-        },
-        "database",
-    )
-    database = DatabaseConfig(
-        engine_version=_pick(db, "engineVersion", "16", str, "database"),
-        instance_class=_pick(db, "instanceClass", size.db_instance_class, str, "database"),
-        allocated_storage_gb=_pick(db, "allocatedStorageGb", size.db_storage_gb, int, "database"),
-        max_allocated_storage_gb=_pick(
-            db, "maxAllocatedStorageGb", size.db_storage_gb * 10, int, "database"
-        ),
-        multi_az=_pick(db, "multiAz", production, bool, "database"),
-        deletion_protection=_pick(db, "deletionProtection", production, bool, "database"),
-        backup_retention_days=_pick(
-            db, "backupRetentionDays", 14 if production else 7, int, "database"
-        ),
-        maintenance_work_mem_kb=_pick(
-            db, "maintenanceWorkMemKb", size.maintenance_work_mem_kb, int, "database"
-        ),
-        log_min_duration_ms=_pick(db, "logMinDurationMs", 500, int, "database"),
-    )
-    if not re.fullmatch(r"16(\.\d+)?", database.engine_version):
-        raise ConfigError(f"{NAMESPACE}:database.engineVersion must be PostgreSQL 16.x")
-    if database.backup_retention_days < 1:
-        raise ConfigError(f"{NAMESPACE}:database.backupRetentionDays must be >= 1 (PITR)")
-    return database
+class DatabaseConfig(_Block):
+    # The major only: RDS applies minor upgrades itself (infra/database.py).
+    engine_version: str = "16"
+    instance_class: str
+    allocated_storage_gb: int
+    max_allocated_storage_gb: int
+    multi_az: bool
+    deletion_protection: bool
+    # At least a day: point-in-time recovery needs backups.
+    backup_retention_days: int = Field(ge=1)
+    maintenance_work_mem_kb: int
+    log_min_duration_ms: int = 500
+    # Not configurable: the names the migrations and the app are written against.
+    name: ClassVar[str] = "record"
+    app_user: ClassVar[str] = "record"
+
+    @classmethod
+    def stack_defaults(cls, stack: StackDefaults, data: dict[str, Any]) -> dict[str, Any]:
+        size = stack.size
+        return {
+            "instance_class": size.db_instance_class,
+            "allocated_storage_gb": size.db_storage_gb,
+            "max_allocated_storage_gb": size.db_storage_gb * 10,
+            "multi_az": stack.production,
+            "deletion_protection": stack.production,
+            "backup_retention_days": 14 if stack.production else 7,
+            "maintenance_work_mem_kb": size.maintenance_work_mem_kb,
+        }
+
+    @field_validator("engine_version")
+    @classmethod
+    def _postgres_16(cls, version: str) -> str:
+        # The migrations and pgvector's build are tested on 16.
+        if not _POSTGRES_16.match(version):
+            raise ValueError(f"must be PostgreSQL 16.x, got {version!r}")
+        return version
 
 
-def _cache(cfg: pulumi.Config, proj: ProjectConfig) -> CacheConfig:
-    production, size = proj.production, proj.size
-    ca = _obj(cfg, "cache")
-    _unknown_keys(ca, {"nodeType", "replicas", "automaticFailover"}, "cache")
-    cache = CacheConfig(
-        node_type=_pick(ca, "nodeType", size.cache_node_type, str, "cache"),
-        replicas=_pick(ca, "replicas", size.cache_replicas, int, "cache"),
-        automatic_failover=_pick(ca, "automaticFailover", production, bool, "cache"),
-    )
-    if cache.automatic_failover and cache.replicas < 1:
-        raise ConfigError(f"{NAMESPACE}:cache.automaticFailover needs cache.replicas >= 1")
-    return cache
+class CacheConfig(_Block):
+    node_type: str
+    replicas: int = Field(ge=0)
+    automatic_failover: bool
+    # Not configurable: the Valkey the app is tested against.
+    engine_version: ClassVar[str] = "8.0"
+
+    @classmethod
+    def stack_defaults(cls, stack: StackDefaults, data: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "node_type": stack.size.cache_node_type,
+            "replicas": stack.size.cache_replicas,
+            "automatic_failover": stack.production,
+        }
+
+    @model_validator(mode="after")
+    def _failover_needs_a_replica(self) -> CacheConfig:
+        if self.automatic_failover and self.replicas < 1:
+            raise ConfigError(f"{NAMESPACE}:cache.automaticFailover needs cache.replicas >= 1")
+        return self
 
 
-def _storage(cfg: pulumi.Config, proj: ProjectConfig) -> StorageConfig:
-    st = _obj(cfg, "storage")
-    _unknown_keys(st, {"corsOrigins", "noncurrentVersionDays", "forceDestroy"}, "storage")
-    domain = cfg.require("domain")
-    storage = StorageConfig(
-        cors_origins=tuple(st.get("corsOrigins", (f"https://{domain}",))),
-        noncurrent_version_days=_pick(st, "noncurrentVersionDays", 30, int, "storage"),
-        force_destroy=_pick(st, "forceDestroy", False, bool, "storage"),
-    )
-    if any(origin == "*" for origin in storage.cors_origins):
-        raise ConfigError(f"{NAMESPACE}:storage.corsOrigins must name origins, not '*'")
-    return storage
+class StorageConfig(_Block):
+    # The stack's own origin by default: the browser uploads straight to the bucket.
+    cors_origins: tuple[str, ...] = Field((), strict=False)
+    noncurrent_version_days: int = 30
+    force_destroy: bool = False
+
+    @classmethod
+    def stack_defaults(cls, stack: StackDefaults, data: dict[str, Any]) -> dict[str, Any]:
+        return {"cors_origins": (f"https://{stack.domain}",)} if stack.domain else {}
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _named_origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        if "*" in origins:
+            raise ValueError("must name origins, not '*'")
+        return origins
 
 
-def _workloads(cfg: pulumi.Config, proj: ProjectConfig) -> WorkloadsConfig:
-    size = proj.size
-    wl = _obj(cfg, "workloads")
-    _unknown_keys(
-        wl,
-        {
-            "apiReplicas",
-            "apiMaxReplicas",
-            "apiWorkers",
-            "workerMinReplicas",
-            "workerMaxReplicas",
-            "workerConcurrency",
-            "useLocalModels",
-            "openaiBaseUrl",
-            "signupMode",
-            "logLevel",
-            "oidcIssuer",
-            "oidcJwksUrl",
-            "oidcAudience",
-        },
-        "workloads",
-    )
-    domain = cfg.require("domain")
-    use_local = _pick(wl, "useLocalModels", False, bool, "workloads")
-    workloads = WorkloadsConfig(
-        domain=domain,
-        certificate_arn=cfg.require("certificateArn"),
-        api_replicas=_pick(wl, "apiReplicas", size.api_replicas, int, "workloads"),
-        api_max_replicas=_pick(wl, "apiMaxReplicas", size.api_max_replicas, int, "workloads"),
-        api_workers=_pick(wl, "apiWorkers", 2, int, "workloads"),
-        worker_min_replicas=_pick(
-            wl, "workerMinReplicas", size.worker_min_replicas, int, "workloads"
-        ),
-        worker_max_replicas=_pick(
-            wl, "workerMaxReplicas", size.worker_max_replicas, int, "workloads"
-        ),
-        # Transcription is CPU-bound: two jobs per 2-CPU worker pod.
-        worker_concurrency=_pick(wl, "workerConcurrency", 2, int, "workloads"),
-        use_local_models=use_local,
-        openai_base_url=None if use_local else wl.get("openaiBaseUrl", "https://api.openai.com/v1"),
-        signup_mode=_pick(wl, "signupMode", "invite-only", str, "workloads"),
-        log_level=_pick(wl, "logLevel", "INFO", str, "workloads"),
-        oidc_issuer=wl.get("oidcIssuer"),
-        oidc_jwks_url=wl.get("oidcJwksUrl"),
-        oidc_audience=wl.get("oidcAudience"),
-        openai_api_key=None if use_local else cfg.require_secret("openaiApiKey"),
-        model_server_api_key=cfg.require_secret("modelServerApiKey") if use_local else None,
-        db_app_password=cfg.require_secret("dbAppPassword"),
-        cache_auth_token=cfg.get_secret("cacheAuthToken"),
-    )
-    if not workloads.certificate_arn.startswith("arn:aws:acm:"):
-        raise ConfigError(f"{NAMESPACE}:certificateArn must be an ACM certificate ARN")
-    if workloads.signup_mode not in {"open", "invite-only", "disabled"}:
-        raise ConfigError(f"{NAMESPACE}:workloads.signupMode must be open|invite-only|disabled")
-    if workloads.api_replicas > workloads.api_max_replicas:
-        raise ConfigError(f"{NAMESPACE}:workloads.apiReplicas exceeds apiMaxReplicas")
-    if workloads.worker_min_replicas > workloads.worker_max_replicas:
-        raise ConfigError(f"{NAMESPACE}:workloads.workerMinReplicas exceeds workerMaxReplicas")
-    return workloads
+class PrebuiltImages(_Block):
+    """``record:image.prebuilt``: images built elsewhere (CI), ``repo@sha256:<64 hex>`` each."""
+
+    api: str | None = None
+    models: str | None = None
+
+    @field_validator("api", "models")
+    @classmethod
+    def _pinned(cls, ref: str | None) -> str | None:
+        if ref is not None and not _IMAGE_DIGEST.match(ref):
+            raise ValueError(f"must be pinned by digest (repo@sha256:<64 hex>), got {ref!r}")
+        return ref
+
+    @model_validator(mode="after")
+    def _api_first(self) -> PrebuiltImages:
+        if self.models is not None and self.api is None:
+            raise ConfigError(f"{NAMESPACE}:image.prebuilt needs api (the API and worker image)")
+        return self
 
 
-def _image(cfg: pulumi.Config, workloads: WorkloadsConfig) -> ImageConfig:
-    raw = cfg.get("image")
-    if raw is not None and not raw.lstrip().startswith("{"):
-        # The old form: one reference for every process, the model server's included.
-        raise ConfigError(
-            f"{NAMESPACE}:image is a mapping now: the program builds and pushes the images; "
-            "an image built elsewhere goes in image.prebuilt.api (and .models), by digest"
-        )
-    im = _obj(cfg, "image")
-    _unknown_keys(im, {"prebuilt", "revision"}, "image")
-    prebuilt = im.get("prebuilt") or {}
-    if not isinstance(prebuilt, dict):
-        raise ConfigError(f"{NAMESPACE}:image.prebuilt must be a mapping (api, models)")
-    _unknown_keys(prebuilt, {"api", "models"}, "image.prebuilt")
-    for key, ref in prebuilt.items():
-        if not isinstance(ref, str) or not _IMAGE_DIGEST.match(ref):
-            raise ConfigError(
-                f"{NAMESPACE}:image.prebuilt.{key} must be pinned by digest "
-                f"(repo@sha256:<64 hex>), got {ref!r}"
+class ImageConfig(_Block):
+    """Where the workloads' images come from: built and pushed by the program (the default),
+    or digest-pinned references built elsewhere (``record:image.prebuilt``, for CI)."""
+
+    # Set, nothing is built or pushed.
+    prebuilt_images: PrebuiltImages = Field(default_factory=PrebuiltImages, alias="prebuilt")
+    # What the pushed tags name: the commit by default (``git rev-parse``), or CI's own.
+    revision: str | None = None
+
+    @field_validator("revision")
+    @classmethod
+    def _tag_safe(cls, revision: str | None) -> str | None:
+        if revision is not None and not _IMAGE_REVISION.match(revision):
+            raise ValueError(
+                "must be a tag-safe word (letters, digits, '.', '_', '-'), got " + repr(revision)
             )
-    if prebuilt and "api" not in prebuilt:
-        raise ConfigError(f"{NAMESPACE}:image.prebuilt needs api (the API and worker image)")
-    if prebuilt and workloads.use_local_models and "models" not in prebuilt:
-        raise ConfigError(
-            f"{NAMESPACE}:image.prebuilt needs models (built with EXTRAS=ai) "
-            "with workloads.useLocalModels"
-        )
-    revision = _pick(im, "revision", None, str, "image")
-    if revision is not None and not _IMAGE_REVISION.match(revision):
-        raise ConfigError(
-            f"{NAMESPACE}:image.revision must be a tag-safe word (letters, digits, '.', '_', "
-            f"'-'), got {revision!r}"
-        )
-    return ImageConfig(
-        prebuilt_api=prebuilt.get("api"),
-        prebuilt_models=prebuilt.get("models"),
-        revision=revision,
+        return revision
+
+    @property
+    def prebuilt_api(self) -> str | None:
+        return self.prebuilt_images.api
+
+    @property
+    def prebuilt_models(self) -> str | None:
+        return self.prebuilt_images.models
+
+    @property
+    def prebuilt(self) -> bool:
+        return self.prebuilt_api is not None
+
+
+class WorkloadsConfig(_Block):
+    # The namespace's own keys, not the block's: their aliases are the full keys.
+    domain: str = Field(alias=f"{NAMESPACE}:domain")
+    certificate_arn: str = Field(alias=f"{NAMESPACE}:certificateArn")
+    api_replicas: int = Field(ge=0)
+    api_max_replicas: int = Field(ge=1)
+    api_workers: int = Field(2, ge=1)
+    worker_min_replicas: int = Field(ge=0)
+    worker_max_replicas: int = Field(ge=1)
+    # Transcription is CPU-bound: two jobs per 2-CPU worker pod.
+    worker_concurrency: int = Field(2, ge=1)
+    use_local_models: bool = False
+    # Nothing goes to OpenAI with useLocalModels (the fields below read it: keep it above them).
+    openai_base_url: str | None = Field("https://api.openai.com/v1", validate_default=True)
+    signup_mode: Literal["open", "invite-only", "disabled"] = "invite-only"
+    log_level: str = "INFO"
+    oidc_issuer: str | None = None
+    oidc_jwks_url: str | None = None
+    oidc_audience: str | None = None
+    openai_api_key: Secret | None = Field(
+        None, alias=f"{NAMESPACE}:openaiApiKey", validate_default=True
     )
-
-
-def _monitoring(cfg: pulumi.Config, proj: ProjectConfig) -> MonitoringConfig:
-    mon = _obj(cfg, "monitoring")
-    _unknown_keys(mon, {"alertEmail", "grafanaEnabled"}, "monitoring")
-    monitoring = MonitoringConfig(
-        alert_email=mon.get("alertEmail"),
-        alert_webhook_url=cfg.get_secret("alertWebhookUrl"),
-        grafana_enabled=_pick(mon, "grafanaEnabled", True, bool, "monitoring"),
+    # With useLocalModels: the in-cluster model server's own key (MODEL_SERVER_API_KEY there,
+    # OPENAI_API_KEY in the API and the worker, which call it).
+    model_server_api_key: Secret | None = Field(
+        None, alias=f"{NAMESPACE}:modelServerApiKey", validate_default=True
     )
-    return monitoring
+    db_app_password: Secret | None = Field(None, alias=f"{NAMESPACE}:dbAppPassword")
+    # A base stack's; a preview's own Valkey user password replaces it (infra/stack.py).
+    cache_auth_token: Secret | None = Field(None, alias=f"{NAMESPACE}:cacheAuthToken")
+
+    @classmethod
+    def stack_defaults(cls, stack: StackDefaults, data: dict[str, Any]) -> dict[str, Any]:
+        size = stack.size
+        return {
+            "api_replicas": size.api_replicas,
+            "api_max_replicas": size.api_max_replicas,
+            "worker_min_replicas": size.worker_min_replicas,
+            "worker_max_replicas": size.worker_max_replicas,
+        }
+
+    @field_validator("certificate_arn")
+    @classmethod
+    def _acm(cls, arn: str) -> str:
+        if not arn.startswith("arn:aws:acm:"):
+            raise ValueError(f"must be an ACM certificate ARN, got {arn!r}")
+        return arn
+
+    @field_validator("openai_base_url", "openai_api_key")
+    @classmethod
+    def _only_for_openai(cls, value: Any, info: ValidationInfo) -> Any:
+        return None if info.data.get("use_local_models") else value
+
+    @field_validator("model_server_api_key")
+    @classmethod
+    def _only_for_local_models(cls, value: Any, info: ValidationInfo) -> Any:
+        return value if info.data.get("use_local_models") else None
+
+    @model_validator(mode="after")
+    def _coherent(self) -> WorkloadsConfig:
+        if self.api_replicas > self.api_max_replicas:
+            raise ConfigError(f"{NAMESPACE}:workloads.apiReplicas exceeds apiMaxReplicas")
+        if self.worker_min_replicas > self.worker_max_replicas:
+            raise ConfigError(f"{NAMESPACE}:workloads.workerMinReplicas exceeds workerMaxReplicas")
+        if self.db_app_password is None:
+            raise _missing_secret("dbAppPassword")
+        if self.use_local_models and self.model_server_api_key is None:
+            raise _missing_secret("modelServerApiKey")
+        if not self.use_local_models and self.openai_api_key is None:
+            raise _missing_secret("openaiApiKey")
+        return self
+
+    @property
+    def public_url(self) -> str:
+        return f"https://{self.domain}"
 
 
-def _rollout(cfg: pulumi.Config, proj: ProjectConfig) -> RolloutConfig:
-    ro = _obj(cfg, "rollout")
-    _unknown_keys(ro, {"canary", "steps", "pauseSeconds", "minSuccessRate"}, "rollout")
-    rollout = RolloutConfig(
-        canary=_pick(ro, "canary", False, bool, "rollout"),
-        steps=tuple(ro.get("steps", (10, 25, 50))),
-        pause_seconds=_pick(ro, "pauseSeconds", 120, int, "rollout"),
-        min_success_rate=float(ro.get("minSuccessRate", 0.99)),
-    )
-    if any(not 0 < step < 100 for step in rollout.steps) or list(rollout.steps) != sorted(
-        rollout.steps
-    ):
-        raise ConfigError(f"{NAMESPACE}:rollout.steps must rise within 1..99, got {rollout.steps}")
-    return rollout
+class MailConfig(_Block):
+    """Outgoing mail through Amazon SES: the domain identity and who mails come from."""
 
-
-def _preview(cfg: pulumi.Config, proj: ProjectConfig) -> PreviewConfig | None:
-    pv = _obj(cfg, "preview")
-    preview = None
-    if pv:
-        _unknown_keys(pv, {"baseStack", "prNumber"}, "preview")
-        preview = PreviewConfig(
-            base_stack=_pick(pv, "baseStack", None, str, "preview"),
-            pr_number=_pick(pv, "prNumber", None, int, "preview"),
-        )
-        if not preview.base_stack or preview.pr_number is None or preview.pr_number < 0:
-            raise ConfigError(f"{NAMESPACE}:preview needs baseStack and a prNumber >= 0")
-        if proj.production:
-            raise ConfigError("a preview stack cannot be a production stack")
-    return preview
-
-
-def _mail(
-    cfg: pulumi.Config, proj: ProjectConfig, preview: PreviewConfig | None
-) -> MailConfig | None:
-    ml = _obj(cfg, "mail")
-    if preview is not None:
-        if ml:
-            # One SES identity per base stack: a preview's own would need its own DNS records
-            # and its own way out of the sandbox.
-            raise ConfigError(
-                f"{NAMESPACE}:mail is not for a preview stack: it sends through its base "
-                "stack's mail identity"
-            )
-        return None
-    _unknown_keys(ml, {"domain", "fromAddress", "fromName", "mailFromSubdomain"}, "mail")
     # The stack's own host name by default: each stack sends from its own identity, so a
     # staging mistake never spends production's sending reputation.
-    domain = (_pick(ml, "domain", None, str, "mail") or cfg.require("domain")).lower()
-    if not _HOST_NAME.match(domain):
-        raise ConfigError(f"{NAMESPACE}:mail.domain must be a DNS name, got {domain!r}")
-    from_address = (_pick(ml, "fromAddress", None, str, "mail") or f"no-reply@{domain}").lower()
-    local, _, from_domain = from_address.partition("@")
-    if not _LOCAL_PART.match(local) or from_domain != domain:
-        # The SMTP user may send only as <anything>@<mail.domain> (ses:FromAddress).
-        raise ConfigError(
-            f"{NAMESPACE}:mail.fromAddress must be an address at mail.domain ({domain}), "
-            f"got {from_address!r}"
-        )
-    mail = MailConfig(
-        domain=domain,
-        from_address=from_address,
-        from_name=_pick(ml, "fromName", None, str, "mail") or "Record",
-        mail_from_subdomain=_pick(ml, "mailFromSubdomain", None, str, "mail"),
-    )
-    if not _DISPLAY_NAME.match(mail.from_name):
-        raise ConfigError(
-            f"{NAMESPACE}:mail.fromName must be letters, digits, spaces, '.', \"'\" or '-', "
-            f"got {mail.from_name!r}"
-        )
-    if mail.mail_from_subdomain is not None and not _LABEL.match(mail.mail_from_subdomain):
-        raise ConfigError(
-            f"{NAMESPACE}:mail.mailFromSubdomain must be one DNS label (e.g. 'bounce'), "
-            f"got {mail.mail_from_subdomain!r}"
-        )
-    return mail
+    domain: str
+    # no-reply@<domain> by default.
+    from_address: str
+    from_name: str = "Record"
+    # A custom MAIL FROM (Return-Path) domain under ``domain``, for SPF alignment (DMARC).
+    mail_from_subdomain: str | None = None
+
+    @classmethod
+    def stack_defaults(cls, stack: StackDefaults, data: dict[str, Any]) -> dict[str, Any]:
+        domain = data.get("domain", stack.domain)
+        defaults: dict[str, Any] = {"domain": domain} if domain is not None else {}
+        if isinstance(domain, str):
+            defaults["from_address"] = f"no-reply@{domain}"
+        return defaults
+
+    @field_validator("domain")
+    @classmethod
+    def _dns_name(cls, domain: str) -> str:
+        if not _HOST_NAME.match(domain.lower()):
+            raise ValueError(f"must be a DNS name, got {domain!r}")
+        return domain.lower()
+
+    @field_validator("from_address")
+    @classmethod
+    def _lower(cls, address: str) -> str:
+        return address.lower()
+
+    @field_validator("from_name")
+    @classmethod
+    def _display_name(cls, name: str) -> str:
+        if not _DISPLAY_NAME.match(name):
+            raise ValueError(f"must be letters, digits, spaces, '.', \"'\" or '-', got {name!r}")
+        return name
+
+    @field_validator("mail_from_subdomain")
+    @classmethod
+    def _one_label(cls, label: str | None) -> str | None:
+        if label is not None and not _LABEL.match(label):
+            raise ValueError(f"must be one DNS label (e.g. 'bounce'), got {label!r}")
+        return label
+
+    @model_validator(mode="after")
+    def _sends_as_its_domain(self) -> MailConfig:
+        local, _, from_domain = self.from_address.partition("@")
+        if not _LOCAL_PART.match(local) or from_domain != self.domain:
+            # The SMTP user may send only as <anything>@<mail.domain> (ses:FromAddress).
+            raise ConfigError(
+                f"{NAMESPACE}:mail.fromAddress must be an address at mail.domain "
+                f"({self.domain}), got {self.from_address!r}"
+            )
+        return self
+
+    @property
+    def mail_from(self) -> str:
+        """MAIL_FROM as the app sends it: ``Name <address>``."""
+        return f"{self.from_name} <{self.from_address}>"
+
+    @property
+    def mail_from_domain(self) -> str | None:
+        if self.mail_from_subdomain is None:
+            return None
+        return f"{self.mail_from_subdomain}.{self.domain}"
+
+
+class MonitoringConfig(_Block):
+    alert_email: str | None = None
+    alert_webhook_url: Secret | None = Field(None, alias=f"{NAMESPACE}:alertWebhookUrl")
+    grafana_enabled: bool = True
+
+
+class RolloutConfig(_Block):
+    canary: bool = False
+    # Canary weights in percent, rising.
+    steps: tuple[int, ...] = Field((10, 25, 50), strict=False)
+    pause_seconds: int = Field(120, ge=0)
+    min_success_rate: float = Field(0.99, gt=0, le=1)
+
+    @field_validator("steps")
+    @classmethod
+    def _rising(cls, steps: tuple[int, ...]) -> tuple[int, ...]:
+        if any(not 0 < step < 100 for step in steps) or list(steps) != sorted(steps):
+            raise ValueError(f"must rise within 1..99, got {list(steps)}")
+        return steps
+
+
+class PreviewConfig(_Block):
+    base_stack: str = Field(min_length=1)
+    pr_number: int = Field(ge=0)
+
+    @property
+    def slug(self) -> str:
+        return f"pr-{self.pr_number}"
+
+
+class StackConfig(BaseModel):
+    """Every block, and the rules between blocks."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    project: ProjectConfig
+    network: NetworkConfig
+    cluster: ClusterConfig
+    database: DatabaseConfig
+    cache: CacheConfig
+    storage: StorageConfig
+    workloads: WorkloadsConfig
+    monitoring: MonitoringConfig
+    rollout: RolloutConfig
+    image: ImageConfig = Field(default_factory=ImageConfig)
+    preview: PreviewConfig | None = None
+    # None on a preview stack: it sends through its base stack's identity (infra/preview.py).
+    mail: MailConfig | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preview_mails_through_its_base(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preview"):
+            if data.get("mail"):
+                # One SES identity per base stack: a preview's own would need its own DNS
+                # records and its own way out of the sandbox.
+                raise ConfigError(
+                    f"{NAMESPACE}:mail is not for a preview stack: it sends through its base "
+                    "stack's mail identity"
+                )
+            return {**data, "mail": None}
+        return data
+
+    @model_validator(mode="after")
+    def _across_blocks(self) -> StackConfig:
+        if self.preview is not None and self.project.production:
+            raise ConfigError("a preview stack cannot be a production stack")
+        if self.preview is None:
+            # A preview deploys onto its base stack's cluster and builds none of its own.
+            self.cluster.check_deploy_path()
+            if self.workloads.cache_auth_token is None:
+                raise _missing_secret("cacheAuthToken")
+        if (
+            self.image.prebuilt
+            and self.workloads.use_local_models
+            and self.image.prebuilt_models is None
+        ):
+            raise ConfigError(
+                f"{NAMESPACE}:image.prebuilt needs models (built with EXTRAS=ai) "
+                "with workloads.useLocalModels"
+            )
+        validate_production(self)
+        return self
 
 
 def validate_production(config: StackConfig) -> None:
@@ -792,3 +737,174 @@ def validate_production(config: StackConfig) -> None:
         raise ConfigError(
             f"production stack {config.project.stack!r} refuses to build: " + "; ".join(problems)
         )
+
+
+# -- reading the stack ------------------------------------------------------------------------
+
+
+def load(
+    project: str | None = None, stack: str | None = None, today: date | None = None
+) -> StackConfig:
+    """Reads and validates the current stack's config (``pulumi.Config``); ``today`` (UTC) is
+    the day the Kubernetes version's support is judged on."""
+    cfg = pulumi.Config(NAMESPACE)
+    proj = _validated(
+        ProjectConfig,
+        _present(
+            {
+                "project": project or pulumi.get_project(),
+                "stack": stack or pulumi.get_stack(),
+                "owner": cfg.get("owner"),
+                "costCentre": cfg.get("costCentre"),
+                "size": cfg.get("size"),
+                # Pulumi hands a top-level value over as text.
+                "production": {"true": True, "false": False}.get(
+                    cfg.get("production") or "", cfg.get("production")
+                ),
+                "aws:region": pulumi.Config("aws").get("region"),
+            }
+        ),
+    )
+    domain = cfg.get("domain")
+    raw_image = cfg.get("image")
+    if raw_image is not None and not raw_image.lstrip().startswith("{"):
+        # The old form: one reference for every process, the model server's included.
+        raise ConfigError(
+            f"{NAMESPACE}:image is a mapping now: the program builds and pushes the images; "
+            "an image built elsewhere goes in image.prebuilt.api (and .models), by digest"
+        )
+    blocks = {
+        "network": _block(cfg, "network"),
+        "cluster": _with(_block(cfg, "cluster"), kubeconfig=cfg.get_secret("kubeconfig")),
+        "database": _block(cfg, "database"),
+        "cache": _block(cfg, "cache"),
+        "storage": _block(cfg, "storage"),
+        "workloads": _with(
+            _block(cfg, "workloads"),
+            domain=domain,
+            certificateArn=cfg.get("certificateArn"),
+            openaiApiKey=cfg.get_secret("openaiApiKey"),
+            modelServerApiKey=cfg.get_secret("modelServerApiKey"),
+            dbAppPassword=cfg.get_secret("dbAppPassword"),
+            cacheAuthToken=cfg.get_secret("cacheAuthToken"),
+        ),
+        "monitoring": _with(
+            _block(cfg, "monitoring"), alertWebhookUrl=cfg.get_secret("alertWebhookUrl")
+        ),
+        "rollout": _block(cfg, "rollout"),
+        "image": _block(cfg, "image"),
+        "preview": _block(cfg, "preview") or None,
+        "mail": _block(cfg, "mail"),
+    }
+    defaults = StackDefaults(size=proj.size, production=proj.production, domain=domain)
+    config = _validated(StackConfig, {"project": proj, **blocks}, defaults)
+    if config.preview is None and config.cluster.mode == "eks":
+        warning = kubernetes_support(config.cluster.version, today or datetime.now(UTC).date())
+        if warning:
+            pulumi.log.warn(warning)
+    if config.preview is not None:
+        # One stack per pull request: the slug keeps their names apart.
+        instance = proj.model_copy(update={"instance": config.preview.slug})
+        config = config.model_copy(update={"project": instance})
+    return config
+
+
+def _block(cfg: pulumi.Config, key: str) -> Any:
+    """``record:<key>`` as written (a mapping, or whatever else, for the model to refuse)."""
+    value = cfg.get_object(key)
+    return {} if value is None else value
+
+
+def _with(block: Any, **keys: Any) -> Any:
+    """``block`` with the namespace's own keys it carries (``record:domain`` ...) added."""
+    if not isinstance(block, dict):
+        return block
+    return {**block, **{f"{NAMESPACE}:{key}": v for key, v in _present(keys).items()}}
+
+
+def _present(values: dict[str, Any]) -> dict[str, Any]:
+    """Unset keys left out, so their defaults (or "is required") apply."""
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _validated(model: type[_M], data: dict[str, Any], stack: StackDefaults | None = None) -> _M:
+    try:
+        # Keys as the stack file spells them: the snake_case field names are for Python.
+        return model.model_validate(
+            data, by_alias=True, by_name=False, context={"stack": stack or StackDefaults()}
+        )
+    except ValidationError as exc:
+        raise _config_error(exc, model) from None
+
+
+def _config_error(exc: ValidationError, root: type[BaseModel]) -> ConfigError:
+    """Every problem pydantic found, each naming its key as the stack file spells it."""
+    problems: list[str] = []
+    unknown: dict[tuple[int | str, ...], list[str]] = {}
+    for error in exc.errors(include_url=False):
+        if error["type"] == "extra_forbidden":
+            unknown.setdefault(error["loc"][:-1], []).append(str(error["loc"][-1]))
+        else:
+            problems.append(_problem(error))
+    for where, keys in unknown.items():
+        model = _model_at(root, where)
+        allowed = sorted(
+            alias
+            for name, info in (model.model_fields.items() if model else ())
+            if ":" not in (alias := info.alias or name)
+        )
+        problems.append(f"{_key(where)} has unknown keys {sorted(keys)}; allowed: {allowed}")
+    return ConfigError("\n".join(problems))
+
+
+def _problem(error: ErrorDetails) -> str:
+    key = _key(error["loc"])
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, ConfigError):
+        return str(cause)  # a rule across keys: its message names them
+    if cause is not None:
+        return f"{key} {cause}"
+    if error["type"] == "missing":
+        return f"{key} is required"
+    if error["type"] in {"model_type", "dict_type", "model_attributes_type"}:
+        return f"{key} must be a mapping, got {error['input']!r}"
+    # "Input should be a valid integer" -> "must be a valid integer".
+    text = re.sub(r"^\w+ should", "must", error["msg"])
+    return f"{key} {text}, got {error['input']!r}"
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    """``('cluster', 'publicAccessCidrs')`` -> ``record:cluster.publicAccessCidrs``; a field
+    whose alias is a full key (``record:domain``) names itself."""
+    key = ""
+    for part in loc:
+        if isinstance(part, int):
+            key += f"[{part}]"
+        elif ":" in part:
+            key = part
+        else:
+            key = f"{key}.{part}" if key else f"{NAMESPACE}:{part}"
+    return key or NAMESPACE
+
+
+def _model_at(root: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model that validated the mapping at ``loc``, to list the keys it allows."""
+    model: type[BaseModel] | None = root
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        info = _field(model, part)
+        model = _model_in(info.annotation) if info else None
+    return model
+
+
+def _field(model: type[BaseModel], key: str) -> FieldInfo | None:
+    return next((f for name, f in model.model_fields.items() if key in (name, f.alias)), None)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """``PreviewConfig | None`` -> ``PreviewConfig``."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None

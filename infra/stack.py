@@ -279,10 +279,8 @@ def _build_preview(config: StackConfig) -> dict[str, Any]:
         ),
         opts=pulumi.ResourceOptions(parent=preview),
     )
-    from dataclasses import replace
-
     # Its own Valkey user's password, never the base's: one instance, a user per preview.
-    workloads_cfg = replace(config.workloads, cache_auth_token=preview.cache_password)
+    workloads_cfg = config.workloads.model_copy(update={"cache_auth_token": preview.cache_password})
     # One SES identity per base stack, like its Valkey: previews mail From its domain with its
     # SMTP credentials (a rotation there reaches a preview at its next `pulumi up`).
     mail = MailSettings(

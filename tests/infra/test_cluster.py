@@ -24,6 +24,8 @@ from tests.infra.conftest import STACKS, of_kind, one
 EKS_STACKS = ("staging", "prod")
 # The stack files' placeholder (a documentation range).
 STACK_FILE_CIDRS = ["203.0.113.0/24"]
+# The repository whose deploy workflows an in-VPC runner serves (cluster.deployFromVpc).
+RUNNER_REPOSITORY = "example-org/record"
 EKS_CLUSTER = "aws:eks/cluster:Cluster"
 EBS_CSI_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy"
 # The day issue #12 was filed against: 1.31 had left extended support a week before.
@@ -65,8 +67,20 @@ def test_the_api_endpoint_is_public_only_to_the_configured_cidrs(
             "drop cluster.publicAccessCidrs",
         ),
         (
+            {"privateOnly": True, "deployFromVpc": True},
+            "cluster.deployFromVpc needs cluster.runnerRepository",
+        ),
+        (
             {"deployFromVpc": True, "publicAccessCidrs": STACK_FILE_CIDRS},
-            "cluster.deployFromVpc goes with cluster.privateOnly",
+            "cluster.deployFromVpc needs cluster.runnerRepository",
+        ),
+        (
+            {"runnerRepository": RUNNER_REPOSITORY, "publicAccessCidrs": STACK_FILE_CIDRS},
+            "cluster.runnerRepository goes with cluster.deployFromVpc: true",
+        ),
+        (
+            {"privateOnly": "yes", "publicAccessCidrs": STACK_FILE_CIDRS},
+            "record:cluster.privateOnly must be a valid boolean, got 'yes'",
         ),
         (
             {"publicEndpoint": True, "adminCidrs": STACK_FILE_CIDRS},
@@ -81,27 +95,40 @@ def test_a_cluster_without_a_deploy_path_is_refused(
         render(stack, {"record:cluster": cluster})
 
 
+@pytest.mark.parametrize(
+    "repository", ["record", "-example/record", "example-/record", "example/..", "a/b/c", "a b/c"]
+)
+def test_the_runner_repository_is_a_github_owner_and_name(repository: str) -> None:
+    cluster = {"deployFromVpc": True, "runnerRepository": repository}
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            f"record:cluster.runnerRepository must be a GitHub repository as owner/name, "
+            f"got {repository!r}"
+        ),
+    ):
+        render("staging", {"record:cluster": {**cluster, "publicAccessCidrs": STACK_FILE_CIDRS}})
+
+
+def test_a_runner_in_the_vpc_may_come_before_the_public_endpoint_closes() -> None:
+    """The transition to privateOnly: the runner first, the public endpoint still open."""
+    cluster = {
+        "deployFromVpc": True,
+        "runnerRepository": RUNNER_REPOSITORY,
+        "publicAccessCidrs": STACK_FILE_CIDRS,
+    }
+    vpc = _vpc_config(render("staging", {"record:cluster": cluster}))
+    assert vpc["endpointPublicAccess"] is True
+    assert vpc["publicAccessCidrs"] == STACK_FILE_CIDRS
+
+
 def test_private_only_opens_the_private_endpoint_to_a_deploy_inside_the_vpc() -> None:
-    plan = render("staging", {"record:cluster": {"privateOnly": True, "deployFromVpc": True}})
-    vpc = _vpc_config(plan)
+    # The runner's own way in (its security group) is tests/infra/test_runner.py's.
+    cluster = {"privateOnly": True, "deployFromVpc": True, "runnerRepository": RUNNER_REPOSITORY}
+    vpc = _vpc_config(render("staging", {"record:cluster": cluster}))
     assert vpc["endpointPrivateAccess"] is True
     assert vpc["endpointPublicAccess"] is False
     assert not vpc.get("publicAccessCidrs")
-    assert len(vpc["securityGroupIds"]) == 1
-    group = one(
-        g
-        for g in plan.of_type("aws:ec2/securityGroup:SecurityGroup")
-        if g["inputs"]["name"] == "record-staging-eks-deploy"
-    )["inputs"]
-    assert group["ingress"] == [
-        {
-            "description": "Kubernetes API from the VPC (deploy runner)",
-            "protocol": "tcp",
-            "fromPort": 443,
-            "toPort": 443,
-            "cidrBlocks": ["10.30.0.0/16"],
-        }
-    ]
 
 
 def test_an_existing_cluster_keeps_its_own_endpoint() -> None:
