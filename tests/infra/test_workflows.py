@@ -20,7 +20,8 @@ from infra.plan import REPO_ROOT, Plan, render
 from infra.reaper import parse_expiry
 
 WORKFLOWS = REPO_ROOT / ".github" / "workflows"
-NAMES = ("ci", "preview", "reaper", "deploy")
+# Every workflow gets the checks below, whoever adds it.
+NAMES = tuple(sorted(p.stem for p in WORKFLOWS.glob("*.yml")))
 # owner/repo[/path]@<40 hex> # v<version>: a tag can be moved to other code, a commit cannot;
 # the comment says which release the commit is.
 PINNED = re.compile(r"^\s*(?:-\s+)?uses:\s+[\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+(?:\.\d+)*\s*$")
@@ -73,8 +74,9 @@ def step_index(job: dict[str, Any], pattern: str) -> int:
     raise AssertionError(f"no step runs {pattern!r}")
 
 
-def test_the_four_workflows_exist_and_nothing_else() -> None:
-    assert sorted(p.stem for p in WORKFLOWS.glob("*.y*ml")) == sorted(NAMES)
+def test_the_four_workflows_exist_and_none_escapes_the_checks() -> None:
+    assert {"ci", "preview", "reaper", "deploy"} <= set(NAMES)
+    assert not list(WORKFLOWS.glob("*.yaml")), "name workflows *.yml so these tests read them"
 
 
 def test_every_workflow_is_valid_for_github(tools_bin: Path) -> None:
@@ -426,7 +428,12 @@ def test_the_preview_stack_config_is_written_afresh_with_stable_secrets(tmp_path
     assert all(re.fullmatch(r"[0-9a-f]{64}", v) for v in values)
     assert values[0] != values[1]
     assert "s33d" not in first
-    assert first == log.read_text()
+
+    # The next push sets the same config and secrets (only the expiry moves on).
+    def unexpiring(text: str) -> list[str]:
+        return [c for c in text.splitlines() if "record:expires-at" not in c]
+
+    assert unexpiring(first) == unexpiring(log.read_text())
     [tag] = [c for c in calls if c.startswith("stack tag set record:expires-at ")]
     expires = parse_expiry(tag.split()[4])
     assert expires is not None
