@@ -8,6 +8,7 @@ touches nothing.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextlib import AsyncExitStack
 from typing import Any
@@ -184,3 +185,32 @@ async def test_livez_touches_no_dependency(settings, silent_host: SilentHost):
     assert response.status_code == 200
     assert response.json() == {"status": "alive"}
     assert elapsed < 0.5
+
+
+async def test_under_load_that_saturates_the_pool_ready_answers_in_time(
+    app, client, settings, org_a
+):
+    # Real requests hold every pooled connection and queue for more: each list of recordings
+    # waits on a lock a long transaction holds, as requests do behind a slow migration or a
+    # stuck statement.
+    pool = app.state.services.db.pool
+    requests = 3 * pool.max_size
+    with psycopg.connect(settings.database_url) as locker:
+        locker.execute("LOCK TABLE recordings IN ACCESS EXCLUSIVE MODE")
+        load = [
+            asyncio.create_task(client.get("/api/recordings", headers=org_a.auth()))
+            for _ in range(requests)
+        ]
+        deadline = time.monotonic() + 10
+        while pool.get_stats().get("requests_waiting", 0) == 0:
+            assert time.monotonic() < deadline, pool.get_stats()
+            await asyncio.sleep(0.05)
+        response, elapsed = await timed_get(client, "/readyz")
+        assert not any(task.done() for task in load)  # the load was still waiting throughout
+        locker.rollback()
+    answers = await asyncio.gather(*load)
+    assert response.status_code == 200, response.text
+    assert response.json()["checks"]["database"]["via"] == "direct"
+    assert response.json()["checks"]["database"]["pool"]["waiting"] > 0
+    assert elapsed < PROBE_TIMEOUT
+    assert [r.status_code for r in answers] == [200] * requests
