@@ -85,7 +85,7 @@ async def _revisions_unpooled(services: Services) -> set[str]:
         application_name="record-readyz",
     )
     try:
-        # As the pool's connections do: the login role itself may read nothing.
+        # The role the pool's connections act as (app/kit/db.py): the same rights they have.
         await conn.execute(f"SET ROLE {APP_ROLE}")
         return await _revisions(conn)
     finally:
