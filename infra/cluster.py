@@ -122,31 +122,9 @@ class Cluster(pulumi.ComponentResource):
             opts=child(self),
         )
         # `pulumi up` installs the charts and the workloads through this endpoint: the public
-        # one open to publicAccessCidrs only, or (privateOnly) the private one, reached from a
-        # deploy inside the VPC through this group. Nodes always use the private one. The runner
-        # this program provisions (runnerRepository, infra/runner.py) needs no VPC-wide group:
-        # the cluster security group admits its own group alone.
-        endpoint_groups: list[pulumi.Input[str]] = []
-        if cfg.deploy_from_vpc and cfg.runner_repository is None:
-            endpoint_groups.append(
-                aws.ec2.SecurityGroup(
-                    f"{prefix}-eks-deploy",
-                    name=f"{prefix}-eks-deploy",
-                    description=f"{prefix}: pulumi up from inside the VPC to the API endpoint",
-                    vpc_id=args.vpc_id,
-                    ingress=[
-                        {
-                            "description": "Kubernetes API from the VPC (deploy runner)",
-                            "protocol": "tcp",
-                            "from_port": 443,
-                            "to_port": 443,
-                            "cidr_blocks": [args.vpc_cidr],
-                        }
-                    ],
-                    tags=tags(p, f"{prefix}-eks-deploy"),
-                    opts=child(self),
-                ).id
-            )
+        # one open to publicAccessCidrs only, or (privateOnly) the private one, reached from the
+        # deploy runner this program provisions in the VPC (infra/runner.py: the cluster
+        # security group admits the runner's own group alone). Nodes always use the private one.
         cluster = aws.eks.Cluster(
             f"{prefix}-eks",
             name=prefix,
@@ -157,7 +135,6 @@ class Cluster(pulumi.ComponentResource):
                 "endpoint_private_access": True,
                 "endpoint_public_access": not cfg.private_only,
                 "public_access_cidrs": None if cfg.private_only else list(cfg.public_access_cidrs),
-                "security_group_ids": endpoint_groups or None,
             },
             encryption_config={
                 "provider": {"key_arn": secrets_key.arn},

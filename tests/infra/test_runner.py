@@ -38,14 +38,9 @@ UNSCOPABLE = {
 
 VARIANTS = [
     pytest.param({**RUNNER, "privateOnly": True}, id="private-only"),
-    # The transition (deploy publicly with the runner, then switch to privateOnly) needs the
-    # config rule that lets deployFromVpc go with publicAccessCidrs; until it lands the current
-    # rule refuses the combination, and this case records that (non-strict: it passes once the
-    # rule changes, and any other failure still fails).
+    # The transition: deploy publicly with the runner, then switch to privateOnly.
     pytest.param(
-        {**RUNNER, "publicAccessCidrs": ["203.0.113.0/24"]},
-        id="public-during-transition",
-        marks=pytest.mark.xfail(raises=ConfigError, reason="config rule change pending"),
+        {**RUNNER, "publicAccessCidrs": ["203.0.113.0/24"]}, id="public-during-transition"
     ),
 ]
 
