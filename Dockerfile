@@ -12,6 +12,10 @@ ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 # --- build: resolve and install into a venv; nothing from here but the venv ships ------------
 FROM ${PYTHON_IMAGE} AS build
 ARG EXTRAS=""
+# torch==2.13.0 (EXTRAS=ai) from PyPI is the CUDA build, gigabytes of GPU libraries the CPU
+# nodes never use; PyTorch's CPU index serves the same pin as 2.13.0+cpu, which pip prefers.
+# pip reads the build argument from the environment; the runtime stage does not inherit it.
+ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
