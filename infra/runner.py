@@ -51,9 +51,10 @@ import pulumi_aws as aws
 from infra.common import child, policy, tags
 from infra.config import NAMESPACE, ConfigError, ProjectConfig
 
-# CodeBuild's Amazon Linux 2023 standard image: Docker, Python, git; the workflow installs
-# Pulumi and the aws CLI it pins.
-RUNNER_IMAGE = "aws/codebuild/amazonlinux-x86_64-standard:5.0"
+# CodeBuild's Ubuntu standard image (Docker, Python, git, the aws CLI): the deploy jobs are
+# written for GitHub's ubuntu-24.04 runners and install what they need with apt-get (espeak-ng
+# for the smoke check, jq, kubectl), which the Amazon Linux images do not have.
+RUNNER_IMAGE = "aws/codebuild/standard:7.0"
 # 4 vCPU / 7 GB: `pulumi up` builds the API image (and the model-server image) with Docker.
 RUNNER_COMPUTE = "BUILD_GENERAL1_MEDIUM"
 # A first deploy takes 25-40 minutes (DEPLOYMENT.md); an RDS replacement can take longer.
