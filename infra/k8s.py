@@ -25,10 +25,13 @@ _KINDS: dict[str, Any] = {
     "NetworkPolicy": k8s.networking.v1.NetworkPolicy,
     "HorizontalPodAutoscaler": k8s.autoscaling.v2.HorizontalPodAutoscaler,
     "PodDisruptionBudget": k8s.policy.v1.PodDisruptionBudget,
+    "Role": k8s.rbac.v1.Role,
+    "RoleBinding": k8s.rbac.v1.RoleBinding,
 }
 _TOP_LEVEL = {
     "stringData": "string_data",
     "automountServiceAccountToken": "automount_service_account_token",
+    "roleRef": "role_ref",
 }
 
 

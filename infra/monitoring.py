@@ -19,11 +19,9 @@ import yaml
 
 from infra import k8s as kube
 from infra.common import child, policy, tags
-from infra.config import MonitoringConfig, ProjectConfig, RolloutConfig
+from infra.config import MonitoringConfig, ProjectConfig
 
 RULES_FILE = Path(__file__).resolve().parent.parent / "monitoring" / "rules" / "record.rules.yaml"
-# The canary analysis measures once a minute, from the first pause until the rollout completes.
-ANALYSIS_INTERVAL_SECONDS = 60
 
 
 def load_rule_groups() -> list[dict[str, Any]]:
@@ -51,7 +49,6 @@ def alerts_in_namespace(groups: list[dict[str, Any]], namespace: str) -> list[di
 class MonitoringArgs:
     project: ProjectConfig
     monitoring: MonitoringConfig
-    rollout: RolloutConfig
     namespace: str
     provider: pulumi.ProviderResource
     topic_name: str
@@ -81,8 +78,6 @@ class Monitoring(pulumi.ComponentResource):
         if args.monitoring.grafana_enabled:
             self._dashboards()
         self._alertmanager_routing()
-        if args.rollout.canary:
-            self._analysis_template()
         self._cloudwatch_alarms(topic)
         self.register_outputs({"topic_arn": self.topic_arn, "prefix": p.prefix})
 
@@ -308,52 +303,6 @@ class Monitoring(pulumi.ComponentResource):
                             "sourceMatch": [{"name": "severity", "value": "page"}],
                             "targetMatch": [{"name": "severity", "value": "ticket"}],
                             "equal": ["slo"],
-                        }
-                    ],
-                },
-            },
-        )
-
-    def _analysis_template(self) -> None:
-        ro = self.args.rollout
-        canary = 'rollouts_pod_template_hash="{{args.canary-hash}}"'
-        # The canary's share of answers that are not 5xx. A canary that only fails has no
-        # non-5xx series at all: `or vector(0)` makes that 0, not an empty (inconclusive)
-        # result. No canary series, or no requests in the window (0/0 = NaN), stays empty/NaN.
-        query = (
-            f'(sum(rate(record_http_requests_total{{status!~"5..",{canary}}}[2m])) or vector(0))'
-            f" / sum(rate(record_http_requests_total{{{canary}}}[2m]))"
-        )
-        # Argo evaluates both with expr: `result` is the vector's values. Neither holds for an
-        # empty or NaN result, which makes the measurement inconclusive, not failed.
-        measured = "len(result) > 0 && !isNaN(result[0])"
-        # The analysis runs from the first pause until the rollout completes (no count); idle
-        # minutes are inconclusive, and a canary idle for as long as its pauses last pauses the
-        # rollout for a person (`kubectl argo rollouts promote` or `abort`).
-        inconclusive_limit = max(1, len(ro.steps) * ro.pause_seconds // ANALYSIS_INTERVAL_SECONDS)
-        self._apply(
-            "analysis-success-rate",
-            {
-                "apiVersion": "argoproj.io/v1alpha1",
-                "kind": "AnalysisTemplate",
-                "metadata": self._meta("record-api-success-rate"),
-                "spec": {
-                    "args": [{"name": "canary-hash"}],
-                    "metrics": [
-                        {
-                            "name": "success-rate",
-                            "interval": f"{ANALYSIS_INTERVAL_SECONDS}s",
-                            "failureLimit": 1,
-                            "inconclusiveLimit": inconclusive_limit,
-                            "successCondition": f"{measured} && result[0] >= {ro.min_success_rate}",
-                            "failureCondition": f"{measured} && result[0] < {ro.min_success_rate}",
-                            "provider": {
-                                "prometheus": {
-                                    "address": "http://kube-prometheus-stack-prometheus."
-                                    "monitoring.svc:9090",
-                                    "query": query,
-                                }
-                            },
                         }
                     ],
                 },

@@ -28,7 +28,7 @@ from infra import k8s as kube
 from infra.cache import derived_password
 from infra.config import ProjectConfig
 from infra.db_bootstrap import ENV_DATABASE, ENV_OWNER, ENV_PASSWORDS
-from infra.workloads import RDS_CA_BUNDLE, SECRETS_AS_ENV_SKIP, UID
+from infra.pods import RDS_CA_BUNDLE, SECRETS_AS_ENV_SKIP, UID
 
 SERVICE_ACCOUNT = "record-db-provisioner"
 COMPONENT = "db-provisioner"
@@ -39,7 +39,7 @@ JOB_PREFIX = "record-db-provision-"
 # little longer, then reports the Job's own DeadlineExceeded.
 PROVISION_DEADLINE_SECONDS = 600
 PROVISION_AWAIT_MARGIN_SECONDS = 120
-# The container's hardening, as every Record container has it (infra/workloads.py; a test
+# The container's hardening, as every Record container has it (infra/pods.py; a test
 # compares the two).
 CONTAINER_SECURITY = {
     "allowPrivilegeEscalation": False,
@@ -55,7 +55,7 @@ CONTAINER_SECURITY = {
 
 def login_password(secret: pulumi.Input[str], role: str) -> pulumi.Output[str]:
     """A login role's password, as the stack's workloads derive it from ``dbAppPassword``
-    (``Workloads._role_password``; a test checks the two agree)."""
+    (``infra.pods.role_password``; a test checks the two agree)."""
     return derived_password(secret, f"record-db-login:{role}")
 
 

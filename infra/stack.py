@@ -182,7 +182,6 @@ def _build_base(config: StackConfig) -> dict[str, Any]:
         MonitoringArgs(
             project=p,
             monitoring=config.monitoring,
-            rollout=config.rollout,
             namespace=namespace,
             provider=cluster.provider,
             topic_name=topic_name,

@@ -10,15 +10,28 @@ from typing import Any
 import pytest
 
 from infra.plan import REPO_ROOT, Plan, available_stacks, render, write
+from tests.infra.urns import Registration, recording
 
 STACKS = ("dev", "staging", "prod", "preview")
 TOOLS_BIN = REPO_ROOT / ".venv-tools" / "bin"
+# What each stack's resources registered (parents, aliases) while `plans` rendered them.
+_REGISTRATIONS: dict[str, list[Registration]] = {}
 
 
 @pytest.fixture(scope="session")
 def plans() -> dict[str, Plan]:
     assert set(STACKS) <= set(available_stacks())
-    return {stack: render(stack) for stack in STACKS}
+    out = {}
+    for stack in STACKS:
+        with recording(_REGISTRATIONS.setdefault(stack, [])):
+            out[stack] = render(stack)
+    return out
+
+
+@pytest.fixture(scope="session")
+def registrations(plans: dict[str, Plan]) -> dict[str, list[Registration]]:
+    """Every stack's registered resources, as the Pulumi engine would be told of them."""
+    return _REGISTRATIONS
 
 
 @pytest.fixture(scope="session")

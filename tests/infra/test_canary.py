@@ -1,5 +1,6 @@
-"""The API's canary is gated: `pulumi up` waits for the Rollout, the ALB splits requests by the
-canary's weight, and the background analysis judges the canary for as long as it runs.
+"""The API's canary is gated: `pulumi up` waits on the rollout gate's Job, the ALB splits
+requests by the canary's weight, and the background analysis judges the canary for as long as
+it runs.
 
 The analysis query is taken from the rendered AnalysisTemplate and evaluated by promtool on
 recorded series; Argo's verdict on the result comes from tests/infra/argo_analysis.py.
@@ -18,7 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.plan import Plan
+from infra.plan import Plan, render
+from infra.rollout import ROLLOUT_STEP_ALLOWANCE_SECONDS, spec_fingerprint
+from infra.rollout_gate import GATE_NAME, await_seconds
 from tests.infra.argo_analysis import ExprError, MetricRun, Phase, eval_condition, evaluate_result
 from tests.infra.conftest import of_kind, one
 
@@ -54,26 +57,96 @@ def _service(plan: Plan, name: str) -> dict[str, Any]:
     return one(m for m in of_kind(plan, "Service") if m["metadata"]["name"] == name)
 
 
-# -- pulumi up waits -----------------------------------------------------------------------
+# -- pulumi up waits, on the rollout gate ---------------------------------------------------
+
+
+def _gate_job(plan: Plan) -> dict[str, Any]:
+    return one(
+        r
+        for r in plan.of_type("kubernetes:batch/v1:Job")
+        if r["inputs"]["metadata"]["name"].startswith(f"{GATE_NAME}-")
+    )
+
+
+def _resource(plan: Plan, type_token: str, manifest_name: str) -> dict[str, Any]:
+    return one(
+        r for r in plan.of_type(type_token) if r["inputs"]["metadata"]["name"] == manifest_name
+    )
 
 
 @pytest.mark.parametrize("stack", CANARY_STACKS)
-def test_pulumi_up_waits_until_the_rollout_is_healthy(plans: dict[str, Plan], stack: str) -> None:
-    rollout = _rollout(plans[stack])
-    annotations = rollout["metadata"]["annotations"]
-    # pulumi-kubernetes awaits nothing on a custom resource unless told: a jsonpath= condition
-    # on a braced path with a literal value (Argo's phases: Healthy, Progressing, Paused,
-    # Degraded). An aborted canary is Degraded and never Healthy.
-    assert annotations["pulumi.com/waitFor"] == "jsonpath={.status.phase}=Healthy"
-    timeout = int(annotations["pulumi.com/timeoutSeconds"])
+def test_pulumi_up_waits_on_the_rollout_gate(plans: dict[str, Plan], stack: str) -> None:
+    plan = plans[stack]
+    rollout = _rollout(plan)
+    namespace = rollout["metadata"]["namespace"]
+    # Not pulumi-kubernetes' own await: on an update it passes on the previous revision's
+    # Healthy (tests/infra/test_rollout_gate.py), and on an abort it only times out.
+    annotations = rollout["metadata"].get("annotations", {})
+    assert "pulumi.com/waitFor" not in annotations
+    assert "pulumi.com/timeoutSeconds" not in annotations
+
+    job = _gate_job(plan)
     pauses = _pause_seconds(rollout)
     weights = [
         s["setWeight"] for s in rollout["spec"]["strategy"]["canary"]["steps"] if "setWeight" in s
     ]
+    # The gate waits for every pause, and for each step's pods and the promotion's.
+    timeout = pauses + (len(weights) + 1) * ROLLOUT_STEP_ALLOWANCE_SECONDS
+    container = one(job["inputs"]["spec"]["template"]["spec"]["containers"])
+    assert container["command"] == [
+        "python", "-m", "infra.rollout_gate",
+        "--namespace", namespace, "--rollout", rollout["metadata"]["name"],
+        "--timeout", str(timeout),
+    ]  # fmt: skip
+    # The API's own image, which holds infra/.
+    assert container["image"] == one(rollout["spec"]["template"]["spec"]["containers"])["image"]
     # Every pause, plus time for each step's pods (and the promotion's) to start and register.
     assert timeout >= pauses + 120 * (len(weights) + 1), (timeout, pauses)
     # ...but an abort still surfaces within the hour.
     assert timeout <= 3600
+    # Kubernetes stops the gate after its own timeout, and Pulumi waits for the Job longer
+    # still, so that `pulumi up` reports the gate's verdict, not a timeout of its own.
+    deadline = job["inputs"]["spec"]["activeDeadlineSeconds"]
+    assert timeout < deadline
+    awaited = f"{await_seconds(timeout)}s"
+    assert job["customTimeouts"] == {"create": awaited, "update": awaited}
+    assert deadline < await_seconds(timeout)
+
+    # It starts once the Rollout's update is applied, and with its account, rights and policy.
+    rollout_resource = _resource(plan, "kubernetes:argoproj.io/v1alpha1:Rollout", "record-api")
+    assert rollout_resource["name"] in job["dependsOn"]
+    for type_token in (
+        "kubernetes:core/v1:ServiceAccount",
+        "kubernetes:rbac.authorization.k8s.io/v1:Role",
+        "kubernetes:rbac.authorization.k8s.io/v1:RoleBinding",
+        "kubernetes:networking.k8s.io/v1:NetworkPolicy",
+    ):
+        support = _resource(plan, type_token, GATE_NAME)
+        assert support["name"] in job["dependsOn"], type_token
+    role = one(m for m in of_kind(plan, "Role") if m["metadata"]["name"] == GATE_NAME)
+    assert {verb for rule in role["rules"] for verb in rule["verbs"]} == {"get", "list", "watch"}
+    binding = one(m for m in of_kind(plan, "RoleBinding") if m["metadata"]["name"] == GATE_NAME)
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": GATE_NAME,
+    }
+    # The Job is named by the Rollout's spec: an update is a new Job, which Pulumi awaits.
+    assert job["inputs"]["metadata"]["name"] == f"{GATE_NAME}-{spec_fingerprint(rollout['spec'])}"
+
+
+def test_a_new_image_is_a_new_gate_job(plans: dict[str, Plan]) -> None:
+    """Pulumi awaits a Job only when it creates it: the same name would skip the gate."""
+    before = _gate_job(plans["staging"])
+    another = f"000000000000.dkr.ecr.eu-west-1.amazonaws.com/ci/api@sha256:{'1' * 64}"
+    after = _gate_job(render("staging", {"record:image": {"prebuilt": {"api": another}}}))
+    assert _image(after) == another
+    assert _image(before) != _image(after)
+    assert before["inputs"]["metadata"]["name"] != after["inputs"]["metadata"]["name"]
+
+
+def _image(job: dict[str, Any]) -> str:
+    return str(one(job["inputs"]["spec"]["template"]["spec"]["containers"])["image"])
 
 
 def test_a_stack_without_a_canary_has_no_rollout_to_wait_for(plans: dict[str, Plan]) -> None:
@@ -82,6 +155,8 @@ def test_a_stack_without_a_canary_has_no_rollout_to_wait_for(plans: dict[str, Pl
         m for m in of_kind(plans["dev"], "Deployment") if m["metadata"]["name"] == "record-api"
     )
     assert "pulumi.com/waitFor" not in api["metadata"].get("annotations", {})
+    for plan in (plans["dev"], plans["preview"]):
+        assert not [m for m in plan.manifests if m["metadata"]["name"].startswith(GATE_NAME)]
 
 
 # -- the ALB splits traffic by weight ------------------------------------------------------

@@ -31,7 +31,8 @@ from app.kit.roles import APP_ROLE, JOBS_ROLE, LoginRoles
 from infra.db_bootstrap import ENV_DATABASE, ENV_OWNER, ENV_PASSWORDS, main
 from infra.plan import PLACEHOLDER, Plan
 from infra.provisioner import JOB_PREFIX
-from infra.workloads import QUEUE_DEPTH_QUERY
+from infra.rollout_gate import GATE_NAME
+from infra.worker import QUEUE_DEPTH_QUERY
 from tests.infra.conftest import of_kind, one
 
 MASTER = "record_admin"
@@ -103,7 +104,7 @@ def master_secret(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 
 def job_env(server: PostgresServer, secret_arn: str, owner: str, database: str) -> dict[str, str]:
-    """What infra/workloads.py gives the Job's init container (TLS aside: a local socket), with
+    """What infra/migration.py gives the Job's init container (TLS aside: a local socket), with
     each login's password ``<owner>-<owner|api|worker>-pw``."""
     return {
         "AWS_REGION": "eu-west-1",
@@ -280,6 +281,10 @@ def test_each_workload_gets_its_own_database_login(plans: dict[str, Any], stack:
         if name.startswith(JOB_PREFIX):
             continue  # the base's provisioner (tests/infra/test_preview_provisioner.py)
         pod = manifest["spec"]["template"]["spec"]
+        if name.startswith(f"{GATE_NAME}-"):
+            # The rollout gate reads the Kubernetes API only: no settings, no database.
+            assert all("envFrom" not in c for c in pod["containers"]), name
+            continue
         for container in pod["containers"] + pod.get("initContainers", []):
             loaded = {
                 source["secretRef"]["name"]

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from infra.api import PUBLIC_PATHS
 from infra.plan import Plan
-from infra.workloads import PUBLIC_PATHS
 from tests.infra.conftest import STACKS, of_kind, one, pod_templates
 
 BASE_STACKS = ("dev", "staging", "prod")

@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from types import SimpleNamespace
 from typing import Any
 
 from app.kit.roles import LoginRoles
 from infra.cache import derived_password
 from infra.plan import ACCOUNT, PLACEHOLDER, Plan, offline_digest
+from infra.pods import role_password
 from infra.preview import BASE_OUTPUTS
 from infra.provisioner import (
     JOB_PREFIX,
@@ -26,7 +26,6 @@ from infra.provisioner import (
     login_password,
     pod_selector,
 )
-from infra.workloads import Workloads
 from tests.infra.conftest import of_kind, one
 
 PREVIEW_NAMESPACE = "record-pr-0"
@@ -159,7 +158,7 @@ def test_the_provisioner_pod_is_hardened_and_awaited(plans: dict[str, Plan]) -> 
     migrate_pod = migration_job(plan)["inputs"]["spec"]["template"]["spec"]
     assert pod["securityContext"] == migrate_pod["securityContext"]
     container = one(pod["containers"])
-    # The same hardening as every Record container (infra/workloads.py).
+    # The same hardening as every Record container (infra/pods.py).
     assert container["securityContext"] == one(migrate_pod["containers"])["securityContext"]
     assert container["resources"]["requests"]
     assert container["resources"]["limits"]
@@ -231,11 +230,10 @@ def test_the_base_owns_the_provisioner_account_and_its_egress(plans: dict[str, P
 
 def test_the_provisioner_sets_the_passwords_the_workloads_log_in_with() -> None:
     roles = LoginRoles("record_pr_7")
-    fake = SimpleNamespace(args=SimpleNamespace(workloads=SimpleNamespace(db_app_password="k")))
 
     async def passwords(role: str) -> tuple[str, str, str]:
         ours = await login_password("k", role).future()
-        theirs = await Workloads._role_password(fake, role).future()  # type: ignore[arg-type]
+        theirs = await role_password("k", role).future()
         unlabelled = await derived_password("k", role).future()
         return str(ours), str(theirs), str(unlabelled)
 

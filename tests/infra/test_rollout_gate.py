@@ -29,6 +29,7 @@ from cryptography.x509.oid import NameOID
 
 from infra import rollout_gate
 from infra.plan import REPO_ROOT
+from infra.rollout import ROLLOUT_WAIT_FOR
 from infra.rollout_gate import (
     EXIT_FAILED,
     EXIT_PASSED,
@@ -37,7 +38,6 @@ from infra.rollout_gate import (
     gate_objects,
     judge,
 )
-from infra.workloads import ROLLOUT_WAIT_FOR
 from tests.infra.test_validators import K8S_VERSION
 
 NAMESPACE = "record-staging"

@@ -1,0 +1,103 @@
+"""The migration Job: ``alembic upgrade head`` before any API or worker pod of a new build.
+
+A base stack's Job first bootstraps its database and login roles (``infra/db_bootstrap.py``, an
+init container that reads the RDS master secret); a preview's only migrates, as its owner, after
+the base's provisioner made its database (``infra/provisioner.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+
+from infra.pods import DB_SECRETS, SECRETS_AS_ENV_SKIP, Pods, child_options
+
+# Index builds on a large table take minutes (1M x 384 HNSW: 382 s); Kubernetes stops the
+# migration Job after this long, and Pulumi waits a little longer so that it reports the Job's
+# own failure (DeadlineExceeded) rather than a timeout of its own while the Job still runs.
+MIGRATION_DEADLINE_SECONDS = 3600
+MIGRATION_AWAIT_MARGIN_SECONDS = 300
+
+
+@dataclass
+class MigrationJobArgs:
+    pods: Pods
+    provider: pulumi.ProviderResource
+    # The namespace, the settings and the database Secrets the Job reads.
+    depends_on: list[pulumi.Resource]
+    db_host: pulumi.Input[str]
+    db_port: pulumi.Input[int]
+    db_name: str
+    db_app_user: str
+    # None on a preview: no bootstrap init container (see the module's docstring).
+    db_master_secret_arn: pulumi.Input[str] | None
+    # The component that parented the Job before the split (Workloads), for its alias.
+    old_parent: pulumi.Resource | None = None
+
+
+class MigrationJob(pulumi.ComponentResource):
+    job: pulumi.CustomResource
+
+    def __init__(
+        self, name: str, args: MigrationJobArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("record:infra:MigrationJob", name, None, opts)
+        self.args = args
+        # A new image is a new Job: Jobs are immutable, and the name says which build migrated.
+        digest = pulumi.Output.from_input(args.pods.image).apply(
+            lambda image: hashlib.sha256(image.encode()).hexdigest()[:10]
+        )
+        awaited = f"{MIGRATION_DEADLINE_SECONDS + MIGRATION_AWAIT_MARGIN_SECONDS}s"
+        self.job = args.pods.apply(
+            "migrate",
+            self._manifest(pulumi.Output.concat("record-migrate-", digest)),
+            pulumi.ResourceOptions.merge(
+                child_options(self, args.provider, args.depends_on, args.old_parent),
+                pulumi.ResourceOptions(
+                    delete_before_replace=False,
+                    custom_timeouts=pulumi.CustomTimeouts(create=awaited, update=awaited),
+                ),
+            ),
+        )
+        self.register_outputs({"job": self.job.id})
+
+    def _manifest(self, name: pulumi.Input[str]) -> dict[str, Any]:
+        a, pods = self.args, self.args.pods
+        bootstrap_env = [
+            {"name": "DB_HOST", "value": a.db_host},
+            {"name": "DB_PORT", "value": pulumi.Output.from_input(a.db_port).apply(str)},
+            {"name": "DB_NAME", "value": a.db_name},
+            {"name": "DB_OWNER_USER", "value": a.db_app_user},
+            {"name": "DB_MASTER_SECRET_ARN", "value": a.db_master_secret_arn},
+        ]
+        bootstrap = pods.container(
+            "db-bootstrap",
+            ["python", "-m", "infra.db_bootstrap"],
+            cpu=("100m", "500m"),
+            memory=("128Mi", "256Mi"),
+            db_secret=DB_SECRETS["migrate"],
+            env=bootstrap_env,
+        )
+        # alembic upgrade head: creates the pgvector extension, tables and the HNSW / GIN
+        # indexes. On a large table build those out of band first (DEPLOYMENT.md).
+        migrate = pods.container(
+            "migrate",
+            ["record", "db", "upgrade"],
+            cpu=("250m", "2"),
+            memory=("512Mi", "2Gi"),
+            db_secret=DB_SECRETS["migrate"],
+        )
+        init = {"initContainers": [bootstrap]} if a.db_master_secret_arn is not None else {}
+        return {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": pods.meta(name, "migrate", {"checkov.io/skip1": SECRETS_AS_ENV_SKIP}),
+            "spec": {
+                "backoffLimit": 2,
+                "activeDeadlineSeconds": MIGRATION_DEADLINE_SECONDS,
+                "template": pods.pod("migrate", [migrate], **init, restartPolicy="Never"),
+            },
+        }
