@@ -14,6 +14,7 @@ import pulumi_kubernetes as k8s
 from infra import k8s as kube
 from infra.common import assume_role_policy, child, kms_key, policy, tags
 from infra.config import ClusterConfig, ProjectConfig
+from infra.identity import irsa_role
 
 # The root CA of EKS's OIDC issuer (oidc.eks.<region>.amazonaws.com); IAM no longer checks it
 # for that issuer but the API still requires one.
@@ -453,62 +454,6 @@ def _prometheus_values(
             }
         },
     }
-
-
-def irsa_role(
-    parent: pulumi.Resource,
-    p: ProjectConfig,
-    *,
-    purpose: str,
-    oidc_provider_arn: pulumi.Input[str],
-    oidc_issuer: pulumi.Input[str],
-    namespace: str,
-    service_account: str,
-    role_policy: pulumi.Input[str] | None = None,
-    managed_policy_arn: str | None = None,
-) -> aws.iam.Role:
-    """A role only the one ServiceAccount can assume (IRSA), with one inline policy or one AWS
-    managed policy."""
-    name = f"{p.prefix}-{purpose}"
-    subject = f"system:serviceaccount:{namespace}:{service_account}"
-    issuer_host = pulumi.Output.from_input(oidc_issuer).apply(
-        lambda url: url.removeprefix("https://")
-    )
-    trust = pulumi.Output.all(oidc_provider_arn, issuer_host).apply(
-        lambda a: json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Principal": {"Federated": a[0]},
-                        "Action": "sts:AssumeRoleWithWebIdentity",
-                        "Condition": {
-                            "StringEquals": {
-                                f"{a[1]}:sub": subject,
-                                f"{a[1]}:aud": "sts.amazonaws.com",
-                            }
-                        },
-                    }
-                ],
-            }
-        )
-    )
-    role = aws.iam.Role(
-        name,
-        name=name,
-        assume_role_policy=trust,
-        max_session_duration=3600,
-        tags=tags(p, name),
-        opts=child(parent),
-    )
-    if role_policy is not None:
-        aws.iam.RolePolicy(name, role=role.id, policy=role_policy, opts=child(parent))
-    if managed_policy_arn is not None:
-        aws.iam.RolePolicyAttachment(
-            name, role=role.name, policy_arn=managed_policy_arn, opts=child(parent)
-        )
-    return role
 
 
 def load_balancer_controller_policy() -> str:

@@ -1,4 +1,6 @@
-"""Identity: IRSA roles for the API, the worker and the migration Job, least privilege each.
+"""Identity: IRSA roles for the API, the worker and the migration Job, least privilege each,
+and ``irsa_role``, which makes every role a Kubernetes ServiceAccount assumes through the
+cluster's OIDC provider (these and the cluster's controllers' in ``infra/cluster.py``).
 
 Only a base stack's roles may read the RDS master secret: its migration Job's (which bootstraps
 the base's own database) and the database provisioner's (``infra/provisioner.py``), which makes
@@ -8,13 +10,13 @@ code, and its migration Job needs no AWS access at all.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
 
-from infra.cluster import irsa_role
-from infra.common import policy
+from infra.common import child, policy, tags
 from infra.config import ProjectConfig
 from infra.provisioner import SERVICE_ACCOUNT
 
@@ -147,3 +149,59 @@ class Identity(pulumi.ComponentResource):
             # namespace, with this stack's image (infra/provisioner.py).
             self.provisioner_role = role("db-provisioner", SERVICE_ACCOUNT, master_secret)
         self.register_outputs({"api_role": self.api_role.arn})
+
+
+def irsa_role(
+    parent: pulumi.Resource,
+    p: ProjectConfig,
+    *,
+    purpose: str,
+    oidc_provider_arn: pulumi.Input[str],
+    oidc_issuer: pulumi.Input[str],
+    namespace: str,
+    service_account: str,
+    role_policy: pulumi.Input[str] | None = None,
+    managed_policy_arn: str | None = None,
+) -> aws.iam.Role:
+    """A role only the one ServiceAccount can assume (IRSA), with one inline policy or one AWS
+    managed policy."""
+    name = f"{p.prefix}-{purpose}"
+    subject = f"system:serviceaccount:{namespace}:{service_account}"
+    issuer_host = pulumi.Output.from_input(oidc_issuer).apply(
+        lambda url: url.removeprefix("https://")
+    )
+    trust = pulumi.Output.all(oidc_provider_arn, issuer_host).apply(
+        lambda a: json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"Federated": a[0]},
+                        "Action": "sts:AssumeRoleWithWebIdentity",
+                        "Condition": {
+                            "StringEquals": {
+                                f"{a[1]}:sub": subject,
+                                f"{a[1]}:aud": "sts.amazonaws.com",
+                            }
+                        },
+                    }
+                ],
+            }
+        )
+    )
+    role = aws.iam.Role(
+        name,
+        name=name,
+        assume_role_policy=trust,
+        max_session_duration=3600,
+        tags=tags(p, name),
+        opts=child(parent),
+    )
+    if role_policy is not None:
+        aws.iam.RolePolicy(name, role=role.id, policy=role_policy, opts=child(parent))
+    if managed_policy_arn is not None:
+        aws.iam.RolePolicyAttachment(
+            name, role=role.name, policy_arn=managed_policy_arn, opts=child(parent)
+        )
+    return role
