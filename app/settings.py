@@ -114,6 +114,12 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(default=9100, ge=0, le=65535)
     job_max_attempts: int = Field(default=5, ge=1, le=50)
     job_retry_base_seconds: float = Field(default=2.0, ge=0)  # doubles every attempt
+    # A model server (or OpenAI) that cannot be reached, times out or answers 5xx is an outage,
+    # not the recording's fault: its jobs keep retrying, the waits doubling from
+    # JOB_RETRY_BASE_SECONDS up to the cap, for this long after the job first started, and only
+    # then fail (a redeploy of the model server or an OpenAI incident lasts minutes).
+    model_outage_retry_seconds: float = Field(default=1800.0, ge=0)
+    model_outage_retry_max_wait_seconds: float = Field(default=60.0, ge=1)
     # A job whose worker sent no heartbeat for this long is considered stalled and retried.
     job_stalled_seconds: int = Field(default=120, ge=10)
     # all-MiniLM-L6-v2 reads at most 256 word pieces and silently drops the rest, so chunks
@@ -156,6 +162,12 @@ class Settings(BaseSettings):
     transcription_model: str = "whisper-1"
     chat_model: str = "record-extractive-1"
     openai_timeout_seconds: float = Field(default=60.0, gt=0)
+    # Apart from the read timeout above: a model server that is down is known in seconds.
+    openai_connect_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
+    # A streamed chat answer's longest silence (first token included), tried once: a hung
+    # model server ends the stream with an error event instead of holding it for minutes.
+    # Raise it for models that think long before their first token.
+    chat_read_timeout_seconds: float = Field(default=8.0, gt=0, le=600)
     transcription_timeout_seconds: float = Field(default=1800.0, gt=0)
     # Recordings are transcribed in pieces of at most this long (worker/audio.py): OpenAI takes
     # uploads up to 25 MB, 819 s of the 16 kHz 16-bit mono WAV the worker sends.

@@ -14,6 +14,7 @@ import structlog
 from procrastinate.jobs import Job, Status
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
 
+from app.ai.clients import ModelServerUnavailable
 from app.jobs.queue import (
     MAIL_QUEUE,
     MAIL_TASK,
@@ -33,6 +34,7 @@ from worker.pipeline import (
     PipelineDeps,
     RecordingGone,
     mark_failed,
+    note_waiting_for_models,
     process_recording,
 )
 from worker.purge import purge_org
@@ -42,12 +44,25 @@ log = structlog.stdlib.get_logger(__name__)
 MAX_BACKOFF_SECONDS = 300
 
 
-class PipelineRetry(BaseRetryStrategy):
-    """Retry transient failures with exponential backoff; never retry a permanent one."""
+class WaitingForModels(Exception):
+    """A pipeline attempt met a model server outage and its window is still open: retry after
+    ``wait_seconds``, however many attempts came before (the window bounds the waiting)."""
 
-    def __init__(self, max_attempts: int, base_seconds: float = 2.0) -> None:
+    def __init__(self, wait_seconds: int) -> None:
+        super().__init__(f"waiting {wait_seconds}s for the model server")
+        self.wait_seconds = wait_seconds
+
+
+class PipelineRetry(BaseRetryStrategy):
+    """Retry transient failures with exponential backoff; never retry a permanent one; wait
+    out a model server outage (``WaitingForModels``) whatever the attempts."""
+
+    def __init__(
+        self, max_attempts: int, base_seconds: float = 2.0, outage_max_wait: float = 60.0
+    ) -> None:
         self.max_attempts = max_attempts
         self.base_seconds = base_seconds
+        self.outage_max_wait = outage_max_wait
 
     def is_last_attempt(self, attempts: int) -> bool:
         return attempts + 1 >= self.max_attempts
@@ -55,11 +70,20 @@ class PipelineRetry(BaseRetryStrategy):
     def wait_seconds(self, attempts: int) -> int:
         return int(min(self.base_seconds * 2**attempts, MAX_BACKOFF_SECONDS))
 
+    def outage_wait(self, attempts: int, remaining: float) -> int:
+        """Doubling, capped at ``outage_max_wait`` (a model server back after a long outage is
+        noticed within it), and never past the window's end (the last attempt is made at the
+        end, not after it)."""
+        doubled = self.base_seconds * 2 ** min(attempts, 30)
+        return int(min(doubled, self.outage_max_wait, remaining))
+
     def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
         if isinstance(exception, asyncio.CancelledError):
             # A worker shutting down cancelled it (a deploy, a scale-in): not the recording's
             # fault, so it goes back to the queue at once, even on its last attempt.
             return RetryDecision(retry_in={"seconds": 0})
+        if isinstance(exception, WaitingForModels):
+            return RetryDecision(retry_in={"seconds": exception.wait_seconds})
         if isinstance(exception, PermanentError) or self.is_last_attempt(job.attempts):
             return None
         return RetryDecision(retry_in={"seconds": self.wait_seconds(job.attempts)})
@@ -100,6 +124,67 @@ def _add_mail_task(app: procrastinate.App, retry: PipelineRetry) -> None:
             JOB_DURATION.labels("send_mail").observe(time.perf_counter() - started)
 
 
+def pipeline_retry(settings: Settings) -> PipelineRetry:
+    return PipelineRetry(
+        settings.job_max_attempts,
+        settings.job_retry_base_seconds,
+        settings.model_outage_retry_max_wait_seconds,
+    )
+
+
+async def first_started(db: Database, job_id: int) -> datetime | None:
+    """When the job's first attempt started. The outage window counts from there: procrastinate
+    keeps no reason per retry, and the first start is the earliest the outage can have begun
+    for this job."""
+    async with db.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT min(at) AS at FROM procrastinate_events WHERE job_id = %s AND type = 'started'",
+            (job_id,),
+        )
+        row: Any = await cur.fetchone()
+    return row["at"] if row else None
+
+
+async def wait_for_models(
+    deps: PipelineDeps,
+    retry: PipelineRetry,
+    job: Job,
+    exc: ModelServerUnavailable,
+    *,
+    org: UUID,
+    recording: UUID,
+) -> None:
+    """Raise ``WaitingForModels`` while the outage window is open (the recording keeps its
+    status and says what it waits for), else fail the recording, saying why."""
+    assert job.id is not None
+    now = datetime.now(UTC)
+    began = await first_started(deps.db, job.id) or now
+    window = deps.settings.model_outage_retry_seconds
+    remaining = window - (now - began).total_seconds()
+    if remaining > 0:
+        wait = retry.outage_wait(job.attempts, remaining)
+        await note_waiting_for_models(deps, org, recording, until=began + timedelta(seconds=window))
+        log.warning(
+            "model server unavailable; waiting for it",
+            recording_id=str(recording),
+            attempt=job.attempts + 1,
+            retry_in=wait,
+            gives_up_in=round(remaining),
+            error=exc.detail,
+        )
+        raise WaitingForModels(wait) from exc
+    reason = (
+        f"The model server could not be reached for {_minutes(window)}; upload again or "
+        f"reprocess once it is back. {exc.detail}"
+    )
+    await mark_failed(deps, org, recording, reason)
+    raise PermanentError(reason) from exc
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:g} minutes" if seconds >= 60 else f"{seconds:g} seconds"
+
+
 def build_app(settings: Settings) -> procrastinate.App:
     connector = procrastinate.PsycopgConnector(
         conninfo=libpq_conninfo(settings.database_url),
@@ -108,7 +193,7 @@ def build_app(settings: Settings) -> procrastinate.App:
         max_size=max(2, settings.worker_concurrency + 1),
     )
     app = procrastinate.App(connector=connector)
-    retry = PipelineRetry(settings.job_max_attempts, settings.job_retry_base_seconds)
+    retry = pipeline_retry(settings)
 
     @app.task(
         name=PIPELINE_TASK,
@@ -133,6 +218,13 @@ def build_app(settings: Settings) -> procrastinate.App:
         except RecordingGone:
             status = "skipped"
             log.info("recording deleted before its pipeline finished", recording_id=recording_id)
+        except ModelServerUnavailable as exc:
+            status = "waiting"
+            try:
+                await wait_for_models(deps, retry, job, exc, org=org, recording=recording)
+            except PermanentError:
+                status = "failed"
+                raise
         except PermanentError as exc:
             status = "failed"
             await mark_failed(deps, org, recording, str(exc))
@@ -216,7 +308,7 @@ async def sweep(app: procrastinate.App, db: Database, settings: Settings) -> dic
     fail recordings whose job ended without finishing them, and export the queue's age.
     Every worker runs it; an advisory lock lets one at a time do the work."""
     retried = gave_up = 0
-    retry = PipelineRetry(settings.job_max_attempts, settings.job_retry_base_seconds)
+    retry = pipeline_retry(settings)
     async with db.pool.connection() as conn, conn.transaction():
         # The worker's own role (``record_jobs``'s rights, no tenant): the sweep crosses orgs
         # only through the definer functions of migration 0007.

@@ -13,6 +13,7 @@ import time
 import wave
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -274,6 +275,24 @@ async def _process(deps: PipelineDeps, org_id: UUID, recording_id: UUID) -> Pipe
         await recordings.set_status(conn, org_id, recording_id, "ready")
     bound.info("ready", seconds=round(time.perf_counter() - started, 2))
     return PipelineResult(len(segments), len(rows), duration, reused)
+
+
+PROCESSING = frozenset({"uploaded", "transcribing", "embedding"})
+
+
+async def note_waiting_for_models(
+    deps: PipelineDeps, org_id: UUID, recording_id: UUID, *, until: datetime
+) -> None:
+    """Say on the recording (its ``error``, with the status kept: no column of its own without a
+    migration) that it waits for the model server; the next attempt's first step clears it."""
+    note = (
+        "Waiting for the model server, which cannot be reached right now; processing resumes "
+        f"by itself once it answers (until {until:%Y-%m-%d %H:%M} UTC)."
+    )
+    async with deps.db.transaction(org_id=org_id) as conn:
+        recording = await recordings.get(conn, org_id, recording_id)
+        if recording is not None and recording["status"] in PROCESSING:
+            await recordings.set_status(conn, org_id, recording_id, recording["status"], error=note)
 
 
 async def mark_failed(deps: PipelineDeps, org_id: UUID, recording_id: UUID, reason: str) -> None:

@@ -84,6 +84,13 @@ class ModelConfig:
     transcription_model: str = "whisper-1"
     chat_model: str = LOCAL_CHAT_MODEL
     timeout_seconds: float = 60.0
+    # Apart from the read timeout: a model server that is down or unroutable is known within
+    # this, instead of after ``timeout_seconds`` (times the retries).
+    connect_timeout_seconds: float = 3.0
+    # Chat is interactive: the longest silence (before the first token, or between two) a
+    # streamed answer waits for, tried once. A hung model server then ends the stream with an
+    # ``error`` event in seconds, not after three full read timeouts.
+    chat_read_timeout_seconds: float = 8.0
     # A long meeting takes minutes to transcribe on a CPU.
     transcription_timeout_seconds: float = 1800.0
     max_retries: int = 2
@@ -104,6 +111,12 @@ class ModelConfig:
             transcription_model=pick("transcription_model", defaults.transcription_model),
             chat_model=pick("chat_model", defaults.chat_model),
             timeout_seconds=pick("openai_timeout_seconds", defaults.timeout_seconds),
+            connect_timeout_seconds=pick(
+                "openai_connect_timeout_seconds", defaults.connect_timeout_seconds
+            ),
+            chat_read_timeout_seconds=pick(
+                "chat_read_timeout_seconds", defaults.chat_read_timeout_seconds
+            ),
             transcription_timeout_seconds=pick(
                 "transcription_timeout_seconds", defaults.transcription_timeout_seconds
             ),
@@ -154,7 +167,7 @@ def openai_client(
     return openai.AsyncOpenAI(
         base_url=settings.openai_base_url,
         api_key=settings.openai_api_key.get_secret_value(),
-        timeout=config.timeout_seconds,
+        timeout=openai.Timeout(config.timeout_seconds, connect=config.connect_timeout_seconds),
         max_retries=config.max_retries,
         http_client=http_client,
     )
@@ -166,6 +179,12 @@ def openai_client(
 REFUSED_CONTENT = frozenset({400, 413, 415, 422})
 
 
+class ModelServerUnavailable(ExternalServiceError):
+    """The model server could not be reached, did not answer in time, or failed (5xx): an
+    outage, not a verdict on the request. The same request succeeds once it is back, so jobs
+    wait for it (worker/jobs.py) instead of spending their attempts."""
+
+
 def external_error(exc: Exception, *, operation: str, base_url: str) -> ExternalServiceError:
     """An ``ExternalServiceError`` that tells the operator what to do about ``exc``."""
     where = f"the model server at {base_url}"
@@ -174,12 +193,20 @@ def external_error(exc: Exception, *, operation: str, base_url: str) -> External
             f"{where} did not answer the {operation} request in time; retry, or raise "
             "OPENAI_TIMEOUT_SECONDS for long recordings."
         )
-    elif isinstance(exc, openai.APIConnectionError):
+        return ModelServerUnavailable(SERVICE, detail)
+    if isinstance(exc, openai.APIConnectionError):
         detail = (
             f"Could not reach {where} for {operation}: start it with `record models "
             "serve` (or `record up`), or set OPENAI_BASE_URL to a reachable server."
         )
-    elif isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return ModelServerUnavailable(SERVICE, detail)
+    if isinstance(exc, openai.APIStatusError) and exc.status_code >= 500:
+        detail = (
+            f"{where} failed on {operation} (HTTP {exc.status_code}); retry, and check "
+            "its logs if it keeps failing."
+        )
+        return ModelServerUnavailable(SERVICE, detail)
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
         detail = f"{where} refused the credentials for {operation}: check OPENAI_API_KEY."
     elif isinstance(exc, openai.NotFoundError):
         detail = (
@@ -191,13 +218,8 @@ def external_error(exc: Exception, *, operation: str, base_url: str) -> External
     elif isinstance(exc, openai.APIStatusError) and exc.status_code in REFUSED_CONTENT:
         detail = f"{where} rejected the {operation} request: {_message(exc)}"
         return ExternalServiceError(SERVICE, detail, retryable=False)
-    elif isinstance(exc, openai.APIStatusError) and exc.status_code < 500:
-        detail = f"{where} rejected the {operation} request: {_message(exc)}"
     elif isinstance(exc, openai.APIStatusError):
-        detail = (
-            f"{where} failed on {operation} (HTTP {exc.status_code}); retry, and check "
-            "its logs if it keeps failing."
-        )
+        detail = f"{where} rejected the {operation} request: {_message(exc)}"
     else:
         detail = f"{where} gave an unusable answer to {operation}: {exc}"
     return ExternalServiceError(SERVICE, detail)
@@ -323,6 +345,19 @@ class TranscriptionClient(_Base):
 
 
 class ChatClient(_Base):
+    def _chat_client(self) -> openai.AsyncOpenAI:
+        """The client for streamed answers: a short read timeout and no retries, since someone
+        is waiting and can ask again (see ``ModelConfig.chat_read_timeout_seconds``)."""
+        config = self._config
+        return self._client.with_options(
+            timeout=openai.Timeout(
+                config.timeout_seconds,
+                connect=config.connect_timeout_seconds,
+                read=config.chat_read_timeout_seconds,
+            ),
+            max_retries=0,
+        )
+
     async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
         """The answer's text as the model produces it, piece by piece."""
         model = self._config.chat_model
@@ -330,7 +365,7 @@ class ChatClient(_Base):
         prompt = completion = 0
         try:
             with track_external(SERVICE, "chat"):
-                stream = await self._client.chat.completions.create(
+                stream = await self._chat_client().chat.completions.create(
                     model=model,
                     messages=_to_params(messages),
                     stream=True,

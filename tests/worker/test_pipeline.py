@@ -191,7 +191,9 @@ async def test_undecodable_media_fails_permanently(
 async def test_transient_errors_retry_then_fail_with_reason(
     client, deps, upload_settings, org_a: Tenant, fake_openai
 ):
-    fake_openai.fail["/v1/audio/transcriptions"] = 503
+    # Rate limited: transient, but not an outage (a 5xx is waited out for a window, see
+    # tests/reliability/test_worker_waits_for_models.py), so its attempts are counted.
+    fake_openai.fail["/v1/audio/transcriptions"] = 429
     accepted = await upload(client, org_a)
     rid = accepted["recording"]["id"]
     await run_jobs(upload_settings)
