@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
+import pulumi_kubernetes as k8s
 
 from infra import k8s as kube
 from infra.config import RolloutConfig, WorkloadsConfig
@@ -54,7 +55,7 @@ class ApiArgs:
 
 class Api(pulumi.ComponentResource):
     service: str
-    ingress: pulumi.CustomResource
+    ingress: k8s.networking.v1.Ingress
     # The Deployment, or the Rollout.
     workload: pulumi.CustomResource
 
@@ -92,7 +93,10 @@ class Api(pulumi.ComponentResource):
             api_kind, api_version = "Deployment", "apps/v1"
 
         self._services(opts_ns)
-        self.ingress = pods.apply("ingress", self._ingress(), after_migration)
+        ingress = pods.apply("ingress", self._ingress(), after_migration)
+        # Monitoring reads the ALB's name from its status.
+        assert isinstance(ingress, k8s.networking.v1.Ingress)
+        self.ingress = ingress
         pods.apply(
             "api-hpa",
             {

@@ -4,6 +4,7 @@ the controllers the workloads rely on, installed as Helm releases."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,11 @@ class Cluster(pulumi.ComponentResource):
         p, cfg = args.project, args.cluster
         prefix = p.prefix
         if cfg.mode == "existing":
+            # ClusterConfig refuses mode "existing" without any of these.
             assert cfg.kubeconfig is not None
+            assert cfg.node_security_group_id is not None
+            assert cfg.oidc_provider_arn is not None
+            assert cfg.oidc_issuer is not None
             self.kubeconfig = pulumi.Output.secret(cfg.kubeconfig)
             self.node_security_group_id = pulumi.Output.from_input(cfg.node_security_group_id)
             self.oidc_provider_arn = pulumi.Output.from_input(cfg.oidc_provider_arn)
@@ -204,7 +209,11 @@ class Cluster(pulumi.ComponentResource):
                 "max_size": size.node_max,
             },
             update_config={"max_unavailable": 1},
-            launch_template={"id": launch_template.id, "version": launch_template.latest_version},
+            # The provider takes the version as a string (the API's own type; a number was
+            # coerced to one).
+            launch_template=aws.eks.NodeGroupLaunchTemplateArgs(
+                id=launch_template.id, version=launch_template.latest_version.apply(str)
+            ),
             tags=tags(p, f"{prefix}-general"),
             opts=child(
                 self,
@@ -213,7 +222,7 @@ class Cluster(pulumi.ComponentResource):
                 ignore_changes=["scalingConfig.desiredSize"],
             ),
         )
-        issuer = cluster.identities.apply(lambda ids: ids[0].oidcs[0].issuer)
+        issuer = cluster.identities.apply(_oidc_issuer)
         oidc = aws.iam.OpenIdConnectProvider(
             f"{prefix}-oidc",
             url=issuer,
@@ -454,6 +463,15 @@ def _prometheus_values(
             }
         },
     }
+
+
+def _oidc_issuer(identities: Sequence[aws.eks.outputs.ClusterIdentity]) -> str:
+    """The cluster's OIDC issuer URL, which EKS assigns to every cluster it creates."""
+    oidcs = identities[0].oidcs if identities else None
+    issuer = oidcs[0].issuer if oidcs else None
+    if issuer is None:
+        raise ValueError("the EKS cluster reports no OIDC issuer: IRSA cannot work without one")
+    return issuer
 
 
 def load_balancer_controller_policy() -> str:

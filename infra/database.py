@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -147,7 +148,15 @@ class Database(pulumi.ComponentResource):
         self.address = instance.address
         self.port = instance.port
         self.identifier = instance.identifier
-        self.master_secret_arn = instance.master_user_secrets.apply(lambda s: s[0].secret_arn)
+        self.master_secret_arn = instance.master_user_secrets.apply(_master_secret_arn)
         self.master_secret_kms_key_arn = key.arn
         self.security_group_id = sg.id
         self.register_outputs({"address": self.address, "identifier": self.identifier})
+
+
+def _master_secret_arn(secrets: Sequence[aws.rds.outputs.InstanceMasterUserSecret]) -> str:
+    """The RDS-managed master secret's ARN: manage_master_user_password makes exactly one."""
+    arn = secrets[0].secret_arn if secrets else None
+    if arn is None:
+        raise ValueError("RDS reports no managed master secret for the instance")
+    return arn

@@ -67,4 +67,5 @@ def apply(
             name, api_version=manifest["apiVersion"], kind=kind, opts=opts, **body
         )
     kwargs = {_TOP_LEVEL.get(key, key): value for key, value in body.items()}
-    return cls(name, opts=opts, **kwargs)  # type: ignore[no-any-return]
+    resource: pulumi.CustomResource = cls(name, opts=opts, **kwargs)
+    return resource

@@ -15,6 +15,7 @@ from typing import Any
 
 import pulumi
 import pulumi_aws as aws
+import pulumi_kubernetes as k8s
 import yaml
 
 from infra import k8s as kube
@@ -54,7 +55,7 @@ class MonitoringArgs:
     topic_name: str
     db_identifier: pulumi.Input[str]
     cache_cluster_ids: list[pulumi.Output[str]]
-    ingress: pulumi.CustomResource
+    ingress: k8s.networking.v1.Ingress
     depends_on: list[pulumi.Resource]
     alertmanager_role: aws.iam.Role | None = None
 
@@ -404,7 +405,7 @@ class Monitoring(pulumi.ComponentResource):
             ]
         # The ALB belongs to the load balancer controller; its name is known once the Ingress
         # is admitted, so the ALB alarms read it from the ingress status.
-        alb_suffix = a.ingress.status.apply(  # type: ignore[attr-defined]
+        alb_suffix = a.ingress.status.apply(
             lambda _status: (
                 aws.lb.get_load_balancer(tags={"ingress.k8s.aws/stack": p.prefix}).arn_suffix
             )

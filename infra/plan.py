@@ -241,7 +241,7 @@ def render(stack: str, overrides: dict[str, Any] | None = None) -> Plan:
             if args.typ == "pulumi:pulumi:StackReference":
                 from infra.preview import BASE_OUTPUTS
 
-                outputs = {key: f"{PLACEHOLDER}-base-{key}" for key in BASE_OUTPUTS}
+                outputs: dict[str, Any] = {key: f"{PLACEHOLDER}-base-{key}" for key in BASE_OUTPUTS}
                 outputs["dbPort"] = 5432
                 outputs["vpcCidr"] = "10.40.0.0/16"
                 outputs["kubeconfig"] = "{}"
@@ -261,7 +261,11 @@ def render(stack: str, overrides: dict[str, Any] | None = None) -> Plan:
 
         def call(
             self, args: mocks.MockCallArgs
-        ) -> tuple[dict[str, Any], list[Any]] | dict[str, Any]:
+        ) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+            # (outputs, check failures): none fail.
+            return self._outputs(args), []
+
+        def _outputs(self, args: mocks.MockCallArgs) -> dict[str, Any]:
             if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
                 return {"names": [f"{region}{z}" for z in "abc"], "zoneIds": ["z1", "z2", "z3"]}
             if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
@@ -309,7 +313,7 @@ def render(stack: str, overrides: dict[str, Any] | None = None) -> Plan:
                     for op in ("create", "update", "delete")
                     if (value := getattr(request.customTimeouts, op))
                 }
-            return super().RegisterResource(request)
+            return super().RegisterResource(request)  # type: ignore[no-untyped-call]  # pulumi's mock monitor has no annotations
 
     depends: dict[tuple[str, str], list[str]] = {}
     timeouts: dict[tuple[str, str], dict[str, str]] = {}

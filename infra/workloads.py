@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pulumi
+import pulumi_kubernetes as k8s
 
 from app.kit.roles import LoginRoles
 from infra import k8s as kube
@@ -80,7 +81,7 @@ class WorkloadsArgs:
 class Workloads(pulumi.ComponentResource):
     namespace: str
     api_service: str
-    ingress: pulumi.CustomResource
+    ingress: k8s.networking.v1.Ingress
     # The API's Deployment, or its Rollout.
     api: pulumi.CustomResource
     migration: pulumi.CustomResource
@@ -191,9 +192,11 @@ class Workloads(pulumi.ComponentResource):
             opts_ns,
         )
 
-        redis_url = pulumi.Output.all(
-            args.cache_host, args.cache_user, pulumi.Output.secret(cfg.cache_auth_token)
-        ).apply(
+        # A base stack's from its config, a preview's its own Valkey user's (infra/stack.py).
+        if cfg.cache_auth_token is None:
+            raise ValueError("workloads.cache_auth_token: the pods need a Valkey password")
+        token: pulumi.Output[str] = pulumi.Output.secret(cfg.cache_auth_token)
+        redis_url = pulumi.Output.all(args.cache_host, args.cache_user, token).apply(
             lambda a: (
                 f"rediss://{quote(str(a[1]), safe='')}:{quote(str(a[2]), safe='')}@{a[0]}:6379/0"
             )
@@ -203,7 +206,7 @@ class Workloads(pulumi.ComponentResource):
             secret_data["OPENAI_API_KEY"] = pulumi.Output.secret(cfg.openai_api_key)
         if cfg.model_server_api_key is not None:
             # The model server checks it; the API and the worker send it (same Secret, envFrom).
-            model_key = pulumi.Output.secret(cfg.model_server_api_key)
+            model_key: pulumi.Output[str] = pulumi.Output.secret(cfg.model_server_api_key)
             secret_data["MODEL_SERVER_API_KEY"] = model_key
             secret_data["OPENAI_API_KEY"] = model_key
         secret = self._apply(
@@ -324,6 +327,9 @@ class Workloads(pulumi.ComponentResource):
     def _db_secrets(self) -> list[pulumi.CustomResource]:
         roles = LoginRoles(self.args.db_app_user)
         secret = self.args.workloads.db_app_password
+        # WorkloadsConfig refuses a stack without it; None here is a caller's mistake.
+        if secret is None:
+            raise ValueError("workloads.db_app_password: the logins' passwords derive from it")
         passwords = {role: role_password(secret, role) for role in roles.all}
         return [
             self._db_secret(
