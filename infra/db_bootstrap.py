@@ -20,6 +20,10 @@ not a superuser, and the owner of the first database (``tests/infra/test_db_boot
 emulates exactly that). ``python -m infra.db_bootstrap``; settings come from the environment
 the Job sets: ``AWS_REGION``, ``DB_MASTER_SECRET_ARN``, ``DB_HOST``, ``DB_PORT``, ``DB_NAME``,
 ``DB_OWNER_USER`` and the four ``DB_*_PASSWORD`` (``PGSSLMODE``/``PGSSLROOTCERT`` optional).
+
+``python -m infra.db_bootstrap --drop``, with the same environment (the passwords unused), drops
+a preview's database and roles instead (:func:`app.kit.roles.drop_preview`, which refuses any
+other database): the Job ``infra/preview_db.py`` runs when a preview stack is destroyed.
 """
 
 from __future__ import annotations
@@ -27,11 +31,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import psycopg
 
-from app.kit.roles import LoginRoles, provision
+from app.kit.roles import Connect, LoginRoles, drop_preview, provision
 
 # The Jobs' environment (infra/workloads.py, infra/provisioner.py) names each of these.
 ENV_DATABASE = "DB_NAME"
@@ -44,22 +48,18 @@ ENV_PASSWORDS = {
 }
 
 
-def main(env: Mapping[str, str] | None = None) -> int:
+# The flag the drop Job's command carries (infra/provisioner.py builds both Jobs).
+DROP_FLAG = "--drop"
+
+
+def master_connect(env: Mapping[str, str]) -> Connect:
+    """Connections as the RDS master, whose credentials the Job's IRSA role reads."""
     import boto3
 
-    env = os.environ if env is None else env
     secret = boto3.client("secretsmanager", region_name=env["AWS_REGION"]).get_secret_value(
         SecretId=env["DB_MASTER_SECRET_ARN"]
     )
     master = json.loads(secret["SecretString"])
-    roles = LoginRoles(env[ENV_OWNER])
-    passwords = {
-        roles.owner: env[ENV_PASSWORDS["owner"]],
-        roles.api: env[ENV_PASSWORDS["api"]],
-        roles.worker: env[ENV_PASSWORDS["worker"]],
-        roles.keda: env[ENV_PASSWORDS["keda"]],
-    }
-
     # RDS: TLS, and the server's certificate checked against the RDS CA bundle.
     sslmode = env.get("PGSSLMODE", "verify-full")
     sslrootcert = env.get("PGSSLROOTCERT", "system") if sslmode.startswith("verify") else None
@@ -76,13 +76,31 @@ def main(env: Mapping[str, str] | None = None) -> int:
             autocommit=True,
         )
 
-    provision(connect, roles, env[ENV_DATABASE], passwords=passwords)
-    print(
-        f"db-bootstrap: roles {', '.join(roles.all)} and database {env[ENV_DATABASE]} ready",
-        flush=True,
-    )
+    return connect
+
+
+def main(env: Mapping[str, str] | None = None, argv: Sequence[str] = ()) -> int:
+    env = os.environ if env is None else env
+    if list(argv) not in ([], [DROP_FLAG]):
+        print(f"usage: python -m infra.db_bootstrap [{DROP_FLAG}]", file=sys.stderr)
+        return 2
+    roles = LoginRoles(env[ENV_OWNER])
+    database = env[ENV_DATABASE]
+    if list(argv) == [DROP_FLAG]:
+        existed = drop_preview(master_connect(env), roles, database)
+        state = "dropped" if existed else "already gone"
+        print(f"db-bootstrap: database {database} {state}; roles {', '.join(roles.all)} gone")
+        return 0
+    passwords = {
+        roles.owner: env[ENV_PASSWORDS["owner"]],
+        roles.api: env[ENV_PASSWORDS["api"]],
+        roles.worker: env[ENV_PASSWORDS["worker"]],
+        roles.keda: env[ENV_PASSWORDS["keda"]],
+    }
+    provision(master_connect(env), roles, database, passwords=passwords)
+    print(f"db-bootstrap: roles {', '.join(roles.all)} and database {database} ready", flush=True)
     return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(main(argv=sys.argv[1:]))

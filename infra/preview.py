@@ -13,6 +13,10 @@ the *base* namespace, running the base's own image (main's code) under the base'
 ``record-db-provisioner`` ServiceAccount (``infra/provisioner.py``). Its IRSA roles have no
 access to the master secret or its key, and its migration Job only runs the migrations, as the
 preview's owner role, once the provisioner is done.
+
+``pulumi destroy`` deletes every resource of the stack (none is protected or retained), the
+Valkey user among them; the database is one too, ``<prefix>-database``, whose delete drops it and
+its roles through the same Job with ``--drop`` (``infra/preview_db.py``).
 """
 
 from __future__ import annotations

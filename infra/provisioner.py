@@ -13,27 +13,38 @@ preview's owner.
 
 The base's own database is still bootstrapped by its migration Job's init container: that Job
 runs the base's code under the base's role, so it crosses no trust boundary.
+
+Destroying a preview drops its database and roles through a resource of the preview's own stack,
+``<prefix>-database`` (a ``pulumi-command`` local Command, :class:`PreviewDatabase`): its delete
+runs ``infra/preview_db.py`` on the deploy machine, which runs the same Job with ``--drop`` and
+waits for it. It depends on the provisioner Job, so it goes before the Job's Secret does, and the
+preview's workloads wait for it, so they go before it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import pulumi
+import pulumi_command as command
 
 from app.kit.roles import LoginRoles
 from infra import k8s as kube
+from infra import preview_db
 from infra.cache import derived_password
 from infra.config import ProjectConfig
-from infra.db_bootstrap import ENV_DATABASE, ENV_OWNER, ENV_PASSWORDS
+from infra.db_bootstrap import DROP_FLAG, ENV_DATABASE, ENV_OWNER, ENV_PASSWORDS
 from infra.pods import RDS_CA_BUNDLE, SECRETS_AS_ENV_SKIP, UID
 
 SERVICE_ACCOUNT = "record-db-provisioner"
 COMPONENT = "db-provisioner"
 # A preview's Job and its inputs' Secret in the base namespace: record-db-provision-pr-<n>.
 JOB_PREFIX = "record-db-provision-"
+# The one-off Job that drops it when the preview is destroyed: record-db-drop-pr-<n>.
+DROP_JOB_PREFIX = "record-db-drop-"
 # Creating four roles and an empty database takes seconds; a Job still running after this long
 # is stuck (RDS unreachable, a lock held by a running migration), and Pulumi, which awaits it a
 # little longer, then reports the Job's own DeadlineExceeded.
@@ -149,12 +160,18 @@ class PreviewDatabaseArgs:
     db_master_secret_arn: pulumi.Input[str]
     # The preview's provider: the base cluster's kubeconfig, from the deploy workflow.
     provider: pulumi.ProviderResource
+    # The same kubeconfig, for kubectl when the preview is destroyed (infra/preview_db.py).
+    kubeconfig: pulumi.Input[str]
 
 
 class PreviewDatabase(pulumi.ComponentResource):
-    """Preview side: the provisioner Job in the base namespace, and the Secret it reads."""
+    """Preview side: the provisioner Job in the base namespace, the Secret it reads, and the
+    database as a resource of the preview's stack, whose delete drops it."""
 
     job: pulumi.CustomResource
+    # What the preview's workloads wait for: it exists once the database does, and goes after
+    # them on destroy (dropping the database under a running API would only make noise).
+    resource: command.local.Command
 
     def __init__(
         self, name: str, args: PreviewDatabaseArgs, opts: pulumi.ResourceOptions | None = None
@@ -209,6 +226,31 @@ class PreviewDatabase(pulumi.ComponentResource):
                 ),
             ),
         )
+        drop_job = self._job(
+            args, {**meta, "name": f"{DROP_JOB_PREFIX}{args.slug}"}, object_name, drop=True
+        )
+        self.resource = command.local.Command(
+            f"{p.prefix}-database",
+            command.local.CommandArgs(
+                # Create and update only check that the delete will run (its Job's manifest, the
+                # module, kubectl): a preview that could not drop its database fails at `up`.
+                create=preview_db.command_line("check"),
+                update=preview_db.command_line("check"),
+                delete=preview_db.command_line("drop"),
+                environment={
+                    preview_db.ENV_JOB: pulumi.Output.from_input(drop_job).apply(
+                        lambda job: json.dumps(job, sort_keys=True)
+                    ),
+                    preview_db.ENV_KUBECONFIG: pulumi.Output.secret(args.kubeconfig),
+                },
+                # pulumi-command replaces a Command without `update` when a trigger changes, and a
+                # replacement runs the delete: the database dropped under a live preview. With
+                # `update` every change is an update; the triggers are its identity alone, which
+                # a stack never changes.
+                triggers=[args.database, args.owner],
+            ),
+            pulumi.ResourceOptions(parent=self, depends_on=[self.job]),
+        )
         self.register_outputs({"job": object_name})
 
     @staticmethod
@@ -216,13 +258,17 @@ class PreviewDatabase(pulumi.ComponentResource):
         args: PreviewDatabaseArgs,
         meta: dict[str, Any],
         secret_name: str,
-        fingerprint: pulumi.Output[str],
+        fingerprint: pulumi.Output[str] | None = None,
+        *,
+        drop: bool = False,
     ) -> dict[str, Any]:
+        """The provisioner Job, or (``drop``) the one that drops what it made: the same image,
+        account, hardening and inputs."""
         container = {
             "name": COMPONENT,
             "image": args.base_image,
             "imagePullPolicy": "Always",
-            "command": ["python", "-m", "infra.db_bootstrap"],
+            "command": ["python", "-m", "infra.db_bootstrap", *([DROP_FLAG] if drop else [])],
             "env": [
                 {"name": "AWS_REGION", "value": args.project.region},
                 {"name": "DB_HOST", "value": args.db_host},
@@ -256,7 +302,11 @@ class PreviewDatabase(pulumi.ComponentResource):
                         "labels": meta["labels"],
                         "annotations": {
                             "checkov.io/skip1": SECRETS_AS_ENV_SKIP,
-                            "record.dev/db-inputs": fingerprint,
+                            **(
+                                {"record.dev/db-inputs": fingerprint}
+                                if fingerprint is not None
+                                else {}
+                            ),
                         },
                     },
                     "spec": {

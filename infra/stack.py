@@ -275,6 +275,7 @@ def _build_preview(config: StackConfig) -> dict[str, Any]:
             db_port=base["dbPort"].apply(lambda port: int(cast(float, port))),
             db_master_secret_arn=base["dbMasterSecretArn"].apply(str),
             provider=preview.provider,
+            kubeconfig=base["kubeconfig"].apply(str),
         ),
         opts=pulumi.ResourceOptions(parent=preview),
     )
@@ -327,7 +328,8 @@ def _build_preview(config: StackConfig) -> dict[str, Any]:
             migrate_role_arn=None,
             mail=mail,
             # Nothing of the preview's runs before its database exists.
-            depends_on=[database.job],
+            # ... and on destroy, nothing of it runs while its database is dropped.
+            depends_on=[database.job, database.resource],
             api_image=images.refs["api"],
             models_image=images.refs.get("models"),
         ),

@@ -30,6 +30,7 @@ is why the provisioner, not a migration, creates the roles.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -240,3 +241,52 @@ def _roles_and_database(
         )
     finally:
         conn.execute("RESET ROLE")
+
+
+# What a preview's database and owner role are called (infra/preview.py): the only names
+# :func:`drop_preview` will drop, so a mistyped argument cannot reach a base stack's database.
+PREVIEW_DATABASE = re.compile(r"record_pr_[0-9]+")
+
+
+class NotAPreview(ValueError):
+    """A drop was asked for a database that is not a preview's, or is owned by another role."""
+
+
+def drop_preview(connect: Connect, roles: LoginRoles, database: str) -> bool:
+    """Drop a preview's database, closing the connections still open to it, then its four login
+    roles. Idempotent: what is already gone is skipped. Returns whether the database existed.
+
+    Runs as the RDS master (or a superuser). The master may drop a role it created (ADMIN
+    OPTION) but a database only as its owner, and ``WITH (FORCE)`` terminates other sessions
+    only for a role with the rights of each session's user or of ``pg_signal_backend`` (which
+    ``rds_superuser`` holds). ``SET ROLE`` to the owner would give up the second, so the master
+    inherits the owner's rights instead, for the moment before the owner role is dropped."""
+    checked_identifier(database)
+    if not PREVIEW_DATABASE.fullmatch(database) or roles.owner != database:
+        raise NotAPreview(f"refusing to drop {database!r} (owner {roles.owner!r}): not a preview")
+    with connect("postgres") as conn:
+        me = conn.execute(
+            "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user"
+        )
+        current = me.fetchone()
+        assert current is not None
+        myself, superuser = str(current[0]), bool(current[1])
+        found = conn.execute(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (database,)
+        ).fetchone()
+        if found is not None and found[0] != roles.owner:
+            raise NotAPreview(f"refusing to drop {database!r}: owned by {found[0]}, not a preview")
+        if found is not None:
+            if not superuser:
+                conn.execute(
+                    sql.SQL("GRANT {} TO {} WITH INHERIT TRUE").format(
+                        sql.Identifier(roles.owner), sql.Identifier(myself)
+                    )
+                )
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
+            )
+        # The runtime roles first: the owner may have granted them something.
+        for login in (roles.api, roles.worker, roles.keda, roles.owner):
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(login)))
+    return found is not None

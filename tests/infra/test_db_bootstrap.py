@@ -27,7 +27,7 @@ import psycopg
 import pytest
 
 from app.devstack.servers import PostgresServer, hand_to_service_user, service_user_kwargs
-from app.kit.roles import APP_ROLE, JOBS_ROLE, LoginRoles
+from app.kit.roles import APP_ROLE, JOBS_ROLE, LoginRoles, NotAPreview, drop_preview
 from infra.db_bootstrap import ENV_DATABASE, ENV_OWNER, ENV_PASSWORDS, main
 from infra.plan import PLACEHOLDER, Plan
 from infra.provisioner import JOB_PREFIX
@@ -68,6 +68,9 @@ def rds_like() -> Iterator[PostgresServer]:
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
             conn.execute("CREATE ROLE rds_superuser NOLOGIN")
+            # RDS lets rds_superuser end any session (pg_terminate_backend): what dropping a
+            # preview's database with its connections open needs.
+            conn.execute("GRANT pg_signal_backend TO rds_superuser")
             conn.execute(
                 f"CREATE ROLE {MASTER} LOGIN CREATEROLE CREATEDB PASSWORD '{MASTER_PASSWORD}' "
                 "IN ROLE rds_superuser"
@@ -305,3 +308,74 @@ def test_each_workload_gets_its_own_database_login(plans: dict[str, Any], stack:
         {"parameter": "password", "name": "record-db-keda", "key": "password"}
     ]
     assert set(secrets["record-db-keda"]["stringData"]) == {"password"}
+
+
+def master_connect(server: PostgresServer) -> Any:
+    def connect(dbname: str) -> psycopg.Connection[tuple[object, ...]]:
+        return psycopg.connect(
+            f"postgresql://{MASTER}:{MASTER_PASSWORD}@/{dbname}?host={server.socket_dir}",
+            autocommit=True,
+        )
+
+    return connect
+
+
+def databases_and_roles(server: PostgresServer, names: tuple[str, ...]) -> set[str]:
+    with psycopg.connect(server.url("postgres")) as conn:
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname = ANY(%s) "
+            "UNION ALL SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)",
+            (list(names), list(names)),
+        ).fetchall()
+    return {str(row[0]) for row in rows}
+
+
+def test_a_preview_is_dropped_as_its_destroy_drops_it(
+    rds_like: PostgresServer, master_secret: str, plans: dict[str, Plan]
+) -> None:
+    """The drop Job's run (``python -m infra.db_bootstrap --drop``, the provisioner's
+    environment: tests/infra/test_preview_db.py shows the two Jobs' are the same), as the
+    RDS-like master: the database with its open sessions, then the roles; again, nothing."""
+    from app.kit.migrate import upgrade
+
+    base = job_env(rds_like, master_secret, "record", "record")
+    env = provisioner_env(plans["preview"], rds_like, master_secret)
+    assert main(base) == 0
+    assert main(env) == 0
+    roles = LoginRoles("record_pr_0")
+    upgrade(login(rds_like, roles.owner, roles.owner, "record_pr_0"))
+    # A preview's API still connected (a pod slow to stop), in a transaction.
+    api = psycopg.connect(login(rds_like, roles.api, roles.owner, "record_pr_0"))
+    api.execute("SELECT 1")
+    names = ("record_pr_0", *roles.all)
+    assert databases_and_roles(rds_like, names) == set(names)
+
+    assert main(env, ["--drop"]) == 0
+    assert databases_and_roles(rds_like, names) == set()
+    with pytest.raises(psycopg.OperationalError):
+        api.execute("SELECT 1")
+    api.close()
+    # A destroy run again (the first failed later on): nothing to do, nothing fails.
+    assert main(env, ["--drop"]) == 0
+    assert drop_preview(master_connect(rds_like), roles, "record_pr_0") is False
+
+    # The base's database and roles are untouched, and cannot be dropped this way.
+    base_names = ("record", *LoginRoles("record").all)
+    assert databases_and_roles(rds_like, base_names) == set(base_names)
+    with pytest.raises(NotAPreview, match="not a preview"):
+        main(base, ["--drop"])
+    with pytest.raises(NotAPreview, match="not a preview"):
+        drop_preview(master_connect(rds_like), LoginRoles("record"), "record_pr_0")
+    assert databases_and_roles(rds_like, base_names) == set(base_names)
+    # Nor a database named like a preview's but owned by another role.
+    with psycopg.connect(rds_like.url("postgres"), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE record_pr_9 OWNER record")
+    try:
+        with pytest.raises(NotAPreview, match="owned by record"):
+            drop_preview(master_connect(rds_like), LoginRoles("record_pr_9"), "record_pr_9")
+        assert databases_and_roles(rds_like, ("record_pr_9",)) == {"record_pr_9"}
+    finally:
+        with psycopg.connect(rds_like.url("postgres"), autocommit=True) as conn:
+            conn.execute("DROP DATABASE record_pr_9")
+    # The flag is all the command takes.
+    assert main(env, ["--drop", "--everything"]) == 2
