@@ -115,7 +115,7 @@ class Preview(pulumi.ComponentResource):
         )
         self.provider = k8s.Provider(
             f"{args.project.prefix}-k8s",
-            kubeconfig=self.outputs["kubeconfig"],
+            kubeconfig=self.outputs["kubeconfig"].apply(str),
             enable_server_side_apply=True,
             opts=pulumi.ResourceOptions(parent=self),
         )

@@ -249,10 +249,10 @@ def _build_preview(config: StackConfig) -> dict[str, Any]:
         IdentityArgs(
             project=p,
             namespace=preview.namespace,
-            oidc_provider_arn=base["oidcProviderArn"],  # type: ignore[arg-type]
-            oidc_issuer=base["oidcIssuer"],  # type: ignore[arg-type]
-            bucket_arn=base["bucketArn"],  # type: ignore[arg-type]
-            bucket_kms_key_arn=base["bucketKmsKeyArn"],  # type: ignore[arg-type]
+            oidc_provider_arn=base["oidcProviderArn"].apply(str),
+            oidc_issuer=base["oidcIssuer"].apply(str),
+            bucket_arn=base["bucketArn"].apply(str),
+            bucket_kms_key_arn=base["bucketKmsKeyArn"].apply(str),
             object_prefix=preview.object_prefix,
             # No master secret: its pods run the pull request's code.
         ),
@@ -310,18 +310,18 @@ def _build_preview(config: StackConfig) -> dict[str, Any]:
             rollout=config.rollout,
             namespace=preview.namespace,
             provider=preview.provider,
-            vpc_cidr=base["vpcCidr"],  # type: ignore[arg-type]
-            db_host=base["dbAddress"],  # type: ignore[arg-type]
-            db_port=base["dbPort"],  # type: ignore[arg-type]
+            vpc_cidr=base["vpcCidr"].apply(str),
+            db_host=base["dbAddress"].apply(str),
+            db_port=base["dbPort"].apply(lambda port: int(cast(float, port))),
             db_name=preview.database,
             db_app_user=preview.db_owner,
             # No bootstrap step: the provisioner Job made the database and its roles.
             db_master_secret_arn=None,
-            cache_host=base["cacheEndpoint"],  # type: ignore[arg-type]
+            cache_host=base["cacheEndpoint"].apply(str),
             cache_user=preview.cache_user,
             cache_key_prefix=preview.cache_key_prefix,
-            bucket_name=base["bucketName"],  # type: ignore[arg-type]
-            bucket_kms_key_arn=base["bucketKmsKeyArn"],  # type: ignore[arg-type]
+            bucket_name=base["bucketName"].apply(str),
+            bucket_kms_key_arn=base["bucketKmsKeyArn"].apply(str),
             object_prefix=preview.object_prefix,
             api_role_arn=identity.api_role.arn,
             worker_role_arn=identity.worker_role.arn,
