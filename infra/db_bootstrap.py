@@ -8,7 +8,7 @@ with pgvector in it.
 
 Two callers, both running code from main, never a pull request's:
 
-- a base stack's migration Job, as its init container (``infra/workloads.py``), for the base's
+- a base stack's migration Job, as its init container (``infra/migration.py``), for the base's
   own database;
 - a preview's provisioner Job (``infra/provisioner.py``), which the preview's Pulumi program
   creates in the *base* namespace, running the base's image under the base's
@@ -37,7 +37,7 @@ import psycopg
 
 from app.kit.roles import Connect, LoginRoles, drop_preview, provision
 
-# The Jobs' environment (infra/workloads.py, infra/provisioner.py) names each of these.
+# The Jobs' environment (infra/migration.py, infra/provisioner.py) names each of these.
 ENV_DATABASE = "DB_NAME"
 ENV_OWNER = "DB_OWNER_USER"
 ENV_PASSWORDS = {

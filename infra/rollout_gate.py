@@ -344,7 +344,7 @@ def gate_objects(
       ``app.kubernetes.io/component: rollout-gate`` and selects its pod by that and
       ``app.kubernetes.io/instance``.
     - ``timeout_seconds``: how long the gate waits (the Rollout's pauses plus allowances:
-      ``workloads.rollout_timeout_seconds``). The Job's deadline is ``job_deadline_seconds``;
+      ``infra.rollout.rollout_timeout_seconds``). The Job's deadline is ``job_deadline_seconds``;
       give the Job ``customTimeouts`` of ``await_seconds(timeout_seconds)``.
     - ``fingerprint``: 1-40 of ``[a-z0-9]``, str or Output; changes whenever the Rollout's spec
       does, so that each update runs a new Job ``record-rollout-gate-<fingerprint>`` (a Job's
@@ -445,7 +445,7 @@ def gate_objects(
 def _pod_spec(
     namespace: str, rollout_name: str, image: pulumi.Input[str], timeout_seconds: int
 ) -> dict[str, Any]:
-    """Hardened as infra/workloads.py's ``_container`` and ``_pod``: non-root, read-only root,
+    """Hardened as infra/pods.py's ``Pods.container`` and ``Pods.pod``: non-root, read-only root,
     no capabilities, RuntimeDefault seccomp."""
     container = {
         "name": "rollout-gate",
