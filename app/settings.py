@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     # connection: it owns no table, so row-level security applies to all it reads or writes.
     database_pool_min: int = Field(default=2, ge=1)
     database_pool_max: int = Field(default=10, ge=1)
+    # The longest a request waits for a pooled connection before it is answered 503 with
+    # Retry-After: with the database stopped (a restart, a failover) a request would otherwise
+    # wait for its return, up to the pool's 30 s default, holding its client all along.
+    database_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     database_statement_timeout_ms: int = Field(default=15_000, ge=100)
     slow_query_ms: int = Field(default=1_000, ge=1)
     redis_url: str = "redis://localhost:6379/0"

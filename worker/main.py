@@ -68,9 +68,13 @@ async def run_worker(settings: Settings | None = None, *, concurrency: int | Non
     settings = settings or get_settings()
     configure_logging(level=settings.log_level, json=settings.is_production)
     serve_metrics(settings)
-    db = Database(settings, statement_timeout_ms=settings.worker_statement_timeout_ms)
+    db = Database(
+        settings,
+        statement_timeout_ms=settings.worker_statement_timeout_ms,
+        check_connections=True,
+    )
     # The sweep keeps the login role (record_jobs' queue rights) instead of record_app's.
-    queue_db = Database(settings, app_role=False)
+    queue_db = Database(settings, app_role=False, check_connections=True)
     await db.open()
     await queue_db.open()
     redis = create_redis(settings.redis_url, timeout=2.0)

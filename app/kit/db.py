@@ -9,6 +9,7 @@ query that forgets its org filter sees nothing rather than everything.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -21,13 +22,16 @@ from pgvector.psycopg import register_vector_async
 from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from app.kit.metrics import observe_query
 from app.kit.roles import APP_ROLE
 from app.settings import Settings
 
 Conn = AsyncConnection[DictRow]
+
+# How long one series of reconnection attempts lasts (see ``Database.__init__``).
+RECONNECT_SECONDS = 2.0
 
 
 def libpq_conninfo(url: str) -> str:
@@ -44,20 +48,52 @@ def database_name(url: str) -> str:
 
 class Database:
     def __init__(
-        self, settings: Settings, *, app_role: bool = True, statement_timeout_ms: int | None = None
+        self,
+        settings: Settings,
+        *,
+        app_role: bool = True,
+        statement_timeout_ms: int | None = None,
+        check_connections: bool = False,
     ) -> None:
+        """``check_connections``: test each connection before handing it out (a round trip),
+        for the worker, whose pooled connections may sit idle through a database restart and
+        would each cost a job an attempt."""
         self._settings = settings
         self._app_role = app_role
         self._statement_timeout_ms = statement_timeout_ms or settings.database_statement_timeout_ms
+        self._asking: set[asyncio.Task[None]] = set()
         self.pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             libpq_conninfo(settings.database_url),
             min_size=settings.database_pool_min,
             max_size=settings.database_pool_max,
+            timeout=settings.database_pool_timeout_seconds,
+            # psycopg_pool retries a failed connection with doubling waits for as long as this,
+            # uncapped: after a 10 s database restart the next attempt came up to 8 s late, and
+            # later the longer the outage was. Short attempts (tries 0, 1 and 2 s in), each
+            # followed by a fresh one while requests wait (``_keep_trying``), keep a try at
+            # least every second, so the API is back within about a second of the database.
+            reconnect_timeout=RECONNECT_SECONDS,
+            reconnect_failed=self._keep_trying,
             kwargs={"row_factory": dict_row, "application_name": "record"},
             configure=self._configure,
+            check=AsyncConnectionPool.check_connection if check_connections else None,
             open=False,
             name="record",
         )
+
+    async def _keep_trying(self, pool: AsyncConnectionPool[Conn]) -> None:
+        """A reconnection that gave up leaves the requests still waiting with nobody trying for
+        them (the pool starts a new attempt only when a connection is asked for): ask."""
+        if pool.closed or not pool.get_stats().get("requests_waiting"):
+            return
+        task = asyncio.get_running_loop().create_task(self._ask_for_connection())
+        self._asking.add(task)
+        task.add_done_callback(self._asking.discard)
+
+    async def _ask_for_connection(self) -> None:
+        with contextlib.suppress(PoolTimeout, PoolClosed, psycopg.Error):
+            async with self.pool.connection():
+                pass
 
     async def _configure(self, conn: Conn) -> None:
         # Session settings, then commit: a pooled connection must come back idle.
@@ -74,8 +110,22 @@ class Database:
             await register_vector_async(conn)
         await conn.set_autocommit(False)
 
-    async def open(self, *, wait: bool = True) -> None:
-        await self.pool.open(wait=wait, timeout=30.0)
+    async def open(self, *, wait: bool = True, within: float = 30.0) -> None:
+        """Open the pool; with ``wait``, until a connection works or ``within`` seconds pass."""
+        await self.pool.open(wait=False)
+        if not wait:
+            return
+        # Not the pool's own wait: its first attempts give up after the reconnect timeout,
+        # and only a request for a connection starts new ones.
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                async with self.pool.connection():
+                    return
+            except PoolTimeout:
+                if time.monotonic() >= deadline:
+                    await self.pool.close()
+                    raise
 
     async def close(self) -> None:
         await self.pool.close()

@@ -10,74 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
-import uvicorn
 
-from app.ai.clients import ModelClients
-from app.kit.db import Database
-from app.kit.redis import create_redis
-from app.kit.storage import create_store
 from tests.app.conftest import Tenant
 from tests.app.recordings.test_upload import upload, wav_bytes
-from tests.conftest import ROLES, as_login, free_port
-from worker.jobs import STATE, PipelineRetry, build_app
-from worker.pipeline import PipelineDeps
+from tests.conftest import free_port
+from tests.reliability.conftest import model_server, worker
+from worker.jobs import PipelineRetry
 
 pytestmark = pytest.mark.slow
-
-
-@asynccontextmanager
-async def worker(settings: Any) -> AsyncIterator[None]:
-    """procrastinate's worker, polling often, running until the block ends."""
-    db = Database(as_login(settings, ROLES.worker))
-    await db.open()
-    redis = create_redis(settings.redis_url, timeout=2.0)
-    models = ModelClients.from_settings(settings)
-    STATE.deps = PipelineDeps(
-        settings=settings, db=db, store=create_store(settings), models=models, redis=redis
-    )
-    jobs = build_app(as_login(settings, ROLES.worker))
-    try:
-        async with jobs.open_async():
-            task = asyncio.create_task(
-                jobs.run_worker_async(
-                    install_signal_handlers=False,
-                    concurrency=1,
-                    listen_notify=False,
-                    fetch_job_polling_interval=0.2,
-                )
-            )
-            try:
-                yield
-            finally:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-    finally:
-        STATE.deps = None
-        await models.aclose()
-        await redis.aclose()
-        await db.close()
-
-
-@asynccontextmanager
-async def model_server(model_app: Any, port: int) -> AsyncIterator[None]:
-    server = uvicorn.Server(
-        uvicorn.Config(model_app, host="127.0.0.1", port=port, log_level="warning")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not task.done(), "the model server did not start"
-        await asyncio.sleep(0.05)
-    try:
-        yield
-    finally:
-        server.should_exit = True
-        await task
 
 
 def retry_waits(url: str, recording_id: str) -> list[float]:
