@@ -10,6 +10,7 @@ when Redis fails, everything is embedded afresh.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from typing import Self
@@ -17,9 +18,9 @@ from typing import Self
 import numpy as np
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from app.ai.clients import ModelClients
+from app.kit.cache import RedisUnavailable, guarded
 from app.kit.metrics import CACHE_REQUESTS
 from app.settings import Settings
 
@@ -92,11 +93,11 @@ class CachedEmbeddings:
         cached: list[bytes | None] = [None] * len(texts)
         try:
             if keys:
-                cached = [
-                    raw if isinstance(raw, bytes) else None for raw in await self.redis.mget(keys)
-                ]
-        except RedisError as exc:
-            log.warning("embedding cache unavailable", error=str(exc))
+                raws = await guarded(self.redis, lambda: self.redis.mget(keys))
+                cached = [raw if isinstance(raw, bytes) else None for raw in raws]
+        except RedisUnavailable as exc:
+            if exc.asked:  # a skip: the failure that opened the breaker was logged
+                log.warning("embedding cache unavailable", error=str(exc))
         vectors: list[np.ndarray | None] = [
             # A value of the wrong size is not ours to trust (another writer, a truncated value).
             np.frombuffer(raw, dtype=np.float32)
@@ -117,13 +118,17 @@ class CachedEmbeddings:
             for i in indexes:
                 vectors[i] = fresh[keys[i]]
             try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for key, vector in fresh.items():
-                        pipe.set(key, vector.tobytes(), ex=self.ttl_seconds)
-                    await pipe.execute()
-            except RedisError as exc:
-                log.warning("embedding cache not written", error=str(exc))
+                await guarded(self.redis, functools.partial(self._store, fresh))
+            except RedisUnavailable as exc:
+                if exc.asked:
+                    log.warning("embedding cache not written", error=str(exc))
         return [vector for vector in vectors if vector is not None]
+
+    async def _store(self, fresh: dict[str, np.ndarray]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, vector in fresh.items():
+                pipe.set(key, vector.tobytes(), ex=self.ttl_seconds)
+            await pipe.execute()
 
     async def embed_one(self, text: str) -> np.ndarray:
         (vector,) = await self.embed([text])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import weakref
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -26,15 +27,62 @@ from typing import Any, TypeVar
 import structlog
 from cachetools import TTLCache
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from app.kit.metrics import CACHE_REQUESTS
+from app.kit.ratelimit import CircuitBreaker
 
 log = structlog.stdlib.get_logger(__name__)
 
 T = TypeVar("T")
 
 VERSION_TTL_SECONDS = 7 * 24 * 3600  # beyond any value's TTL
+
+
+# How long the caches leave Redis alone after it failed them: a hung Valkey then costs one
+# request one timeout (the client's 0.5 s), not every request a timeout per cache call (three in
+# a search, over a second in all); a probe after the pause finds out whether it is back.
+CACHE_BREAKER_SECONDS = 5.0
+_breakers: weakref.WeakKeyDictionary[Redis, CircuitBreaker] = weakref.WeakKeyDictionary()
+
+
+class RedisUnavailable(Exception):
+    """The caches' Redis failed, or failed moments ago (its breaker is open: then ``asked`` is
+    False, and the failure that opened it was logged already)."""
+
+    def __init__(self, detail: str, *, asked: bool = True) -> None:
+        super().__init__(detail)
+        self.asked = asked
+
+
+def cache_breaker(redis: Redis) -> CircuitBreaker:
+    """The breaker of one Redis client, shared by every cache over it."""
+    breaker = _breakers.get(redis)
+    if breaker is None:
+        breaker = _breakers[redis] = CircuitBreaker(CACHE_BREAKER_SECONDS)
+    return breaker
+
+
+async def guarded(redis: Redis, call: Callable[[], Awaitable[T]], *, always: bool = False) -> T:
+    """``call()`` on ``redis``, or RedisUnavailable: at once while the breaker is open (unless
+    ``always``: an invalidation is tried whatever the breaker says, or a value it should
+    retire would be served again once Redis is back).
+
+    Any failure becomes RedisUnavailable, not only redis-py's own errors: a connection broken
+    while Valkey restarts can raise what redis-py does not wrap (OSError, RuntimeError,
+    EOFError), and a cache must never be the reason a request fails."""
+    breaker = cache_breaker(redis)
+    if not breaker.allow() and not always:
+        raise RedisUnavailable("not asked: it failed moments ago", asked=False)
+    try:
+        result = await call()
+    except Exception as exc:
+        breaker.failed()
+        raise RedisUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    except BaseException:
+        breaker.abandoned()
+        raise
+    breaker.succeeded()
+    return result
 
 
 def _new_version() -> str:
@@ -73,9 +121,12 @@ class VersionedCache:
         if self.ttl_seconds == 0:
             return None, Ticket(version_key, value_key, None)
         try:
-            version, raw = await self.redis.mget([version_key, value_key])
-        except RedisError as exc:
-            log.warning("cache unavailable", cache=self.namespace, error=str(exc))
+            version, raw = await guarded(
+                self.redis, lambda: self.redis.mget([version_key, value_key])
+            )
+        except RedisUnavailable as exc:
+            if exc.asked:  # a skip: the failure that opened the breaker was logged
+                log.warning("cache unavailable", cache=self.namespace, error=str(exc))
             CACHE_REQUESTS.labels(self.namespace, "error").inc()
             return None, Ticket(version_key, value_key, None)
         if not isinstance(version, bytes):
@@ -97,23 +148,30 @@ class VersionedCache:
         """Keep ``value`` under the version the read saw."""
         if self.ttl_seconds == 0 or ticket.version is None:
             return
+        stored = ticket.version.encode() + b"\n" + value
         try:
-            await self.redis.set(
-                ticket.value_key, ticket.version.encode() + b"\n" + value, ex=self.ttl_seconds
+            await guarded(
+                self.redis, lambda: self.redis.set(ticket.value_key, stored, ex=self.ttl_seconds)
             )
-        except RedisError as exc:
-            log.warning("cache not written", cache=self.namespace, error=str(exc))
+        except RedisUnavailable as exc:
+            if exc.asked:  # a skip: the failure that opened the breaker was logged
+                log.warning("cache not written", cache=self.namespace, error=str(exc))
 
     async def _first_version(self, version_key: str) -> bytes | None:
         """A scope without a version (never invalidated, or its key expired or was evicted)
         gets a fresh random one: values stored under any earlier version can never match it."""
-        try:
+
+        async def first() -> Any:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.set(version_key, _new_version(), nx=True, ex=VERSION_TTL_SECONDS)
                 pipe.get(version_key)
-                _, version = await pipe.execute()
-        except RedisError as exc:
-            log.warning("cache unavailable", cache=self.namespace, error=str(exc))
+                return await pipe.execute()
+
+        try:
+            _, version = await guarded(self.redis, first)
+        except RedisUnavailable as exc:
+            if exc.asked:  # a skip: the failure that opened the breaker was logged
+                log.warning("cache unavailable", cache=self.namespace, error=str(exc))
             CACHE_REQUESTS.labels(self.namespace, "error").inc()
             return None
         return version if isinstance(version, bytes) else None
@@ -124,8 +182,12 @@ class VersionedCache:
         try:
             # A random version, not a counter: a counter whose key expired or was evicted
             # would count again through values it already retired.
-            await self.redis.set(version_key, _new_version(), ex=VERSION_TTL_SECONDS)
-        except RedisError as exc:
+            await guarded(
+                self.redis,
+                lambda: self.redis.set(version_key, _new_version(), ex=VERSION_TTL_SECONDS),
+                always=True,
+            )
+        except RedisUnavailable as exc:
             # The values then live out their TTL: say so, loudly enough to be seen.
             log.warning("cache not invalidated", cache=self.namespace, scope=scope, error=str(exc))
             CACHE_REQUESTS.labels(self.namespace, "error").inc()

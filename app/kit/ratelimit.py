@@ -554,7 +554,9 @@ class RateLimiter:
                 reply = await self._evalsha(self._script.packed(limiter, subject, rate, member))
         except (TimeoutError, redis.TimeoutError) as exc:  # ours, or the socket's
             return self._failed(limiter, rate, "timeout", exc)
-        except (redis.RedisError, OSError) as exc:
+        # Not only redis-py's errors: a connection broken while Valkey restarts can raise what
+        # redis-py does not wrap (RuntimeError, EOFError), and the limiter fails open on all.
+        except Exception as exc:
             return self._failed(limiter, rate, "error", exc)
         except BaseException:
             self.breaker.abandoned()
@@ -587,7 +589,7 @@ class RateLimiter:
         try:
             async with asyncio.timeout(self.timeout):
                 await self._connections.call(packed)
-        except (TimeoutError, redis.RedisError, OSError) as exc:
+        except Exception as exc:  # as in ``hit``: whatever broke, Redis did not answer
             self.breaker.failed()
             log.warning(
                 f"rate limiter could not {what}: Redis did not answer",

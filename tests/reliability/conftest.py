@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx2
 import psycopg
 import pytest
 import redis
@@ -77,6 +78,14 @@ class OwnValkey:
             self.proc.wait(timeout=10)
         self.proc = None
 
+    def kill(self) -> None:
+        """SIGKILL, as an OOM kill or a lost node does it: no last save, connections reset."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
     def pause(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGSTOP)
@@ -97,14 +106,19 @@ def own_valkey(tmp_path: Path) -> Iterator[OwnValkey]:
 
 
 @asynccontextmanager
-async def running_app(settings: Any, *, wait_for_pool: bool = True) -> AsyncIterator[Any]:
+async def running_app(
+    settings: Any, *, wait_for_pool: bool = True, models_app: Any = None
+) -> AsyncIterator[Any]:
     """The app as the ``app`` fixture makes it (the API's login role), for settings of a test's
     own; ``wait_for_pool=False`` for a database that is not there."""
     from asgi_lifespan import LifespanManager
 
     from app.main import create_app
 
-    application = create_app(as_login(settings, ROLES.api))
+    transport = httpx2.ASGITransport(app=models_app) if models_app is not None else None
+    if transport is not None:  # the in-process model server, as the ``models`` fixture has it
+        settings = settings.model_copy(update={"openai_base_url": "http://models.test/v1"})
+    application = create_app(as_login(settings, ROLES.api), model_transport=transport)
     async with LifespanManager(application):
         if wait_for_pool:
             await application.state.services.db.pool.wait(timeout=10)
