@@ -28,6 +28,7 @@ class Sample:
     content_type: str = ""
     retry_after: str | None = None
     error: str = ""
+    path: str = ""
 
     @property
     def ended(self) -> float:
@@ -67,6 +68,7 @@ class HttpLoad:
                         response.status_code,
                         response.headers.get("content-type", ""),
                         response.headers.get("retry-after"),
+                        path=response.request.url.path,
                     )
                 )
             if self.think:
