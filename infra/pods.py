@@ -18,11 +18,11 @@ import pulumi
 
 from infra import k8s as kube
 from infra.config import ProjectConfig
+from infra.hardening import container_security, pod_security
 
 API_PORT = 8000
 MODEL_PORT = 8100
 WORKER_METRICS_PORT = 9100
-UID = 10001
 RDS_CA_BUNDLE = "/etc/ssl/certs/rds-global-bundle.pem"
 # Which Secret holds each component's DATABASE_URL: the API's and the worker's log in as roles
 # that own nothing; only the migration Job's logs in as the owner (app/kit/roles.py).
@@ -98,16 +98,7 @@ class Pods:
                 "requests": {"cpu": cpu[0], "memory": memory[0]},
                 "limits": {"cpu": cpu[1], "memory": memory[1]},
             },
-            "securityContext": {
-                "allowPrivilegeEscalation": False,
-                "readOnlyRootFilesystem": True,
-                "runAsNonRoot": True,
-                "runAsUser": UID,
-                "runAsGroup": UID,
-                "privileged": False,
-                "capabilities": {"drop": ["ALL"]},
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
+            "securityContext": container_security(),
             "volumeMounts": [
                 # An emptyDir of the pod's own, not the node's /tmp.
                 {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
@@ -126,13 +117,7 @@ class Pods:
                 "serviceAccountName": f"record-{component}",
                 "automountServiceAccountToken": False,
                 "enableServiceLinks": False,
-                "securityContext": {
-                    "runAsNonRoot": True,
-                    "runAsUser": UID,
-                    "runAsGroup": UID,
-                    "fsGroup": UID,
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
+                "securityContext": pod_security(),
                 "containers": containers,
                 "volumes": [
                     {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},

@@ -37,7 +37,8 @@ from infra import preview_db
 from infra.cache import derived_password
 from infra.config import ProjectConfig
 from infra.db_bootstrap import DROP_FLAG, ENV_DATABASE, ENV_OWNER, ENV_PASSWORDS
-from infra.pods import RDS_CA_BUNDLE, SECRETS_AS_ENV_SKIP, UID
+from infra.hardening import container_security, pod_security
+from infra.pods import RDS_CA_BUNDLE, SECRETS_AS_ENV_SKIP
 
 SERVICE_ACCOUNT = "record-db-provisioner"
 COMPONENT = "db-provisioner"
@@ -50,18 +51,6 @@ DROP_JOB_PREFIX = "record-db-drop-"
 # little longer, then reports the Job's own DeadlineExceeded.
 PROVISION_DEADLINE_SECONDS = 600
 PROVISION_AWAIT_MARGIN_SECONDS = 120
-# The container's hardening, as every Record container has it (infra/pods.py; a test
-# compares the two).
-CONTAINER_SECURITY = {
-    "allowPrivilegeEscalation": False,
-    "readOnlyRootFilesystem": True,
-    "runAsNonRoot": True,
-    "runAsUser": UID,
-    "runAsGroup": UID,
-    "privileged": False,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
 
 
 def login_password(secret: pulumi.Input[str], role: str) -> pulumi.Output[str]:
@@ -283,7 +272,7 @@ class PreviewDatabase(pulumi.ComponentResource):
                 "requests": {"cpu": "100m", "memory": "128Mi"},
                 "limits": {"cpu": "500m", "memory": "256Mi"},
             },
-            "securityContext": CONTAINER_SECURITY,
+            "securityContext": container_security(),
             # An emptyDir of the pod's own, not the node's /tmp (the root is read-only).
             "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108
         }
@@ -315,13 +304,7 @@ class PreviewDatabase(pulumi.ComponentResource):
                         "automountServiceAccountToken": False,
                         "enableServiceLinks": False,
                         "restartPolicy": "Never",
-                        "securityContext": {
-                            "runAsNonRoot": True,
-                            "runAsUser": UID,
-                            "runAsGroup": UID,
-                            "fsGroup": UID,
-                            "seccompProfile": {"type": "RuntimeDefault"},
-                        },
+                        "securityContext": pod_security(),
                         "containers": [container],
                         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
                     },

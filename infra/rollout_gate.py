@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
+from infra.hardening import container_security, pod_security
+
 if TYPE_CHECKING:  # the image that runs the gate has no Pulumi; only the builder's callers do
     import pulumi
 
@@ -54,7 +56,6 @@ AUTH_GRACE_SECONDS = 30.0
 
 GATE_NAME = "record-rollout-gate"
 GATE_COMPONENT = "rollout-gate"
-UID = 10001
 # Kubernetes stops the Job this long after the gate's own timeout (so the gate reports the state
 # it was stuck in rather than being killed mid-sentence), and Pulumi should wait a little
 # longer still, so that it reports the Job's own failure rather than a timeout of its own.
@@ -467,16 +468,7 @@ def _pod_spec(
             "requests": {"cpu": "10m", "memory": "64Mi"},
             "limits": {"cpu": "200m", "memory": "128Mi"},
         },
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "runAsUser": UID,
-            "runAsGroup": UID,
-            "privileged": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": container_security(),
         "volumeMounts": [
             {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - the pod's own emptyDir
             {
@@ -494,13 +486,7 @@ def _pod_spec(
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "restartPolicy": "Never",
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": UID,
-            "runAsGroup": UID,
-            "fsGroup": UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security(),
         "containers": [container],
         "volumes": [
             {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}},
