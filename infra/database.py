@@ -1,4 +1,4 @@
-"""Database: RDS PostgreSQL 16 (pgvector ships with it), reachable only from the cluster."""
+"""Database: RDS PostgreSQL 18 (pgvector 0.8 ships with it), reachable only from the cluster."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pulumi_aws as aws
 from infra.common import assume_role_policy, child, ingress_only_from, kms_key, tags
 from infra.config import DatabaseConfig, ProjectConfig
 
-# RDS applies minor upgrades itself in the maintenance window. Pinned to a minor ("16.4"), the
+# RDS applies minor upgrades itself in the maintenance window. Pinned to a minor ("18.3"), the
 # instance would then differ from the program after each one and the next `pulumi up` would
 # try to take it back down, which RDS refuses: with automatic minor upgrades the program
 # names the major version only.
@@ -19,7 +19,7 @@ AUTO_MINOR_VERSION_UPGRADE = True
 
 
 def engine_version(configured: str, auto_minor_upgrade: bool) -> str:
-    """The engineVersion to declare: ``16`` for ``16.4`` when RDS owns the minor version."""
+    """The engineVersion to declare: ``18`` for ``18.3`` when RDS owns the minor version."""
     return configured.split(".", 1)[0] if auto_minor_upgrade else configured
 
 
@@ -65,11 +65,14 @@ class Database(pulumi.ComponentResource):
             vpc_id=args.vpc_id,
             client_security_group_id=args.client_security_group_id,
         )
+        # One parameter group per major version: a major upgrade (16 to 18) makes the new
+        # group and the instance moves to it in the same update.
+        major = cfg.engine_version.split(".", 1)[0]
         params = aws.rds.ParameterGroup(
-            f"{prefix}-pg16",
-            name=f"{prefix}-pg16",
-            family="postgres16",
-            description=f"{prefix} PostgreSQL 16",
+            f"{prefix}-pg{major}",
+            name=f"{prefix}-pg{major}",
+            family=f"postgres{major}",
+            description=f"{prefix} PostgreSQL {major}",
             parameters=[
                 {
                     "name": "shared_preload_libraries",
@@ -87,7 +90,7 @@ class Database(pulumi.ComponentResource):
                 {"name": "log_lock_waits", "value": "1"},
                 {"name": "idle_in_transaction_session_timeout", "value": "60000"},
             ],
-            tags=tags(p, f"{prefix}-pg16"),
+            tags=tags(p, f"{prefix}-pg{major}"),
             opts=child(self),
         )
         monitoring_role = aws.iam.Role(
@@ -140,6 +143,9 @@ class Database(pulumi.ComponentResource):
             monitoring_role_arn=monitoring_role.arn,
             enabled_cloudwatch_logs_exports=["postgresql", "upgrade"],
             auto_minor_version_upgrade=AUTO_MINOR_VERSION_UPGRADE,
+            # An instance made on 16 moves to 18 when the program says so (in the maintenance
+            # window: apply_immediately is off). Then the db-bootstrap updates pgvector.
+            allow_major_version_upgrade=True,
             ca_cert_identifier="rds-ca-rsa2048-g1",
             apply_immediately=False,
             tags=tags(p, prefix),

@@ -1,4 +1,4 @@
-"""Real servers for the tests: an embedded PostgreSQL 16 + pgvector and a Valkey, started once.
+"""Real servers for the tests: an embedded PostgreSQL 18 + pgvector 0.8 and a Valkey, started once.
 
 The server gets the roles production has (``app/kit/roles.py``); migrations run once, as the
 owner role, into a template database; each test that needs a database gets a fresh clone of it

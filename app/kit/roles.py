@@ -37,6 +37,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from app.kit import vector_version
+
 APP_ROLE = "record_app"
 JOBS_ROLE = "record_jobs"
 QUEUE_READER_ROLE = "record_queue_reader"
@@ -132,6 +134,20 @@ def provision(
                 conn.execute(
                     sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(name))
                 )
+        _update_vector(conn)
+
+
+def _update_vector(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """After an engine upgrade the installed pgvector stays at its old version: bring it to the
+    server's when it is older than the code needs (the migrations check, app/kit/vector_version)."""
+    row = conn.execute(vector_version.VERSIONS_SQL).fetchone()
+    installed, offered = (str(v) if v is not None else None for v in (row or (None, None)))
+    if (
+        installed is not None
+        and offered is not None
+        and vector_version.parse(installed) < vector_version.NEEDED <= vector_version.parse(offered)
+    ):
+        conn.execute("ALTER EXTENSION vector UPDATE")
 
 
 def _grant_membership(

@@ -8,6 +8,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+from app.kit import vector_version
 from app.settings import get_settings
 
 
@@ -25,6 +26,10 @@ def run_offline() -> None:
 
 def run_online() -> None:
     engine = create_engine(_url(), poolclass=pool.NullPool)
+    # Before any migration: the pgvector the code needs (app/kit/vector_version.py).
+    with engine.connect() as connection:
+        installed, available = connection.exec_driver_sql(vector_version.VERSIONS_SQL).one()
+    vector_version.require(installed, available)
     with engine.connect() as connection:
         context.configure(connection=connection, transaction_per_migration=True)
         with context.begin_transaction():

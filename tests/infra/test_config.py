@@ -44,7 +44,7 @@ def _prod_database(**changes: Any) -> dict[str, Any]:
         ),
         ({"record:size": "huge"}, "record:size must be one of"),
         ({"record:database": _prod_database(iops=3000)}, "unknown keys ['iops']"),
-        ({"record:database": _prod_database(engineVersion="15.7")}, "PostgreSQL 16"),
+        ({"record:database": _prod_database(engineVersion="16.4")}, "PostgreSQL 18"),
         ({"record:certificateArn": "arn:aws:iam::1:server-certificate/x"}, "ACM certificate"),
         ({"record:storage": {"corsOrigins": ["*"]}}, "not '*'"),
         ({"record:cluster": {}}, "cluster.publicAccessCidrs is required"),
@@ -201,7 +201,7 @@ LARGE_PRODUCTION = StackDefaults(size=PRESETS["large"], production=True, domain=
             DatabaseConfig,
             SMALL,
             {
-                "engine_version": "16",
+                "engine_version": "18",
                 "instance_class": "db.t4g.medium",
                 "allocated_storage_gb": 50,
                 "max_allocated_storage_gb": 500,

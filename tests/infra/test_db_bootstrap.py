@@ -1,4 +1,4 @@
-"""The database bootstrap against a real PostgreSQL 16 set up the way RDS sets one up: a base
+"""The database bootstrap against a real PostgreSQL 18 set up the way RDS sets one up: a base
 stack's, as its migration Job's init container runs it, and a preview's, as the base's
 provisioner Job runs it (``infra/provisioner.py``), with the environment read from that Job's
 rendered manifest.
@@ -65,7 +65,12 @@ def rds_like() -> Iterator[PostgresServer]:
             assert time.monotonic() < deadline, "PostgreSQL did not start"
             time.sleep(0.05)
         with psycopg.connect(server.url("template1"), autocommit=True) as conn:
+            # What RDS lets rds_superuser create, made here by the emulation's superuser.
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            if conn.execute(
+                "SELECT 1 FROM pg_available_extensions WHERE name = 'pg_stat_statements'"
+            ).fetchone():
+                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
             conn.execute("CREATE ROLE rds_superuser NOLOGIN")
             # RDS lets rds_superuser end any session (pg_terminate_backend): what dropping a
@@ -190,8 +195,11 @@ async def test_bootstrap_then_migrations_then_the_app(
             ).fetchone() == (False, False, False, False), role
     with psycopg.connect(rds_like.url(database)) as conn:
         tables = conn.execute(
-            "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class "
-            "WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'S', 'v')"
+            "SELECT DISTINCT pg_get_userbyid(c.relowner) FROM pg_class AS c "
+            "WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'S', 'v') "
+            # An extension's own views (pg_stat_statements) belong to whoever created it.
+            "AND NOT EXISTS (SELECT FROM pg_depend AS d WHERE d.classid = 'pg_class'::regclass "
+            "AND d.objid = c.oid AND d.deptype = 'e')"
         ).fetchall()
         assert tables == [(owner,)]
 

@@ -139,7 +139,7 @@ def test_prod_keeps_its_data_through_a_bad_day(plans: dict[str, Plan]) -> None:
     plan = plans["prod"]
     db = one(plan.of_type("aws:rds/instance:Instance"))["inputs"]
     assert db["engine"] == "postgres"
-    assert db["engineVersion"].startswith("16")
+    assert db["engineVersion"].startswith("18")
     assert db["multiAz"] is True
     assert db["deletionProtection"] is True
     assert db["backupRetentionPeriod"] >= 7
