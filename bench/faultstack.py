@@ -9,7 +9,6 @@ import asyncio
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -28,17 +27,12 @@ from app.kit.db import Database
 from app.kit.redis import create_redis
 from app.kit.roles import LoginRoles, provision
 from app.kit.storage import create_store
+from testkit import free_port
 from worker.jobs import STATE, build_app
 from worker.pipeline import PipelineDeps
 
 # The login roles production has, as the test suite names them.
 ROLES = LoginRoles("record")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def as_role(url: str, role: str) -> str:

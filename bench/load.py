@@ -4,7 +4,7 @@
 
 Target: ``--url`` (with ``--key``, ``RECORD_API_KEY`` or ``.record/dev.env`` for the key), or
 ``RECORD_API_URL`` + ``RECORD_API_KEY`` from the environment; with neither, it starts its own
-``record up`` in a temporary state directory on free ports (``tests.stack.conftest.start_stack``)
+``record up`` in a temporary state directory on free ports (``testkit.stack.start_stack``)
 and stops it afterwards. That stack runs with ``RATELIMIT_SIGNUP=1000/60`` so the setup can
 sign up one user per VU at once, and ``RATELIMIT_SHARE_PAGE=1000/60`` because every VU opens its
 share links from this one address; every other limit keeps its default (``api`` 100/60 per user,
@@ -52,7 +52,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -70,6 +69,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from testkit import free_port, read_env_file  # noqa: E402
+from testkit.stack import start_stack  # noqa: E402
 
 SCRIPT = ROOT / "bench" / "k6" / "record_load.js"
 PASSWORD = "plum-tide-orbit-velvet-42"
@@ -104,23 +106,6 @@ SENTENCES = (
 # --- target ---------------------------------------------------------------------------------
 
 
-def read_env_file(path: Path) -> dict[str, str]:
-    values: dict[str, str] = {}
-    if not path.exists():
-        return values
-    for line in path.read_text().splitlines():
-        match = re.match(r"\s*(?:export\s+)?([A-Z_][A-Z0-9_]*)=(.*)$", line)
-        if match:
-            values[match[1]] = match[2].strip().strip("'\"")
-    return values
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Target:
     url: str
@@ -141,8 +126,6 @@ def target(args: argparse.Namespace) -> Iterator[Target]:
         local_mail = ROOT / ".record" / "mail"
         yield Target(url.rstrip("/"), key, started=False, mail_dir=local_mail)
         return
-    from tests.stack.conftest import start_stack
-
     base = Path(tempfile.mkdtemp(prefix="record-load-"))
     print(f"starting a stack of its own in {base} (per-IP limits 1000/60) ...", flush=True)
     began = time.monotonic()

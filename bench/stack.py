@@ -25,7 +25,7 @@ def wait_for(check, what: str, timeout: float = 30.0) -> None:
 
 def start_servers(base: Path):
     from app.devstack.servers import PostgresServer, ValkeyServer, service_user_kwargs
-    from tests.conftest import free_port
+    from testkit import free_port
 
     pg = PostgresServer(data_dir=base / "pg", socket_dir=base / "run")
     pg.initdb()

@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -30,16 +29,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from app.devstack.servers import PostgresServer, ValkeyServer, service_user_kwargs
 from app.kit.roles import LoginRoles, provision
+from testkit import free_port
 
 TEMPLATE_DB = "record_template"
 ROLES = LoginRoles("record")
 _db_counter = itertools.count()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait(check: Any, what: str, timeout: float = 20.0) -> None:
