@@ -8,7 +8,7 @@ PIP := $(BIN)/pip install --disable-pip-version-check --quiet
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: up test install lint typecheck test-fast test-stack clean
+.PHONY: up test install lint typecheck test-fast test-stack soak clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'"; exit 1; }
@@ -33,7 +33,11 @@ typecheck: install
 	$(BIN)/mypy
 
 test: install lint typecheck
-	$(BIN)/python -m pytest -p no:cacheprovider --cov --cov-report=term $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -p no:cacheprovider -m "not soak" --cov --cov-report=term $(PYTEST_ARGS)
+
+# Three minutes of bench/soak.py against a real `record up` (CI runs it after `make test`).
+soak: install
+	$(BIN)/python -m pytest -p no:cacheprovider -m soak -s tests/reliability/test_soak.py
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" -x $(PYTEST_ARGS)

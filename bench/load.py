@@ -57,7 +57,7 @@ import sys
 import tempfile
 import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from email.message import EmailMessage
@@ -71,7 +71,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from testkit import free_port, read_env_file  # noqa: E402
-from testkit.stack import start_stack  # noqa: E402
+from testkit.stack import RunningStack, start_stack  # noqa: E402
 
 SCRIPT = ROOT / "bench" / "k6" / "record_load.js"
 PASSWORD = "plum-tide-orbit-velvet-42"
@@ -113,6 +113,7 @@ class Target:
     started: bool  # a stack of our own
     # Where the stack writes its mail (MAIL_BACKEND=file): members join through mailed links.
     mail_dir: Path | None = None
+    stack: RunningStack | None = None  # when started: its processes (the soak watches them)
 
 
 @contextmanager
@@ -138,6 +139,7 @@ def target(args: argparse.Namespace) -> Iterator[Target]:
             stack.dev_env().get("RECORD_API_KEY"),
             started=True,
             mail_dir=stack.state / "mail",
+            stack=stack,
         )
     finally:
         code = stack.stop()
@@ -435,7 +437,9 @@ def find_k6() -> str:
     return found
 
 
-def run_k6(args: argparse.Namespace, url: str, data_path: Path, export: Path) -> int:
+def run_k6(
+    args: argparse.Namespace, url: str, data_path: Path, export: Path, extra: Sequence[str] = ()
+) -> int:
     command = [
         find_k6(),
         "run",
@@ -461,6 +465,7 @@ def run_k6(args: argparse.Namespace, url: str, data_path: Path, export: Path) ->
         f"THINK_MIN={args.think[0]:g}",
         "-e",
         f"THINK_MAX={args.think[1]:g}",
+        *extra,
         str(args.script),
     ]
     env = dict(os.environ, K6_NO_USAGE_REPORT="true")
