@@ -20,7 +20,7 @@ from app.kit.db import database_name
 from tests.conftest import free_port
 from tests.reliability.conftest import OwnValkey, SilentHost, http_client, running_app
 
-# The readiness probe's timeoutSeconds (infra/workloads.py): past it, the kubelet counts a
+# The readiness probe's timeoutSeconds (infra/api.py): past it, the kubelet counts a
 # failure whatever the answer would have been.
 PROBE_TIMEOUT = 2.0
 

@@ -5,7 +5,7 @@ KEDA's operator scales the worker on how many jobs wait or run. It logs in as ``
 number and nothing else: not ``procrastinate_jobs`` itself, whose ``args`` name orgs and
 recordings. The view runs with its owner's rights (a view is not ``security_invoker`` unless
 asked), which is how the reader counts rows it may not select. The ScaledObject's query
-(``infra/workloads.py``) reads it; ``tests/infra/test_autoscaling.py`` runs that query as
+(``infra/worker.py``) reads it; ``tests/infra/test_autoscaling.py`` runs that query as
 that role.
 
 Revision ID: 0008
