@@ -10,6 +10,7 @@ from bench.soak import Sample, judge, soak
 
 @pytest.mark.soak
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the stack, the setup (~2 min) and 3 minutes of load
 def test_three_minutes_under_load_hold_memory_connections_and_latency() -> None:
     verdict = soak(duration=180, vus=8, warmup=60, every=5)
     print("\n".join(verdict.lines))
