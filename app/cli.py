@@ -46,6 +46,27 @@ def worker(
     asyncio.run(run_worker(concurrency=concurrency))
 
 
+@app.command()
+def reindex(
+    adopt: bool = typer.Option(
+        False, help="Record EMBEDDING_MODEL as the model of the vectors search uses now."
+    ),
+    force: bool = typer.Option(False, help="Re-embed even into the model search uses now."),
+    abandon: bool = typer.Option(False, help="Stop the re-embed in progress; drop its table."),
+    wait: bool = typer.Option(True, help="Follow the re-embed and switch when it is done."),
+) -> None:
+    """Re-embed every chunk into EMBEDDING_MODEL / EMBEDDING_DIMENSIONS in the background
+    (worker jobs); search answers from the old vectors until the new ones are complete. Runs
+    as the migrations' role (it creates and drops tables); run it again to resume."""
+    import asyncio
+
+    from app.settings import get_settings
+    from worker.reindex_cli import run
+
+    code = asyncio.run(run(get_settings(), adopt=adopt, force=force, abandon=abandon, wait=wait))
+    raise typer.Exit(code)
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: str = "head") -> None:
     """Apply migrations up to REVISION (default: head)."""

@@ -163,6 +163,11 @@ class Settings(BaseSettings):
     embedding_model: str = "all-minilm-l6-v2"
     embedding_dimensions: int = 384
     embedding_batch_size: int = Field(default=128, ge=1, le=2048)
+    # Re-embedding (`record reindex`, worker/reindex.py): chunks per job, and chunks embedded
+    # per second by each worker process at most (0: as fast as the model answers), so that a
+    # re-embed leaves the model server (or OpenAI's rate limit) to new uploads and searches.
+    reembed_job_chunks: int = Field(default=2000, ge=1)
+    reembed_chunks_per_second: float = Field(default=100.0, ge=0)
     transcription_model: str = "whisper-1"
     chat_model: str = "record-extractive-1"
     openai_timeout_seconds: float = Field(default=60.0, gt=0)

@@ -38,6 +38,7 @@ from worker.pipeline import (
     process_recording,
 )
 from worker.purge import purge_org
+from worker.reindex import REEMBED_QUEUE, REEMBED_TASK, Batch, reembed_batch
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -253,7 +254,29 @@ def build_app(settings: Settings) -> procrastinate.App:
 
     _add_purge_task(app, retry)
     _add_mail_task(app, retry)
+    _add_reembed_task(app, retry)
     return app
+
+
+def _add_reembed_task(app: procrastinate.App, retry: PipelineRetry) -> None:
+    """One range of a re-embed (worker/reindex.py): idempotent, so a retry resumes it."""
+
+    @app.task(name=REEMBED_TASK, queue=REEMBED_QUEUE, retry=retry)
+    async def reembed_batch_task(generation: int, org_id: str, first_id: str, last_id: str) -> None:
+        deps = STATE.deps
+        assert deps is not None, "the worker sets up its dependencies before running tasks"
+        started = time.perf_counter()
+        status = "cancelled"
+        try:
+            batch = Batch(generation, UUID(org_id), UUID(first_id), UUID(last_id))
+            await reembed_batch(deps, batch)
+            status = "succeeded"
+        except Exception:
+            status = "retried"
+            raise
+        finally:
+            JOBS.labels("reembed_batch", status).inc()
+            JOB_DURATION.labels("reembed_batch").observe(time.perf_counter() - started)
 
 
 def _add_purge_task(app: procrastinate.App, retry: PipelineRetry) -> None:

@@ -12,7 +12,7 @@ import tempfile
 import time
 import wave
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from app.kit.errors import ExternalServiceError
 from app.kit.storage import ObjectStore
 from app.recordings import repository as recordings
 from app.search import service as search_cache
+from app.search import spaces
 from app.settings import Settings
 from app.transcripts import repository as transcripts
 from app.transcripts.service import transcript_cache, transcript_scope
@@ -127,14 +128,92 @@ def _resampled(frames: Iterable[Any]) -> Iterator[Any]:
 
 
 async def embed_with_cache(
-    deps: PipelineDeps, texts: Sequence[str], *, org_id: UUID | None = None
+    deps: PipelineDeps,
+    texts: Sequence[str],
+    *,
+    org_id: UUID | None = None,
+    space: spaces.Space | None = None,
 ) -> list[np.ndarray]:
     """Embeddings for ``texts``, from the cache (vector space + org + text hash) where it has
-    them; see ``app.ai.embedding_cache``."""
+    them; see ``app.ai.embedding_cache``. In ``space`` (default: the settings' model)."""
+    models = spaces.models_for(deps.models, space, deps.settings) if space else deps.models
     cache = CachedEmbeddings.from_settings(
-        deps.models, deps.redis, deps.settings, scope=str(org_id or "")
+        models, deps.redis, deps.settings, scope=str(org_id or "")
     )
     return await cache.embed(texts)
+
+
+class SpacesChanged(Exception):
+    """A re-embed started or switched between embedding the chunks and writing them."""
+
+
+async def store_chunks(
+    deps: PipelineDeps, org_id: UUID, recording_id: UUID, rows: Sequence[transcripts.ChunkRow]
+) -> None:
+    """Write a recording's chunks with their vectors in every current embedding space: the
+    active one, and the one a re-embed is building, so nothing is missing when it switches.
+
+    The chunks' table is locked (ROW EXCLUSIVE, as any insert) before the spaces are read: a
+    re-embed's switch locks it SHARE, so either this commits first, in the spaces it read, or
+    it reads the spaces as switched and embeds again (at most twice more)."""
+    texts = [row.text for row in rows]
+    for _ in range(3):
+        async with deps.db.transaction(org_id=org_id) as conn:
+            embedded_in = await spaces.current(conn)
+        vectors = {
+            space.generation: await embed_with_cache(deps, texts, org_id=org_id, space=space)
+            for space in embedded_in
+        }
+        try:
+            async with deps.db.transaction(org_id=org_id) as conn:
+                await conn.execute("LOCK TABLE transcript_chunks IN ROW EXCLUSIVE MODE")
+                if await spaces.current(conn) != embedded_in:
+                    raise SpacesChanged
+                await _write_chunks(
+                    conn,
+                    org_id=org_id,
+                    recording_id=recording_id,
+                    rows=rows,
+                    embedded_in=embedded_in,
+                    vectors=vectors,
+                )
+            return
+        except SpacesChanged:
+            log.info("embedding spaces changed while embedding; again", recording_id=recording_id)
+    raise SpacesChanged(f"embedding spaces kept changing while storing {recording_id}")
+
+
+async def _write_chunks(
+    conn: Any,
+    *,
+    org_id: UUID,
+    recording_id: UUID,
+    rows: Sequence[transcripts.ChunkRow],
+    embedded_in: Sequence[spaces.Space],
+    vectors: dict[int, list[np.ndarray]],
+) -> None:
+    legacy = next((s for s in embedded_in if s.legacy), None)
+    chunks = [
+        replace(row, embedding=vectors[legacy.generation][i] if legacy else None)
+        for i, row in enumerate(rows)
+    ]
+    await transcripts.replace_chunks(
+        conn,
+        org_id=org_id,
+        recording_id=recording_id,
+        chunks=chunks,
+        with_embedding=legacy is not None,
+    )
+    for space in embedded_in:
+        if not space.legacy:
+            await spaces.write_vectors(
+                conn,
+                space,
+                [
+                    spaces.ChunkVector(row.id, org_id, recording_id, vector)
+                    for row, vector in zip(rows, vectors[space.generation], strict=True)
+                ],
+            )
 
 
 # -- the pipeline --------------------------------------------------------------------------------
@@ -233,7 +312,6 @@ async def _process(deps: PipelineDeps, org_id: UUID, recording_id: UUID) -> Pipe
         overlap_tokens=deps.settings.chunk_overlap_tokens,
     )
     chunks = chunk_transcript(segments, config)
-    vectors = await embed_with_cache(deps, [chunk.text for chunk in chunks], org_id=org_id)
     rows = [
         transcripts.ChunkRow(
             idx=chunk.index,
@@ -241,14 +319,11 @@ async def _process(deps: PipelineDeps, org_id: UUID, recording_id: UUID) -> Pipe
             token_count=chunk.token_count,
             start_seconds=chunk.start_seconds,
             end_seconds=chunk.end_seconds,
-            embedding=vector,
+            embedding=None,  # store_chunks embeds in each current space
         )
-        for chunk, vector in zip(chunks, vectors, strict=True)
+        for chunk in chunks
     ]
-    async with deps.db.transaction(org_id=org_id) as conn:
-        await transcripts.replace_chunks(
-            conn, org_id=org_id, recording_id=recording_id, chunks=rows
-        )
+    await store_chunks(deps, org_id, recording_id, rows)
     await search_cache.invalidate(deps.redis, org_id, deps.settings)  # committed: searchable
     bound.info("embedded", chunks=len(rows))
 

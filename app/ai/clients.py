@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, Self
 
@@ -483,6 +483,13 @@ class ModelClients:
     ) -> Self:
         config = config or ModelConfig.from_settings(settings)
         return cls(openai_client(settings, config, http_client=http_client), config)
+
+    def in_space(self, model: str, dimensions: int) -> ModelClients:
+        """The same clients (and connection pool) embedding with another model: during a
+        re-embed, search and new uploads embed in the active space while the settings already
+        name the next one. Close only the original."""
+        config = replace(self.config, embedding_model=model, embedding_dimensions=dimensions)
+        return ModelClients(self._client, config)
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -131,6 +131,17 @@ SEARCH_PLANS = Counter(
     ["plan"],
     namespace=NAMESPACE,
 )
+REEMBED_CHUNKS = Counter(
+    "reembed_chunks_total",
+    "Chunks re-embedded into a new embedding space and written (worker/reindex.py).",
+    namespace=NAMESPACE,
+)
+REEMBED_REMAINING = Gauge(
+    "reembed_remaining_chunks",
+    "Chunks the re-embed in progress has still to write (0: none in progress).",
+    multiprocess_mode="livemax",
+    namespace=NAMESPACE,
+)
 RATELIMIT_DECISIONS = Counter(
     "ratelimit_decisions_total",
     "Rate-limit decisions.",

@@ -96,11 +96,13 @@ async def nearest_exact(
     vector: np.ndarray,
     want: int,
     recording_ids: Sequence[UUID] | None = None,
+    *,
+    relation: str = "transcript_chunks",  # the active embedding space's (app/search/spaces.py)
 ) -> list[Candidate]:
     rows = await fetch_all(
         conn,
         "SELECT id, distance FROM ("  # noqa: S608 - fixed SQL, values bound
-        "  SELECT id, embedding <=> %(vector)s AS distance FROM transcript_chunks"
+        f"  SELECT id, embedding <=> %(vector)s AS distance FROM {relation}"
         f"  WHERE {_scope_sql(recording_ids)} AND embedding IS NOT NULL"
         "  OFFSET 0"  # the fence: never the HNSW index, whose candidates ignore the scope
         ") scoped ORDER BY distance, id LIMIT %(want)s",
@@ -121,6 +123,7 @@ async def nearest_ann(
     want: int,
     *,
     ef_search: int,
+    relation: str = "transcript_chunks",  # the active embedding space's (app/search/spaces.py)
 ) -> list[Candidate]:
     """The org's rows among the HNSW index's ``ef_search`` nearest neighbours. (Row-level
     security filters the index scan as well: the same rows.)
@@ -137,9 +140,9 @@ async def nearest_ann(
     )
     rows = await fetch_all(
         conn,
-        "SELECT id, distance FROM ("
+        "SELECT id, distance FROM ("  # noqa: S608 - the relation's name is checked (spaces.py)
         "  SELECT id, org_id, embedding <=> %(vector)s AS distance"
-        "  FROM transcript_chunks ORDER BY embedding <=> %(vector)s LIMIT %(ef)s"
+        f"  FROM {relation} ORDER BY embedding <=> %(vector)s LIMIT %(ef)s"
         ") nearest WHERE org_id = %(org_id)s ORDER BY distance, id LIMIT %(want)s",
         {
             "org_id": org_id,

@@ -32,7 +32,7 @@ from app.kit.db import Conn
 from app.kit.errors import ExternalServiceError, NotFoundError
 from app.kit.metrics import SEARCH_PLANS
 from app.kit.services import Services
-from app.search import repository
+from app.search import repository, spaces
 from app.search.repository import Candidate
 from app.search.schemas import SearchHit, SearchIn, SearchMode, SearchOut
 from app.settings import Settings
@@ -118,24 +118,32 @@ async def nearest(
     want: int,
     *,
     recording_ids: Sequence[UUID] | None,
+    relation: str = spaces.LEGACY_RELATION,
 ) -> list[Candidate]:
-    """The scope's ``want`` nearest chunks, by the plan its size calls for (repository doc)."""
+    """The scope's ``want`` nearest chunks, by the plan its size calls for (repository doc),
+    among the vectors in ``relation`` (the active embedding space's)."""
     if recording_ids:  # at most 100 recordings: a bounded scan, always exact
         SEARCH_PLANS.labels("exact").inc()
-        return await repository.nearest_exact(conn, org_id, vector, want, recording_ids)
+        return await repository.nearest_exact(
+            conn, org_id, vector, want, recording_ids, relation=relation
+        )
     stats = await CHUNK_STATS.get_or_load(org_id, lambda: repository.chunk_stats(conn))
     plan = repository.choose_plan(
         stats, want, exact_max=max(settings.search_exact_max_chunks, want)
     )
     if plan == "ann" and stats.org_share is not None:
-        ef = repository.ef_search_for(stats.org_share, want)
-        found = await repository.nearest_ann(conn, org_id, vector, want, ef_search=ef)
+        ef = repository.ef_search_for(stats, want)
+        found = await repository.nearest_ann(
+            conn, org_id, vector, want, ef_search=ef, relation=relation
+        )
         if len(found) >= want:
             SEARCH_PLANS.labels("ann").inc()
             return found
         plan = "ann_fallback"
     SEARCH_PLANS.labels(plan).inc()
-    return await repository.nearest_exact(conn, org_id, vector, want, recording_ids)
+    return await repository.nearest_exact(
+        conn, org_id, vector, want, recording_ids, relation=relation
+    )
 
 
 async def search(services: Services, principal: Principal, body: SearchIn) -> SearchOut:
@@ -159,17 +167,31 @@ async def find_checked(services: Services, org_id: UUID, body: SearchIn) -> Sear
     settings = services.settings
     query = " ".join(body.query.split())
     recording_ids = sorted(set(body.recording_ids)) if body.recording_ids else None
-    models = models_of(services)
-    embeddings = CachedEmbeddings.from_settings(models, services.redis, settings, scope=str(org_id))
+    space = await ACTIVE_SPACE.get_or_load("active", lambda: _active_space(services))
+    embeddings = _embeddings_in(services, space, org_id)
     cache = answer_cache(services.redis, settings)
     stored, ticket = await cache.read(str(org_id), _fingerprint(query, body, embeddings.space))
     cached = _decode(stored) if stored is not None else None
     if cached is not None:
         mode, ranked = cached
     else:
-        mode, ranked = await _rank(
-            services, embeddings, org_id, query, body, recording_ids=recording_ids
-        )
+        for attempt in range(3):
+            try:
+                mode, ranked = await _rank(
+                    services,
+                    embeddings,
+                    org_id,
+                    query,
+                    body,
+                    space=space,
+                    recording_ids=recording_ids,
+                )
+                break
+            except SpaceSwitched as switched:  # a re-embed switched meanwhile: in the new one
+                if attempt == 2:
+                    raise
+                space = switched.now
+                embeddings = _embeddings_in(services, space, org_id)
         if mode is body.mode:  # a degraded answer is not kept
             hits = [[str(c.chunk_id), c.score] for c in ranked]
             await cache.write(ticket, json.dumps({"mode": mode.value, "hits": hits}).encode())
@@ -182,6 +204,31 @@ async def find_checked(services: Services, org_id: UUID, body: SearchIn) -> Sear
         if c.chunk_id in rows
     ]
     return SearchOut(results=results, mode=mode)
+
+
+# In-process for a few seconds: which space is active changes once per re-embed, and every
+# ranking checks it again in its own transaction (``SpaceSwitched``).
+ACTIVE_SPACE = LocalCache("embedding_space", maxsize=1, ttl_seconds=5)
+
+
+class SpaceSwitched(Exception):
+    """The active embedding space changed between embedding the query and ranking."""
+
+    def __init__(self, now: spaces.Space) -> None:
+        super().__init__(f"embedding space now generation {now.generation}")
+        self.now = now
+
+
+async def _active_space(services: Services) -> spaces.Space:
+    async with services.db.transaction() as conn:
+        return await spaces.active(conn)
+
+
+def _embeddings_in(services: Services, space: spaces.Space, org_id: UUID) -> CachedEmbeddings:
+    models = spaces.models_for(models_of(services), space, services.settings)
+    return CachedEmbeddings.from_settings(
+        models, services.redis, services.settings, scope=str(org_id)
+    )
 
 
 async def _embed_query(embeddings: CachedEmbeddings, query: str) -> np.ndarray:
@@ -202,6 +249,7 @@ async def _rank(
     query: str,
     body: SearchIn,
     *,
+    space: spaces.Space,
     recording_ids: Sequence[UUID] | None,
 ) -> tuple[SearchMode, list[Candidate]]:
     mode = body.mode
@@ -224,9 +272,19 @@ async def _rank(
             log.warning("search by meaning unavailable, answering by words", error=str(exc))
             mode = SearchMode.keyword
     async with services.db.transaction(org_id=org_id) as conn:
+        # Read in this transaction, the space's table cannot be dropped before it ends: the
+        # re-embed drops the old one only once it holds embedding_spaces exclusively.
+        if vector is not None and (now := await spaces.active(conn)) != space:
+            raise SpaceSwitched(now)
         by_meaning = (
             await nearest(
-                conn, services.settings, org_id, vector, want, recording_ids=recording_ids
+                conn,
+                services.settings,
+                org_id,
+                vector,
+                want,
+                recording_ids=recording_ids,
+                relation=space.relation,
             )
             if vector is not None
             else []

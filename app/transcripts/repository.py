@@ -4,7 +4,7 @@ step leaves exactly one transcript and one set of chunks."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from uuid import UUID
 
 import numpy as np
@@ -21,7 +21,9 @@ class ChunkRow:
     token_count: int
     start_seconds: float
     end_seconds: float
-    embedding: Sequence[float] | np.ndarray
+    # None: the vector goes elsewhere (an embedding space of its own, app/search/spaces.py).
+    embedding: Sequence[float] | np.ndarray | None
+    id: UUID = field(default_factory=new_id)
 
 
 async def save_transcript(
@@ -91,14 +93,23 @@ CHUNK_TYPES = ["uuid", "uuid", "uuid", "int8", "text", "int8", "float8", "float8
 
 
 async def replace_chunks(
-    conn: Conn, *, org_id: UUID, recording_id: UUID, chunks: Sequence[ChunkRow]
+    conn: Conn,
+    *,
+    org_id: UUID,
+    recording_id: UUID,
+    chunks: Sequence[ChunkRow],
+    with_embedding: bool = True,
 ) -> int:
     """Replace a recording's chunks: binary COPY into a staging table, then one INSERT.
 
     PostgreSQL refuses COPY FROM into a table with row-level security, so the rows land in a
     temporary table first (no RLS there, dropped at commit) and move over with one
-    INSERT ... SELECT, which the tenant policy checks row by row.
+    INSERT ... SELECT, which the tenant policy checks row by row. ``with_embedding=False``
+    leaves ``transcript_chunks.embedding`` out: once a re-embed has switched, the vectors live
+    in the active space's own table and that column is gone.
     """
+    columns = CHUNK_COLUMNS if with_embedding else CHUNK_COLUMNS.removesuffix(", embedding")
+    types = CHUNK_TYPES if with_embedding else CHUNK_TYPES[:-1]
     await execute(
         conn,
         "DELETE FROM transcript_chunks WHERE org_id = %s AND recording_id = %s",
@@ -108,31 +119,31 @@ async def replace_chunks(
         conn,
         "CREATE TEMPORARY TABLE IF NOT EXISTS chunk_stage (id uuid, org_id uuid, "
         "recording_id uuid, idx bigint, text text, token_count bigint, start_seconds float8, "
-        "end_seconds float8, embedding vector(384)) ON COMMIT DROP",
+        "end_seconds float8, embedding vector) ON COMMIT DROP",
     )
     async with (
         conn.cursor() as cur,
-        cur.copy(f"COPY chunk_stage ({CHUNK_COLUMNS}) FROM STDIN WITH (FORMAT BINARY)") as copy,
+        cur.copy(f"COPY chunk_stage ({columns}) FROM STDIN WITH (FORMAT BINARY)") as copy,
     ):
-        copy.set_types(CHUNK_TYPES)
+        copy.set_types(types)
         for chunk in chunks:
-            await copy.write_row(
-                (
-                    new_id(),
-                    org_id,
-                    recording_id,
-                    chunk.idx,
-                    chunk.text,
-                    chunk.token_count,
-                    chunk.start_seconds,
-                    chunk.end_seconds,
-                    np.asarray(chunk.embedding, dtype=np.float32),
-                )
+            row: tuple[object, ...] = (
+                chunk.id,
+                org_id,
+                recording_id,
+                chunk.idx,
+                chunk.text,
+                chunk.token_count,
+                chunk.start_seconds,
+                chunk.end_seconds,
             )
+            if with_embedding:
+                row += (np.asarray(chunk.embedding, dtype=np.float32),)
+            await copy.write_row(row)
     return await execute(
         conn,
-        f"INSERT INTO transcript_chunks ({CHUNK_COLUMNS}) "  # noqa: S608 - fixed column list
-        f"SELECT {CHUNK_COLUMNS} FROM chunk_stage",
+        f"INSERT INTO transcript_chunks ({columns}) "  # noqa: S608 - fixed column list
+        f"SELECT {columns} FROM chunk_stage",
     )
 
 
