@@ -25,6 +25,7 @@ from app.settings import Settings, get_settings
 from worker.jobs import STATE, build_app, sweep
 from worker.mail import MailDeps
 from worker.pipeline import PipelineDeps
+from worker.workdirs import remove_abandoned
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -67,6 +68,9 @@ def serve_metrics(settings: Settings) -> Any:
 async def run_worker(settings: Settings | None = None, *, concurrency: int | None = None) -> None:
     settings = settings or get_settings()
     configure_logging(level=settings.log_level, json=settings.is_production)
+    abandoned = remove_abandoned()
+    if abandoned:
+        log.warning("removed what killed pipeline attempts left", directories=len(abandoned))
     serve_metrics(settings)
     db = Database(
         settings,

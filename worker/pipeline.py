@@ -8,7 +8,6 @@ already saved is reused on retry instead of transcribing again.
 
 from __future__ import annotations
 
-import tempfile
 import time
 import wave
 from collections.abc import Iterable, Iterator, Sequence
@@ -37,6 +36,7 @@ from app.transcripts import repository as transcripts
 from app.transcripts.service import transcript_cache, transcript_scope
 from worker.audio import SAMPLE_RATE, RedisPieceCache, transcribe_in_pieces
 from worker.chunking import ChunkingConfig, chunk_transcript
+from worker.workdirs import attempt_directory
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -242,7 +242,7 @@ async def _transcribe(
         segments = [Segment(r["start"], r["end"], r["text"]) for r in rows]
         return segments, saved["text"], saved["language"], recording["duration_seconds"], True
 
-    with tempfile.TemporaryDirectory(prefix="record-pipeline-") as tmp:
+    with attempt_directory() as tmp:
         source, audio = Path(tmp) / "media", Path(tmp) / "audio.wav"
         await deps.store.download_to(media_key, source)
         duration = await anyio.to_thread.run_sync(decode_to_wav, source, audio)

@@ -1,0 +1,179 @@
+"""The processes a fault scenario kills, as production runs them (``record worker``; the API
+under gunicorn), and what is checked after: chunks written twice, objects without a row and rows
+without an object. Shared by ``bench/faults.py`` and ``tests/reliability``; the servers they
+talk to come from ``bench/faultstack.py``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from app.jobs.queue import PIPELINE_TASK
+from bench.faultstack import ROLES, as_role
+
+BIN = Path(sys.executable).parent
+PIPELINE_TMP_PREFIX = "record-pipeline-"
+
+
+def service_env(settings: Any, **extra: str) -> dict[str, str]:
+    """The environment a deployment gives a process, for ``settings``' servers."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key in {"PATH", "HOME", "LANG", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"}
+    }
+    env.update(
+        ENVIRONMENT=settings.environment.value,
+        LOG_LEVEL="WARNING",
+        REDIS_URL=settings.redis_url,
+        STATE_DIR=str(settings.state_dir),
+        RATELIMIT_ENABLED="false",
+    )
+    if settings.openai_base_url:
+        env["OPENAI_BASE_URL"] = settings.openai_base_url
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """``record worker`` as its own process (the worker's login role), to SIGKILL mid-job as an
+    OOM kill or a lost node does, and start again as Kubernetes restarts the container: the same
+    temporary directory (the pod's emptyDir outlives a container restart)."""
+
+    def __init__(self, settings: Any, tmp: Path, log: Path, **env: str) -> None:
+        self.env = service_env(
+            settings,
+            DATABASE_URL=as_role(settings.database_url, ROLES.worker),
+            WORKER_METRICS_PORT="0",
+            TMPDIR=str(tmp),
+            **env,
+        )
+        self.tmp = tmp
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        tmp.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [str(BIN / "record"), "worker"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.proc = None
+
+    def stop(self) -> None:
+        """SIGTERM, as a deploy stops it: running jobs finish or go back to the queue."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def leftovers(self) -> list[str]:
+        """Pipeline working directories still in the worker's temporary directory."""
+        return sorted(p.name for p in self.tmp.glob(f"{PIPELINE_TMP_PREFIX}*"))
+
+
+def running_pipeline_jobs(url: str, *, not_of: set[int]) -> list[tuple[int, int]]:
+    """(job id, worker id) of pipeline jobs being run by a worker not in ``not_of``."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT id, worker_id FROM procrastinate_jobs WHERE status = 'doing' "
+            "AND task_name = %s AND worker_id IS NOT NULL "
+            "AND worker_id <> ALL(%s::bigint[])",
+            (PIPELINE_TASK, sorted(not_of)),
+        ).fetchall()
+    return [(int(r[0]), int(r[1])) for r in rows]
+
+
+def wait_for_running_job(url: str, *, not_of: set[int], within: float) -> list[tuple[int, int]]:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        running = running_pipeline_jobs(url, not_of=not_of)
+        if running:
+            return running
+        time.sleep(0.05)
+    raise AssertionError(f"no pipeline job started within {within:g}s")
+
+
+@dataclass
+class Outcome:
+    """What a batch left behind."""
+
+    statuses: dict[str, str]
+    attempts: dict[str, int]
+    duplicate_chunks: list[tuple[Any, ...]] = field(default_factory=list)
+    objects_without_row: list[str] = field(default_factory=list)
+    rows_without_object: list[str] = field(default_factory=list)
+
+
+def outcome(url: str, objects: Path, recording_ids: list[str]) -> Outcome:
+    """Each recording's status and its job's attempts; chunks of one recording with the same
+    index or the same offsets; files in the object store that no recording names (a
+    ``.partial-`` file included) and recordings naming a file that is not there."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT r.id::text, r.status, coalesce(max(j.attempts), 0) FROM recordings r "
+            "LEFT JOIN procrastinate_jobs j ON j.args->>'recording_id' = r.id::text "
+            "WHERE r.id = ANY(%s::uuid[]) GROUP BY r.id, r.status",
+            (recording_ids,),
+        ).fetchall()
+        duplicates = conn.execute(
+            "SELECT recording_id::text, 'idx', idx::text, count(*) FROM transcript_chunks "
+            "GROUP BY recording_id, idx HAVING count(*) > 1 "
+            "UNION ALL "
+            "SELECT recording_id::text, 'offsets', start_seconds || '-' || end_seconds, count(*) "
+            "FROM transcript_chunks GROUP BY recording_id, start_seconds, end_seconds "
+            "HAVING count(*) > 1"
+        ).fetchall()
+        keys = {
+            str(r[0])
+            for r in conn.execute(
+                "SELECT media_key FROM recordings WHERE media_key IS NOT NULL"
+            ).fetchall()
+        }
+    stored = (
+        {str(p.relative_to(objects)) for p in objects.rglob("*") if p.is_file()}
+        if objects.exists()
+        else set()
+    )
+    return Outcome(
+        statuses={r[0]: r[1] for r in rows},
+        attempts={r[0]: int(r[2]) for r in rows},
+        duplicate_chunks=[tuple(r) for r in duplicates],
+        objects_without_row=sorted(stored - keys),
+        rows_without_object=sorted(keys - stored),
+    )
+
+
+def chunk_count(url: str, recording_ids: list[str]) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM transcript_chunks WHERE recording_id = ANY(%s::uuid[])",
+            (recording_ids,),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def spoken_wav(text: str, path: Path) -> bytes:
+    """``text`` read aloud by espeak-ng, as WAV bytes: speech, so the pipeline makes chunks."""
+    subprocess.run(["espeak-ng", "-s", "160", "-w", str(path), text], check=True)
+    return path.read_bytes()
