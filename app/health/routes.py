@@ -9,6 +9,13 @@ probe's own timeout: a probe that times out counts as a failure, and a pool satu
 would otherwise hold the check in its queue until the kubelet gave up and pulled a pod that was
 busy serving.
 
+/api/health is readiness for whoever is outside the cluster (``record smoke``, an uptime
+check): the public ingress routes only its public paths (infra/api.py ``PUBLIC_PATHS``), never
+/readyz. It answers what /readyz does, status and code, without the checks' details (schema
+revisions, pool sizes, error text are for operators), counts against the per-IP ``anonymous``
+limit, and reuses one answer per process for ``PUBLIC_HEALTH_TTL``: a flood of it costs the
+database nothing more than the probes do.
+
 /metrics is for the cluster's Prometheus; the public ingress never routes it.
 """
 
@@ -17,10 +24,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from psycopg.rows import dict_row
 from psycopg_pool import PoolTimeout
@@ -31,13 +39,14 @@ from app.kit.deps import get_services
 from app.kit.errors import PROBLEM_JSON, ServiceUnavailableError
 from app.kit.metrics import render_latest
 from app.kit.migrate import head_revisions
+from app.kit.ratelimit import rate_limit
 from app.kit.roles import APP_ROLE
 from app.kit.services import Services
 
 router = APIRouter(tags=["health"])
 
 # The whole check's budget: under the readiness probe's timeoutSeconds (2 s in
-# infra/workloads.py), so the probe reads our answer rather than timing out.
+# infra/api.py), so the probe reads our answer rather than timing out.
 CHECK_TIMEOUT = 1.5
 # How long the check queues for a pooled connection before it opens one of its own: a healthy
 # pool hands one over in microseconds, so waiting longer only means every one is busy.
@@ -48,6 +57,9 @@ REQUIRED = frozenset({"database"})
 DEGRADED_IMPACT = {
     "redis": "rate limits fail open; search, transcript and embedding caches are off",
 }
+# How long one process reuses /api/health's answer: the readiness probe's period (5 s) is
+# what the database sees from the kubelet anyway; a second adds at most one check a second.
+PUBLIC_HEALTH_TTL = 1.0
 
 
 class NotReadyError(ServiceUnavailableError):
@@ -137,27 +149,80 @@ async def _redis(services: Services) -> dict[str, Any]:
     },
 )
 async def readyz(request: Request) -> JSONResponse:
-    services = get_services(request)
+    checks = await _checks(get_services(request))
+    return _readiness_response(request, checks, detailed=True)
+
+
+@dataclass
+class _Checked:
+    expires: float
+    checks: dict[str, dict[str, Any]]
+
+
+@router.get(
+    "/api/health",
+    dependencies=[Depends(rate_limit("anonymous"))],
+    responses={
+        200: {
+            "description": "Ready, or degraded (Valkey down: served without caches).",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"status": {"enum": ["ready", "degraded"]}},
+                        "required": ["status"],
+                    }
+                }
+            },
+        },
+        503: {
+            "description": "Not ready: the database is unreachable or its schema is behind.",
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}},
+        },
+    },
+)
+async def public_health(request: Request) -> JSONResponse:
+    """Readiness through the public URL: the status, no details."""
+    # Per app, not per module: each app (and each test's) has its own dependencies.
+    checked: _Checked | None = getattr(request.app.state, "public_health", None)
+    if checked is None or checked.expires <= time.monotonic():
+        checks = await _checks(get_services(request))
+        checked = _Checked(time.monotonic() + PUBLIC_HEALTH_TTL, checks)
+        request.app.state.public_health = checked
+    return _readiness_response(request, checked.checks, detailed=False)
+
+
+async def _checks(services: Services) -> dict[str, dict[str, Any]]:
     db_check, redis_check = await asyncio.gather(
         _timed(_database(services)), _timed(_redis(services))
     )
-    checks = {"database": db_check, "redis": redis_check}
+    return {"database": db_check, "redis": redis_check}
+
+
+def _readiness_response(
+    request: Request, checks: dict[str, dict[str, Any]], *, detailed: bool
+) -> JSONResponse:
     failing = sorted(name for name, check in checks.items() if not check["ok"])
-    for name in failing:
-        if name in DEGRADED_IMPACT:
-            checks[name]["impact"] = DEGRADED_IMPACT[name]
+    if detailed:
+        checks = {
+            name: {**check, "impact": DEGRADED_IMPACT[name]}
+            if name in failing and name in DEGRADED_IMPACT
+            else check
+            for name, check in checks.items()
+        }
     if blocking := [name for name in failing if name in REQUIRED]:
         error = NotReadyError(
             f"Cannot serve without: {', '.join(blocking)}.", headers={"Retry-After": "5"}
         )
         body = error.problem(instance=request.url.path, request_id=current_request_id())
         return JSONResponse(
-            {**body, "checks": checks},
+            {**body, "checks": checks} if detailed else body,
             status_code=error.status_code,
             headers=error.headers,
             media_type=PROBLEM_JSON,
         )
-    return JSONResponse({"status": "degraded" if failing else "ready", "checks": checks})
+    status = "degraded" if failing else "ready"
+    return JSONResponse({"status": status, "checks": checks} if detailed else {"status": status})
 
 
 @router.get("/metrics", include_in_schema=False)

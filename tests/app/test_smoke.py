@@ -19,6 +19,7 @@ async def test_openapi_declares_bearer_auth_where_it_is_needed(client):
         ("post", "/api/auth/password-reset/confirm"),
         ("get", "/livez"),
         ("get", "/readyz"),
+        ("get", "/api/health"),  # readiness through the public URL
         ("get", "/s/{share_id}"),  # share links: the link is the credential
         ("get", "/s/{share_id}/media"),
     }

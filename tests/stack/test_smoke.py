@@ -1,5 +1,6 @@
 """`record smoke` against the real local stack, reached as a deployment is: through an ingress
-in front of it (here a small reverse proxy that, like the cluster's, does not route /metrics).
+in front of it (here a small reverse proxy that, like the cluster's, routes only the paths of
+infra/api.py's PUBLIC_PATHS and answers 404 to everything else: /metrics, /readyz, /livez).
 The failing cases change what is outside Record: the ingress leaks /metrics or strips a
 security header, the worker is stopped, the URL is wrong, espeak-ng is missing."""
 
@@ -21,6 +22,7 @@ import uvicorn
 from typer.testing import CliRunner
 
 from app.cli import app
+from infra.api import PUBLIC_PATHS
 from tests.stack.conftest import RunningStack, free_port, start_stack
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
@@ -39,6 +41,25 @@ CHECKS = [
 HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"host", b"upgrade"}
 
 
+def routed(path: str, *, route_metrics: bool = False) -> bool:
+    """Whether the cluster's Ingress sends ``path`` to the API: its rules are PUBLIC_PATHS,
+    matched as Kubernetes matches them (a Prefix by whole path elements)."""
+    if route_metrics and path == "/metrics":
+        return True
+    for prefix, kind in PUBLIC_PATHS:
+        if path == prefix or (kind == "Prefix" and path.startswith(prefix.rstrip("/") + "/")):
+            return True
+    return False
+
+
+def test_the_test_ingress_routes_as_the_cluster_s_does():
+    for public in ("/api/health", "/api", "/s/abc", "/docs/assets/x.js", "/openapi.json"):
+        assert routed(public), public
+    for private in ("/readyz", "/livez", "/metrics", "/apifoo", "/openapi.json/x", "/"):
+        assert not routed(private), private
+    assert routed("/metrics", route_metrics=True)
+
+
 @pytest.fixture(scope="module")
 def live(stack: RunningStack, stack_dir: Path) -> Iterator[RunningStack]:
     """The package's stack, or a new one on its state when test_local_stack stopped it."""
@@ -53,7 +74,8 @@ def live(stack: RunningStack, stack_dir: Path) -> Iterator[RunningStack]:
 
 
 def ingress_app(upstream: str, *, route_metrics: bool, strip: set[str]):
-    """An ASGI reverse proxy: streams both ways (uploads, SSE), drops /metrics unless told."""
+    """An ASGI reverse proxy: streams both ways (uploads, SSE); routes only PUBLIC_PATHS (and
+    /metrics when told to leak it), 404 for the rest."""
     client = httpx.AsyncClient(base_url=upstream, timeout=60)
     dropped = HOP_BY_HOP | {name.lower().encode() for name in strip}
 
@@ -65,7 +87,7 @@ def ingress_app(upstream: str, *, route_metrics: bool, strip: set[str]):
             await client.aclose()
             await send({"type": "lifespan.shutdown.complete"})
             return
-        if scope["path"] == "/metrics" and not route_metrics:
+        if not routed(scope["path"], route_metrics=route_metrics):
             await send({"type": "http.response.start", "status": 404, "headers": []})
             await send({"type": "http.response.body", "body": b"not found"})
             return
@@ -184,7 +206,7 @@ def test_a_leaky_ingress_fails_with_readable_checks(live: RunningStack):
     assert code == 1, output
     headers = row(output, "security headers")
     assert "✗ fail" in headers
-    assert "Referrer-Policy on GET /readyz (200)" in headers
+    assert "Referrer-Policy on GET /api/health (200)" in headers
     assert "strips them" in headers
     metrics = row(output, "metrics not public")
     assert "✗ fail" in metrics
@@ -264,7 +286,7 @@ class TlsIngress(httpx.BaseTransport):
         self.cut_streams = cut_streams
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/metrics":
+        if not routed(request.url.path):
             return httpx.Response(404)
         request.url = request.url.copy_with(
             scheme="http", host=self.upstream.host, port=self.upstream.port
@@ -306,7 +328,7 @@ def test_over_https_hsts_is_required_and_a_cut_event_stream_fails_chat(live: Run
     assert not report.ok
     # Locally the app runs as development, so it sends no HSTS: over https that is a failure.
     assert checks["security headers"].status == "fail"
-    assert "Strict-Transport-Security on GET /readyz (200)" in checks["security headers"].detail
+    assert "Strict-Transport-Security on GET /api/health (200)" in checks["security headers"].detail
     assert checks["chat stream"].status == "fail"
     assert "ended without a done event (events: ['conversation'])" in checks["chat stream"].detail
     assert "buffering" in checks["chat stream"].detail
