@@ -3,17 +3,25 @@
 A base stack's Job first bootstraps its database and login roles (``infra/db_bootstrap.py``, an
 init container that reads the RDS master secret); a preview's only migrates, as its owner, after
 the base's provisioner made its database (``infra/provisioner.py``).
+
+The Job's name is a digest of everything it runs with: its whole manifest (image, labels,
+DB_HOST, the containers the program writes) and a fingerprint of the stack's database secret,
+from which every login's password derives. A Job is immutable, so any change to what Pulumi
+declares replaces it; under one fixed name the new Job (created before the old is deleted)
+would collide with the old. And a rotated ``dbAppPassword`` rewrites the DATABASE_URL Secrets
+but not the manifest: without the fingerprint no Job would run the bootstrap that sets the new
+passwords in PostgreSQL, and pods would log in with passwords it never heard of.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 import pulumi
 
-from infra.pods import DB_SECRETS, SECRETS_AS_ENV_SKIP, Pods, child_options
+from infra.pods import DB_SECRETS, SECRETS_AS_ENV_SKIP, Pods, child_options, fingerprint
+from infra.rollout import spec_fingerprint
 
 # Index builds on a large table take minutes (1M x 384 HNSW: 382 s); Kubernetes stops the
 # migration Job after this long, and Pulumi waits a little longer so that it reports the Job's
@@ -34,6 +42,9 @@ class MigrationJobArgs:
     db_app_user: str
     # None on a preview: no bootstrap init container (see the module's docstring).
     db_master_secret_arn: pulumi.Input[str] | None
+    # The stack's database secret (dbAppPassword) the logins' passwords derive from: its
+    # fingerprint is part of the Job's name, so a rotation runs the bootstrap again.
+    db_secret: pulumi.Input[str]
     # The component that parented the Job before the split (Workloads), for its alias.
     old_parent: pulumi.Resource | None = None
 
@@ -46,17 +57,14 @@ class MigrationJob(pulumi.ComponentResource):
     ) -> None:
         super().__init__("record:infra:MigrationJob", name, None, opts)
         self.args = args
-        # A new image is a new Job: Jobs are immutable, and the name says which build migrated.
-        digest = pulumi.Output.from_input(args.pods.image).apply(
-            lambda image: hashlib.sha256(image.encode()).hexdigest()[:10]
-        )
         awaited = f"{MIGRATION_DEADLINE_SECONDS + MIGRATION_AWAIT_MARGIN_SECONDS}s"
         self.job = args.pods.apply(
             "migrate",
-            self._manifest(pulumi.Output.concat("record-migrate-", digest)),
+            self._manifest(job_name(self._manifest(""), args.db_secret)),
             pulumi.ResourceOptions.merge(
                 child_options(self, args.provider, args.depends_on, args.old_parent),
                 pulumi.ResourceOptions(
+                    # The new Job (a new name, see above) runs before the old one goes.
                     delete_before_replace=False,
                     custom_timeouts=pulumi.CustomTimeouts(create=awaited, update=awaited),
                 ),
@@ -101,3 +109,12 @@ class MigrationJob(pulumi.ComponentResource):
                 "template": pods.pod("migrate", [migrate], **init, restartPolicy="Never"),
             },
         }
+
+
+def job_name(manifest: dict[str, Any], db_secret: pulumi.Input[str]) -> pulumi.Output[str]:
+    """``record-migrate-<digest>``: of the manifest (written without its name) and of the
+    passwords' secret. Not secret itself: a digest of a fingerprint says nothing of it."""
+    digest = pulumi.Output.all(pulumi.Output.from_input(manifest), fingerprint(db_secret)).apply(
+        lambda parts: spec_fingerprint({"job": parts[0], "passwords": parts[1]})
+    )
+    return pulumi.Output.concat("record-migrate-", pulumi.Output.unsecret(digest))

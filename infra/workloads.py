@@ -234,6 +234,7 @@ class Workloads(pulumi.ComponentResource):
                 db_name=args.db_name,
                 db_app_user=args.db_app_user,
                 db_master_secret_arn=args.db_master_secret_arn,
+                db_secret=cfg.db_app_password,
                 old_parent=self,
             ),
             opts=pulumi.ResourceOptions(parent=self),
