@@ -42,16 +42,23 @@ def child(parent: pulumi.Resource, **kwargs: Any) -> pulumi.ResourceOptions:
 
 
 def kms_key(
-    parent: pulumi.Resource, project: ProjectConfig, name: str, description: str, **extra: Any
+    parent: pulumi.Resource,
+    project: ProjectConfig,
+    name: str,
+    description: str,
+    *,
+    retain_on_delete: bool = False,
+    **extra: Any,
 ) -> aws.kms.Key:
-    """A customer-managed key with rotation on: every block encrypts its data with its own."""
+    """A customer-managed key with rotation on: every block encrypts its data with its own.
+    ``retain_on_delete`` for a key whose data outlives the stack (snapshots, backups)."""
     return aws.kms.Key(
         name,
         description=description,
         enable_key_rotation=True,
         deletion_window_in_days=30,
         tags=tags(project, name),
-        opts=child(parent),
+        opts=child(parent, retain_on_delete=retain_on_delete),
         **extra,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,8 +47,16 @@ class Database(pulumi.ComponentResource):
         super().__init__("record:infra:Database", name, None, opts)
         p, cfg = args.project, args.database
         prefix = p.prefix
+        # Kept when the stack is destroyed: the final snapshot and the retained automated
+        # backups are encrypted with it, and a key deleted with the stack (30 days later) would
+        # leave them unrestorable. Schedule its deletion by hand once they are no longer
+        # needed (DEPLOYMENT.md, "Destroying a stack").
         key = kms_key(
-            self, p, f"{prefix}-db", f"{prefix} RDS storage, Performance Insights and master secret"
+            self,
+            p,
+            f"{prefix}-db",
+            f"{prefix} RDS storage, Performance Insights and master secret",
+            retain_on_delete=True,
         )
         subnets = aws.rds.SubnetGroup(
             f"{prefix}-db",
@@ -135,7 +144,7 @@ class Database(pulumi.ComponentResource):
             copy_tags_to_snapshot=True,
             delete_automated_backups=False,
             skip_final_snapshot=False,
-            final_snapshot_identifier=f"{prefix}-final",
+            final_snapshot_identifier=final_snapshot_identifier(prefix, key.arn),
             performance_insights_enabled=True,
             performance_insights_kms_key_id=key.arn,
             performance_insights_retention_period=7,
@@ -158,6 +167,24 @@ class Database(pulumi.ComponentResource):
         self.master_secret_kms_key_arn = key.arn
         self.security_group_id = sg.id
         self.register_outputs({"address": self.address, "identifier": self.identifier})
+
+
+def final_snapshot_identifier(prefix: str, key_arn: pulumi.Input[str]) -> pulumi.Output[str]:
+    """``<prefix>-final-<8 hex>``: unique per instance of the stack, stable across updates.
+
+    A fixed ``<prefix>-final`` makes the second destroy of a re-created stack fail
+    (DBSnapshotAlreadyExists: the first one's snapshot is still there). The suffix comes from
+    the database key's ARN, whose key id is a UUID AWS assigns when the key is made: the
+    same on every `up`
+    (the provider only records the identifier in state, to use at delete; it changes nothing
+    in AWS), new when the stack is made again, and the key it names is the one the snapshot
+    is encrypted with."""
+    suffix = pulumi.Output.from_input(key_arn).apply(snapshot_suffix)
+    return pulumi.Output.concat(prefix, "-final-", suffix)
+
+
+def snapshot_suffix(key_arn: str) -> str:
+    return hashlib.sha256(key_arn.encode()).hexdigest()[:8]
 
 
 def _master_secret_arn(secrets: Sequence[aws.rds.outputs.InstanceMasterUserSecret]) -> str:
