@@ -30,6 +30,18 @@ CHARTS = {
     "kube-prometheus-stack": ("https://prometheus-community.github.io/helm-charts", "75.15.1"),
 }
 MONITORING_NAMESPACE = "monitoring"
+EKS_CLUSTER_ADMIN = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
+# Kubernetes's "edit" role as EKS ships it: workloads, Services, ConfigMaps, Secrets, Jobs,
+# Ingresses, NetworkPolicies, HPAs, PDBs, ServiceAccounts; no RBAC, no custom resources.
+EKS_EDIT = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSEditPolicy"
+# Every preview's namespace (infra/preview.py: record-pr-<n>). EKS scopes an access policy to
+# namespaces by name and accepts a trailing wildcard ("dev-*": EKS User Guide, "Associate
+# access policies with access entries"); no base stack's namespace (record-<stack>) matches.
+PREVIEW_NAMESPACES = "record-pr-*"
+# The Kubernetes group a preview role's access entry puts it in: what EKS's access policies
+# lack (creating its namespace, KEDA's objects) is granted to it by RBAC below, and an
+# admission policy keeps it to the previews' namespaces.
+PREVIEW_GROUP = "record:preview-deployers"
 # Prometheus keeps 15 days on its own EBS volume; it stops at retentionSize before the volume
 # fills (a full volume crash-loops it).
 PROMETHEUS_VOLUME = "50Gi"
@@ -54,7 +66,9 @@ class ClusterArgs:
 
 class Cluster(pulumi.ComponentResource):
     provider: k8s.Provider
-    node_security_group_id: pulumi.Output[str]
+    # The EKS cluster security group: on the API endpoint's network interfaces and, since the
+    # node group names no group of its own, on every node (what RDS and Valkey admit).
+    cluster_security_group_id: pulumi.Output[str]
     oidc_provider_arn: pulumi.Output[str]
     oidc_issuer: pulumi.Output[str]
     kubeconfig: pulumi.Output[str]
@@ -73,11 +87,11 @@ class Cluster(pulumi.ComponentResource):
         if cfg.mode == "existing":
             # ClusterConfig refuses mode "existing" without any of these.
             assert cfg.kubeconfig is not None
-            assert cfg.node_security_group_id is not None
+            assert cfg.cluster_security_group_id is not None
             assert cfg.oidc_provider_arn is not None
             assert cfg.oidc_issuer is not None
             self.kubeconfig = pulumi.Output.secret(cfg.kubeconfig)
-            self.node_security_group_id = pulumi.Output.from_input(cfg.node_security_group_id)
+            self.cluster_security_group_id = pulumi.Output.from_input(cfg.cluster_security_group_id)
             self.oidc_provider_arn = pulumi.Output.from_input(cfg.oidc_provider_arn)
             self.oidc_issuer = pulumi.Output.from_input(cfg.oidc_issuer)
             self.name = pulumi.Output.from_input(prefix)
@@ -96,7 +110,7 @@ class Cluster(pulumi.ComponentResource):
             {
                 "name": self.name,
                 "oidc_provider_arn": self.oidc_provider_arn,
-                "node_security_group_id": self.node_security_group_id,
+                "cluster_security_group_id": self.cluster_security_group_id,
             }
         )
 
@@ -248,6 +262,10 @@ class Cluster(pulumi.ComponentResource):
                 cluster_name=cluster.name,
                 addon_name="vpc-cni",
                 configuration_values=json.dumps({"enableNetworkPolicy": "true"}),
+                # EKS installs vpc-cni itself (aws-node) with every new cluster: taking it over
+                # with our configuration values is a conflict, and NONE (the default) fails
+                # the create with ConfigurationConflict. Nothing else manages aws-node here.
+                resolve_conflicts_on_create="OVERWRITE",
                 resolve_conflicts_on_update="OVERWRITE",
                 tags=tags(p, f"{prefix}-vpc-cni"),
                 opts=child(self),
@@ -274,8 +292,9 @@ class Cluster(pulumi.ComponentResource):
             ),
         ]
 
+        access = self._access_entries(p, cfg, cluster)
         self.name = cluster.name
-        self.node_security_group_id = cluster.vpc_config.cluster_security_group_id
+        self.cluster_security_group_id = cluster.vpc_config.cluster_security_group_id
         self.oidc_provider_arn = oidc.arn
         self.oidc_issuer = issuer
         self.kubeconfig = pulumi.Output.secret(
@@ -283,7 +302,66 @@ class Cluster(pulumi.ComponentResource):
                 lambda a: _kubeconfig(a[0], a[1], _field(a[2], "data"), p.region)
             )
         )
-        return [node_group, *addons]
+        return [node_group, *addons, *access]
+
+    def _access_entries(
+        self, p: ProjectConfig, cfg: ClusterConfig, cluster: aws.eks.Cluster
+    ) -> list[pulumi.Resource]:
+        """Who besides the cluster's creator reaches the API: with authentication mode "API"
+        an IAM role without an access entry is refused (Unauthorized), whatever its IAM
+        rights. The admins' entries come before the Kubernetes provider is used, so CI's
+        deploy role can run the `pulumi up` after the one that created the cluster."""
+        made: list[pulumi.Resource] = []
+        for index, arn in enumerate(cfg.admin_role_arns):
+            made.append(
+                self._access(p, cluster, f"admin-{index}", arn, policy_arn=EKS_CLUSTER_ADMIN)
+            )
+        for index, arn in enumerate(cfg.preview_role_arns):
+            made.append(
+                self._access(
+                    p,
+                    cluster,
+                    f"preview-{index}",
+                    arn,
+                    policy_arn=EKS_EDIT,
+                    namespaces=[PREVIEW_NAMESPACES],
+                    groups=[PREVIEW_GROUP],
+                )
+            )
+        return made
+
+    def _access(
+        self,
+        p: ProjectConfig,
+        cluster: aws.eks.Cluster,
+        short: str,
+        principal_arn: str,
+        *,
+        policy_arn: str,
+        namespaces: list[str] | None = None,
+        groups: list[str] | None = None,
+    ) -> aws.eks.AccessPolicyAssociation:
+        name = f"{p.prefix}-access-{short}"
+        entry = aws.eks.AccessEntry(
+            name,
+            cluster_name=cluster.name,
+            principal_arn=principal_arn,
+            type="STANDARD",
+            kubernetes_groups=groups or None,
+            tags=tags(p, name),
+            opts=child(self),
+        )
+        scope = aws.eks.AccessPolicyAssociationAccessScopeArgs(
+            type="namespace" if namespaces else "cluster", namespaces=namespaces
+        )
+        return aws.eks.AccessPolicyAssociation(
+            name,
+            cluster_name=cluster.name,
+            principal_arn=entry.principal_arn,
+            policy_arn=policy_arn,
+            access_scope=scope,
+            opts=child(self),
+        )
 
     def _install_controllers(
         self, p: ProjectConfig, cfg: ClusterConfig, args: ClusterArgs
@@ -301,30 +379,36 @@ class Cluster(pulumi.ComponentResource):
             service_account="aws-load-balancer-controller",
             role_policy=load_balancer_controller_policy(),
         )
-        releases.append(
-            _release(
-                "aws-load-balancer-controller",
-                "kube-system",
-                {
-                    "clusterName": self.name,
-                    "region": p.region,
-                    "vpcId": args.vpc_id,
-                    "serviceAccount": {
-                        "name": "aws-load-balancer-controller",
-                        "annotations": {"eks.amazonaws.com/role-arn": lbc_role.arn},
-                    },
-                    "defaultTags": p.tags,
+        lbc = _release(
+            "aws-load-balancer-controller",
+            "kube-system",
+            {
+                "clusterName": self.name,
+                "region": p.region,
+                "vpcId": args.vpc_id,
+                "serviceAccount": {
+                    "name": "aws-load-balancer-controller",
+                    "annotations": {"eks.amazonaws.com/role-arn": lbc_role.arn},
                 },
-                opts,
-                prefix,
-            )
+                "defaultTags": p.tags,
+                # Its Service webhook (failurePolicy Fail, every Service in the cluster) only
+                # defaults LoadBalancer Services to its NLBs; Record has none (an ALB Ingress).
+                "enableServiceMutatorWebhook": False,
+            },
+            opts,
+            prefix,
         )
+        releases.append(lbc)
+        # The controller registers webhooks that admit other objects (Services until the one
+        # above was switched off, Ingresses, pods in labelled namespaces): a chart installed
+        # while its webhook Service has no endpoints fails ("no endpoints available for
+        # service aws-load-balancer-webhook-service", kubernetes-sigs/aws-load-balancer-
+        # controller#4140). The release waits for its pods (atomic), so the others come after.
+        opts = child(self, provider=self.provider, depends_on=[lbc])
         if not cfg.existing_metrics_server:
             # Neither EKS nor a kubeconfig'd cluster promises one; without it the HPA has no data.
             releases.append(_release("metrics-server", "kube-system", {}, opts, prefix))
-        releases.append(
-            _release("keda", "keda", {"podSecurityContext": {"runAsNonRoot": True}}, opts, prefix)
-        )
+        releases.append(_release("keda", "keda", _keda_values(), opts, prefix))
         if args.install_argo_rollouts:
             releases.append(
                 _release(
@@ -347,12 +431,97 @@ class Cluster(pulumi.ComponentResource):
                     child(
                         self,
                         provider=self.provider,
-                        depends_on=[storage_class] if storage_class else [],
+                        depends_on=[lbc, *([storage_class] if storage_class else [])],
                     ),
                     prefix,
                 )
             )
+        if cfg.preview_role_arns:
+            self._preview_deployers(p)
         return releases
+
+    def _preview_deployers(self, p: ProjectConfig) -> None:
+        """What a preview role needs besides EKS's edit policy in the previews' namespaces:
+        to create and delete its namespace (cluster-scoped) and KEDA's objects (custom
+        resources, in no EKS policy). RBAC cannot name the namespaces a role may create, so an
+        admission policy refuses every write of the group outside ``record-pr-*``: the base
+        stack's namespace, kube-system and the cluster's own objects stay out of reach."""
+        opts = child(self, provider=self.provider)
+        name = "record-preview-deployer"
+        writes = ["get", "list", "watch", "create", "update", "patch", "delete"]
+        role = k8s.rbac.v1.ClusterRole(
+            f"{p.prefix}-{name}",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=name, labels=kube.labels(p)),
+            rules=[
+                k8s.rbac.v1.PolicyRuleArgs(api_groups=[""], resources=["namespaces"], verbs=writes),
+                k8s.rbac.v1.PolicyRuleArgs(
+                    api_groups=["keda.sh"],
+                    resources=["scaledobjects", "triggerauthentications"],
+                    verbs=writes,
+                ),
+            ],
+            opts=opts,
+        )
+        k8s.rbac.v1.ClusterRoleBinding(
+            f"{p.prefix}-{name}",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=name, labels=kube.labels(p)),
+            role_ref=k8s.rbac.v1.RoleRefArgs(
+                api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=role.metadata.name
+            ),
+            subjects=[
+                k8s.rbac.v1.SubjectArgs(
+                    api_group="rbac.authorization.k8s.io", kind="Group", name=PREVIEW_GROUP
+                )
+            ],
+            opts=opts,
+        )
+        admission = k8s.admissionregistration.v1
+        policy_name = "record-previews-stay-in-their-namespaces"
+        previews = PREVIEW_NAMESPACES.removesuffix("*")
+        vap = admission.ValidatingAdmissionPolicy(
+            f"{p.prefix}-{policy_name}",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=policy_name, labels=kube.labels(p)),
+            spec=admission.ValidatingAdmissionPolicySpecArgs(
+                failure_policy="Fail",
+                match_constraints=admission.MatchResourcesArgs(
+                    resource_rules=[
+                        admission.NamedRuleWithOperationsArgs(
+                            api_groups=["*"],
+                            api_versions=["*"],
+                            operations=["CREATE", "UPDATE", "DELETE", "CONNECT"],
+                            resources=["*", "*/*"],
+                        )
+                    ]
+                ),
+                match_conditions=[
+                    admission.MatchConditionArgs(
+                        name="preview-deployers",
+                        expression=f"'{PREVIEW_GROUP}' in request.userInfo.groups",
+                    )
+                ],
+                validations=[
+                    admission.ValidationArgs(
+                        # A Namespace is named by request.name; anything else lives in
+                        # request.namespace ("" when cluster-scoped: refused).
+                        expression=(
+                            "request.resource.resource == 'namespaces' && "
+                            f"request.resource.group == '' ? request.name.startsWith('{previews}')"
+                            f" : request.namespace.startsWith('{previews}')"
+                        ),
+                        message=f"preview deployers write only in {PREVIEW_NAMESPACES} namespaces",
+                    )
+                ],
+            ),
+            opts=opts,
+        )
+        admission.ValidatingAdmissionPolicyBinding(
+            f"{p.prefix}-{policy_name}",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=policy_name, labels=kube.labels(p)),
+            spec=admission.ValidatingAdmissionPolicyBindingSpecArgs(
+                policy_name=vap.metadata.name, validation_actions=["Deny"]
+            ),
+            opts=opts,
+        )
 
     def _gp3_storage_class(self, p: ProjectConfig) -> k8s.storage.v1.StorageClass:
         name = f"{p.prefix}-gp3"
@@ -390,6 +559,18 @@ def _release(
         cleanup_on_fail=True,
         opts=opts,
     )
+
+
+def _keda_values() -> dict[str, object]:
+    # The chart (2.17.2) reads podSecurityContext.operator, .metricServer and .webhooks, and
+    # the top level only where a component's own is empty: a top-level runAsNonRoot was
+    # ignored. Written per component so a chart default cannot drop it.
+    non_root = {"runAsNonRoot": True}
+    return {
+        "podSecurityContext": {
+            component: non_root for component in ("operator", "metricServer", "webhooks")
+        }
+    }
 
 
 def _prometheus_values(

@@ -48,6 +48,12 @@ _GITHUB_REPOSITORY = re.compile(
     r"^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}/(?!\.\.?$)[A-Za-z0-9._-]{1,100}$"
 )
 _POSTGRES_18 = re.compile(r"^18(\.\d+)?$")
+# An IAM role as an EKS access entry names it: the role's own ARN (a path allowed), not an
+# assumed-role session, not a user; aws, aws-cn or aws-us-gov.
+_IAM_ROLE_ARN = re.compile(r"^arn:aws(-cn|-us-gov)?:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+# GitHub's numeric account id (`gh api users/<login> --jq .id`), what CodeBuild's
+# ACTOR_ACCOUNT_ID filter matches; a login can be renamed and taken over, an id cannot.
+_GITHUB_ACCOUNT_ID = re.compile(r"^[1-9]\d{0,19}$")
 
 # Amazon EKS support per Kubernetes minor version: (end of standard support, end of extended
 # support), UTC days. From AWS's "Amazon EKS Kubernetes release calendar" (EKS User Guide,
@@ -215,12 +221,24 @@ class ClusterConfig(_Block):
     deploy_from_vpc: bool = False
     # "owner/name": with deployFromVpc, the repository whose workflows the in-VPC runner serves.
     runner_repository: str | None = None
+    # With deployFromVpc: the GitHub account ids whose queued jobs may start the runner (AWS
+    # recommends the ACTOR_ACCOUNT_ID filter for a public repository); empty, anyone's.
+    runner_actor_ids: tuple[str, ...] = Field((), strict=False)
+    # IAM roles that are cluster admin besides the cluster's creator: the deploy roles CI runs
+    # `pulumi up` as (deploy.yml's AWS_ROLE_ARN), operators' break-glass roles. EKS's API
+    # authentication mode gives nobody else any access.
+    admin_role_arns: tuple[str, ...] = Field((), strict=False)
+    # IAM roles that deploy and destroy previews (preview.yml, reaper.yml) on this cluster:
+    # edit rights in the previews' namespaces (record-pr-*) alone, none in the stack's own.
+    preview_role_arns: tuple[str, ...] = Field((), strict=False)
     # For mode "existing": where the cluster already lives.
     kubeconfig: Secret | None = Field(None, alias=f"{NAMESPACE}:kubeconfig")
     vpc_id: str | None = None
     vpc_cidr: str | None = None
     private_subnet_ids: tuple[str, ...] = Field((), strict=False)
-    node_security_group_id: str | None = None
+    # The security group the cluster's nodes carry (what RDS and Valkey admit); on a cluster
+    # this program builds, the EKS cluster security group, which EKS puts on managed nodes too.
+    cluster_security_group_id: str | None = None
     oidc_provider_arn: str | None = None
     oidc_issuer: str | None = None
     # An existing Prometheus (operator) in the cluster: kube-prometheus-stack is not installed.
@@ -237,7 +255,52 @@ class ClusterConfig(_Block):
                     f"{NAMESPACE}:cluster.{old} is gone: set cluster.publicAccessCidrs "
                     "(or cluster.privateOnly with cluster.deployFromVpc); see DEPLOYMENT.md"
                 )
+        if isinstance(data, dict) and "nodeSecurityGroupId" in data:
+            raise ConfigError(
+                f"{NAMESPACE}:cluster.nodeSecurityGroupId is now cluster.clusterSecurityGroupId "
+                "(the same group: the one the cluster's nodes carry)"
+            )
         return data
+
+    @field_validator("admin_role_arns", "preview_role_arns", "runner_actor_ids", mode="before")
+    @classmethod
+    def _a_list_of_text(cls, value: Any) -> Any:
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"must be a list, got {value!r}")
+        return value
+
+    @field_validator("admin_role_arns", "preview_role_arns")
+    @classmethod
+    def _role_arns(cls, arns: tuple[str, ...]) -> tuple[str, ...]:
+        for arn in arns:
+            if not _IAM_ROLE_ARN.match(arn):
+                raise ValueError(
+                    f"entry {arn!r} is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)"
+                )
+        if len(set(arns)) != len(arns):
+            raise ValueError("names a role twice")
+        return arns
+
+    @field_validator("runner_actor_ids")
+    @classmethod
+    def _account_ids(cls, ids: tuple[str, ...]) -> tuple[str, ...]:
+        for account in ids:
+            if not _GITHUB_ACCOUNT_ID.match(account):
+                raise ValueError(
+                    f"entry {account!r} is not a GitHub account id (digits: gh api users/<login> "
+                    "--jq .id)"
+                )
+        return ids
+
+    @model_validator(mode="after")
+    def _no_role_is_both(self) -> ClusterConfig:
+        both = set(self.admin_role_arns) & set(self.preview_role_arns)
+        if both:
+            raise ConfigError(
+                f"{NAMESPACE}:cluster.adminRoleArns and previewRoleArns both name {sorted(both)}: "
+                "an EKS principal has one access entry, and a preview role is no admin"
+            )
+        return self
 
     @field_validator("public_access_cidrs", mode="before")
     @classmethod
@@ -274,7 +337,7 @@ class ClusterConfig(_Block):
                 f"{NAMESPACE}:cluster.vpcId": self.vpc_id,
                 f"{NAMESPACE}:cluster.vpcCidr": self.vpc_cidr,
                 f"{NAMESPACE}:cluster.privateSubnetIds": self.private_subnet_ids,
-                f"{NAMESPACE}:cluster.nodeSecurityGroupId": self.node_security_group_id,
+                f"{NAMESPACE}:cluster.clusterSecurityGroupId": self.cluster_security_group_id,
                 f"{NAMESPACE}:cluster.oidcProviderArn": self.oidc_provider_arn,
                 f"{NAMESPACE}:cluster.oidcIssuer": self.oidc_issuer,
             }.items()
@@ -299,6 +362,11 @@ class ClusterConfig(_Block):
                     "runnerRepository are for mode 'eks': an existing cluster's endpoint is "
                     "its owner's to set"
                 )
+            if self.admin_role_arns or self.preview_role_arns:
+                raise ConfigError(
+                    f"{NAMESPACE}:cluster.adminRoleArns and previewRoleArns are for mode 'eks': "
+                    "an existing cluster's access entries are its owner's to grant"
+                )
             return
         if self.private_only:
             if self.public_access_cidrs:
@@ -315,6 +383,11 @@ class ClusterConfig(_Block):
             raise ConfigError(
                 f"{NAMESPACE}:cluster.deployFromVpc needs cluster.runnerRepository: the GitHub "
                 "repository (owner/name) whose deploy workflows the in-VPC runner serves"
+            )
+        if self.runner_actor_ids and not self.deploy_from_vpc:
+            raise ConfigError(
+                f"{NAMESPACE}:cluster.runnerActorIds goes with cluster.deployFromVpc: true "
+                "(without it no runner is provisioned)"
             )
         if self.runner_repository is not None and not self.deploy_from_vpc:
             raise ConfigError(

@@ -33,9 +33,14 @@ PRESETS: dict[str, SizePreset] = {
     "small": SizePreset(
         name="small",
         node_instance_types=("t3.large",),
+        # Staging (small) is also the previews' cluster, and nothing adds nodes by itself (no
+        # cluster autoscaler; EKS keeps the desired size it was created with). Five t3.large
+        # hold the base stack, two live previews (each ≈ 2 vCPU requested: model server, API,
+        # a busy worker) and the controllers, with one deploy's Jobs running:
+        # tests/infra/test_cluster.py::test_staging_holds_its_base_and_two_previews.
         node_min=2,
-        node_desired=2,
-        node_max=4,
+        node_desired=5,
+        node_max=6,
         db_instance_class="db.t4g.medium",
         db_storage_gb=50,
         maintenance_work_mem_kb=512 * 1024,

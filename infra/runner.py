@@ -15,28 +15,20 @@ secret a person grants from GitHub, so it is not this program's to create. (A Co
 connection as that credential would also need ``codeconnections:GetConnectionToken`` on the
 role below, which it does not get.)
 
-Two identities, on purpose:
+The runner's role is what CodeBuild itself needs and nothing a job could use: its log group,
+the network interfaces CodeBuild creates in the private subnets (deleted only there), and
+``eks:DescribeCluster`` on this cluster (``aws eks update-kubeconfig``). It has no access entry
+on the cluster and may assume no role. A job's credentials come from GitHub OIDC
+(``aws-actions/configure-aws-credentials``, trusted per GitHub environment), so they are the
+environment's, whichever runner the job lands on: a job that reaches this runner without
+passing the environment's reviewers holds no AWS or Kubernetes right here beyond its network
+position. (The role once was cluster admin and could assume ``<prefix>-deploy``: any pull
+request that put the runner's label in ``runs-on`` had both.)
 
-- The runner's own role (this module) is narrow in AWS: its log group, the network interfaces
-  CodeBuild creates in the private subnets, ``eks:DescribeCluster`` on this cluster
-  (``aws eks update-kubeconfig``), and ``sts:AssumeRole`` on the deploy role, nothing else.
-  In Kubernetes it is cluster admin through an access entry: EKS makes only the cluster's
-  creator admin by itself, and steps that run as the runner (``kubectl`` checks and rollout
-  repairs after a deploy) reach the API whoever created the cluster, without the deploy
-  role's AWS rights. (``pulumi up`` signs its Kubernetes requests as the deploy role.)
-- ``pulumi up`` itself creates VPCs, IAM roles, KMS keys, RDS and EKS: a policy that allows it
-  is ``*`` in all but name, and written here it would hand those rights to every job of the
-  repository that names the runner's label. So the runner carries none of them: the job takes
-  the deploy role for the ``pulumi up`` step, either by GitHub OIDC (as the workflows do; no
-  right of the runner's is involved) or chained from the runner's role, which may assume
-  ``<prefix>-deploy`` (``deploy_role_name``) and no other. That role exists before this program
-  runs (it runs the first deploy, from outside the VPC, before any runner exists); to chain,
-  its trust policy must name the runner's role (stack output ``deployRunnerRoleArn``): this
-  program cannot widen it.
-
-Anyone who can make a workflow job queue with that label gets both, so the repository must not
-run workflows from forks on self-hosted runners, and deploy jobs belong behind a GitHub
-environment with required reviewers.
+Who can start it: the webhook is the repository's own (no organization scope), so only its
+events arrive, and with ``cluster.runnerActorIds`` only jobs queued by those GitHub accounts
+(CodeBuild's ``ACTOR_ACCOUNT_ID`` filter, which AWS recommends for public repositories). Still
+keep fork pull requests away from self-hosted runners in the repository's settings.
 """
 
 from __future__ import annotations
@@ -60,18 +52,12 @@ RUNNER_COMPUTE = "BUILD_GENERAL1_MEDIUM"
 # A first deploy takes 25-40 minutes (DEPLOYMENT.md); an RDS replacement can take longer.
 BUILD_TIMEOUT_MINUTES = 120
 LOG_RETENTION_DAYS = 90
-EKS_CLUSTER_ADMIN = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
 # GitHub's own rule for owner and repository names.
 _REPOSITORY = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")
 
 
 def project_name(prefix: str) -> str:
     return f"{prefix}-deploy-runner"
-
-
-def deploy_role_name(prefix: str) -> str:
-    """The role ``pulumi up`` runs as, made once per stack outside this program."""
-    return f"{prefix}-deploy"
 
 
 def runs_on_label(prefix: str) -> str:
@@ -91,6 +77,8 @@ class RunnerArgs:
     # The EKS cluster security group: on the API endpoint's network interfaces.
     cluster_security_group_id: pulumi.Input[str]
     account_id: pulumi.Input[str]
+    # GitHub account ids whose queued jobs may start a build; empty, anyone's.
+    actor_ids: tuple[str, ...] = ()
 
 
 class Runner(pulumi.ComponentResource):
@@ -111,7 +99,7 @@ class Runner(pulumi.ComponentResource):
             )
         self.label = runs_on_label(p.prefix)
         project = project_name(p.prefix)
-        arns = _Arns(p.region, args.account_id, p.prefix, args.cluster_name)
+        arns = _Arns(p.region, args.account_id, p.prefix, args.cluster_name, args.vpc_id)
 
         log_group = aws.cloudwatch.LogGroup(
             project,
@@ -123,20 +111,29 @@ class Runner(pulumi.ComponentResource):
         self.security_group = aws.ec2.SecurityGroup(
             project,
             name=project,
-            description=f"{p.prefix}: deploy runner (CodeBuild), outbound HTTPS only",
+            description=f"{p.prefix}: deploy runner (CodeBuild), outbound HTTP(S) only",
             vpc_id=args.vpc_id,
             ingress=[],
-            # GitHub, the AWS APIs, Pulumi's plugins, image and package registries and the
-            # cluster's endpoint all speak HTTPS; DNS goes to the VPC resolver, which security
-            # groups do not filter. Nothing connects in: the runner polls GitHub for its job.
             egress=[
+                # GitHub, the AWS APIs, Pulumi's plugins, image registries and the cluster's
+                # endpoint speak HTTPS; DNS goes to the VPC resolver, which security groups do
+                # not filter. Nothing connects in: the runner polls GitHub for its job.
                 {
                     "description": "HTTPS out",
                     "protocol": "tcp",
                     "from_port": 443,
                     "to_port": 443,
                     "cidr_blocks": ["0.0.0.0/0"],
-                }
+                },
+                # The jobs `apt-get install` (jq, espeak-ng): Ubuntu's archive and its mirrors
+                # serve over plain HTTP (apt checks the signed Release files instead).
+                {
+                    "description": "HTTP out (apt)",
+                    "protocol": "tcp",
+                    "from_port": 80,
+                    "to_port": 80,
+                    "cidr_blocks": ["0.0.0.0/0"],
+                },
             ],
             tags=tags(p, project),
             opts=child(self),
@@ -166,22 +163,6 @@ class Runner(pulumi.ComponentResource):
             project,
             role=self.role.id,
             policy=runner_policy(arns, args.private_subnet_ids, self.security_group.id),
-            opts=child(self),
-        )
-        entry = aws.eks.AccessEntry(
-            project,
-            cluster_name=args.cluster_name,
-            principal_arn=self.role.arn,
-            type="STANDARD",
-            tags=tags(p, project),
-            opts=child(self),
-        )
-        aws.eks.AccessPolicyAssociation(
-            project,
-            cluster_name=args.cluster_name,
-            principal_arn=entry.principal_arn,
-            policy_arn=EKS_CLUSTER_ADMIN,
-            access_scope={"type": "cluster"},
             opts=child(self),
         )
         self.codebuild_project = aws.codebuild.Project(
@@ -221,12 +202,35 @@ class Runner(pulumi.ComponentResource):
             project,
             project_name=self.codebuild_project.name,
             build_type="BUILD",
-            filter_groups=[
-                {"filters": [{"type": "EVENT", "pattern": "WORKFLOW_JOB_QUEUED"}]},
-            ],
+            filter_groups=webhook_filter_groups(args.actor_ids),
             opts=child(self),
         )
+        if not args.actor_ids:
+            pulumi.log.warn(
+                f"{NAMESPACE}:cluster.runnerActorIds is empty: any job queued in "
+                f"{args.repository} with the runner's label starts it (a pull request's "
+                "too); list the GitHub account ids allowed to deploy",
+                resource=self,
+            )
         self.register_outputs({"label": self.label, "role_arn": self.role.arn, "project": project})
+
+
+def webhook_filter_groups(actor_ids: tuple[str, ...]) -> list[aws.codebuild.WebhookFilterGroupArgs]:
+    """One group: the queued-job event and, when given, its actor among ``actor_ids``.
+
+    A repository webhook (no ``scope_configuration``) receives that repository's events only;
+    CodeBuild's REPOSITORY_NAME filter is for organization and global webhooks. The actor is
+    the GitHub account that queued the job (a fork's pull request: the fork's author), matched
+    by numeric id, which cannot be renamed or re-registered as a login can."""
+    filters = [
+        aws.codebuild.WebhookFilterGroupFilterArgs(type="EVENT", pattern="WORKFLOW_JOB_QUEUED")
+    ]
+    if actor_ids:
+        pattern = "^(" + "|".join(re.escape(a) for a in actor_ids) + ")$"
+        filters.append(
+            aws.codebuild.WebhookFilterGroupFilterArgs(type="ACTOR_ACCOUNT_ID", pattern=pattern)
+        )
+    return [aws.codebuild.WebhookFilterGroupArgs(filters=filters)]
 
 
 @dataclass
@@ -235,6 +239,7 @@ class _Arns:
     account_id: pulumi.Input[str]
     prefix: str
     cluster_name: pulumi.Input[str]
+    vpc_id: pulumi.Input[str]
 
     @property
     def project(self) -> str:
@@ -265,10 +270,8 @@ class _Arns:
         return self._arn("ec2", resource)
 
     @property
-    def deploy_role(self) -> pulumi.Output[str]:
-        return pulumi.Output.concat(
-            "arn:aws:iam::", self.account_id, ":role/", deploy_role_name(self.prefix)
-        )
+    def vpc(self) -> pulumi.Output[str]:
+        return self.ec2(pulumi.Output.concat("vpc/", self.vpc_id))
 
 
 def _trust_policy(arns: _Arns) -> pulumi.Output[str]:
@@ -298,7 +301,7 @@ def runner_policy(
 ) -> pulumi.Output[str]:
     """What a CodeBuild build in the VPC needs, as AWS documents it for VPC builds ("Allow
     CodeBuild access to AWS services required to create a VPC network interface"), with every
-    resource narrowed as far as IAM allows, and the two things the deploy job does as itself."""
+    resource narrowed as far as IAM allows, and the kubeconfig lookup."""
     subnet_arns = [arns.ec2(pulumi.Output.concat("subnet/", s)) for s in subnet_ids]
     return policy(
         {
@@ -335,10 +338,15 @@ def runner_policy(
             ],
         },
         {
+            # Interface IDs are not known in advance, but an interface's subnet and VPC are
+            # condition keys of DeleteNetworkInterface: the runner's subnets of this VPC only,
+            # never an interface elsewhere in the account. (Interfaces in use, such as the
+            # nodes' and the API endpoint's, cannot be deleted by anyone while attached.)
             "Sid": "DeleteBuildInterfaces",
             "Effect": "Allow",
             "Action": "ec2:DeleteNetworkInterface",
             "Resource": arns.ec2("network-interface/*"),
+            "Condition": {"StringEquals": {"ec2:Subnet": subnet_arns, "ec2:Vpc": arns.vpc}},
         },
         {
             # As AWS documents it: only in the runner's subnets, only for CodeBuild.
@@ -358,11 +366,5 @@ def runner_policy(
             "Effect": "Allow",
             "Action": "eks:DescribeCluster",
             "Resource": arns.cluster,
-        },
-        {
-            "Sid": "AssumeDeployRole",
-            "Effect": "Allow",
-            "Action": "sts:AssumeRole",
-            "Resource": arns.deploy_role,
         },
     )

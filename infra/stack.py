@@ -77,8 +77,9 @@ def _build_base(config: StackConfig) -> dict[str, Any]:
                 vpc_id=vpc_id,
                 private_subnet_ids=private_subnets,
                 cluster_name=cluster.name,
-                cluster_security_group_id=cluster.node_security_group_id,
+                cluster_security_group_id=cluster.cluster_security_group_id,
                 account_id=aws.get_caller_identity_output().account_id,
+                actor_ids=config.cluster.runner_actor_ids,
             ),
         )
     storage = Storage(prefix, StorageArgs(project=p, storage=config.storage))
@@ -89,7 +90,7 @@ def _build_base(config: StackConfig) -> dict[str, Any]:
             database=config.database,
             vpc_id=vpc_id,
             subnet_ids=private_subnets,
-            client_security_group_id=cluster.node_security_group_id,
+            client_security_group_id=cluster.cluster_security_group_id,
         ),
     )
     cache_token = config.workloads.cache_auth_token
@@ -101,7 +102,7 @@ def _build_base(config: StackConfig) -> dict[str, Any]:
             cache=config.cache,
             vpc_id=vpc_id,
             subnet_ids=private_subnets,
-            client_security_group_id=cluster.node_security_group_id,
+            client_security_group_id=cluster.cluster_security_group_id,
             auth_token=cache_token,
         ),
     )

@@ -1,5 +1,7 @@
-"""The cluster a stack builds: how `pulumi up` reaches its API, which Kubernetes version it runs
-(judged on an injected day, so these tests do not rot), and where Prometheus keeps its data."""
+"""The cluster a stack builds: how `pulumi up` reaches its API and who may use it, which
+Kubernetes version it runs (judged on an injected day, so these tests do not rot), the order
+its controllers install in, whether staging holds its previews, and where Prometheus keeps its
+data."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from infra.cluster import EKS_CLUSTER_ADMIN, EKS_EDIT, PREVIEW_GROUP
 from infra.config import (
     DEFAULT_KUBERNETES_VERSION,
     EKS_KUBERNETES_SUPPORT,
@@ -141,13 +144,299 @@ def test_an_existing_cluster_keeps_its_own_endpoint() -> None:
                     "vpcId": "vpc-0dev00000000000001",
                     "vpcCidr": "10.20.0.0/16",
                     "privateSubnetIds": ["subnet-0dev0000000000001"],
-                    "nodeSecurityGroupId": "sg-0dev00000000000001",
+                    "clusterSecurityGroupId": "sg-0dev00000000000001",
                     "oidcProviderArn": "arn:aws:iam::111111111111:oidc-provider/x",
                     "oidcIssuer": "https://oidc.example.com",
                     "publicAccessCidrs": STACK_FILE_CIDRS,
                 }
             },
         )
+
+
+def test_the_old_security_group_key_names_its_successor() -> None:
+    with pytest.raises(ConfigError, match=re.escape("is now cluster.clusterSecurityGroupId")):
+        render("dev", {"record:cluster": {"mode": "existing", "nodeSecurityGroupId": "sg-1"}})
+
+
+# -- who may use the API (authentication mode API: an access entry or nothing) ----------------
+
+ADMIN_ROLE = "arn:aws:iam::111111111111:role/record-staging-deploy"
+PREVIEW_ROLE = "arn:aws:iam::111111111111:role/github/record-preview"
+ACCESS = {
+    "publicAccessCidrs": STACK_FILE_CIDRS,
+    "adminRoleArns": [ADMIN_ROLE],
+    "previewRoleArns": [PREVIEW_ROLE],
+}
+ENTRY = "aws:eks/accessEntry:AccessEntry"
+ASSOCIATION = "aws:eks/accessPolicyAssociation:AccessPolicyAssociation"
+
+
+@pytest.fixture(scope="module")
+def with_access() -> Plan:
+    return render("staging", {"record:cluster": ACCESS})
+
+
+def _access(plan: Plan, principal: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    entry = one(e for e in plan.of_type(ENTRY) if e["inputs"]["principalArn"] == principal)
+    association = one(
+        a for a in plan.of_type(ASSOCIATION) if a["inputs"]["principalArn"] == principal
+    )
+    return entry, association
+
+
+def test_api_mode_admits_only_the_creator_unless_roles_are_named(plans: dict[str, Plan]) -> None:
+    access = one(plans["staging"].of_type(EKS_CLUSTER))["inputs"]["accessConfig"]
+    assert access["authenticationMode"] == "API"
+    assert plans["staging"].of_type(ENTRY) == []
+
+
+def test_the_deploy_roles_are_cluster_admins(with_access: Plan) -> None:
+    entry, association = _access(with_access, ADMIN_ROLE)
+    assert entry["inputs"]["type"] == "STANDARD"
+    assert entry["inputs"]["clusterName"] == "record-staging"
+    assert not entry["inputs"].get("kubernetesGroups")
+    assert association["inputs"]["policyArn"] == EKS_CLUSTER_ADMIN
+    assert association["inputs"]["accessScope"] == {"type": "cluster"}
+    # The Kubernetes provider (every chart and object) waits for the admins' entries.
+    provider = one(with_access.of_type("pulumi:providers:kubernetes"))
+    assert association["name"] in provider["dependsOn"]
+
+
+def test_a_preview_role_edits_the_previews_namespaces_alone(with_access: Plan) -> None:
+    entry, association = _access(with_access, PREVIEW_ROLE)
+    assert entry["inputs"]["kubernetesGroups"] == [PREVIEW_GROUP]
+    assert association["inputs"]["policyArn"] == EKS_EDIT
+    scope = association["inputs"]["accessScope"]
+    assert scope == {"type": "namespace", "namespaces": ["record-pr-*"]}
+    # EKS matches the trailing wildcard as a prefix: previews' namespaces, not the base's.
+    namespace = one(m for m in with_access.manifests if m["kind"] == "Namespace")
+    base = namespace["metadata"]["name"]
+    assert base == "record-staging"
+    (pattern,) = scope["namespaces"]
+    assert not base.startswith(pattern.removesuffix("*"))
+    assert "record-pr-12".startswith(pattern.removesuffix("*"))
+
+
+def test_the_preview_group_writes_nowhere_but_the_previews(with_access: Plan) -> None:
+    """RBAC gives the group what EKS's edit policy lacks (its namespace, KEDA's objects) but
+    cannot name which namespaces it may create; an admission policy refuses every write of the
+    group outside record-pr-*, the base namespace included."""
+    binding = one(m for m in with_access.manifests if m["kind"] == "ClusterRoleBinding")
+    assert binding["subjects"] == [
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": PREVIEW_GROUP}
+    ]
+    role = one(m for m in with_access.manifests if m["kind"] == "ClusterRole")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    granted = {
+        (g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+    }
+    assert granted == {
+        ("", "namespaces"),
+        ("keda.sh", "scaledobjects"),
+        ("keda.sh", "triggerauthentications"),
+    }
+    # No binding anywhere else names the group (the base namespace's least of all).
+    assert [
+        m["kind"]
+        for m in with_access.manifests
+        if m["kind"] in {"RoleBinding", "ClusterRoleBinding"}
+        and any(subject["name"] == PREVIEW_GROUP for subject in m.get("subjects", []))
+    ] == ["ClusterRoleBinding"]
+    policy = one(m for m in with_access.manifests if m["kind"] == "ValidatingAdmissionPolicy")
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    (rule,) = spec["matchConstraints"]["resourceRules"]
+    assert rule["apiGroups"] == ["*"]
+    assert set(rule["resources"]) == {"*", "*/*"}
+    assert {"CREATE", "UPDATE", "DELETE"} <= set(rule["operations"])
+    (condition,) = spec["matchConditions"]
+    assert condition["expression"] == f"'{PREVIEW_GROUP}' in request.userInfo.groups"
+    (validation,) = spec["validations"]
+    assert validation["expression"] == (
+        "request.resource.resource == 'namespaces' && request.resource.group == '' "
+        "? request.name.startsWith('record-pr-') : request.namespace.startsWith('record-pr-')"
+    )
+    vap_binding = one(
+        m for m in with_access.manifests if m["kind"] == "ValidatingAdmissionPolicyBinding"
+    )
+    assert vap_binding["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+    }
+
+
+def test_no_preview_rbac_without_preview_roles(plans: dict[str, Plan]) -> None:
+    kinds = {m["kind"] for m in plans["staging"].manifests}
+    assert not kinds & {"ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy"}
+
+
+@pytest.mark.parametrize(
+    ("cluster", "message"),
+    [
+        ({"adminRoleArns": ["record-staging-deploy"]}, "not an IAM role ARN"),
+        ({"adminRoleArns": ["arn:aws:iam::111111111111:user/ci"]}, "not an IAM role ARN"),
+        (
+            {"adminRoleArns": ["arn:aws:sts::111111111111:assumed-role/deploy/ci"]},
+            "not an IAM role ARN",
+        ),
+        ({"adminRoleArns": ["arn:aws:iam::1111:role/deploy"]}, "not an IAM role ARN"),
+        ({"previewRoleArns": ["arn:aws:iam::111111111111:role/*"]}, "not an IAM role ARN"),
+        ({"adminRoleArns": ADMIN_ROLE}, "adminRoleArns must be a list"),
+        ({"adminRoleArns": [ADMIN_ROLE, ADMIN_ROLE]}, "names a role twice"),
+        (
+            {"adminRoleArns": [ADMIN_ROLE], "previewRoleArns": [ADMIN_ROLE]},
+            "adminRoleArns and previewRoleArns both name",
+        ),
+    ],
+)
+def test_access_roles_are_iam_role_arns(cluster: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        render("staging", {"record:cluster": {"publicAccessCidrs": STACK_FILE_CIDRS, **cluster}})
+
+
+def test_an_existing_cluster_grants_its_own_access() -> None:
+    with pytest.raises(ConfigError, match="adminRoleArns and previewRoleArns are for mode 'eks'"):
+        render("dev", {"record:cluster": {**_dev_cluster(), "adminRoleArns": [ADMIN_ROLE]}})
+
+
+def _dev_cluster() -> dict[str, Any]:
+    return {
+        "mode": "existing",
+        "vpcId": "vpc-0dev00000000000001",
+        "vpcCidr": "10.20.0.0/16",
+        "privateSubnetIds": ["subnet-0dev0000000000001"],
+        "clusterSecurityGroupId": "sg-0dev00000000000001",
+        "oidcProviderArn": "arn:aws:iam::111111111111:oidc-provider/x",
+        "oidcIssuer": "https://oidc.example.com",
+    }
+
+
+# -- add-ons and controllers -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", EKS_STACKS)
+def test_vpc_cni_takes_over_the_aws_node_eks_installed(plans: dict[str, Plan], stack: str) -> None:
+    addon = one(
+        a
+        for a in plans[stack].of_type("aws:eks/addon:Addon")
+        if a["inputs"]["addonName"] == "vpc-cni"
+    )["inputs"]
+    # EKS creates aws-node with the cluster; our configuration values conflict with it.
+    assert addon["resolveConflictsOnCreate"] == "OVERWRITE"
+    assert addon["resolveConflictsOnUpdate"] == "OVERWRITE"
+
+
+def _releases(plan: Plan) -> dict[str, dict[str, Any]]:
+    return {r["inputs"]["name"]: r for r in plan.of_type("kubernetes:helm.sh/v3:Release")}
+
+
+@pytest.mark.parametrize("stack", EKS_STACKS)
+def test_charts_install_after_the_load_balancer_controller_is_ready(
+    plans: dict[str, Plan], stack: str
+) -> None:
+    """The controller's webhooks admit other charts' objects (its Service webhook: every
+    Service, failurePolicy Fail): installed alongside it, they failed with "no endpoints
+    available for service aws-load-balancer-webhook-service"."""
+    releases = _releases(plans[stack])
+    lbc = releases.pop("aws-load-balancer-controller")
+    assert lbc["inputs"]["atomic"] is True  # Helm waits for its pods before it is done
+    assert not lbc["inputs"].get("skipAwait")
+    assert lbc["inputs"]["values"]["enableServiceMutatorWebhook"] is False
+    assert {"metrics-server", "keda", "argo-rollouts", "kube-prometheus-stack"} <= set(releases)
+    for name, release in releases.items():
+        assert lbc["name"] in release["dependsOn"], name
+
+
+@pytest.mark.parametrize("stack", EKS_STACKS)
+def test_keda_runs_as_non_root_in_every_component(plans: dict[str, Plan], stack: str) -> None:
+    # The chart (2.17.2) reads podSecurityContext per component; a top-level key is ignored.
+    values = _releases(plans[stack])["keda"]["inputs"]["values"]
+    assert values["podSecurityContext"] == {
+        "operator": {"runAsNonRoot": True},
+        "metricServer": {"runAsNonRoot": True},
+        "webhooks": {"runAsNonRoot": True},
+    }
+
+
+# -- capacity: staging holds its base stack and two previews ----------------------------------
+
+# What the kubelet leaves to pods on an EKS AL2023 t3.large (2 vCPU, 8 GiB, 35 pods), by the
+# AMI's own reservation formula: CPU 6% of the first core + 1% of the second (70m);
+# memory 11 MiB x 35 pods + 255 MiB kube-reserved, 100 MiB hard eviction, of the ≈ 7.7 GiB the
+# instance reports.
+ALLOCATABLE = {"t3.large": (1930, 6950)}  # (millicores, MiB)
+# Requests of the DaemonSets on every node: aws-node 25m (vpc-cni), kube-proxy 100m,
+# ebs-csi-node 3 x 10m / 40 Mi.
+PER_NODE = (155, 120)
+# Requests of the controllers, once per cluster: CoreDNS 2 x 100m / 70 Mi, EBS CSI controller
+# 2 x 6 x 10m / 40 Mi, metrics-server 100m / 200 Mi, KEDA 3 x 100m / 100 Mi (its chart's
+# defaults), plus an allowance for what requests nothing but runs anyway (Prometheus,
+# Grafana, Alertmanager, the operators, the load-balancer controller, Argo Rollouts).
+CONTROLLERS = (200 + 120 + 100 + 300 + 500, 140 + 480 + 200 + 300 + 2048)
+PREVIEWS = 2
+
+
+def _quantity(value: str, unit: str) -> int:
+    """A Kubernetes quantity in millicores (unit 'm') or MiB (unit 'Mi')."""
+    if unit == "m":
+        return int(value[:-1]) if value.endswith("m") else int(float(value) * 1000)
+    for suffix, mib in {"Gi": 1024, "Mi": 1, "Ki": 1 / 1024}.items():
+        if value.endswith(suffix):
+            return int(float(value[: -len(suffix)]) * mib)
+    return int(value) // (1024 * 1024)
+
+
+def _pod_requests(spec: dict[str, Any]) -> tuple[int, int]:
+    def total(containers: list[dict[str, Any]], unit: str, key: str) -> list[int]:
+        return [_quantity(c["resources"]["requests"][key], unit) for c in containers]
+
+    containers, inits = spec["containers"], spec.get("initContainers", [])
+    # Init containers run one at a time before the others: the pod needs the larger.
+    cpu = max([sum(total(containers, "m", "cpu")), *total(inits, "m", "cpu")])
+    memory = max([sum(total(containers, "Mi", "memory")), *total(inits, "Mi", "memory")])
+    return cpu, memory
+
+
+def _requested(plan: Plan) -> tuple[int, int]:
+    """Every pod the stack keeps running at its minimum, with one busy worker (KEDA's minimum
+    is 0) and its deploy's Jobs."""
+    minimum = {
+        m["spec"]["scaleTargetRef"]["name"]: m["spec"]["minReplicas"]
+        for m in of_kind(plan, "HorizontalPodAutoscaler")
+    }
+    minimum |= {m["spec"]["scaleTargetRef"]["name"]: 1 for m in of_kind(plan, "ScaledObject")}
+    cpu = memory = 0
+    for manifest in plan.manifests:
+        if manifest["kind"] not in {"Deployment", "Rollout", "Job"}:
+            continue
+        name = manifest["metadata"]["name"]
+        replicas = minimum.get(name, manifest["spec"].get("replicas", 1))
+        pod_cpu, pod_memory = _pod_requests(manifest["spec"]["template"]["spec"])
+        cpu, memory = cpu + replicas * pod_cpu, memory + replicas * pod_memory
+    return cpu, memory
+
+
+def test_staging_holds_its_base_and_two_previews(plans: dict[str, Plan]) -> None:
+    group = one(plans["staging"].of_type("aws:eks/nodeGroup:NodeGroup"))["inputs"]
+    (instance_type,) = group["instanceTypes"]
+    nodes = group["scalingConfig"]["desiredSize"]
+    node_cpu, node_memory = (
+        a - d for a, d in zip(ALLOCATABLE[instance_type], PER_NODE, strict=True)
+    )
+    base_cpu, base_memory = _requested(plans["staging"])
+    preview_cpu, preview_memory = _requested(plans["preview"])
+    cpu = base_cpu + PREVIEWS * preview_cpu + CONTROLLERS[0]
+    memory = base_memory + PREVIEWS * preview_memory + CONTROLLERS[1]
+    assert cpu <= nodes * node_cpu, (cpu, nodes, node_cpu)
+    assert memory <= nodes * node_memory, (memory, nodes, node_memory)
+    # Each pod fits on one node (the model server's whole vCPU included).
+    for manifest in [*plans["staging"].manifests, *plans["preview"].manifests]:
+        if manifest["kind"] in {"Deployment", "Rollout", "Job"}:
+            pod_cpu, pod_memory = _pod_requests(manifest["spec"]["template"]["spec"])
+            assert pod_cpu <= node_cpu, manifest["metadata"]["name"]
+            assert pod_memory <= node_memory, manifest["metadata"]["name"]
+    # The two nodes staging had could not hold one preview beside its base.
+    assert base_cpu + preview_cpu + CONTROLLERS[0] > 2 * node_cpu
 
 
 # -- Kubernetes version ----------------------------------------------------------------------

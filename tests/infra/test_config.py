@@ -299,3 +299,29 @@ def test_workloads_defaults_follow_the_size() -> None:
 def _secret() -> pulumi.Output[str]:
     """An Output with no Pulumi runtime behind it: the models check only that a secret is one."""
     return pulumi.Output.__new__(pulumi.Output)
+
+
+def test_cluster_access_keys_read_as_the_stack_file_writes_them() -> None:
+    cluster = ClusterConfig.model_validate(
+        {
+            "adminRoleArns": [
+                "arn:aws:iam::111111111111:role/record-staging-deploy",
+                "arn:aws-us-gov:iam::111111111111:role/ops/break-glass",
+            ],
+            "previewRoleArns": ["arn:aws-cn:iam::222222222222:role/github/record-preview"],
+            "runnerActorIds": ["583231"],
+            "clusterSecurityGroupId": "sg-0123",
+        },
+        by_alias=True,
+        by_name=False,
+    )
+    assert cluster.admin_role_arns == (
+        "arn:aws:iam::111111111111:role/record-staging-deploy",
+        "arn:aws-us-gov:iam::111111111111:role/ops/break-glass",
+    )
+    assert cluster.preview_role_arns == ("arn:aws-cn:iam::222222222222:role/github/record-preview",)
+    assert cluster.runner_actor_ids == ("583231",)
+    assert cluster.cluster_security_group_id == "sg-0123"
+    # Nobody besides the cluster's creator unless named.
+    assert ClusterConfig().admin_role_arns == ()
+    assert ClusterConfig().preview_role_arns == ()

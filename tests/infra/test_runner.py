@@ -1,7 +1,9 @@
 """The in-VPC deploy runner (issue #12, defect 2): with ``cluster.deployFromVpc`` and
 ``cluster.runnerRepository`` the stack provisions a CodeBuild-hosted GitHub Actions runner in
-its private subnets that can reach the private API endpoint, whose role is narrow in AWS (it
-assumes the deploy role for `pulumi up`) and cluster admin in Kubernetes; without them, none."""
+its private subnets that can reach the private API endpoint. Any job that names its label runs
+on it, so its role holds only what CodeBuild needs (no Kubernetes access, no role to assume:
+the jobs take their credentials from GitHub OIDC), and with ``cluster.runnerActorIds`` only
+those GitHub accounts' jobs start it; without ``deployFromVpc``, no runner."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from moto.iam.access_control import IAMPolicy, PermissionResult
 
 from infra.config import ConfigError
 from infra.plan import ACCOUNT, Plan, render
-from infra.runner import EKS_CLUSTER_ADMIN
+from infra.runner import webhook_filter_groups
 from tests.infra.conftest import STACKS, one
 
 REGION = "eu-west-1"  # staging's
@@ -27,6 +29,9 @@ RUNNER_ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/{PROJECT}"
 DEPLOY_ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/record-staging-deploy"
 CLUSTER_ARN = f"arn:aws:eks:{REGION}:{ACCOUNT}:cluster/record-staging"
 RUNNER = {"deployFromVpc": True, "runnerRepository": "acme/record"}
+VPC_ARN = f"arn:aws:ec2:{REGION}:{ACCOUNT}:vpc/offline-placeholder-record-staging-vpc"
+# GitHub account ids (numeric, as `gh api users/<login> --jq .id` prints them).
+ACTORS = ["583231", "9919"]
 # EC2's Describe* calls have no resource-level permissions: "*" is the only resource they take.
 UNSCOPABLE = {
     "ec2:DescribeDhcpOptions",
@@ -112,7 +117,8 @@ def test_the_runner_builds_in_the_private_subnets_with_a_group_of_its_own(plan: 
     assert vpc["subnets"] == _private_subnet_ids(plan)
     assert vpc["securityGroupIds"] == [_id(PROJECT)]
     group = _named(plan, "aws:ec2/securityGroup:SecurityGroup", PROJECT)
-    # Nothing connects in (the runner polls GitHub); out, HTTPS alone.
+    # Nothing connects in (the runner polls GitHub); out, HTTPS, and HTTP for apt-get (the
+    # jobs install jq and espeak-ng from Ubuntu's archive, which serves over port 80).
     assert group["ingress"] == []
     assert group["egress"] == [
         {
@@ -121,7 +127,14 @@ def test_the_runner_builds_in_the_private_subnets_with_a_group_of_its_own(plan: 
             "fromPort": 443,
             "toPort": 443,
             "cidrBlocks": ["0.0.0.0/0"],
-        }
+        },
+        {
+            "description": "HTTP out (apt)",
+            "protocol": "tcp",
+            "fromPort": 80,
+            "toPort": 80,
+            "cidrBlocks": ["0.0.0.0/0"],
+        },
     ]
     assert project["environment"]["type"] == "LINUX_CONTAINER"
     assert project["serviceRole"] == RUNNER_ROLE_ARN
@@ -138,11 +151,67 @@ def test_github_workflow_jobs_start_it(plan: Plan) -> None:
     webhook = _named(plan, "aws:codebuild/webhook:Webhook", PROJECT)
     assert webhook["projectName"] == PROJECT
     assert webhook["buildType"] == "BUILD"
+    # The repository's own webhook: an organization or global scope would take jobs queued
+    # in every repository of the owner.
+    assert "scopeConfiguration" not in webhook
     assert webhook["filterGroups"] == [
         {"filters": [{"type": "EVENT", "pattern": "WORKFLOW_JOB_QUEUED"}]}
     ]
     # The label CodeBuild routes on is the project's name: the exported label names it.
     assert plan.outputs["deployRunnerLabel"] == LABEL
+
+
+def test_only_the_configured_github_accounts_start_it() -> None:
+    plan = render(
+        "staging", {"record:cluster": {**RUNNER, "privateOnly": True, "runnerActorIds": ACTORS}}
+    )
+    webhook = _named(plan, "aws:codebuild/webhook:Webhook", PROJECT)
+    (group,) = webhook["filterGroups"]
+    assert group["filters"] == [
+        {"type": "EVENT", "pattern": "WORKFLOW_JOB_QUEUED"},
+        {"type": "ACTOR_ACCOUNT_ID", "pattern": "^(583231|9919)$"},
+    ]
+    # CodeBuild matches the pattern as a regular expression against the actor's id: anchored,
+    # no other account's id (a longer one containing an allowed one included) matches.
+    pattern = re.compile(group["filters"][1]["pattern"])
+    assert all(pattern.search(actor) for actor in ACTORS)
+    for stranger in ["5832310", "1583231", "99", "583231|9919", ""]:
+        assert not pattern.search(stranger), stranger
+
+
+@pytest.mark.parametrize(
+    ("actors", "message"),
+    [
+        (["octocat"], "'octocat' is not a GitHub account id"),
+        (["0123"], "'0123' is not a GitHub account id"),
+        (["1.*"], "'1.*' is not a GitHub account id"),
+        ("583231", "runnerActorIds must be a list"),
+    ],
+)
+def test_runner_actors_are_github_account_ids(actors: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        render(
+            "staging",
+            {"record:cluster": {**RUNNER, "privateOnly": True, "runnerActorIds": actors}},
+        )
+
+
+def test_runner_actors_go_with_a_runner() -> None:
+    with pytest.raises(
+        ConfigError, match=re.escape("runnerActorIds goes with cluster.deployFromVpc")
+    ):
+        render(
+            "staging",
+            {"record:cluster": {"publicAccessCidrs": ["203.0.113.0/24"], "runnerActorIds": ACTORS}},
+        )
+
+
+def test_webhook_filter_escapes_what_it_is_given() -> None:
+    # The config admits digits only; the filter stays a literal match whatever reaches it.
+    (group,) = webhook_filter_groups(("1.2",))
+    filters = group.filters
+    assert isinstance(filters, list)
+    assert filters[1].pattern == r"^(1\.2)$"
 
 
 def test_the_cluster_security_group_admits_the_runner_on_443(plan: Plan) -> None:
@@ -163,18 +232,18 @@ def test_the_cluster_security_group_admits_the_runner_on_443(plan: Plan) -> None
     )
 
 
-def test_the_runner_role_is_cluster_admin_through_an_access_entry(plan: Plan) -> None:
-    entry = _named(plan, "aws:eks/accessEntry:AccessEntry", PROJECT)
-    assert entry["principalArn"] == RUNNER_ROLE_ARN
-    assert entry["clusterName"] == "record-staging"
-    assert entry["type"] == "STANDARD"
-    association = _named(plan, "aws:eks/accessPolicyAssociation:AccessPolicyAssociation", PROJECT)
-    assert association == {
-        "clusterName": "record-staging",
-        "principalArn": RUNNER_ROLE_ARN,
-        "policyArn": EKS_CLUSTER_ADMIN,
-        "accessScope": {"type": "cluster"},
-    }
+def test_the_runner_role_has_no_access_to_the_cluster(plan: Plan) -> None:
+    """Any pull request can queue a job with the runner's label: the runner's own identity
+    must not be a way into the cluster (it was cluster admin through an access entry)."""
+    for type_token in (
+        "aws:eks/accessEntry:AccessEntry",
+        "aws:eks/accessPolicyAssociation:AccessPolicyAssociation",
+    ):
+        assert not [
+            r
+            for r in plan.of_type(type_token)
+            if r["name"] == PROJECT or r["inputs"].get("principalArn") == RUNNER_ROLE_ARN
+        ], type_token
 
 
 # -- its role ----------------------------------------------------------------------------------
@@ -213,10 +282,8 @@ def test_the_runner_policy_names_its_actions_and_scopes_its_resources(plan: Plan
         "ec2:DeleteNetworkInterface",
         "ec2:CreateNetworkInterfacePermission",
         "eks:DescribeCluster",
-        "sts:AssumeRole",
     }
     by_action = {a: s for s in statements for a in _as_list(s["Action"])}
-    assert by_action["sts:AssumeRole"]["Resource"] == DEPLOY_ROLE_ARN
     assert by_action["eks:DescribeCluster"]["Resource"] == CLUSTER_ARN
     subnet_arns = [f"arn:aws:ec2:{REGION}:{ACCOUNT}:subnet/{s}" for s in _private_subnet_ids(plan)]
     assert by_action["ec2:CreateNetworkInterfacePermission"]["Condition"] == {
@@ -225,6 +292,16 @@ def test_the_runner_policy_names_its_actions_and_scopes_its_resources(plan: Plan
             "ec2:AuthorizedService": "codebuild.amazonaws.com",
         }
     }
+    # Interface ids are unknown in advance: a delete is held to the runner's subnets and VPC
+    # by condition keys, so no other interface in the account can go.
+    assert by_action["ec2:DeleteNetworkInterface"]["Condition"] == {
+        "StringEquals": {"ec2:Subnet": subnet_arns, "ec2:Vpc": VPC_ARN}
+    }
+    for statement in statements:
+        resources = _as_list(statement["Resource"])
+        if any(r.endswith(":network-interface/*") for r in resources):
+            # Unconditioned, only the create, whose other resources (subnets, the group) hold it.
+            assert "Condition" in statement or statement["Action"] == "ec2:CreateNetworkInterface"
     create = _as_list(by_action["ec2:CreateNetworkInterface"]["Resource"])
     assert create == [
         f"arn:aws:ec2:{REGION}:{ACCOUNT}:network-interface/*",
@@ -270,7 +347,8 @@ def test_iam_accepts_the_runner_role_and_grants_no_more_than_it_says(plan: Plan,
     )
     assert allowed("eks:DescribeCluster", CLUSTER_ARN)
     assert not allowed("eks:DescribeCluster", f"arn:aws:eks:{REGION}:{ACCOUNT}:cluster/other")
-    assert allowed("sts:AssumeRole", DEPLOY_ROLE_ARN)
+    # A job's credentials come from GitHub OIDC: the runner's role assumes nothing.
+    assert not allowed("sts:AssumeRole", DEPLOY_ROLE_ARN)
     assert not allowed("sts:AssumeRole", f"arn:aws:iam::{ACCOUNT}:role/record-prod-deploy")
     # What `pulumi up` does is the deploy role's, not the runner's.
     for action, resource in [
@@ -286,11 +364,7 @@ def test_iam_accepts_the_runner_role_and_grants_no_more_than_it_says(plan: Plan,
 
 # -- when there is none ------------------------------------------------------------------------
 
-RUNNER_TYPES = (
-    "aws:codebuild/project:Project",
-    "aws:codebuild/webhook:Webhook",
-    "aws:eks/accessEntry:AccessEntry",
-)
+RUNNER_TYPES = ("aws:codebuild/project:Project", "aws:codebuild/webhook:Webhook")
 
 
 @pytest.mark.parametrize("stack", STACKS)
