@@ -44,7 +44,7 @@ class MigrationJobArgs:
     db_master_secret_arn: pulumi.Input[str] | None
     # The stack's database secret (dbAppPassword) the logins' passwords derive from: its
     # fingerprint is part of the Job's name, so a rotation runs the bootstrap again.
-    db_secret: pulumi.Input[str]
+    db_secret: pulumi.Input[str] | None
     # The component that parented the Job before the split (Workloads), for its alias.
     old_parent: pulumi.Resource | None = None
 
@@ -57,6 +57,8 @@ class MigrationJob(pulumi.ComponentResource):
     ) -> None:
         super().__init__("record:infra:MigrationJob", name, None, opts)
         self.args = args
+        if args.db_secret is None:
+            raise ValueError("workloads.db_app_password: the logins' passwords derive from it")
         awaited = f"{MIGRATION_DEADLINE_SECONDS + MIGRATION_AWAIT_MARGIN_SECONDS}s"
         self.job = args.pods.apply(
             "migrate",
