@@ -1,21 +1,21 @@
 """SQL for search: candidates by vector and by words, then the hits themselves.
 
 Tenant filtering is the design problem here. An HNSW index finds the nearest vectors of the
-*whole table*; with ``WHERE org_id = ...`` pgvector 0.6 filters the index's ``ef_search``
-candidates afterwards, so an org holding 1% of the rows gets almost nothing back (recall 0.04,
-measured). pgvector 0.8's iterative scans soften that, but RDS and this repository's embedded
-server differ, and the plan must be right on both. So the vector search picks its plan from
-what it searches:
+*whole table*; filtered by ``org_id`` after the scan, an org holding 1% of the rows gets almost
+nothing back (recall 0.04 on pgvector 0.6, measured). pgvector 0.8's iterative scans keep
+scanning the graph until they have found enough of the org's rows, which answers large orgs,
+but a small org's rows are so rare in the graph that the scan gives up first (recall 0.78 at
+p95 0.5 s for 100 chunks among 100k, ``python -m bench.search``). So the vector search picks
+its plan by the size of what it searches:
 
-* **exact**: the scope is some recordings, or an org that is small, or too small a share of the
-  table for the index to find its rows. Its chunks are read through the ``(org_id,
-  recording_id)`` btree and sorted by distance: recall 1.0, about 1.4 ms per thousand chunks
-  here. The subquery's ``OFFSET 0`` is a fence that keeps the planner from answering the
-  ``ORDER BY`` with the HNSW index.
-* **ann**: the org holds more than ``SEARCH_EXACT_MAX_CHUNKS`` chunks *and* a large enough
-  share of the table that the index's ``ef_search`` nearest neighbours are expected to hold at
-  least four times as many of its rows as wanted. When they still hold fewer than wanted, the
-  search runs exactly instead (``ann_fallback``): approximate may miss, never return short.
+* **exact**: the scope is some recordings, or an org of at most ``SEARCH_EXACT_MAX_CHUNKS``
+  chunks. Its chunks are read through the ``(org_id, recording_id)`` btree and sorted by
+  distance: recall 1.0, about 1.4 ms per thousand chunks here. The subquery's ``OFFSET 0`` is a
+  fence that keeps the planner from answering the ``ORDER BY`` with the HNSW index.
+* **ann**: a larger org, by pgvector's iterative HNSW scan (``relaxed_order``) under the
+  org's row-level security; when the scan stops at ``MAX_SCAN_TUPLES`` short of the rows
+  wanted, the search runs exactly instead (``ann_fallback``): approximate may miss, never
+  return short.
 
 The sizes come from the statistics ANALYZE keeps (``app_chunk_stats()``), not from counting:
 a count is as slow as the scan it would avoid. An org missing from the most common values is
@@ -37,13 +37,12 @@ from app.kit.db import Conn, fetch_all, fetch_one
 
 Plan = Literal["exact", "ann", "ann_fallback"]
 
-# pgvector caps hnsw.ef_search at 1000: the most candidates one index scan can return (0.6).
-MAX_EF_SEARCH = 1000
-# An approximate scan should see this many times the rows wanted before it is worth trying.
-ANN_MARGIN = 4
-# The fewest candidates an approximate scan considers: at 100 an org holding 60% of 100k
-# clustered rows got recall@10 0.935, at 200 0.987, for 12 ms at p95 (python -m bench.search).
-MIN_EF_SEARCH = 200
+# The iterative scan's hnsw.ef_search by the table's size: recall@10 of the largest orgs of
+# python -m bench.search (m 16, ef_construction 64) falls as the graph grows at a fixed ef.
+EF_SEARCH_BY_TABLE_ROWS = ((200_000, 200), (math.inf, 400))
+# How far one scan may go before it gives up (pgvector's default): it bounds the time an org
+# whose rows the graph holds few of can cost, and the exact fallback answers that org.
+MAX_SCAN_TUPLES = 20_000
 
 
 @dataclass(frozen=True)
@@ -80,14 +79,13 @@ def choose_plan(stats: ChunkStats, want: int, *, exact_max: int) -> Plan:
     100, are always searched exactly: a bounded scan.)"""
     if stats.org_share is None:  # not among the most common values: a small share
         return "exact"
-    if stats.org_share * stats.table_rows <= exact_max:
-        return "exact"
-    return "ann" if stats.org_share * MAX_EF_SEARCH >= ANN_MARGIN * want else "exact"
+    return "exact" if stats.org_share * stats.table_rows <= exact_max else "ann"
 
 
-def ef_search_for(share: float, want: int) -> int:
-    """Enough candidates that ``ANN_MARGIN * want`` of them are expected to be the org's."""
-    return max(MIN_EF_SEARCH, min(MAX_EF_SEARCH, math.ceil(ANN_MARGIN * want / max(share, 1e-9))))
+def ef_search_for(stats: ChunkStats, want: int) -> int:
+    """The iterative scan's ``hnsw.ef_search`` (never below what it returns)."""
+    ef = next(ef for rows, ef in EF_SEARCH_BY_TABLE_ROWS if stats.table_rows <= rows)
+    return max(ef, want)
 
 
 async def nearest_exact(
@@ -125,35 +123,41 @@ async def nearest_ann(
     ef_search: int,
     relation: str = "transcript_chunks",  # the active embedding space's (app/search/spaces.py)
 ) -> list[Candidate]:
-    """The org's rows among the HNSW index's ``ef_search`` nearest neighbours. (Row-level
-    security filters the index scan as well: the same rows.)
+    """The org's nearest rows by pgvector's iterative HNSW scan: row-level security (and the
+    ``WHERE``) filter the scan, which goes on until it has ``want`` of the org's rows or has
+    seen ``MAX_SCAN_TUPLES``. ``relaxed_order`` returns them about in order, so
+    they are sorted again.
 
     The index is this plan's point, and the planner may not trade it for a sort: pgvector 0.8
     prices an HNSW scan's start far above 0.6 (1660 against 68 at 3,000 rows), so PostgreSQL 18
     would sort the org's rows (through the org_id btree) instead, an exact answer this plan did
-    not choose. ``enable_sort`` is off for this one query, then as it was."""
+    not choose. ``enable_sort`` is off for this one query, then as it was; so is the iterative
+    scan."""
     was = await fetch_one(
         conn,
         "SELECT current_setting('enable_sort') AS enable_sort,"
-        " set_config('hnsw.ef_search', %s, true), set_config('enable_sort', 'off', true)",
-        (str(ef_search),),
+        " set_config('hnsw.iterative_scan', 'relaxed_order', true),"
+        " set_config('hnsw.ef_search', %s, true),"
+        " set_config('hnsw.max_scan_tuples', %s, true),"
+        " set_config('enable_sort', 'off', true)",
+        (str(ef_search), str(MAX_SCAN_TUPLES)),
     )
     rows = await fetch_all(
         conn,
-        "SELECT id, distance FROM ("  # noqa: S608 - the relation's name is checked (spaces.py)
-        "  SELECT id, org_id, embedding <=> %(vector)s AS distance"
-        f"  FROM {relation} ORDER BY embedding <=> %(vector)s LIMIT %(ef)s"
-        ") nearest WHERE org_id = %(org_id)s ORDER BY distance, id LIMIT %(want)s",
+        "WITH nearest AS MATERIALIZED ("  # noqa: S608 - the relation's name is checked (spaces.py)
+        f"  SELECT id, embedding <=> %(vector)s AS distance FROM {relation}"
+        "  WHERE org_id = %(org_id)s ORDER BY embedding <=> %(vector)s LIMIT %(want)s"
+        ") SELECT id, distance FROM nearest ORDER BY distance, id",
         {
             "org_id": org_id,
             "vector": vector,
-            "ef": ef_search,
             "want": want,
         },
     )
     await fetch_one(
         conn,
-        "SELECT set_config('enable_sort', %s, true)",
+        "SELECT set_config('enable_sort', %s, true),"
+        " set_config('hnsw.iterative_scan', 'off', true)",
         (str(was["enable_sort"]) if was else "on",),
     )
     return [Candidate(row["id"], 1.0 - float(row["distance"])) for row in rows]
