@@ -24,6 +24,11 @@ the Job sets: ``AWS_REGION``, ``DB_MASTER_SECRET_ARN``, ``DB_HOST``, ``DB_PORT``
 ``python -m infra.db_bootstrap --drop``, with the same environment (the passwords unused), drops
 a preview's database and roles instead (:func:`app.kit.roles.drop_preview`, which refuses any
 other database): the Job ``infra/preview_db.py`` runs when a preview stack is destroyed.
+
+Preview mode: both Jobs of a preview also set ``DB_PREVIEW_NUMBER=<n>``, and then either
+action refuses, before reading the master secret, any database or owner but ``record_pr_<n>``
+(:func:`app.kit.roles.require_preview`). The master may ``ALTER ROLE`` every role it created:
+a preview Job that named ``record`` would otherwise reset the base stack's passwords.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from collections.abc import Mapping, Sequence
 
 import psycopg
 
-from app.kit.roles import Connect, LoginRoles, drop_preview, provision
+from app.kit.roles import Connect, LoginRoles, NotAPreview, drop_preview, provision, require_preview
 
 # The Jobs' environment (infra/migration.py, infra/provisioner.py) names each of these.
 ENV_DATABASE = "DB_NAME"
@@ -47,6 +52,9 @@ ENV_PASSWORDS = {
     "keda": "DB_KEDA_PASSWORD",
 }
 
+
+# Set by a preview's provisioner and drop Jobs (infra/provisioner.py): the pull request's number.
+ENV_PREVIEW = "DB_PREVIEW_NUMBER"
 
 # The flag the drop Job's command carries (infra/provisioner.py builds both Jobs).
 DROP_FLAG = "--drop"
@@ -86,6 +94,12 @@ def main(env: Mapping[str, str] | None = None, argv: Sequence[str] = ()) -> int:
         return 2
     roles = LoginRoles(env[ENV_OWNER])
     database = env[ENV_DATABASE]
+    if ENV_PREVIEW in env:
+        try:
+            require_preview(roles, database, env[ENV_PREVIEW])
+        except NotAPreview as refused:
+            print(f"db-bootstrap: {refused}", file=sys.stderr)
+            return 3
     if list(argv) == [DROP_FLAG]:
         existed = drop_preview(master_connect(env), roles, database)
         state = "dropped" if existed else "already gone"

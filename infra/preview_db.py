@@ -32,8 +32,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from app.kit.roles import PREVIEW_DATABASE
-from infra.db_bootstrap import DROP_FLAG, ENV_DATABASE, ENV_OWNER
+from app.kit.roles import PREVIEW_DATABASE, LoginRoles, NotAPreview, require_preview
+from infra.db_bootstrap import DROP_FLAG, ENV_DATABASE, ENV_OWNER, ENV_PREVIEW
 
 # The Command's environment (infra/provisioner.py): the drop Job as JSON, and the base cluster's
 # kubeconfig (a secret in the stack's state).
@@ -73,6 +73,7 @@ def drop_job(env: Mapping[str, str]) -> dict[str, Any]:
         container = job["spec"]["template"]["spec"]["containers"][0]
         variables = {e["name"]: e.get("value") for e in container["env"]}
         database, owner = variables[ENV_DATABASE], variables[ENV_OWNER]
+        number = variables[ENV_PREVIEW]
         name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise DropError(f"{ENV_JOB} does not hold a drop Job: {exc!r}") from exc
@@ -85,6 +86,11 @@ def drop_job(env: Mapping[str, str]) -> dict[str, Any]:
         raise DropError(f"{ENV_JOB}: {name} is not the database drop Job")
     if not PREVIEW_DATABASE.fullmatch(str(database)) or owner != database:
         raise DropError(f"{ENV_JOB}: {database!r} (owner {owner!r}) is not a preview's database")
+    try:
+        # The Job itself refuses too (preview mode): this only fails earlier, at `pulumi up`.
+        require_preview(LoginRoles(str(owner)), str(database), str(number))
+    except (NotAPreview, ValueError) as exc:
+        raise DropError(f"{ENV_JOB}: {exc}") from exc
     if not name or not namespace:
         raise DropError(f"{ENV_JOB}: the Job has no name or namespace")
     return dict(job)

@@ -36,7 +36,7 @@ from infra import k8s as kube
 from infra import preview_db
 from infra.cache import derived_password
 from infra.config import ProjectConfig
-from infra.db_bootstrap import DROP_FLAG, ENV_DATABASE, ENV_OWNER, ENV_PASSWORDS
+from infra.db_bootstrap import DROP_FLAG, ENV_DATABASE, ENV_OWNER, ENV_PASSWORDS, ENV_PREVIEW
 from infra.hardening import container_security, pod_security
 from infra.pods import RDS_CA_BUNDLE, SECRETS_AS_ENV_SKIP
 
@@ -266,6 +266,8 @@ class PreviewDatabase(pulumi.ComponentResource):
                 {"name": "PGSSLROOTCERT", "value": RDS_CA_BUNDLE},
                 {"name": ENV_DATABASE, "value": args.database},
                 {"name": ENV_OWNER, "value": args.owner},
+                # Preview mode: the bootstrap refuses any name but record_pr_<n> (the slug's n).
+                {"name": ENV_PREVIEW, "value": args.slug.removeprefix("pr-")},
             ],
             "envFrom": [{"secretRef": {"name": secret_name}}],
             "resources": {

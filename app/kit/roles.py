@@ -268,6 +268,25 @@ class NotAPreview(ValueError):
     """A drop was asked for a database that is not a preview's, or is owned by another role."""
 
 
+def preview_name(number: str) -> str:
+    """Pull request ``number``'s database and owner role (``infra/preview.py`` names both so)."""
+    if not number.isascii() or not number.isdigit():
+        raise NotAPreview(f"refusing preview number {number!r}: digits only")
+    return f"record_pr_{int(number)}"
+
+
+def require_preview(roles: LoginRoles, database: str, number: str) -> None:
+    """Refuse anything but pull request ``number``'s own database and owner: what a preview's
+    provisioner Job may touch, whatever else its environment says. The Job runs as the RDS
+    master, which may alter any role it created; without this, a Job naming ``record`` would
+    reset the base stack's passwords."""
+    expected = preview_name(number)
+    if database != expected or roles.owner != expected:
+        raise NotAPreview(
+            f"refusing {database!r} (owner {roles.owner!r}) for preview {number}: only {expected!r}"
+        )
+
+
 def drop_preview(connect: Connect, roles: LoginRoles, database: str) -> bool:
     """Drop a preview's database, closing the connections still open to it, then its four login
     roles. Idempotent: what is already gone is skipped. Returns whether the database existed.

@@ -28,7 +28,7 @@ import pytest
 
 from app.devstack.servers import PostgresServer, hand_to_service_user, service_user_kwargs
 from app.kit.roles import APP_ROLE, JOBS_ROLE, LoginRoles, NotAPreview, drop_preview
-from infra.db_bootstrap import ENV_DATABASE, ENV_OWNER, ENV_PASSWORDS, main
+from infra.db_bootstrap import ENV_DATABASE, ENV_OWNER, ENV_PASSWORDS, ENV_PREVIEW, main
 from infra.plan import PLACEHOLDER, Plan
 from infra.provisioner import JOB_PREFIX
 from infra.rollout_gate import GATE_NAME
@@ -387,3 +387,44 @@ def test_a_preview_is_dropped_as_its_destroy_drops_it(
             conn.execute("DROP DATABASE record_pr_9")
     # The flag is all the command takes.
     assert main(env, ["--drop", "--everything"]) == 2
+
+
+def credentials_and_databases(server: PostgresServer) -> list[tuple[object, ...]]:
+    """Every role's password hash and every database with its owner: what a Job could change."""
+    with psycopg.connect(server.url("postgres")) as conn:
+        return conn.execute(
+            "SELECT 'role', rolname, rolpassword FROM pg_authid "
+            "UNION ALL SELECT 'db', datname, pg_get_userbyid(datdba) FROM pg_database "
+            "ORDER BY 1, 2"
+        ).fetchall()
+
+
+@pytest.mark.parametrize(
+    ("database", "owner", "drop"),
+    [("record", "record", False), ("record_pr_0", "record", False), ("record", "record", True)],
+)
+def test_a_preview_job_touches_its_own_database_only(
+    rds_like: PostgresServer,
+    master_secret: str,
+    plans: dict[str, Plan],
+    database: str,
+    owner: str,
+    drop: bool,
+) -> None:
+    """Preview mode (DB_PREVIEW_NUMBER, which the rendered provisioner Job sets): a preview Job
+    naming the base's database or owner -- whose roles the master may ALTER, passwords and
+    all -- is refused before it connects, and nothing changes."""
+    assert main(job_env(rds_like, master_secret, "record", "record")) == 0
+    env = provisioner_env(plans["preview"], rds_like, master_secret)
+    assert env[ENV_PREVIEW] == "0"
+    env.update({ENV_DATABASE: database, ENV_OWNER: owner})
+    env.update({variable: "attacker-pw" for variable in ENV_PASSWORDS.values()})
+    before = credentials_and_databases(rds_like)
+
+    assert main(env, ["--drop"] if drop else []) == 3
+
+    assert credentials_and_databases(rds_like) == before
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(
+            login(rds_like, "record", "record", "record").replace("record-owner-pw", "attacker-pw")
+        ).close()

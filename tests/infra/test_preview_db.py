@@ -312,3 +312,24 @@ def test_the_check_wants_kubectl(
     finally:
         os.environ["PATH"] = saved
     assert preview_db.main(["drop-everything"], env) == 2
+
+
+@pytest.mark.parametrize(
+    ("number", "reason"),
+    [(None, "DB_PREVIEW_NUMBER"), ("1", "only 'record_pr_1'"), ("x", "digits only")],
+)
+def test_the_drop_job_must_be_in_preview_mode_for_its_own_database(
+    registered: list[Registered], number: str | None, reason: str
+) -> None:
+    """Both Jobs carry DB_PREVIEW_NUMBER, the bootstrap's preview mode
+    (tests/infra/test_db_bootstrap.py): a drop Job without it, or for another pull request's
+    database, is refused here before kubectl runs."""
+    job = drop_job_of(database_resource(registered))
+    container = one(job["spec"]["template"]["spec"]["containers"])
+    assert {"name": "DB_PREVIEW_NUMBER", "value": "0"} in container["env"]
+    assert preview_db.drop_job({preview_db.ENV_JOB: json.dumps(job)}) == job
+    container["env"] = [e for e in container["env"] if e["name"] != "DB_PREVIEW_NUMBER"]
+    if number is not None:
+        container["env"].append({"name": "DB_PREVIEW_NUMBER", "value": number})
+    with pytest.raises(preview_db.DropError, match=reason):
+        preview_db.drop_job({preview_db.ENV_JOB: json.dumps(job)})

@@ -2,10 +2,12 @@
 actions pinned by commit, read-only unless a job needs more, OIDC instead of AWS keys, one
 update of a stack at a time, previews only for this repository's branches and destroyed on
 close, a reaper on a schedule, dev -> staging -> prod behind environments, a smoke check after
-every `pulumi up`, and shell that parses."""
+every `pulumi up`, and shell that parses. Previews deploy main's program with the pull
+request's images only; every tool a step calls is there on either runner."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -16,7 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.plan import REPO_ROOT, Plan, render
+from infra.config import DEFAULT_KUBERNETES_VERSION
+from infra.github_oidc import MAX_SESSION_SECONDS
+from infra.plan import REPO_ROOT
 from infra.reaper import parse_expiry
 
 WORKFLOWS = REPO_ROOT / ".github" / "workflows"
@@ -30,7 +34,28 @@ ALLOWED_JOB_PERMISSIONS = {
     "contents": {"read"},
     "id-token": {"write"},
     "pull-requests": {"read", "write"},
+    "actions": {"read"},
 }
+# What both runner images have without an install step: GitHub's ubuntu-24.04 and the in-VPC
+# CodeBuild runner's aws/codebuild/standard:7.0 (Ubuntu 22.04: jq, curl, docker with buildx,
+# the aws CLI v2, python3 via pyenv; its kubectl is 1.25, too old for the clusters, and it has
+# no gh). A job pinned to ubuntu-24.04 may also use what that image adds.
+RUNNER_TOOLS = {
+    "ubuntu-24.04": {"aws", "jq", "curl", "docker", "python", "gh", "sed", "sha256sum"},
+    "codebuild-standard-7.0": {"aws", "jq", "curl", "docker", "python", "sed", "sha256sum"},
+}
+# Each tool a step may call, and how a step that installs it is recognised.
+INSTALLERS = {
+    "pulumi": lambda step: "pulumi/actions@" in step.get("uses", ""),
+    "kubectl": lambda step: "dl.k8s.io" in step.get("run", ""),
+    "espeak-ng": lambda step: (
+        "apt-get install" in step.get("run", "") and "espeak-ng" in step.get("run", "")
+    ),
+    "python": lambda step: "actions/setup-python@" in step.get("uses", ""),
+}
+TOOLS = ("pulumi", "kubectl", "jq", "gh", "aws", "espeak-ng", "python", "curl", "docker")
+# Jobs whose `pulumi up`/`destroy` of a preview stack runs kubectl (infra/preview_db.py).
+KUBECTL_JOBS = {("preview", "deploy"), ("preview", "destroy"), ("reaper", "reap")}
 
 
 def load(name: str) -> dict[str, Any]:
@@ -65,6 +90,10 @@ def touches_a_stack(job: dict[str, Any]) -> bool:
     return bool(re.search(r"\bpulumi (up|preview|destroy|stack|config)\b", text)) or (
         "infra.reaper" in text
     )
+
+
+def uses_a_step_with(job: dict[str, Any], text: str) -> bool:
+    return any(text in step.get("uses", "") for step in job.get("steps", []))
 
 
 def step_index(job: dict[str, Any], pattern: str) -> int:
@@ -140,7 +169,7 @@ def test_only_jobs_with_cloud_credentials_may_mint_an_oidc_token() -> None:
 def test_every_job_touching_a_stack_has_a_concurrency_group() -> None:
     touching = [(n, j, job) for n, j, job in all_jobs() if touches_a_stack(job)]
     assert {(n, j) for n, j, _ in touching} >= {
-        ("preview", "build"),
+        ("deploy", "build"),
         ("preview", "deploy"),
         ("preview", "destroy"),
         ("reaper", "reap"),
@@ -153,29 +182,61 @@ def test_every_job_touching_a_stack_has_a_concurrency_group() -> None:
 
 
 def test_deploys_and_destroys_are_never_cancelled_half_way() -> None:
-    for job_id in ("dev", "staging", "prod"):
+    for job_id in ("build", "dev", "staging", "prod"):
         assert jobs("deploy")[job_id]["concurrency"] == {
             "group": f"deploy-{job_id}",
             "cancel-in-progress": False,
         }
     preview = jobs("preview")
-    # The same group per pull request: a destroy waits for the update it would race.
+    # The same group per pull request: a destroy waits for the update it would race, and a
+    # reopen's deploy for a running destroy. A job with cancel-in-progress cancels whatever
+    # runs in its group, whatever that job's own setting: so no job in it may have it.
     assert preview["destroy"]["concurrency"]["group"] == preview["deploy"]["concurrency"]["group"]
     assert "pull_request.number" in preview["deploy"]["concurrency"]["group"]
-    assert preview["destroy"]["concurrency"]["cancel-in-progress"] is False
-    assert preview["deploy"]["concurrency"]["cancel-in-progress"] is True
+    groups = [j["concurrency"] for j in preview.values()]
+    shared = [c for c in groups if c["group"] == preview["deploy"]["concurrency"]["group"]]
+    assert len(shared) == 2
+    assert all(c["cancel-in-progress"] is False for c in shared)
     assert jobs("reaper")["reap"]["concurrency"]["cancel-in-progress"] is False
 
 
 def test_pulumi_backend_and_secrets_come_from_settings_not_the_files() -> None:
-    for name in ("preview", "reaper", "deploy"):
-        env = load(name)["env"]
-        assert env["PULUMI_BACKEND_URL"] == "${{ vars.PULUMI_BACKEND_URL }}"
+    for name, job_id, job in all_jobs():
+        if not re.search(r"\bpulumi ", script(job)):
+            continue
+        env = job["env"]
+        assert env["PULUMI_BACKEND_URL"] == "${{ vars.PULUMI_BACKEND_URL }}", (name, job_id)
         assert env["PULUMI_ACCESS_TOKEN"] == "${{ secrets.PULUMI_ACCESS_TOKEN }}"
         assert env["PULUMI_CONFIG_PASSPHRASE"] == "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"
     # Previews' stack files are written on the runner; base stacks' name theirs in the file.
-    for name in ("preview", "reaper"):
-        assert load(name)["env"]["PULUMI_SECRETS_PROVIDER"] == "${{ vars.PULUMI_SECRETS_PROVIDER }}"
+    for name, job_id in (("preview", "deploy"), ("preview", "destroy"), ("reaper", "reap")):
+        assert jobs(name)[job_id]["env"]["PULUMI_SECRETS_PROVIDER"] == (
+            "${{ vars.PULUMI_SECRETS_PROVIDER }}"
+        )
+
+
+def test_secrets_are_given_to_jobs_never_to_a_whole_workflow() -> None:
+    """A workflow-level secret reaches every job, the preview's image build (pull-request code)
+    among them; a job-level one comes from that job's environment, so each environment (dev,
+    staging, prod, preview) holds its own Pulumi token or passphrase."""
+    for name in NAMES:
+        assert "secrets." not in json.dumps(load(name).get("env", {})), name
+    for name, job_id, job in all_jobs():
+        if "secrets." in json.dumps(job):
+            assert job.get("environment"), f"{name}.yml {job_id}: a secret outside an environment"
+
+
+def test_every_aws_session_outlasts_prods_longest_up() -> None:
+    """prod's `pulumi up` waits for the canary (~21 min) and migrations (up to 65 min), then
+    may roll back: a 1-hour session would expire under it (the roles allow 7200 s,
+    infra/github_oidc.py)."""
+    found = 0
+    for name, job_id, job in all_jobs():
+        for step in job.get("steps", []):
+            if "configure-aws-credentials" in step.get("uses", ""):
+                assert step["with"]["role-duration-seconds"] == MAX_SESSION_SECONDS, (name, job_id)
+                found += 1
+    assert found == 8
 
 
 def test_the_pulumi_cli_matches_the_sdk_pin() -> None:
@@ -199,10 +260,50 @@ def test_ci_runs_the_repository_ci_entry_on_every_push_and_pull_request() -> Non
 def test_previews_never_run_for_forks() -> None:
     for job_id, job in jobs("preview").items():
         assert PREVIEW_ONLY_SAME_REPO in job["if"], job_id
+        # Nor for a pull request into another branch, whose copy of this file would run.
+        assert (
+            "github.event.pull_request.base.ref == github.event.repository.default_branch"
+            in job["if"]
+        )
+
+
+def _checkout(job: dict[str, Any]) -> dict[str, Any]:
+    [step] = [s for s in job["steps"] if "actions/checkout@" in s.get("uses", "")]
+    return step
+
+
+def test_previews_deploy_mains_program_with_the_pull_requests_images_only() -> None:
+    """The pull request's code is built, never run with deploy credentials: the workflow is
+    the default branch's (pull_request_target), only the build job checks out the pull
+    request, and it holds no Pulumi token, seed or deploy role."""
+    assert set(load("preview")["on"]) == {"pull_request_target"}
+    preview = jobs("preview")
+    build, deploy, destroy = preview["build"], preview["deploy"], preview["destroy"]
+    assert _checkout(build)["with"]["ref"] == "${{ github.event.pull_request.head.sha }}"
+    for job in (deploy, destroy):
+        # github.sha under pull_request_target: the default branch's commit this file is from.
+        assert _checkout(job)["with"]["ref"] == "${{ github.sha }}"
+    text = (WORKFLOWS / "preview.yml").read_text()
+    assert text.count("pull_request.head.sha }}") == 2  # the build's checkout, HEAD_SHA
+    assert "HEAD_SHA" not in json.dumps([s.get("with", {}) for s in deploy["steps"]])
+    # The build: its own environment and role, nothing of Pulumi's, no cache to poison.
+    assert build["environment"] == "preview-build"
+    assert deploy["environment"]["name"] == destroy["environment"] == "preview"
+    assert "secrets." not in json.dumps(build)
+    assert "pulumi" not in json.dumps(build).lower()
+    assert not uses_a_step_with(build, "setup-python")
+    for job in preview.values():
+        for step in job["steps"]:
+            assert "cache" not in step.get("with", {}), step
+            assert "actions/cache" not in step.get("uses", "")
+    # deploy and destroy run nothing of the pull request's: no build, no checkout of it.
+    for job in (deploy, destroy):
+        assert "docker" not in script(job)
+        assert "head.sha" not in json.dumps(job)
 
 
 def test_a_preview_is_built_once_planned_in_one_comment_deployed_then_smoked() -> None:
-    assert load("preview")["on"]["pull_request"]["types"] == [
+    assert load("preview")["on"]["pull_request_target"]["types"] == [
         "opened",
         "synchronize",
         "reopened",
@@ -218,14 +319,18 @@ def test_a_preview_is_built_once_planned_in_one_comment_deployed_then_smoked() -
     tag = step_index(deploy, r"pulumi stack tag set record:expires-at")
     preview = step_index(deploy, r"pulumi preview")
     comment = step_index(deploy, r"record-preview:plan")
+    # Resource operations only in a public comment; the diff goes to the log, with `up`.
+    plan = deploy["steps"][preview]["run"]
+    assert "pulumi preview --suppress-outputs --non-interactive" in plan
+    assert "--diff" not in plan
+    assert "--diff" in deploy["steps"][step_index(deploy, r"pulumi up --yes")]["run"]
     up = step_index(deploy, r"pulumi up --yes")
     smoke = step_index(deploy, r"record smoke --url \"\$URL\" --json")
     url = step_index(deploy, r"record-preview:url")
     assert select <= tag < preview < comment < up < smoke < url
-    # One comment: found again by its marker and edited, across every page of comments.
+    # One comment: found again by its marker and edited (infra/pr_comment.py pages through).
     plan_comment = deploy["steps"][comment]["run"]
-    assert "--paginate" in plan_comment
-    assert "--method PATCH" in plan_comment
+    assert "-m infra.pr_comment --marker" in plan_comment
     assert deploy["env"]["PREVIEW_TTL_HOURS"] == "${{ vars.PREVIEW_TTL_HOURS || '72' }}"
     assert deploy["permissions"]["pull-requests"] == "write"
 
@@ -237,6 +342,9 @@ def test_a_closed_pull_request_destroys_its_preview_then_removes_the_stack() -> 
         assert "github.event.action != 'closed'" in jobs("preview")[job_id]["if"]
     text = script(destroy)
     assert text.index('pulumi destroy --yes --skip-preview --non-interactive --stack "$STACK"') < (
+        text.index("-m infra.preview_objects")
+    )
+    assert text.index("-m infra.preview_objects") < (
         text.index('pulumi stack rm --yes --non-interactive --stack "$STACK"')
     )
     assert load("preview")["env"]["STACK"] == "preview-pr-${{ github.event.pull_request.number }}"
@@ -270,11 +378,12 @@ def test_main_goes_to_dev_then_staging_then_prod_behind_environments() -> None:
     on = load("deploy")["on"]
     assert on["push"] == {"branches": ["main"]}
     deploy = jobs("deploy")
-    assert "needs" not in deploy["dev"]
-    # workflow_dispatch from another branch deploys nothing; staging and prod need dev.
-    assert deploy["dev"]["if"] == "github.ref == 'refs/heads/main'"
-    assert deploy["staging"]["needs"] == "dev"
-    assert deploy["prod"]["needs"] == "staging"
+    assert "needs" not in deploy["build"]
+    # workflow_dispatch from another branch builds, so deploys, nothing.
+    assert deploy["build"]["if"] == "github.ref == 'refs/heads/main'"
+    assert deploy["dev"]["needs"] == "build"
+    assert deploy["staging"]["needs"] == ["build", "dev"]
+    assert deploy["prod"]["needs"] == ["build", "staging"]
     for stack in ("dev", "staging", "prod"):
         assert deploy[stack]["environment"]["name"] == stack
         assert deploy[stack]["env"]["STACK"] == stack
@@ -293,28 +402,20 @@ def test_every_pulumi_up_is_followed_by_a_smoke_check() -> None:
         assert job["steps"][smoke]["env"]["URL"] == "${{ steps.up.outputs.url }}"
 
 
-@pytest.fixture(scope="module")
-def prod_plan() -> Plan:
-    """Prod alone: the Rollout the abort names is prod's."""
-    return render("prod")
-
-
-def test_a_failed_smoke_check_on_prod_aborts_the_rollout(prod_plan: Plan) -> None:
-    prod = jobs("deploy")["prod"]
-    abort_at = step_index(prod, r'"abort":true')
-    abort = prod["steps"][abort_at]
-    assert abort["if"] == "failure() && steps.smoke.outcome == 'failure'"
-    assert abort_at > step_index(prod, r"record smoke")
-    assert "--subresource=status" in abort["run"]
-    assert abort["run"].rstrip().endswith("exit 1")
-    # The Rollout it names is the one prod renders, in the namespace the stack exports.
-    [rollout] = [m for m in prod_plan.manifests if m.get("kind") == "Rollout"]
-    assert rollout["metadata"]["name"] == prod["env"]["ROLLOUT"]
-    assert rollout["metadata"]["namespace"] == "record-prod"
-    assert "pulumi stack output namespace" in abort["run"]
-    # Neither staging nor dev touches a Rollout by hand.
-    for stack in ("dev", "staging"):
-        assert "rollout" not in script(jobs("deploy")[stack]).lower()
+def test_main_is_built_once_and_every_stack_runs_those_digests() -> None:
+    """infra/images.py would build per stack: three builds of one commit are three images. The
+    build job pushes once; each stack takes the same digest into its own repositories and
+    deploys it as record:image.prebuilt.*."""
+    deploy = jobs("deploy")
+    assert "docker buildx build" in script(deploy["build"])
+    for stack in ("dev", "staging", "prod"):
+        job = deploy[stack]
+        assert job["env"]["API_IMAGE"] == "${{ needs.build.outputs.api }}"
+        assert job["env"]["MODELS_IMAGE"] == "${{ needs.build.outputs.models }}"
+        assert "docker buildx build" not in script(job)
+        promote = step_index(job, r"record:image\.prebuilt")
+        assert promote < step_index(job, r"pulumi up --yes")
+        assert job["steps"][promote]["run"] == deploy["dev"]["steps"][promote]["run"]
 
 
 def test_no_expression_is_expanded_inside_a_shell_script() -> None:
@@ -352,18 +453,49 @@ def _step(workflow: str, job_id: str, name: str) -> dict[str, Any]:
     return step
 
 
-def _fake_pulumi(bin_dir: Path, stacks: str = "[]") -> Path:
-    """A `pulumi` that logs each call (and what it read on stdin) and lists ``stacks``."""
-    log = bin_dir / "pulumi.log"
-    fake = bin_dir / "pulumi"
+FAKE_TOOL = """#!{python}
+import json, sys
+args = sys.argv[1:]
+line = " ".join(args)
+stdin = sys.stdin.read() if " --secret " in f" {{line}} " else ""
+with open({log!r}, "a") as log:
+    log.write(f"{{line}} | {{stdin}}\\n")
+# The first answer whose key the command line starts with: (stdout, exit status).
+for prefix, (out, status) in json.loads({answers!r}).items():
+    if line.startswith(prefix):
+        if out:
+            print(out)
+        sys.exit(status)
+"""
+
+
+def _fake(bin_dir: Path, name: str, answers: dict[str, tuple[str, int]] | None = None) -> Path:
+    """A ``name`` on PATH that logs each call (and what it read on stdin for a --secret) and
+    answers the calls ``answers`` names."""
+    log = bin_dir / f"{name}.log"
+    fake = bin_dir / name
     fake.write_text(
-        "#!/usr/bin/env bash\n"
-        f'if [[ "$1 $2" == "stack ls" ]]; then echo \'{stacks}\'; fi\n'
-        'if [[ " $* " == *" --secret "* ]]; then stdin=$(cat); else stdin=; fi\n'
-        f'printf "%s | %s\\n" "$*" "$stdin" >>{log}\n'
+        FAKE_TOOL.format(python=sys.executable, log=str(log), answers=json.dumps(answers or {}))
     )
     fake.chmod(0o755)
     return log
+
+
+STAGING_REPO = "1.dkr.ecr.eu-west-1.amazonaws.com/record-staging"
+API_IMAGE = f"{STAGING_REPO}/api@sha256:" + "a" * 64
+MODELS_IMAGE = f"{STAGING_REPO}/models@sha256:" + "b" * 64
+BASE_OUTPUTS = {
+    "stack output apiRepositoryUrl --stack record/staging": (f"{STAGING_REPO}/api", 0),
+    "stack output modelsRepositoryUrl --stack record/staging": (f"{STAGING_REPO}/models", 0),
+    "stack output bucketName --stack record/staging": ("record-staging-objects", 0),
+}
+
+
+def _fake_pulumi(
+    bin_dir: Path, stacks: str = "[]", answers: dict[str, tuple[str, int]] | None = None
+) -> Path:
+    """A `pulumi` that logs each call, lists ``stacks`` and knows the base stack's outputs."""
+    return _fake(bin_dir, "pulumi", {"stack ls": (stacks, 0), **BASE_OUTPUTS, **(answers or {})})
 
 
 def _run_step(
@@ -377,6 +509,9 @@ def _run_step(
         text=True,
         check=False,
     )
+
+
+PREVIEW_TEMPLATE = "config:\n  record:preview:\n    baseStack: record/staging\n"
 
 
 def test_the_preview_stack_config_is_written_afresh_with_stable_secrets(tmp_path: Path) -> None:
@@ -393,9 +528,8 @@ def test_the_preview_stack_config_is_written_afresh_with_stable_secrets(tmp_path
         "STACK": "preview-pr-42",
         "PREVIEW_DOMAIN": "preview.example.org",
         "PREVIEW_TTL_HOURS": "72",
-        "API_IMAGE": "1.dkr.ecr.eu-west-1.amazonaws.com/record-staging/api@sha256:" + "a" * 64,
-        "MODELS_IMAGE": "1.dkr.ecr.eu-west-1.amazonaws.com/record-staging/models@sha256:"
-        + "b" * 64,
+        "API_IMAGE": API_IMAGE,
+        "MODELS_IMAGE": MODELS_IMAGE,
         "PULUMI_SECRETS_PROVIDER": "awskms://alias/record-staging-pulumi?region=eu-west-1",
         "PREVIEW_SECRET_SEED": "s33d",
     }
@@ -411,7 +545,7 @@ def test_the_preview_stack_config_is_written_afresh_with_stable_secrets(tmp_path
     assert stack_file.startswith(f"secretsprovider: {env['PULUMI_SECRETS_PROVIDER']}\n")
     assert stack_file.count("secretsprovider:") == 1  # written afresh, not appended to
     assert yaml.safe_load(stack_file)["config"]["record:preview"]["baseStack"]
-    calls = first.splitlines()
+    calls = [c for c in first.splitlines() if not c.startswith("stack output ")]
     assert calls[0].startswith(
         "stack select --create preview-pr-42 --non-interactive --secrets-provider awskms://"
     )
@@ -451,15 +585,15 @@ def test_the_preview_secrets_differ_per_pull_request(tmp_path: Path) -> None:
         work = tmp_path / pr / "work"
         (work / ".venv" / "bin").mkdir(parents=True)
         (work / ".venv" / "bin" / "python").symlink_to(sys.executable)
-        (work / "Pulumi.preview.yaml").write_text("config: {}\n")
+        (work / "Pulumi.preview.yaml").write_text(PREVIEW_TEMPLATE)
         env = {
             "PATH": f"{bin_dir}:/usr/bin:/bin",
             "PR": pr,
             "STACK": f"preview-pr-{pr}",
             "PREVIEW_DOMAIN": "p.example.org",
             "PREVIEW_TTL_HOURS": "1",
-            "API_IMAGE": "a",
-            "MODELS_IMAGE": "m",
+            "API_IMAGE": API_IMAGE,
+            "MODELS_IMAGE": MODELS_IMAGE,
             "PULUMI_SECRETS_PROVIDER": "",
             "PREVIEW_SECRET_SEED": "s33d",
         }
@@ -490,26 +624,36 @@ def test_the_preview_refuses_to_run_without_its_seed(tmp_path: Path) -> None:
         ('[{"name": "preview-pr-70"}, {"name": "staging"}]', []),
     ],
 )
-def test_closing_destroys_the_stack_if_there_is_one(
+def test_closing_destroys_the_stack_and_its_objects_if_there_is_one(
     tmp_path: Path, stacks: str, expected: list[str]
 ) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = _fake_pulumi(bin_dir, stacks)
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    python_log = _fake(tmp_path / ".venv" / "bin", "python")
+    (tmp_path / "Pulumi.preview.yaml").write_text(PREVIEW_TEMPLATE)
     kms = "awskms://alias/record-staging-pulumi?region=eu-west-1"
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "STACK": "preview-pr-7"}
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "STACK": "preview-pr-7", "PR": "7"}
     env["PULUMI_SECRETS_PROVIDER"] = kms
     result = _run_step(_step("preview", "destroy", "pulumi destroy"), tmp_path, env)
     assert result.returncode == 0, result.stderr
     calls = [c.split(" | ")[0] for c in log.read_text().splitlines()][1:]
+    calls = [c for c in calls if not c.startswith("stack output ")]
     assert [" ".join(c.split()[:2]).removesuffix(" --yes") for c in calls] == expected
     assert all("--stack preview-pr-7" in c for c in calls)
     stack_file = tmp_path / "Pulumi.preview-pr-7.yaml"
     if expected:
         assert stack_file.read_text() == f"secretsprovider: {kms}\n"
+        # Every version under its prefix of the base's bucket (infra/preview_objects.py).
+        assert python_log.read_text().splitlines() == [
+            "-m infra.preview_objects --bucket record-staging-objects --prefix previews/pr-7/ | "
+        ]
+    else:
+        assert not python_log.exists()
 
 
-def test_a_stack_left_locked_by_a_cancelled_run_is_unlocked_first(tmp_path: Path) -> None:
+def _locked_stack_env(tmp_path: Path, reaper_runs: int) -> tuple[dict[str, str], Path]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = _fake_pulumi(
@@ -517,23 +661,278 @@ def test_a_stack_left_locked_by_a_cancelled_run_is_unlocked_first(tmp_path: Path
         '[{"name": "preview-pr-9", "updateInProgress": true},'
         ' {"name": "preview-pr-90", "updateInProgress": true}]',
     )
+    _fake(bin_dir, "curl", {"": (json.dumps({"total_count": reaper_runs}), 0)})
     (tmp_path / ".venv" / "bin").mkdir(parents=True)
     (tmp_path / ".venv" / "bin" / "python").symlink_to(sys.executable)
-    (tmp_path / "Pulumi.preview.yaml").write_text("config: {}\n")
+    (tmp_path / "Pulumi.preview.yaml").write_text(PREVIEW_TEMPLATE)
     env = {
         "PATH": f"{bin_dir}:/usr/bin:/bin",
         "PR": "9",
         "STACK": "preview-pr-9",
         "PREVIEW_DOMAIN": "p.example.org",
         "PREVIEW_TTL_HOURS": "72",
-        "API_IMAGE": "a",
-        "MODELS_IMAGE": "m",
+        "API_IMAGE": API_IMAGE,
+        "MODELS_IMAGE": MODELS_IMAGE,
         "PULUMI_SECRETS_PROVIDER": "",
         "PREVIEW_SECRET_SEED": "s33d",
+        "GH_TOKEN": "t",
+        "GITHUB_REPOSITORY": "acme/record",
     }
+    return env, log
+
+
+def test_a_stack_left_locked_by_an_earlier_run_is_unlocked_first(tmp_path: Path) -> None:
+    env, log = _locked_stack_env(tmp_path, reaper_runs=0)
     result = _run_step(_step("preview", "deploy", "Select the stack"), tmp_path, env)
     assert result.returncode == 0, result.stderr
     calls = [c.split(" | ")[0] for c in log.read_text().splitlines()]
     cancels = [c for c in calls if c.startswith("cancel")]
     assert cancels == ["cancel --yes --non-interactive --stack preview-pr-9"]
     assert calls.index(cancels[0]) < calls.index("config set --path record:preview.prNumber 9")
+    curl = (tmp_path / "bin" / "curl.log").read_text()
+    assert "/repos/acme/record/actions/workflows/reaper.yml/runs?status=in_progress" in curl
+
+
+def test_a_lock_is_never_cancelled_while_the_reaper_runs(tmp_path: Path) -> None:
+    """The reaper may be destroying this very stack: cancelling would leave it half-destroyed."""
+    env, log = _locked_stack_env(tmp_path, reaper_runs=1)
+    result = _run_step(_step("preview", "deploy", "Select the stack"), tmp_path, env)
+    assert result.returncode == 1
+    assert "while the reaper runs" in result.stdout
+    calls = [c.split(" | ")[0] for c in log.read_text().splitlines()]
+    assert not [c for c in calls if c.startswith(("cancel", "config set"))]
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "attacker.example/record@sha256:" + "a" * 64,  # another registry
+        f"{STAGING_REPO}/api:latest",  # a tag, not a digest
+        f"{STAGING_REPO}/api-evil@sha256:" + "a" * 64,  # a repository named like it
+        f"{STAGING_REPO}/api@sha256:" + "a" * 63,
+        "",
+    ],
+)
+def test_the_deploy_takes_only_digests_in_stagings_repositories(tmp_path: Path, image: str) -> None:
+    """The build job ran pull-request code, and its outputs are whatever that code printed."""
+    env, log = _locked_stack_env(tmp_path, reaper_runs=0)
+    env["API_IMAGE"] = image
+    result = _run_step(_step("preview", "deploy", "Select the stack"), tmp_path, env)
+    assert result.returncode == 1
+    assert "is not" in result.stdout
+    calls = [c.split(" | ")[0] for c in log.read_text().splitlines()]
+    assert all(c.startswith("stack output ") for c in calls)
+
+
+def test_kubectl_matches_the_clusters_minor_and_its_checksum_is_checked(tmp_path: Path) -> None:
+    versions = {load(name)["env"]["KUBECTL_VERSION"] for name in ("preview", "reaper")}
+    assert len(versions) == 1
+    [version] = versions
+    assert version.rsplit(".", 1)[0] == DEFAULT_KUBERNETES_VERSION
+    step = _step("preview", "deploy", "Install kubectl")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # A curl that writes a tiny "kubectl" that prints its version.
+    curl = bin_dir / "curl"
+    curl.write_text(
+        "#!/bin/bash\nwhile [[ $# -gt 0 ]]; do if [[ $1 == -o ]]; then out=$2; fi; shift; done\n"
+        'printf \'#!/bin/sh\\necho "Client Version: v1.35.0"\\n\' >"$out"\n'
+    )
+    curl.chmod(0o755)
+    body = b'#!/bin/sh\necho "Client Version: v1.35.0"\n'
+    import hashlib
+
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "RUNNER_TEMP": str(tmp_path),
+        "GITHUB_PATH": str(tmp_path / "github_path"),
+        "KUBECTL_VERSION": version,
+        "KUBECTL_SHA256": hashlib.sha256(body).hexdigest(),
+    }
+    result = _run_step(step, tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "github_path").read_text() == f"{tmp_path / 'bin'}\n"
+    # A download that is not the pinned file stops the job.
+    (tmp_path / "github_path").unlink()
+    result = _run_step(step, tmp_path, {**env, "KUBECTL_SHA256": "0" * 64})
+    assert result.returncode != 0
+    assert not (tmp_path / "github_path").exists()
+
+
+def _called(tool: str, text: str) -> bool:
+    """Whether shell ``text`` runs ``tool`` as a command (comments and messages aside)."""
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    code = re.sub(r'"[^"$]*"', '""', code)  # plain strings (messages), not expansions
+    command = r"(?:^|[|;&({]|\$\(|\bthen|\bdo|\belse|!|\bif)\s*"
+    prefix = r"(?:\S*/)?" if tool == "python" else ""
+    return bool(re.search(command + prefix + re.escape(tool) + r"\b", code, re.MULTILINE))
+
+
+def test_the_tool_check_sees_calls_and_ignores_words() -> None:
+    assert _called("kubectl", "x=$(kubectl get pods)")
+    assert _called("gh", "  gh api repos")
+    assert _called("python", ".venv/bin/python -m infra.reaper")
+    assert _called("jq", "pulumi stack ls | jq -e .")
+    assert not _called("kubectl", '# kubectl is too old\necho "install kubectl"')
+    assert not _called("gh", "echo high")
+
+
+def test_every_tool_a_step_calls_is_there_on_its_runner() -> None:
+    """The in-VPC runner (standard:7.0) has no gh and an old kubectl, and cannot reach apt over
+    port 80 unless its security group allows it: a tool is installed by an earlier step, or
+    both runner images have it (a job pinned to ubuntu-24.04: that image)."""
+    for name, job_id, job in all_jobs():
+        if "container" in job:
+            continue  # ci.yml runs in its own image, which .ci/run provisions
+        pinned = job["runs-on"] == "ubuntu-24.04"
+        present = (
+            RUNNER_TOOLS["ubuntu-24.04"]
+            if pinned
+            else RUNNER_TOOLS["ubuntu-24.04"] & RUNNER_TOOLS["codebuild-standard-7.0"]
+        )
+        installed: set[str] = set()
+        for step in job["steps"]:
+            for tool, installs in INSTALLERS.items():
+                if installs(step):
+                    installed.add(tool)
+            for tool in TOOLS:
+                if _called(tool, step.get("run", "")):
+                    assert tool in present | installed, f"{name}.yml {job_id}: {tool} not installed"
+        if (name, job_id) in KUBECTL_JOBS:
+            install = next(i for i, st in enumerate(job["steps"]) if INSTALLERS["kubectl"](st))
+            assert install < step_index(job, r"pulumi (up|destroy)|infra\.reaper")
+
+
+def _deploy_env(tmp_path: Path, answers: dict[str, tuple[str, int]]) -> tuple[dict[str, str], Path]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = _fake(bin_dir, "pulumi", answers)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin", "STACK": "prod"}, log
+
+
+PROD_REPO = "1.dkr.ecr.eu-west-1.amazonaws.com/record-prod"
+GOOD_API = f"{PROD_REPO}/api@sha256:" + "c" * 64
+GOOD_MODELS = f"{PROD_REPO}/models@sha256:" + "d" * 64
+
+
+def test_a_passed_smoke_check_records_the_last_good_digests(tmp_path: Path) -> None:
+    for stack in ("dev", "staging", "prod"):
+        step_names = [s.get("name", "") for s in jobs("deploy")[stack]["steps"]]
+        assert step_names.index("Smoke check") + 1 == step_names.index(
+            "Remember these images as the last good ones"
+        )
+    env, log = _deploy_env(
+        tmp_path,
+        {
+            "config get --path record:image.prebuilt.api": (GOOD_API, 0),
+            "config get --path record:image.prebuilt.models": (GOOD_MODELS, 0),
+        },
+    )
+    step = _step("deploy", "prod", "Remember these images")
+    assert "if" not in step  # only after a passed smoke check
+    result = _run_step(step, tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    calls = [c.split(" | ")[0] for c in log.read_text().splitlines()]
+    assert f"stack tag set record:last-good-api {GOOD_API} --stack prod --non-interactive" in calls
+    assert (
+        f"stack tag set record:last-good-models {GOOD_MODELS} --stack prod --non-interactive"
+        in calls
+    )
+
+
+def test_a_failed_smoke_check_on_prod_rolls_back_through_pulumi(tmp_path: Path) -> None:
+    """Back to the last good digests by `pulumi up`: Pulumi's state then says what runs, and
+    the next `up` of the failed commit changes prod again (a kubectl patch would be invisible
+    to it). The job fails either way."""
+    prod = jobs("deploy")["prod"]
+    rollback = prod["steps"][step_index(prod, r"stack tag get record:last-good-api")]
+    assert rollback["if"] == "failure() && steps.smoke.outcome == 'failure'"
+    assert step_index(prod, r"record smoke") < step_index(prod, r"stack tag get")
+    assert not _called("kubectl", script(prod))
+    env, log = _deploy_env(
+        tmp_path,
+        {
+            "stack tag get record:last-good-api": (GOOD_API, 0),
+            "stack tag get record:last-good-models": (GOOD_MODELS, 0),
+        },
+    )
+    result = _run_step(rollback, tmp_path, env)
+    assert result.returncode == 1
+    assert f"rolled back by pulumi up to {GOOD_API}" in result.stdout
+    calls = [c.split(" | ")[0] for c in log.read_text().splitlines()]
+    setting = [
+        f"config set --path record:image.prebuilt.api {GOOD_API} --stack prod",
+        f"config set --path record:image.prebuilt.models {GOOD_MODELS} --stack prod",
+    ]
+    up = "up --yes --skip-preview --non-interactive --stack prod"
+    assert calls[-3:] == [*setting, up]
+
+
+def test_without_a_last_good_tag_prod_is_not_touched(tmp_path: Path) -> None:
+    env, log = _deploy_env(tmp_path, {"stack tag get": ("error: stack tag not found", 255)})
+    rollback = _step("deploy", "prod", "Roll back")
+    result = _run_step(rollback, tmp_path, env)
+    assert result.returncode == 1
+    assert "no record:last-good-api tag" in result.stdout
+    calls = [c.split(" | ")[0] for c in log.read_text().splitlines()]
+    assert not [c for c in calls if c.startswith(("up", "config set"))]
+
+
+@pytest.mark.parametrize(("copied", "status"), [("same", 0), ("other", 1)])
+def test_each_stack_deploys_the_builds_digest_from_its_own_repository(
+    tmp_path: Path, copied: str, status: int
+) -> None:
+    dev = "1.dkr.ecr.eu-west-1.amazonaws.com/record-dev"
+    digest = "sha256:" + "e" * 64
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    pulumi = _fake(
+        bin_dir,
+        "pulumi",
+        {
+            "stack output apiRepositoryUrl --stack staging": (f"{STAGING_REPO}/api", 0),
+            "stack output modelsRepositoryUrl --stack staging": (f"{STAGING_REPO}/models", 0),
+        },
+    )
+    found = digest if copied == "same" else "sha256:" + "f" * 64
+    aws = _fake(
+        bin_dir,
+        "aws",
+        {
+            "ecr get-login-password": ("pw", 0),
+            # Not there before the copy (no --query), there after it.
+            "ecr describe-images --repository-name record-staging/api --image-ids "
+            f"imageDigest={digest} --query": (found, 0),
+            "ecr describe-images --repository-name record-staging/models --image-ids "
+            f"imageDigest={digest} --query": (found, 0),
+            "ecr describe-images": ("", 254),
+        },
+    )
+    docker = _fake(bin_dir, "docker")
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "STACK": "staging",
+        "GITHUB_SHA": "0123456789abcdef",
+        "API_IMAGE": f"{dev}/api@{digest}",
+        "MODELS_IMAGE": f"{dev}/models@{digest}",
+    }
+    result = _run_step(_step("deploy", "staging", "Take the build"), tmp_path, env)
+    assert result.returncode == status, result.stdout + result.stderr
+    copies = [c for c in docker.read_text().splitlines() if "imagetools" in c]
+    assert copies[0].startswith(
+        f"buildx imagetools create --tag {STAGING_REPO}/api:record-staging-0123456789ab "
+        f"{dev}/api@{digest}"
+    )
+    calls = [c.split(" | ")[0] for c in pulumi.read_text().splitlines()]
+    sets = [c for c in calls if c.startswith("config set")]
+    if status == 0:
+        assert sets == [
+            f"config set --path record:image.prebuilt.api {STAGING_REPO}/api@{digest} "
+            "--stack staging",
+            f"config set --path record:image.prebuilt.models {STAGING_REPO}/models@{digest} "
+            "--stack staging",
+        ]
+    else:
+        assert sets == []
+        assert "not the image the earlier stacks ran" in result.stdout
+    assert "get-login-password" in aws.read_text()
