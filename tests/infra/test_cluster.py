@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from infra.cluster import EKS_CLUSTER_ADMIN, EKS_EDIT, PREVIEW_GROUP
 from infra.config import (
@@ -184,10 +187,12 @@ def _access(plan: Plan, principal: str) -> tuple[dict[str, Any], dict[str, Any]]
     return entry, association
 
 
-def test_api_mode_admits_only_the_creator_unless_roles_are_named(plans: dict[str, Plan]) -> None:
-    access = one(plans["staging"].of_type(EKS_CLUSTER))["inputs"]["accessConfig"]
+def test_api_mode_admits_only_the_creator_and_the_named_roles(with_access: Plan) -> None:
+    access = one(with_access.of_type(EKS_CLUSTER))["inputs"]["accessConfig"]
     assert access["authenticationMode"] == "API"
-    assert plans["staging"].of_type(ENTRY) == []
+    assert access["bootstrapClusterCreatorAdminPermissions"] is True
+    principals = sorted(e["inputs"]["principalArn"] for e in with_access.of_type(ENTRY))
+    assert principals == sorted([ADMIN_ROLE, PREVIEW_ROLE])
 
 
 def test_the_deploy_roles_are_cluster_admins(with_access: Plan) -> None:
@@ -263,6 +268,37 @@ def test_the_preview_group_writes_nowhere_but_the_previews(with_access: Plan) ->
         "policyName": policy["metadata"]["name"],
         "validationActions": ["Deny"],
     }
+
+
+def test_the_preview_access_objects_match_the_kubernetes_schemas(
+    with_access: Plan, tools_bin: Path, tmp_path: Path
+) -> None:
+    """No stack file names a preview role, so the validators' run over every stack never sees
+    these objects: checked here, strictly (an unknown field is an error)."""
+    kinds = {
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    }
+    files = []
+    for manifest in with_access.manifests:
+        if manifest["kind"] in kinds:
+            path = tmp_path / f"{manifest['kind']}.yaml"
+            path.write_text(yaml.safe_dump(manifest))
+            files.append(path)
+    assert len(files) == len(kinds)
+    version = f"{DEFAULT_KUBERNETES_VERSION}.0"
+    result = subprocess.run(
+        [str(tools_bin / "kubernetes-validate"), "--strict", "-k", version, *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    lines = (result.stdout + result.stderr).splitlines()
+    passed = [line for line in lines if line.startswith("INFO") and " passed for " in line]
+    assert len(passed) == len(kinds), lines
 
 
 def test_no_preview_rbac_without_preview_roles(plans: dict[str, Plan]) -> None:
