@@ -4,26 +4,21 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response, status
 
-from app.auth import repository as repo
 from app.auth import service
 from app.auth.deps import CurrentPrincipal
 from app.auth.login_throttle import login_attempt
-from app.auth.principal import AuthKind
 from app.auth.schemas import (
     Accepted,
     LoginIn,
     LoginOut,
     MeOut,
-    OrgMembershipOut,
     PasswordChangeIn,
     PasswordResetConfirmIn,
     PasswordResetIn,
     SignupIn,
     SignupOut,
     TokenIn,
-    UserOut,
 )
-from app.kit.db import set_tenant
 from app.kit.deps import DbConn, ServicesDep
 from app.kit.errors import ValidationError
 from app.kit.ratelimit import rate_limit
@@ -134,25 +129,4 @@ async def confirm_password_reset(
 
 @router.get("/me")
 async def me(principal: CurrentPrincipal, conn: DbConn) -> MeOut:
-    user = await repo.get_user(conn, principal.user_id) if principal.user_id else None
-    orgs: list[OrgMembershipOut] = []
-    if principal.kind is not AuthKind.api_key and principal.user_id is not None:
-        await set_tenant(conn, org_id=principal.org_id, user_id=principal.user_id)
-        orgs = [
-            OrgMembershipOut.model_validate(r)
-            for r in await repo.user_orgs(conn, principal.user_id)
-        ]
-    current = None
-    if principal.org_id is not None and principal.role is not None:
-        from app.orgs.repository import get_org
-
-        row = await get_org(conn, principal.org_id)
-        if row is not None:
-            current = OrgMembershipOut(id=row["id"], name=row["name"], role=principal.role)
-    return MeOut(
-        auth=principal.kind.value,
-        user=UserOut.model_validate(user) if user else None,
-        org=current,
-        orgs=orgs if orgs else ([current] if current else []),
-        api_key_id=principal.key_id,
-    )
+    return await service.me(conn, principal)

@@ -13,7 +13,15 @@ from app.auth import repository as repo
 from app.auth.oidc import OidcIdentity
 from app.auth.principal import AuthKind, Principal
 from app.auth.rbac import Role, at_most
-from app.auth.schemas import LoginOut, OrgOut, SignupIn, SignupOut, UserOut
+from app.auth.schemas import (
+    LoginOut,
+    MeOut,
+    OrgMembershipOut,
+    OrgOut,
+    SignupIn,
+    SignupOut,
+    UserOut,
+)
 from app.auth.tokens import (
     RESET_PREFIX,
     SESSION_PREFIX,
@@ -39,6 +47,12 @@ from app.kit.security.passwords import (
 )
 from app.kit.security.text import plain_text
 from app.mail.sender import compose, mailed_link
+from app.orgs.service import (
+    apply_idp_role,
+    create_org_for,
+    find_org,
+    revoke_keys_everywhere,
+)
 from app.settings import Settings, SignupMode
 
 USER_NAME_LENGTH = 200  # as users.name allows
@@ -92,8 +106,6 @@ async def signup(conn: Conn, settings: Settings, body: SignupIn) -> SignupOut:
         raise ConflictError("An account with this email exists; log in instead.") from exc
     org: OrgOut | None = None
     if not invite_only:
-        from app.orgs.service import create_org_for
-
         org = await create_org_for(
             conn, user_id=user_id, name=body.org_name or f"{body.name}'s org"
         )
@@ -224,8 +236,6 @@ async def reset_password(conn: Conn, settings: Settings, token: str, password: s
     if first_proof:
         # The mailbox's owner just proved the address for the first time: whoever made the
         # account before (someone who signed up with this address) loses the keys they made.
-        from app.orgs.service import revoke_keys_everywhere
-
         await revoke_keys_everywhere(conn, user_id)
 
 
@@ -388,8 +398,6 @@ async def oidc_user(conn: Conn, identity: OidcIdentity) -> tuple[UUID, UUID | No
         raise AuthenticationError(
             f"This org lets its identity provider grant at most the {binding['max_role']} role."
         )
-    from app.orgs.service import apply_idp_role
-
     org_id: UUID = binding["org_id"]
     await set_tenant(conn, org_id=org_id, user_id=user_id)
     acting = await apply_idp_role(
@@ -401,3 +409,27 @@ async def oidc_user(conn: Conn, identity: OidcIdentity) -> tuple[UUID, UUID | No
         issuer=identity.issuer,
     )
     return user_id, org_id, acting
+
+
+async def me(conn: Conn, principal: Principal) -> MeOut:
+    """Who the caller is: the account (none for an API key), the request's org with the
+    caller's role in it, and (sessions) every org the account belongs to."""
+    user = await repo.get_user(conn, principal.user_id) if principal.user_id else None
+    orgs: list[OrgMembershipOut] = []
+    if principal.kind is not AuthKind.api_key and principal.user_id is not None:
+        await set_tenant(conn, org_id=principal.org_id, user_id=principal.user_id)
+        orgs = [
+            OrgMembershipOut.model_validate(r)
+            for r in await repo.user_orgs(conn, principal.user_id)
+        ]
+    current = None
+    if principal.org_id is not None and principal.role is not None:
+        org = await find_org(conn, principal.org_id)
+        current = OrgMembershipOut(id=org.id, name=org.name, role=principal.role) if org else None
+    return MeOut(
+        auth=principal.kind.value,
+        user=UserOut.model_validate(user) if user else None,
+        org=current,
+        orgs=orgs if orgs else ([current] if current else []),
+        api_key_id=principal.key_id,
+    )

@@ -54,6 +54,15 @@ async def get_conversation(
     )
 
 
+async def conversation_header(conn: Conn, org_id: UUID, conversation_id: UUID) -> DictRow | None:
+    """Any conversation of the org, whoever owns it: for a share link, which the owner made."""
+    return await fetch_one(
+        conn,
+        "SELECT id, title, created_at FROM conversations WHERE org_id = %s AND id = %s",
+        (org_id, conversation_id),
+    )
+
+
 async def list_conversations(
     conn: Conn, org_id: UUID, owner: Owner, *, limit: int, after: tuple[datetime, UUID] | None
 ) -> list[DictRow]:

@@ -20,6 +20,7 @@ from uuid import UUID
 import psycopg
 import structlog
 from fastapi.sse import ServerSentEvent
+from psycopg.rows import DictRow
 from psycopg_pool import PoolTimeout
 
 from app.ai.clients import Message, models_of
@@ -46,7 +47,7 @@ from app.kit.errors import (
 from app.kit.pagination import decode_cursor, encode_cursor
 from app.kit.security.text import plain_text
 from app.kit.services import Services
-from app.search import repository as search_repo
+from app.recordings.service import existing_recordings
 from app.search import service as search
 from app.search.schemas import SearchHit, SearchIn, SearchMode
 from app.shares.audit import audit_ended
@@ -100,7 +101,7 @@ async def start_turn(services: Services, principal: Principal, body: ChatIn) -> 
     asked = sorted(set(body.recording_ids)) if body.recording_ids else None
     async with services.db.transaction(org_id=org_id, user_id=user_id) as conn:
         if asked:
-            known = await search_repo.existing_recordings(conn, org_id, asked)
+            known = await existing_recordings(conn, org_id, asked)
             if missing := [str(i) for i in asked if i not in known]:
                 raise NotFoundError(f"No such recording in this org: {', '.join(missing[:5])}.")
         if body.conversation_id is not None:
@@ -120,7 +121,7 @@ async def start_turn(services: Services, principal: Principal, body: ChatIn) -> 
             if not asked and stored:
                 # Recordings deleted since the conversation began are no longer searched; when
                 # all of them are gone, nothing is (scope [], not None: not the whole org).
-                scope = sorted(await search_repo.existing_recordings(conn, org_id, stored))
+                scope = sorted(await existing_recordings(conn, org_id, stored))
         else:
             conversation = await repo.create_conversation(
                 conn, org_id, owner, _title(body.message), asked or []
@@ -257,6 +258,28 @@ async def delete_conversation(conn: Conn, principal: Principal, conversation_id:
     if ended is None:
         raise NotFoundError("No such conversation.")
     await audit_ended(conn, principal, ended, "conversation deleted")
+
+
+async def lock_own_conversation(conn: Conn, principal: Principal, conversation_id: UUID) -> None:
+    """The caller's conversation, held (FOR KEY SHARE) until commit so it cannot be deleted
+    meanwhile (a share of it is being made); 404 when it is not theirs."""
+    row = await repo.get_conversation(
+        conn, principal.org, owner_of(principal), conversation_id, lock=True
+    )
+    if row is None:
+        raise NotFoundError("No such conversation.")
+
+
+async def shared_conversation(
+    conn: Conn, org_id: UUID, conversation_id: UUID, *, limit: int
+) -> tuple[DictRow, list[DictRow]] | None:
+    """A conversation and its first ``limit`` messages, as a share link shows them (the link's
+    org is the tenant; its owner made the link)."""
+    header = await repo.conversation_header(conn, org_id, conversation_id)
+    if header is None:
+        return None
+    messages = await repo.list_messages(conn, org_id, conversation_id, limit=limit, after=None)
+    return header, messages
 
 
 async def list_messages(

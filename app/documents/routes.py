@@ -10,10 +10,9 @@ from fastapi import APIRouter, Depends
 from app.auth.deps import require
 from app.auth.principal import Principal
 from app.auth.rbac import Permission
-from app.documents import repository
+from app.documents import service
 from app.documents.schemas import DocumentOut
 from app.kit.deps import DbConn
-from app.kit.errors import NotFoundError
 
 router = APIRouter(prefix="/api/recordings", tags=["documents"])
 
@@ -22,7 +21,4 @@ Reader = Annotated[Principal, Depends(require(Permission.recordings_read))]
 
 @router.get("/{recording_id}/document")
 async def get_document(recording_id: UUID, principal: Reader, conn: DbConn) -> DocumentOut:
-    row = await repository.get_document(conn, principal.org, recording_id)
-    if row is None:
-        raise NotFoundError("No document for this recording (yet): check its status.")
-    return DocumentOut.model_validate(row)
+    return await service.get_document(conn, principal, recording_id)

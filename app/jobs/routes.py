@@ -9,10 +9,9 @@ from fastapi import APIRouter, Depends, Path
 from app.auth.deps import require
 from app.auth.principal import Principal
 from app.auth.rbac import Permission
-from app.jobs import repository
+from app.jobs import service
 from app.jobs.schemas import JobOut
 from app.kit.deps import DbConn
-from app.kit.errors import NotFoundError
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
@@ -23,7 +22,4 @@ Reader = Annotated[Principal, Depends(require(Permission.recordings_read))]
 async def get_job(
     job_id: Annotated[int, Path(ge=1, le=2**63 - 1)], principal: Reader, conn: DbConn
 ) -> JobOut:
-    row = await repository.get_job(conn, principal.org, job_id)
-    if row is None:
-        raise NotFoundError("No such job.")
-    return JobOut.model_validate(row)
+    return await service.get_job(conn, principal, job_id)

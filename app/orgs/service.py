@@ -101,11 +101,16 @@ async def org_exists(conn: Conn, org_id: UUID) -> bool:
     return await repo.get_org(conn, org_id) is not None
 
 
-async def get_org(conn: Conn, org_id: UUID) -> OrgOut:
+async def find_org(conn: Conn, org_id: UUID) -> OrgOut | None:
     row = await repo.get_org(conn, org_id)
-    if row is None:
+    return OrgOut.model_validate(row) if row is not None else None
+
+
+async def get_org(conn: Conn, org_id: UUID) -> OrgOut:
+    org = await find_org(conn, org_id)
+    if org is None:
         raise NotFoundError("No such org.")
-    return OrgOut.model_validate(row)
+    return org
 
 
 async def rename_org(conn: Conn, principal: Principal, name: str) -> OrgOut:

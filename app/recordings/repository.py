@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from uuid import UUID
 
@@ -44,6 +45,15 @@ async def get(conn: Conn, org_id: UUID, recording_id: UUID) -> DictRow | None:
         f"SELECT {COLUMNS} FROM recordings WHERE org_id = %s AND id = %s",  # noqa: S608
         (org_id, recording_id),
     )
+
+
+async def existing(conn: Conn, org_id: UUID, recording_ids: Sequence[UUID]) -> set[UUID]:
+    rows = await fetch_all(
+        conn,
+        "SELECT id FROM recordings WHERE org_id = %s AND id = ANY(%s)",
+        (org_id, list(recording_ids)),
+    )
+    return {row["id"] for row in rows}
 
 
 async def rename(conn: Conn, org_id: UUID, recording_id: UUID, title: str) -> DictRow | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from uuid import UUID
 
@@ -51,6 +52,17 @@ async def list_recordings(
         else None
     )
     return RecordingPage(items=items, next_cursor=next_cursor)
+
+
+async def recording_row(conn: Conn, org_id: UUID, recording_id: UUID) -> DictRow | None:
+    """A recording of ``org_id`` as stored (media key included), for the domains that read
+    one on an org's behalf without a caller: shares, the worker."""
+    return await repo.get(conn, org_id, recording_id)
+
+
+async def existing_recordings(conn: Conn, org_id: UUID, recording_ids: Sequence[UUID]) -> set[UUID]:
+    """Which of ``recording_ids`` still exist in ``org_id`` (citations of deleted ones drop)."""
+    return await repo.existing(conn, org_id, recording_ids) if recording_ids else set()
 
 
 async def get_recording(conn: Conn, principal: Principal, recording_id: UUID) -> RecordingOut:

@@ -23,17 +23,14 @@ from psycopg.rows import DictRow
 
 from app.auth.principal import Principal
 from app.auth.rbac import Permission, Scope, scope_of
-from app.chat import repository as chat_repo
-from app.chat.service import owner_of, person
-from app.documents import repository as documents_repo
-from app.documents.schemas import DocumentOut
-from app.kit.db import Conn, fetch_one, set_tenant
+from app.chat.service import lock_own_conversation, person, shared_conversation
+from app.documents.service import find_document
+from app.kit.db import Conn, set_tenant
 from app.kit.errors import AuthorizationError, NotFoundError
 from app.kit.pagination import decode_text_cursor, encode_cursor
 from app.kit.services import Services
 from app.kit.storage import ObjectStore
-from app.recordings import repository as recordings_repo
-from app.search import repository as search_repo
+from app.recordings.service import existing_recordings, recording_row
 from app.settings import Settings
 from app.shares import repository as repo
 from app.shares.audit import audit_share
@@ -48,8 +45,7 @@ from app.shares.schemas import (
     ShareList,
     ShareOut,
 )
-from app.transcripts import repository as transcripts_repo
-from app.transcripts.schemas import SegmentOut, TranscriptOut
+from app.transcripts.service import find_transcript
 
 SHARE_ID_BYTES = 24  # 32 characters of token_urlsafe
 GONE = "This link has expired, was revoked, or never existed."
@@ -90,11 +86,7 @@ async def _owner_of(
             raise NotFoundError("No such document (a recording has one once it is ready).")
         creator: UUID | None = document["created_by"]
         return creator
-    conversation = await chat_repo.get_conversation(
-        conn, org, owner_of(principal), resource_id, lock=True
-    )
-    if conversation is None:
-        raise NotFoundError("No such conversation.")
+    await lock_own_conversation(conn, principal, resource_id)
     return principal.user_id
 
 
@@ -179,23 +171,6 @@ async def _resolve(conn: Conn, share_id: str) -> DictRow:
     return share
 
 
-async def _transcript(conn: Conn, org_id: UUID, recording_id: UUID) -> TranscriptOut | None:
-    row = await transcripts_repo.get_transcript(conn, org_id, recording_id)
-    if row is None:
-        return None
-    segments = await transcripts_repo.get_segments(conn, org_id, row["id"])
-    return TranscriptOut(
-        language=row["language"],
-        text=row["text"],
-        segments=[SegmentOut.model_validate(s) for s in segments],
-    )
-
-
-async def _document(conn: Conn, org_id: UUID, recording_id: UUID) -> DocumentOut | None:
-    row = await documents_repo.get_document(conn, org_id, recording_id)
-    return DocumentOut.model_validate(row) if row else None
-
-
 async def public_page(services: Services, share_id: str) -> SharedPage:
     async with services.db.transaction() as conn:
         share = await _resolve(conn, share_id)
@@ -203,19 +178,13 @@ async def public_page(services: Services, share_id: str) -> SharedPage:
         kind = ResourceType(share["resource_type"])
         page: dict[str, Any] = {"resource_type": kind, "expires_at": share["expires_at"]}
         if kind is ResourceType.conversation:
-            conversation = await fetch_one(
-                conn,
-                "SELECT id, title, created_at FROM conversations WHERE org_id = %s AND id = %s",
-                (org_id, resource_id),
-            )
-            if conversation is None:
+            shared = await shared_conversation(conn, org_id, resource_id, limit=SHARED_MESSAGES)
+            if shared is None:
                 raise NotFoundError(GONE)
-            messages = await chat_repo.list_messages(
-                conn, org_id, resource_id, limit=SHARED_MESSAGES, after=None
-            )
+            conversation, messages = shared
             cited = {UUID(str(c["recording_id"])) for m in messages for c in m["citations"] or []}
             # Citations of recordings deleted since are dropped with them.
-            alive = await search_repo.existing_recordings(conn, org_id, sorted(cited))
+            alive = await existing_recordings(conn, org_id, sorted(cited))
             page["conversation"] = SharedConversation(
                 title=conversation["title"],
                 created_at=conversation["created_at"],
@@ -241,13 +210,13 @@ async def public_page(services: Services, share_id: str) -> SharedPage:
             recording_id = document["recording_id"]
         else:
             recording_id = resource_id
-        recording = await recordings_repo.get(conn, org_id, recording_id)
+        recording = await recording_row(conn, org_id, recording_id)
         if recording is None:
             raise NotFoundError(GONE)
         page["recording"] = SharedRecording.model_validate(recording)
-        page["document"] = await _document(conn, org_id, recording_id)
+        page["document"] = await find_document(conn, org_id, recording_id)
         if kind is ResourceType.recording:
-            page["transcript"] = await _transcript(conn, org_id, recording_id)
+            page["transcript"] = await find_transcript(conn, org_id, recording_id)
             if recording["media_key"]:
                 base = services.settings.public_url.rstrip("/")
                 page["media_url"] = f"{base}/s/{share_id}/media"
@@ -263,7 +232,7 @@ async def public_media(
         share = await _resolve(conn, share_id)
         if share["resource_type"] != ResourceType.recording:
             raise NotFoundError("This link shares no media.")
-        recording = await recordings_repo.get(conn, share["org_id"], share["resource_id"])
+        recording = await recording_row(conn, share["org_id"], share["resource_id"])
     if recording is None or not recording["media_key"]:
         raise NotFoundError(GONE)
     key = recording["media_key"]

@@ -14,8 +14,9 @@ from uuid import UUID
 from redis.asyncio import Redis
 
 from app.kit.cache import VersionedCache
-from app.kit.db import Conn, fetch_one
+from app.kit.db import Conn
 from app.kit.errors import NotFoundError
+from app.recordings.service import existing_recordings
 from app.settings import Settings
 from app.transcripts import repository
 from app.transcripts.schemas import SegmentOut, TranscriptOut
@@ -36,10 +37,11 @@ def transcript_scope(org_id: UUID, recording_id: UUID) -> str:
     return f"{org_id}/{recording_id}"
 
 
-async def _load(conn: Conn, org_id: UUID, recording_id: UUID) -> TranscriptOut:
+async def find_transcript(conn: Conn, org_id: UUID, recording_id: UUID) -> TranscriptOut | None:
+    """A recording's transcript with its segments, read from the database (no cache)."""
     row = await repository.get_transcript(conn, org_id, recording_id)
     if row is None:
-        raise NotFoundError(NOT_YET)
+        return None
     segments = await repository.get_segments(conn, org_id, row["id"])
     return TranscriptOut(
         language=row["language"],
@@ -48,14 +50,18 @@ async def _load(conn: Conn, org_id: UUID, recording_id: UUID) -> TranscriptOut:
     )
 
 
+async def _load(conn: Conn, org_id: UUID, recording_id: UUID) -> TranscriptOut:
+    transcript = await find_transcript(conn, org_id, recording_id)
+    if transcript is None:
+        raise NotFoundError(NOT_YET)
+    return transcript
+
+
 async def transcript_json(
     conn: Conn, redis: Redis, settings: Settings, org_id: UUID, recording_id: UUID
 ) -> bytes:
     """The response body of ``GET .../transcript``, serialised once per transcript."""
-    exists = await fetch_one(
-        conn, "SELECT 1 FROM recordings WHERE org_id = %s AND id = %s", (org_id, recording_id)
-    )
-    if exists is None:
+    if not await existing_recordings(conn, org_id, [recording_id]):
         raise NotFoundError(NOT_YET)
 
     async def load() -> bytes:
