@@ -167,9 +167,19 @@ class ProjectConfig(_Block):
 
     @property
     def prefix(self) -> str:
-        """The name every resource starts with, so two installs live in one account."""
-        base = f"{self.project}-{self.stack}"
-        return f"{base}-{self.instance}" if self.instance else base
+        """The name every resource starts with, so two installs live in one account.
+
+        A preview's is ``record-pr-<n>``: its slug, not its stack's name (``preview-pr-<n>``,
+        which already says the slug: both gave ``record-preview-pr-<n>-pr-<n>``)."""
+        if self.instance:
+            return f"{self.project}-{self.instance}"
+        return f"{self.project}-{self.stack}"
+
+    @property
+    def former_prefix(self) -> str | None:
+        """A preview's prefix before it was its slug alone: what aliases name its resources
+        by, so that a preview made before keeps them (infra/preview.py)."""
+        return f"{self.project}-{self.stack}-{self.instance}" if self.instance else None
 
     @property
     def tags(self) -> dict[str, str]:

@@ -61,6 +61,54 @@ BASE_OUTPUTS = (
 )
 
 
+def renamed_from(project: ProjectConfig) -> pulumi.ResourceTransformation | None:
+    """Aliases to a preview's resource names of before, ``record-preview-pr-<n>-pr-<n>-…``,
+    for the preview and everything under it (a transformation reaches all its children, the
+    components of other modules included).
+
+    A preview is disposable, and most of what the rename touches is replaced at the next `up`
+    anyway (an IAM role's or a Valkey user's name is its identity). The aliases are for what
+    must not be: the Kubernetes provider (a new one would replace every object of the
+    preview) and its database, whose replacement would create the new resource, a no-op on the
+    database that exists, and then delete the old one, which drops ``record_pr_<n>``."""
+    old, new = project.former_prefix, project.prefix
+    if old is None:
+        return None
+
+    def rename(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult:
+        if not args.name.startswith(new):
+            return pulumi.ResourceTransformationResult(args.props, args.opts)
+        former = old + args.name[len(new) :]
+        # Each alias the resource has already (a parent it moved from) under the old name too:
+        # a preview made before both the move and the rename is known by the pair.
+        # (merge appends these to the aliases it has.)
+        added: list[pulumi.Input[str] | pulumi.Alias] = [pulumi.Alias(name=former)]
+        for existing in args.opts.aliases or []:
+            # An alias's unset fields are ``...``: this one kept the name it had.
+            if isinstance(existing, pulumi.Alias) and _unset(existing.name):
+                added.append(_renamed(existing, former))
+        return pulumi.ResourceTransformationResult(
+            args.props,
+            pulumi.ResourceOptions.merge(args.opts, pulumi.ResourceOptions(aliases=added)),
+        )
+
+    return rename
+
+
+def _unset(value: object) -> bool:
+    return value is ...
+
+
+def _renamed(alias: pulumi.Alias, name: str) -> pulumi.Alias:
+    return pulumi.Alias(
+        name=name,
+        type_=alias.type_,
+        parent=alias.parent,
+        stack=alias.stack,
+        project=alias.project,
+    )
+
+
 @dataclass
 class PreviewArgs:
     project: ProjectConfig
@@ -85,6 +133,11 @@ class Preview(pulumi.ComponentResource):
     def __init__(
         self, name: str, args: PreviewArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
+        renamed = renamed_from(args.project)
+        if renamed is not None:
+            opts = pulumi.ResourceOptions.merge(
+                opts, pulumi.ResourceOptions(transformations=[renamed])
+            )
         super().__init__("record:infra:Preview", name, None, opts)
         pv = args.preview
         base = pulumi.StackReference(pv.base_stack, opts=pulumi.ResourceOptions(parent=self))

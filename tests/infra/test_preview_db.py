@@ -36,7 +36,7 @@ from tests.infra.test_preview_provisioner import (
     provisioner_job,
 )
 
-DATABASE_RESOURCE = "record-preview-pr-0-database"
+DATABASE_RESOURCE = "record-pr-0-database"
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
 
 
