@@ -16,7 +16,12 @@ stack was last updated:
 
 Only the master may drop a database, and only the base's provisioner account may read the
 master's password: hence a Job in the cluster, not a connection from here. ``kubectl`` rather
-than a client library of our own: the workflows already have it, with the cluster's auth plugin.
+than a client library of our own: the workflows install it (pinned to the clusters' minor), and
+it brings the cluster's auth plugin.
+
+The drop Job must be in the bootstrap's preview mode (``DB_PREVIEW_NUMBER``) for its own
+``record_pr_<n>``: the Job refuses anything else itself, and this refuses it before ``kubectl``
+runs, so a wrong Job fails at ``pulumi up`` rather than at the destroy.
 """
 
 from __future__ import annotations

@@ -4,12 +4,14 @@ Creating a database and its login roles takes the RDS master's credentials. Pods
 run pull-request code, so they must never hold those (#12, defect 9). The base stack owns, in its
 own namespace, the ServiceAccount ``record-db-provisioner``, whose IRSA role alone may read the
 master secret (``infra/identity.py``), and a NetworkPolicy that lets its pods reach RDS, STS and
-Secrets Manager (:class:`DbProvisioner`). A preview stack's Pulumi program (run by the deploy
-workflow, not by a pod of the PR) creates there a Secret with its login passwords and a Job
-that runs the base's own API image -- the digest the base deployed, code from main -- with
-``python -m infra.db_bootstrap`` under that ServiceAccount (:class:`PreviewDatabase`). The
-preview's own migration Job waits for it and then only runs ``alembic upgrade head`` as the
-preview's owner.
+Secrets Manager (:class:`DbProvisioner`). A preview stack's Pulumi program (main's, run by the
+preview workflow from the default branch's checkout: the pull request contributes only its
+images) creates there a Secret with its login passwords and a Job that runs the base's own API
+image -- the digest the base deployed, code from main -- with ``python -m infra.db_bootstrap``
+under that ServiceAccount (:class:`PreviewDatabase`). The preview's own migration Job waits for
+it and then only runs ``alembic upgrade head`` as the preview's owner. Both Jobs run the
+bootstrap in preview mode (``DB_PREVIEW_NUMBER``): it refuses any database or owner but
+``record_pr_<n>``.
 
 The base's own database is still bootstrapped by its migration Job's init container: that Job
 runs the base's code under the base's role, so it crosses no trust boundary.

@@ -33,6 +33,8 @@ NOT_SETTINGS = frozenset(
         "DB_MASTER_SECRET_ARN",
         ENV_OWNER,
         *ENV_PASSWORDS.values(),
+        # A preview's provisioner Jobs: the bootstrap's preview mode (record_pr_<n> only).
+        "DB_PREVIEW_NUMBER",
         # libpq (psycopg) and the bootstrap: the RDS CA bundle for sslmode=verify-full.
         "PGSSLROOTCERT",
         # huggingface_hub: the image carries the models; never download at run time.
