@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 from uuid import UUID
 
@@ -12,6 +13,7 @@ from app.auth.principal import Principal
 from app.auth.rbac import Permission
 from app.auth.schemas import OrgMembershipOut, OrgOut
 from app.kit.deps import DbConn, ServicesDep
+from app.kit.errors import NotFoundError
 from app.orgs import service
 from app.orgs.schemas import (
     ApiKeyCreated,
@@ -32,13 +34,31 @@ from app.orgs.schemas import (
 router = APIRouter(prefix="/api/orgs", tags=["orgs"])
 invitations = APIRouter(prefix="/api/invitations", tags=["orgs"])
 
-OrgReader = Annotated[Principal, Depends(require(Permission.org_read))]
-OrgEditor = Annotated[Principal, Depends(require(Permission.org_update))]
-OrgDeleter = Annotated[Principal, Depends(require(Permission.org_delete))]
-MemberReader = Annotated[Principal, Depends(require(Permission.members_read))]
-MemberManager = Annotated[Principal, Depends(require(Permission.members_manage))]
-KeyManager = Annotated[Principal, Depends(require(Permission.api_keys_manage))]
-IdpManager = Annotated[Principal, Depends(require(Permission.idp_manage))]
+
+def in_path_org(permission: Permission) -> Callable[..., Awaitable[Principal]]:
+    """``require(permission)`` for a route under ``/api/orgs/{org_id}``: the path's org must be
+    the request's org (``X-Record-Org`` or the API key's), else 404, as for any org the caller
+    cannot see. The role is checked first, so a caller without it learns nothing of the org."""
+    check = require(permission)
+
+    # A default, not Annotated[...]: the annotation would name a local that FastAPI cannot
+    # resolve from this module's globals (annotations are strings here).
+    async def dependency(org_id: UUID, principal: Principal = Depends(check)) -> Principal:  # noqa: B008
+        if principal.org_id != org_id:
+            raise NotFoundError("No such org.")
+        return principal
+
+    dependency.__name__ = f"in_path_org_{permission.name}"
+    return dependency
+
+
+OrgReader = Annotated[Principal, Depends(in_path_org(Permission.org_read))]
+OrgEditor = Annotated[Principal, Depends(in_path_org(Permission.org_update))]
+OrgDeleter = Annotated[Principal, Depends(in_path_org(Permission.org_delete))]
+MemberReader = Annotated[Principal, Depends(in_path_org(Permission.members_read))]
+MemberManager = Annotated[Principal, Depends(in_path_org(Permission.members_manage))]
+KeyManager = Annotated[Principal, Depends(in_path_org(Permission.api_keys_manage))]
+IdpManager = Annotated[Principal, Depends(in_path_org(Permission.idp_manage))]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
@@ -50,26 +70,22 @@ async def create_org(
 
 @router.get("/{org_id}")
 async def get_org(org_id: UUID, principal: OrgReader, conn: DbConn) -> OrgOut:
-    service.ensure_path_org(principal, org_id)
     return await service.get_org(conn, org_id)
 
 
 @router.patch("/{org_id}")
 async def update_org(org_id: UUID, body: OrgIn, principal: OrgEditor, conn: DbConn) -> OrgOut:
-    service.ensure_path_org(principal, org_id)
     return await service.rename_org(conn, principal, body.name)
 
 
 @router.delete("/{org_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_org(org_id: UUID, principal: OrgDeleter, conn: DbConn) -> Response:
-    service.ensure_path_org(principal, org_id)
     await service.delete_org(conn, principal)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/{org_id}/members")
 async def list_members(org_id: UUID, principal: MemberReader, conn: DbConn) -> MemberList:
-    service.ensure_path_org(principal, org_id)
     return MemberList(items=await service.list_members(conn, principal))
 
 
@@ -79,14 +95,12 @@ async def invite_member(
 ) -> InvitationOut:
     """Invite an address: it is mailed a single-use link (PUBLIC_URL/invite/<token>), which the
     invited person accepts signed in with that address verified."""
-    service.ensure_path_org(principal, org_id)
     return await service.invite_member(conn, services.settings, principal, body)
 
 
 @router.get("/{org_id}/invitations")
 async def list_invitations(org_id: UUID, principal: MemberManager, conn: DbConn) -> InvitationList:
     """The org's open invitations, expired ones included (owners and admins)."""
-    service.ensure_path_org(principal, org_id)
     return InvitationList(items=await service.list_invitations(conn, principal))
 
 
@@ -96,7 +110,6 @@ async def revoke_invitation(
 ) -> Response:
     """Revoke an open invitation: its link stops working (audited). Admins revoke only the
     roles they could grant."""
-    service.ensure_path_org(principal, org_id)
     await service.revoke_invitation(conn, principal, invitation_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -113,7 +126,6 @@ async def accept_invitation(
 @router.get("/{org_id}/oidc-binding")
 async def get_oidc_binding(org_id: UUID, principal: IdpManager, conn: DbConn) -> OidcBindingOut:
     """Which identity provider's org claim names this org, and the highest role it grants."""
-    service.ensure_path_org(principal, org_id)
     return await service.get_oidc_binding(conn, principal)
 
 
@@ -123,14 +135,12 @@ async def put_oidc_binding(
 ) -> OidcBindingOut:
     """Accept org and role claims from this identity provider (``iss``) when the org claim has
     this value, granting at most ``max_role``. Owners only; audited."""
-    service.ensure_path_org(principal, org_id)
     return await service.put_oidc_binding(conn, principal, body)
 
 
 @router.delete("/{org_id}/oidc-binding", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_oidc_binding(org_id: UUID, principal: IdpManager, conn: DbConn) -> Response:
     """Stop accepting the identity provider's org and role claims for this org (audited)."""
-    service.ensure_path_org(principal, org_id)
     await service.delete_oidc_binding(conn, principal)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -139,7 +149,6 @@ async def delete_oidc_binding(org_id: UUID, principal: IdpManager, conn: DbConn)
 async def change_member_role(
     org_id: UUID, user_id: UUID, body: MemberPatch, principal: MemberManager, conn: DbConn
 ) -> MemberOut:
-    service.ensure_path_org(principal, org_id)
     return await service.change_role(conn, principal, user_id, body.role)
 
 
@@ -149,14 +158,12 @@ async def remove_member(
 ) -> Response:
     # Members may remove themselves (leave); removing others needs members:manage, which the
     # service checks together with the roles involved.
-    service.ensure_path_org(principal, org_id)
     await service.remove_member(conn, principal, user_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/{org_id}/api-keys")
 async def list_api_keys(org_id: UUID, principal: KeyManager, conn: DbConn) -> ApiKeyList:
-    service.ensure_path_org(principal, org_id)
     return ApiKeyList(items=await service.list_api_keys(conn, principal))
 
 
@@ -164,7 +171,6 @@ async def list_api_keys(org_id: UUID, principal: KeyManager, conn: DbConn) -> Ap
 async def create_api_key(
     org_id: UUID, body: ApiKeyIn, principal: KeyManager, conn: DbConn
 ) -> ApiKeyCreated:
-    service.ensure_path_org(principal, org_id)
     return await service.create_api_key(conn, principal, body)
 
 
@@ -172,6 +178,5 @@ async def create_api_key(
 async def revoke_api_key(
     org_id: UUID, key_id: UUID, principal: KeyManager, conn: DbConn
 ) -> Response:
-    service.ensure_path_org(principal, org_id)
     await service.revoke_api_key(conn, principal, key_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

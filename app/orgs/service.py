@@ -279,11 +279,6 @@ async def revoke_api_key(conn: Conn, principal: Principal, key_id: UUID) -> None
     await _audit(conn, principal, "api_key.revoke", "api_key", key_id)
 
 
-def ensure_path_org(principal: Principal, org_id: UUID) -> None:
-    if principal.org_id != org_id:
-        raise NotFoundError("No such org.")
-
-
 async def list_invitations(conn: Conn, principal: Principal) -> list[InvitationOut]:
     return [
         InvitationOut.model_validate(r) for r in await repo.list_invitations(conn, principal.org)
