@@ -32,11 +32,25 @@ BUILD_ARGS: dict[str, dict[str, str]] = {"api": {}, "models": {"EXTRAS": "ai"}}
 BUILD_TARGET = "runtime"
 # The node group runs AL2023_x86_64_STANDARD (infra/cluster.py).
 PLATFORM = docker_build.Platform.LINUX_AMD64
-# What the lifecycle policy keeps. A stack's own builds: the newest 30, which covers rolling
-# back weeks of deploys; a stack pins a digest, so the image it runs is never the one expired.
-KEEP_BUILDS = 30
-# Preview builds (``pr-<n>-<revision>``) across every open pull request.
-KEEP_PREVIEW_BUILDS = 50
+# What the lifecycle policy keeps. ECR gives each image to the first rule whose tags select it
+# and no later rule may expire it, so a rule cannot say "the newest N, and whatever is younger
+# than D days": each kind of build gets the one measure that is safe for it.
+#
+# A stack's own builds, by count: the image a stack runs is its newest build however long ago
+# it was pushed (prod may go months without a deploy: an age rule would expire the image its
+# nodes pull on their next restart). The count is large because a preview's database drop Job
+# runs the base image the preview recorded at its last `up` (infra/provisioner.py), up to the
+# preview's TTL plus the reaper's margin later: 200 covers 28 base deploys a day for those 7
+# days, and unchanged layers cost nothing twice.
+KEEP_BUILDS = 200
+# Preview builds (``pr-<n>-<revision>``), by age: a count across every open pull request would
+# expire a live preview's image once enough other pushes came after it. A live preview's image
+# is at most its TTL old (preview.yml moves the expiry to PREVIEW_TTL_HOURS after each push, 72
+# by default), and the hourly reaper destroys it soon after; the margin covers a reaper that
+# fails for a long weekend. A longer PREVIEW_TTL_HOURS needs this raised with it.
+PREVIEW_TTL_HOURS = 72
+PREVIEW_MARGIN_DAYS = 4
+PREVIEW_BUILD_DAYS = -(-PREVIEW_TTL_HOURS // 24) + PREVIEW_MARGIN_DAYS
 # Untagged manifests: superseded pushes and failed builds' leftovers. The per-platform
 # manifests and attestations of a tagged index are untagged too, but ECR never expires a
 # manifest that a manifest list still references.
@@ -74,12 +88,13 @@ def lifecycle_policy(stack_prefix: str) -> str:
                 },
                 {
                     "rulePriority": 3,
-                    "description": f"keep the newest {KEEP_PREVIEW_BUILDS} preview builds",
+                    "description": f"expire preview builds {PREVIEW_BUILD_DAYS} days after push",
                     "selection": {
                         "tagStatus": "tagged",
                         "tagPrefixList": [PREVIEW_TAG_PREFIX],
-                        "countType": "imageCountMoreThan",
-                        "countNumber": KEEP_PREVIEW_BUILDS,
+                        "countType": "sinceImagePushed",
+                        "countUnit": "days",
+                        "countNumber": PREVIEW_BUILD_DAYS,
                     },
                     "action": {"type": "expire"},
                 },

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from infra.config import ConfigError
+from infra.images import KEEP_BUILDS, PREVIEW_MARGIN_DAYS, PREVIEW_TTL_HOURS
 from infra.plan import REPO_ROOT, Plan, offline_digest, render
 from infra.provisioner import JOB_PREFIX
 from infra.rollout_gate import GATE_NAME
@@ -199,3 +201,90 @@ def test_revision_names_the_pushed_tag() -> None:
 def test_invalid_image_config_is_refused(image: Any, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         render("dev", {"record:image": image})
+
+
+# --- the lifecycle policy, evaluated as ECR does -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pushed:
+    tag: str | None  # None: an untagged manifest
+    days_ago: float
+
+
+def expired(policy: dict[str, Any], images: list[Pushed]) -> set[Pushed]:
+    """What ECR's lifecycle would expire: each image belongs to the first rule (by
+    rulePriority) whose tag selection matches it, and no later rule may expire it; a count
+    rule keeps its newest ``countNumber`` images, an age rule expires those pushed more than
+    ``countNumber`` days ago."""
+    rules = sorted(policy["rules"], key=lambda rule: rule["rulePriority"])
+    claimed: dict[int, list[Pushed]] = {rule["rulePriority"]: [] for rule in rules}
+    for image in images:
+        for rule in rules:
+            selection = rule["selection"]
+            status = selection["tagStatus"]
+            if (
+                status == "any"
+                or (status == "untagged" and image.tag is None)
+                or (
+                    status == "tagged"
+                    and image.tag is not None
+                    and any(image.tag.startswith(p) for p in selection["tagPrefixList"])
+                )
+            ):
+                claimed[rule["rulePriority"]].append(image)
+                break
+    out: set[Pushed] = set()
+    for rule in rules:
+        selection, mine = rule["selection"], claimed[rule["rulePriority"]]
+        if selection["countType"] == "sinceImagePushed":
+            out |= {image for image in mine if image.days_ago > selection["countNumber"]}
+        else:
+            newest_first = sorted(mine, key=lambda image: image.days_ago)
+            out |= set(newest_first[selection["countNumber"] :])
+    return out
+
+
+@pytest.fixture(scope="module")
+def staging_policy(plans: dict[str, Plan]) -> dict[str, Any]:
+    policies = {r["inputs"]["policy"] for r in plans["staging"].of_type(LIFECYCLE)}
+    assert len(policies) == 1
+    return json.loads(policies.pop())
+
+
+def test_the_evaluator_expires_what_the_rules_say(staging_policy):
+    old_untagged, new_untagged = Pushed(None, 30), Pushed(None, 1)
+    foreign = Pushed("latest", 400)
+    gone = expired(staging_policy, [old_untagged, new_untagged, foreign])
+    # Untagged leftovers go after a week; a tag of nobody's prefix is left alone.
+    assert gone == {old_untagged}
+
+
+def test_many_open_pull_requests_keep_every_live_preview_s_image(staging_policy):
+    """80 open pull requests, each pushed within its TTL: the former rule (the newest 50
+    preview builds) expired the 30 oldest live previews' images."""
+    live = [Pushed(f"pr-{n}-abc{n}", days_ago=n * 3 / 80) for n in range(1, 81)]
+    superseded = [Pushed(f"pr-{n}-old{n}", days_ago=3 + n / 80) for n in range(1, 81)]
+    gone = expired(staging_policy, live + superseded)
+    assert not gone & set(live)
+    # An abandoned preview's builds still go, once no preview can run them.
+    stale = Pushed("pr-9-stale", days_ago=PREVIEW_TTL_HOURS / 24 + PREVIEW_MARGIN_DAYS + 1)
+    assert stale in expired(staging_policy, [*live, stale])
+
+
+def test_a_busy_week_keeps_the_base_image_a_preview_s_drop_job_recorded(staging_policy):
+    """A preview recorded staging's image at its last `up`; staging then deployed 20 times a
+    day until the preview's TTL and the reaper's margin ran out: the drop Job's image is still
+    there (the former 30 builds kept it for a day and a half)."""
+    recorded = Pushed("record-staging-recorded", days_ago=PREVIEW_TTL_HOURS / 24 + 4)
+    since = [Pushed(f"record-staging-{i}", days_ago=i / 20) for i in range(7 * 20)]
+    assert recorded not in expired(staging_policy, [*since, recorded])
+
+
+def test_the_image_a_base_stack_runs_is_kept_however_old(staging_policy):
+    """prod may not deploy for months: its newest build is what its nodes pull."""
+    running = Pushed("record-staging-running", days_ago=365)
+    older = [Pushed(f"record-staging-{i}", days_ago=366 + i) for i in range(300)]
+    gone = expired(staging_policy, [running, *older])
+    assert running not in gone
+    assert len(gone) == 301 - KEEP_BUILDS
