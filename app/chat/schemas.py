@@ -9,6 +9,7 @@ from uuid import UUID
 from pydantic import BaseModel, Field
 
 from app.auth.schemas import Strict
+from app.kit.pagination import Page
 
 
 class ChatIn(Strict):
@@ -43,9 +44,8 @@ class ConversationOut(BaseModel):
     updated_at: datetime
 
 
-class ConversationPage(BaseModel):
-    items: list[ConversationOut]
-    next_cursor: str | None
+class ConversationPage(Page[ConversationOut]):
+    pass
 
 
 class MessageOut(BaseModel):
@@ -57,6 +57,5 @@ class MessageOut(BaseModel):
     created_at: datetime
 
 
-class MessagePage(BaseModel):
-    items: list[MessageOut]
-    next_cursor: str | None
+class MessagePage(Page[MessageOut]):
+    pass

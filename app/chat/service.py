@@ -44,7 +44,7 @@ from app.kit.errors import (
     ServiceUnavailableError,
     ValidationError,
 )
-from app.kit.pagination import decode_cursor, encode_cursor
+from app.kit.pagination import decode_cursor, paginate
 from app.kit.security.text import plain_text
 from app.kit.services import Services
 from app.recordings.service import existing_recordings
@@ -235,11 +235,7 @@ async def list_conversations(
     rows = await repo.list_conversations(
         conn, principal.org, owner_of(principal), limit=limit + 1, after=after
     )
-    items = [ConversationOut.model_validate(r) for r in rows[:limit]]
-    last = rows[limit - 1] if len(rows) > limit else None
-    return ConversationPage(
-        items=items, next_cursor=encode_cursor(last["created_at"], last["id"]) if last else None
-    )
+    return paginate(ConversationPage, rows, limit, ConversationOut.model_validate)
 
 
 async def get_conversation(
@@ -290,8 +286,4 @@ async def list_messages(
     rows = await repo.list_messages(
         conn, principal.org, conversation_id, limit=limit + 1, after=after
     )
-    items = [MessageOut.model_validate(r) for r in rows[:limit]]
-    last = rows[limit - 1] if len(rows) > limit else None
-    return MessagePage(
-        items=items, next_cursor=encode_cursor(last["created_at"], last["id"]) if last else None
-    )
+    return paginate(MessagePage, rows, limit, MessageOut.model_validate)

@@ -1,7 +1,8 @@
 """Keyset (cursor) pagination: stable under inserts, one index range scan per page.
 
 The cursor is an opaque, URL-safe encoding of the last row's (created_at, id); clients pass it
-back unchanged. ``limit`` is capped at 100.
+back unchanged. ``limit`` is capped at 100. A repository fetches ``limit + 1`` rows, and
+``paginate`` turns them into a ``Page``: the extra row only says that there is a next page.
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 from uuid import UUID
 
 from fastapi import Query
+from pydantic import BaseModel
 
 from app.kit.errors import ValidationError
 
@@ -48,3 +50,24 @@ def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
 def decode_text_cursor(cursor: str) -> tuple[datetime, str]:
     """For rows whose id is text (share links)."""
     return _decode(cursor, str)
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list: its items, and the cursor of the next page (None on the last)."""
+
+    items: list[T]
+    next_cursor: str | None
+
+
+P = TypeVar("P", bound=Page[Any])
+R = TypeVar("R", bound=Mapping[str, Any])
+
+
+def paginate(page: type[P], rows: Sequence[R], limit: int, item: Callable[[R], Any]) -> P:
+    """``rows`` as fetched with ``limit + 1``: the first ``limit`` become items; the cursor is
+    the last shown row's (created_at, id) when there was one more."""
+    last = rows[limit - 1] if len(rows) > limit else None
+    return page(
+        items=[item(row) for row in rows[:limit]],
+        next_cursor=encode_cursor(last["created_at"], last["id"]) if last is not None else None,
+    )

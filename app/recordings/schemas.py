@@ -9,6 +9,7 @@ from uuid import UUID
 from pydantic import BaseModel, Field
 
 from app.auth.schemas import Strict
+from app.kit.pagination import Page
 
 
 class RecordingStatus(StrEnum):
@@ -32,9 +33,8 @@ class RecordingOut(BaseModel):
     updated_at: datetime
 
 
-class RecordingPage(BaseModel):
-    items: list[RecordingOut]
-    next_cursor: str | None
+class RecordingPage(Page[RecordingOut]):
+    pass
 
 
 class RecordingPatch(Strict):

@@ -17,7 +17,7 @@ from app.jobs.queue import defer_pipeline
 from app.kit.db import Conn
 from app.kit.errors import AuthorizationError, NotFoundError
 from app.kit.ids import new_id
-from app.kit.pagination import decode_cursor, encode_cursor
+from app.kit.pagination import decode_cursor, paginate
 from app.kit.security.text import plain_text
 from app.kit.services import Services
 from app.kit.storage import ObjectStore, create_store, recording_key
@@ -45,13 +45,7 @@ async def list_recordings(
         after=after,
         status=status.value if status else None,
     )
-    items = [RecordingOut.model_validate(r) for r in rows[:limit]]
-    next_cursor = (
-        encode_cursor(rows[limit - 1]["created_at"], rows[limit - 1]["id"])
-        if len(rows) > limit
-        else None
-    )
-    return RecordingPage(items=items, next_cursor=next_cursor)
+    return paginate(RecordingPage, rows, limit, RecordingOut.model_validate)
 
 
 async def recording_row(conn: Conn, org_id: UUID, recording_id: UUID) -> DictRow | None:

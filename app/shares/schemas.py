@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from app.auth.schemas import Strict
 from app.documents.schemas import DocumentOut
+from app.kit.pagination import Page
 from app.transcripts.schemas import TranscriptOut
 
 MAX_EXPIRES_IN = 365 * 24 * 3600
@@ -42,9 +43,8 @@ class ShareOut(BaseModel):
     expires_at: datetime | None
 
 
-class ShareList(BaseModel):
-    items: list[ShareOut]
-    next_cursor: str | None
+class ShareList(Page[ShareOut]):
+    pass
 
 
 class SharedRecording(BaseModel):

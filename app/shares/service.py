@@ -27,7 +27,7 @@ from app.chat.service import lock_own_conversation, person, shared_conversation
 from app.documents.service import find_document
 from app.kit.db import Conn, set_tenant
 from app.kit.errors import AuthorizationError, NotFoundError
-from app.kit.pagination import decode_text_cursor, encode_cursor
+from app.kit.pagination import decode_text_cursor, paginate
 from app.kit.services import Services
 from app.kit.storage import ObjectStore
 from app.recordings.service import existing_recordings, recording_row
@@ -141,11 +141,7 @@ async def list_shares(
         limit=limit + 1,
         after=after,
     )
-    last = rows[limit - 1] if len(rows) > limit else None
-    return ShareList(
-        items=[_out(row, settings) for row in rows[:limit]],
-        next_cursor=encode_cursor(last["created_at"], last["id"]) if last else None,
-    )
+    return paginate(ShareList, rows, limit, lambda row: _out(row, settings))
 
 
 async def revoke_share(conn: Conn, principal: Principal, share_id: str) -> None:
