@@ -26,9 +26,13 @@ async def run(
     wait: bool = True,
     poll_seconds: float = 1.0,
     console: Console | None = None,
+    models: ModelClients | None = None,
 ) -> int:
+    """The command; returns its exit code. ``models``: the clients to embed the last chunks
+    with (default: the settings', closed at the end)."""
     console = console or Console()
-    models = ModelClients.from_settings(settings)
+    own = models is None
+    models = models or ModelClients.from_settings(settings)
     try:
         async with reindex.owner_connection(settings) as conn:
             return await _run(
@@ -46,7 +50,8 @@ async def run(
         console.print(f"[red]{exc}[/red]")
         return 1
     finally:
-        await models.aclose()
+        if own:
+            await models.aclose()
 
 
 async def _run(
@@ -66,9 +71,9 @@ async def _run(
         console.print(f"Abandoned; dropped {gone}." if gone else "No re-embed in progress.")
         return 0
     if adopt:
-        space = await reindex.adopt(conn, settings)
+        adopted = await reindex.adopt(conn, settings)
         console.print(
-            f"Generation {space.generation} recorded as {space.model}:{space.dimensions}."
+            f"Generation {adopted.generation} recorded as {adopted.model}:{adopted.dimensions}."
         )
         return 0
     space = await reindex.begin(conn, settings, force=force)

@@ -7,6 +7,7 @@ the switch is atomic and the old column and its index are gone after it."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import uuid
 from typing import Any
@@ -15,12 +16,13 @@ import httpx2
 import numpy as np
 import psycopg
 import pytest
+from rich.console import Console
 
 from app.ai.clients import SERVICES_KEY, ModelClients
 from app.transcripts.repository import ChunkRow, replace_chunks
 from tests.conftest import ROLES, as_login, as_role
 from tests.worker.conftest import FakeOpenAI, fake_vector
-from worker import reindex
+from worker import reindex, reindex_cli
 from worker.jobs import build_app
 from worker.pipeline import PipelineDeps, store_chunks
 from worker.reindex import Batch, Throttle
@@ -198,20 +200,23 @@ async def test_reembed_switches_with_search_answering_throughout(
             "openai_max_retries": 0,
         }
     )
+    out = io.StringIO()
+    console = Console(file=out, width=400)
     owner_models = ModelClients.from_settings(
         owner, http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(fake_openai))
     )
     try:
+        # `record reindex`: the model's not recorded yet; recorded; then the re-embed begins.
+        assert await reindex_cli.run(owner, wait=False, console=console) == 1
+        assert "record reindex --adopt" in out.getvalue()
+        assert await reindex_cli.run(settings, adopt=True, console=console) == 0
+        assert await reindex_cli.run(owner, wait=False, console=console) == 0
+        assert "6 jobs queued" in out.getvalue()  # per org, ten chunks a job: 4 + 2
         async with reindex.owner_connection(owner) as conn:
-            with pytest.raises(reindex.ReindexError, match="adopt"):
-                await reindex.begin(conn, owner)
-            await reindex.adopt(conn, settings)  # generation 1 is all-minilm-l6-v2:384
-            space = await reindex.begin(conn, owner)
+            space = await reindex.begin(conn, owner)  # a second run resumes it
             assert space is not None
             assert (space.generation, space.dimensions) == (2, NEW_DIMS)
-            assert await reindex.begin(conn, owner) == space  # a second run resumes it
             assert (await reindex.progress(conn, space)).chunks == total
-            assert await reindex.defer_batches(conn, space) == 4 + 2  # per org, 10 a job
             assert await reindex.defer_batches(conn, space) == 0  # already queued
 
             # Killed half-way through its first range: the first step (4 chunks) stays.
@@ -254,8 +259,13 @@ async def test_reembed_switches_with_search_answering_throughout(
                 == "active"
             )
 
-            dropped = await reindex.finish(conn, space, owner_models, owner)
-            assert dropped == ["transcript_chunks.embedding"]
+        # Every batch done: the command follows (its bar full at once) and switches.
+        assert (
+            await reindex_cli.run(owner, console=console, models=owner_models, poll_seconds=0.05)
+            == 0
+        )
+        assert f"{total}/{total}" in out.getvalue()
+        assert "Dropped transcript_chunks.embedding" in out.getvalue()
         await asyncio.sleep(0.2)  # a few searches in the new space
     finally:
         stop.set()
