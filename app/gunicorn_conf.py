@@ -1,8 +1,9 @@
 """gunicorn's configuration: ``gunicorn -c python:app.gunicorn_conf 'app.main:create_app()'``.
 
-Values come from the one Settings object (BIND, WEB_CONCURRENCY, LOG_LEVEL, TRUSTED_PROXIES,
-PROMETHEUS_MULTIPROC_DIR); command-line flags still win over them. Logging is ours in the
-master too (``logconfig_dict``), so gunicorn's, uvicorn's and the app's lines share a format.
+Values come from the one Settings object (BIND, WEB_CONCURRENCY, GUNICORN_GRACEFUL_TIMEOUT,
+LOG_LEVEL, TRUSTED_PROXIES, PROMETHEUS_MULTIPROC_DIR); command-line flags still win over them.
+Logging is ours in the master too (``logconfig_dict``), so gunicorn's, uvicorn's and the app's
+lines share a format.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ workers = _settings.web_concurrency
 # uvicorn.workers is deprecated since uvicorn 0.30; the worker lives in its own package now.
 worker_class = "uvicorn_worker.UvicornWorker"
 # Kubernetes sends SIGTERM after the pod's preStop sleep; in-flight requests (a chat stream can
-# run ~30 s) get this long before workers are killed. The pod's grace period is longer.
-graceful_timeout = 30
+# run ~30 s) get this long before workers are killed, on SIGTERM and on a rolling restart
+# (SIGHUP) alike. GUNICORN_GRACEFUL_TIMEOUT, which the manifest sets and sizes the pod's grace
+# period from (infra/api.py): the pod must not be killed before gunicorn is done.
+graceful_timeout = _settings.gunicorn_graceful_timeout
 timeout = 60
 keepalive = 5
 # Only these peers may set X-Forwarded-For/-Proto; the default trusts loopback only.

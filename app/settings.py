@@ -202,6 +202,10 @@ class Settings(BaseSettings):
     # Serving (app/gunicorn_conf.py) and tracing: OpenTelemetry is on only when this is set.
     bind: str = "127.0.0.1:8000"
     web_concurrency: int = Field(default=2, ge=1, le=64)
+    # How long gunicorn's workers may finish in-flight requests after SIGTERM (a chat stream
+    # runs up to ~30 s) before they are killed. The Kubernetes manifest sets it and sizes the
+    # pod's grace period from it (infra/api.py): one number for both.
+    gunicorn_graceful_timeout: int = Field(default=30, ge=1, le=600)
     otel_exporter_otlp_endpoint: str | None = None
     otel_service_name: str = "record-api"
 

@@ -5,7 +5,10 @@ talk to come from ``bench/faultstack.py``."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
+import signal
 import subprocess
 import sys
 import time
@@ -13,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 
 from app.jobs.queue import PIPELINE_TASK
@@ -177,3 +181,95 @@ def spoken_wav(text: str, path: Path) -> bytes:
     """``text`` read aloud by espeak-ng, as WAV bytes: speech, so the pipeline makes chunks."""
     subprocess.run(["espeak-ng", "-s", "160", "-w", str(path), text], check=True)
     return path.read_bytes()
+
+
+class GunicornApi:
+    """The API as the image runs it (gunicorn, uvicorn workers, ``app.gunicorn_conf``) on a port
+    of its own, logged in as the API's role, to SIGHUP (a rolling restart of its workers) and
+    SIGTERM (a pod stopping)."""
+
+    def __init__(self, settings: Any, port: int, log: Path, **env: str) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = service_env(
+            settings,
+            DATABASE_URL=as_role(settings.database_url, ROLES.api),
+            BIND=f"127.0.0.1:{port}",
+            **env,
+        )
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, within: float = 60.0) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [str(BIN / "gunicorn"), "app.main:create_app()", "-c", "python:app.gunicorn_conf"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + within
+        while not self.ready():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"gunicorn did not start: {self.log.read_text()[-2000:]}")
+            time.sleep(0.1)
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def workers(self) -> set[int]:
+        assert self.proc is not None
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return {int(pid) for pid in children.read_text().split()}
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait; gunicorn's exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            code = self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(timeout=10)
+        self.proc = None
+        return code
+
+
+async def kill_while_running(url: str, proc: WorkerProcess, kills: int) -> int:
+    """SIGKILL the worker ``kills`` times, each while it runs a pipeline job (a random part of
+    a second into it), and start it again at once, as Kubernetes restarts a container. Returns
+    how many running jobs the kills interrupted (at least those seen running)."""
+    killed_workers: set[int] = set()
+    interrupted = 0
+    for _ in range(kills):
+        running = await asyncio.to_thread(
+            wait_for_running_job, url, not_of=killed_workers, within=120
+        )
+        await asyncio.sleep(random.uniform(0.0, 0.3))
+        proc.kill()
+        killed_workers |= {worker for _job, worker in running}
+        interrupted += len(running)
+        proc.start()
+    return interrupted
+
+
+async def wait_all_done(url: str, objects: Path, ids: list[str], within: float) -> Outcome:
+    """The batch's outcome once every recording is ``ready`` or ``failed`` (or ``within``
+    seconds have passed)."""
+    deadline = time.monotonic() + within
+    while True:
+        result = await asyncio.to_thread(outcome, url, objects, ids)
+        done = all(s in {"ready", "failed"} for s in result.statuses.values())
+        if done or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(0.5)

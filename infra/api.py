@@ -35,6 +35,13 @@ PUBLIC_PATHS = (
     ("/openapi.json", "Exact"),
 )
 API_SERVICE = ROLLOUT_NAME
+# A pod stopping: the preStop pause (the ALB keeps sending for a few seconds after the pod leaves
+# the endpoints), then SIGTERM and gunicorn's graceful timeout for in-flight requests (a chat
+# stream runs ~30 s; GUNICORN_GRACEFUL_TIMEOUT, read by app/gunicorn_conf.py), then gunicorn's
+# own exit. The grace period covers all three, or the kubelet kills requests still running.
+API_PRESTOP_SECONDS = 15
+API_GRACEFUL_TIMEOUT_SECONDS = 30
+API_GRACE_PERIOD_SECONDS = API_PRESTOP_SECONDS + API_GRACEFUL_TIMEOUT_SECONDS + 15
 
 
 @dataclass
@@ -168,8 +175,6 @@ class Api(pulumi.ComponentResource):
             str(cfg.api_workers),
             "--bind",
             f"0.0.0.0:{API_PORT}",
-            "--graceful-timeout",
-            "30",
         ]
         probe = {"port": "http", "scheme": "HTTP"}
         container = pods.container(
@@ -198,12 +203,14 @@ class Api(pulumi.ComponentResource):
             },
             # The ALB keeps sending to a pod for a few seconds after it leaves the endpoints;
             # sleeping first lets those requests land before gunicorn starts draining.
-            lifecycle={"preStop": {"sleep": {"seconds": 15}}},
+            lifecycle={"preStop": {"sleep": {"seconds": API_PRESTOP_SECONDS}}},
+            # The one source of the graceful timeout: no --graceful-timeout flag to disagree.
+            env=[{"name": "GUNICORN_GRACEFUL_TIMEOUT", "value": str(API_GRACEFUL_TIMEOUT_SECONDS)}],
         )
         return pods.pod(
             "api",
             [container],
-            terminationGracePeriodSeconds=60,
+            terminationGracePeriodSeconds=API_GRACE_PERIOD_SECONDS,
             topologySpreadConstraints=pods.spread("api"),
         )
 
