@@ -936,3 +936,58 @@ def test_each_stack_deploys_the_builds_digest_from_its_own_repository(
         assert sets == []
         assert "not the image the earlier stacks ran" in result.stdout
     assert "get-login-password" in aws.read_text()
+
+
+FAKE_REAPER_PYTHON = """#!/bin/bash
+echo "$*" >>{log}
+if [[ "$*" == "-m infra.reaper" ]]; then
+  echo "3 preview stack(s) at 2026-12-04T06:00:00+00:00"
+  echo "reap preview-pr-7: pull request closed"
+  echo "  destroyed and removed preview-pr-7"
+  echo "reap acme/record/preview-pr-8: expired"
+  echo "  destroyed and removed acme/record/preview-pr-8"
+  echo "reap preview-pr-9: expired"
+  echo "  error: preview-pr-9 not reaped: destroy failed"
+  exit {status}
+fi
+if [[ "$*" == *"previews/pr-8/"* ]]; then exit {purge_status}; fi
+"""
+
+
+@pytest.mark.parametrize(
+    ("reaper_status", "purge_status", "status"), [(0, 0, 0), (1, 0, 1), (0, 1, 1)]
+)
+def test_the_reaper_deletes_the_objects_of_what_it_destroyed(
+    tmp_path: Path, reaper_status: int, purge_status: int, status: int
+) -> None:
+    # The lines the step reads are the reaper's own (infra/reaper.py prints them so).
+    reaper_source = (REPO_ROOT / "infra" / "reaper.py").read_text()
+    assert 'print(f"  destroyed and removed {decision.stack}", file=out)' in reaper_source
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = _fake_pulumi(bin_dir)
+    venv = tmp_path / ".venv" / "bin"
+    venv.mkdir(parents=True)
+    calls = tmp_path / "python.log"
+    python = venv / "python"
+    python.write_text(
+        FAKE_REAPER_PYTHON.format(log=calls, status=reaper_status, purge_status=purge_status)
+    )
+    python.chmod(0o755)
+    (tmp_path / "Pulumi.preview.yaml").write_text(PREVIEW_TEMPLATE)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "RUNNER_TEMP": str(tmp_path),
+        "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md"),
+        "DRY_RUN": "false",
+    }
+    result = _run_step(_step("reaper", "reap", "Reap"), tmp_path, env)
+    assert result.returncode == status, result.stdout + result.stderr
+    assert calls.read_text().splitlines() == [
+        "-m infra.reaper",
+        "-m infra.preview_objects --bucket record-staging-objects --prefix previews/pr-7/",
+        "-m infra.preview_objects --bucket record-staging-objects --prefix previews/pr-8/",
+    ]
+    assert "stack output bucketName --stack record/staging" in log.read_text()
+    if purge_status:
+        assert "objects of preview-pr-8 were not deleted" in (tmp_path / "summary.md").read_text()
