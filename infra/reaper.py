@@ -8,6 +8,18 @@ else is kept: base stacks are never looked at, and a preview whose state cannot 
 tag, a pull request GitHub does not know, an update in progress) is kept with a warning, since
 a wrong keep costs a day of pods and a wrong destroy costs someone's review environment.
 
+A lock outlives the run that took it when that run was killed (a cancelled workflow, a runner
+lost). A preview the reaper would destroy but finds locked is unlocked (`pulumi cancel`) and
+destroyed once its lock is older than ``STALE_LOCK_SECONDS``, longer than any workflow that
+updates a preview may run: no live run holds it then. A younger lock, or one whose age
+cannot be read, is still its workflow's.
+
+The reaper runs inside the workflow job's timeout, so it keeps its own budget: a destroy that
+outlives its share gets SIGINT (Pulumi then stops cleanly, saves the state it has, and
+releases the lock; a killed Pulumi leaves a stale lock and an unsaved state on an S3 backend),
+then a grace period, and only then SIGKILL; and no destroy starts with less than
+``MIN_DESTROY_SECONDS`` of the budget left: the next hourly run takes it.
+
 The decision is ``decide`` (stacks and pull-request states in, actions out); ``reap`` wires it
 to the Pulumi CLI and the GitHub API, both injectable, and prints what it did.
 """
@@ -18,8 +30,10 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +50,16 @@ PREVIEW_STACK = re.compile(r"(?:^|/)preview-pr-(?P<pr>[1-9][0-9]*)$")
 # A destroy waits on Kubernetes finalizers and the RDS database drop; no single one should
 # hold the hourly run past the next.
 DESTROY_TIMEOUT_SECONDS = 40 * 60
+# What Pulumi gets after SIGINT to finish the operations in flight and save its state.
+INTERRUPT_GRACE_SECONDS = 120
+# The reaper's whole run: reaper.yml's job has 55 minutes, setup (checkout, venv, Pulumi
+# CLI, credentials) takes a few of them.
+DEFAULT_BUDGET_SECONDS = 45 * 60
+# A destroy is not started with less than this left (a preview's takes 5-15 minutes).
+MIN_DESTROY_SECONDS = 10 * 60
+# preview.yml's and deploy.yml's jobs stop after 60 minutes (timeout-minutes): a lock older
+# than that, with a margin, belongs to a run that no longer exists.
+STALE_LOCK_SECONDS = 90 * 60
 
 PrState = Literal["open", "closed"]
 
@@ -61,6 +85,8 @@ class Stack:
     # As `pulumi stack ls` printed it: what `--stack` takes back.
     name: str
     update_in_progress: bool = False
+    # `pulumi stack ls`'s lastUpdate: with an update in progress, when that update started.
+    last_update: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +96,8 @@ class Preview:
     # None: the tag is missing or unreadable.
     expires_at: datetime | None
     update_in_progress: bool = False
+    # When the update in progress started (None: unknown).
+    locked_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +107,8 @@ class Decision:
     reason: str
     # Something a person should look at (a preview the reaper cannot judge).
     warning: bool = False
+    # Its lock is stale: `pulumi cancel` before the destroy.
+    unlock: bool = False
 
 
 def preview_pr_number(stack_name: str) -> int | None:
@@ -110,10 +140,38 @@ def decide(
 
 
 def _decide_one(preview: Preview, state: PrState | None, now: datetime) -> Decision:
+    decision = _decide_unlocked(preview, state, now)
+    if not preview.update_in_progress:
+        return decision
     pr = f"#{preview.pr_number}"
-    if preview.update_in_progress:
-        # Its own workflow is deploying or destroying it; the next run judges it again.
+    if not decision.reap:
+        # Its own workflow is deploying it; the next run judges it again.
         return Decision(preview.stack, False, f"an update is in progress (PR {pr})")
+    if preview.locked_since is None:
+        return Decision(
+            preview.stack,
+            False,
+            f"{decision.reason}, but an update of unknown age is in progress",
+            warning=True,
+        )
+    age = now - preview.locked_since
+    minutes = int(age.total_seconds() // 60)
+    if age.total_seconds() < STALE_LOCK_SECONDS:
+        # A closing pull request's own destroy, most likely: not ours to interrupt.
+        return Decision(
+            preview.stack, False, f"{decision.reason}, but an update began {minutes} min ago"
+        )
+    return Decision(
+        preview.stack,
+        True,
+        f"{decision.reason}; its lock is {minutes} min old, a run that no longer exists",
+        warning=True,
+        unlock=True,
+    )
+
+
+def _decide_unlocked(preview: Preview, state: PrState | None, now: datetime) -> Decision:
+    pr = f"#{preview.pr_number}"
     if state == "closed":
         return Decision(preview.stack, True, f"PR {pr} is closed")
     if state is None:
@@ -137,7 +195,14 @@ def list_stacks(run: Runner) -> list[Stack]:
     """The current project's stacks (``pulumi stack ls --json``: name, current, lastUpdate,
     updateInProgress, resourceCount, url; no tags)."""
     rows = json.loads(run(["stack", "ls", "--json"]))
-    return [Stack(str(row["name"]), bool(row.get("updateInProgress", False))) for row in rows]
+    return [
+        Stack(
+            str(row["name"]),
+            bool(row.get("updateInProgress", False)),
+            parse_expiry(str(row.get("lastUpdate") or "")),
+        )
+        for row in rows
+    ]
 
 
 def read_expiry(run: Runner, stack: str) -> datetime | None:
@@ -155,15 +220,26 @@ def find_previews(run: Runner, stacks: Sequence[Stack]) -> list[Preview]:
         if number is None:
             continue
         previews.append(
-            Preview(stack.name, number, read_expiry(run, stack.name), stack.update_in_progress)
+            Preview(
+                stack.name,
+                number,
+                read_expiry(run, stack.name),
+                stack.update_in_progress,
+                stack.last_update if stack.update_in_progress else None,
+            )
         )
     return previews
 
 
-def destroy(run: Runner, stack: str) -> None:
+def destroy(
+    run: Runner, stack: str, timeout: float = DESTROY_TIMEOUT_SECONDS, *, unlock: bool = False
+) -> None:
     """``pulumi destroy`` then ``pulumi stack rm``: a stack whose resources could not all be
-    deleted keeps its state, so the next run (or a person) can finish the job."""
-    run(["destroy", "--yes", "--stack", stack], timeout=DESTROY_TIMEOUT_SECONDS)
+    deleted keeps its state, so the next run (or a person) can finish the job. ``unlock``
+    first cancels the stale update that holds its lock."""
+    if unlock:
+        run(["cancel", "--yes", "--stack", stack])
+    run(["destroy", "--yes", "--stack", stack], timeout=timeout)
     run(["stack", "rm", "--yes", "--stack", stack])
 
 
@@ -190,15 +266,20 @@ def reap(
     dry_run: bool = False,
     out: TextIO | None = None,
     before_destroy: Callable[[str], None] | None = None,
+    budget_seconds: float = DEFAULT_BUDGET_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
 ) -> int:
     """Decides, destroys (unless ``dry_run``), prints each step (to stdout by default);
-    returns the exit status: 1 when a destroy failed, else 0."""
+    returns the exit status: 1 when a destroy failed, else 0. Destroys share
+    ``budget_seconds`` (from this call, by ``clock``); those left for lack of it are the next
+    run's, and not failures."""
     out = out or sys.stdout
+    deadline = clock() + budget_seconds
     previews = find_previews(run, list_stacks(run))
     states = {p.pr_number: pulls.state(p.pr_number) for p in previews}
     decisions = decide(previews, states, now)
     print(f"{len(previews)} preview stack(s) at {now.isoformat(timespec='seconds')}", file=out)
-    failed = 0
+    failed = deferred = 0
     for decision in decisions:
         verb = "reap" if decision.reap else "keep"
         prefix = "warning: " if decision.warning else ""
@@ -208,39 +289,68 @@ def reap(
         if dry_run:
             print(f"  dry run: would destroy and remove {decision.stack}", file=out)
             continue
+        left = deadline - clock()
+        if left < MIN_DESTROY_SECONDS:
+            deferred += 1
+            print(
+                f"  not started: {int(left // 60)} min of the run's budget left; the next run "
+                "destroys it",
+                file=out,
+            )
+            continue
+        # Its share ends early enough for Pulumi's grace after SIGINT to fit in the budget.
+        timeout = min(DESTROY_TIMEOUT_SECONDS, left - INTERRUPT_GRACE_SECONDS)
         try:
             if before_destroy is not None:
                 before_destroy(decision.stack)
-            destroy(run, decision.stack)
+            if decision.unlock:
+                print(f"  cancelling the stale update that locks {decision.stack}", file=out)
+            destroy(run, decision.stack, timeout, unlock=decision.unlock)
         except (CommandError, OSError) as error:
             failed += 1
             print(f"  error: {decision.stack} not reaped: {error}", file=out)
             continue
         print(f"  destroyed and removed {decision.stack}", file=out)
     reaped = sum(d.reap for d in decisions)
-    print(f"done: {reaped} to reap, {failed} failed, {len(decisions) - reaped} kept", file=out)
+    print(
+        f"done: {reaped} to reap, {failed} failed, {deferred} left for the next run, "
+        f"{len(decisions) - reaped} kept",
+        file=out,
+    )
     return 1 if failed else 0
 
 
-def pulumi_runner(cwd: str | None = None) -> Runner:
-    """Runs the Pulumi CLI; its progress (destroy's) streams to stderr, the job log."""
+def pulumi_runner(cwd: str | None = None, grace_seconds: float = INTERRUPT_GRACE_SECONDS) -> Runner:
+    """Runs the Pulumi CLI; its progress (destroy's) streams to stderr, the job log. Past its
+    timeout a command gets SIGINT, as Ctrl-C would send: Pulumi finishes what is in flight,
+    saves its state and releases the stack's lock. Only if it is still running
+    ``grace_seconds`` later is it killed."""
 
     def run(args: Sequence[str], timeout: float | None = None) -> str:
         command = ["pulumi", *args, "--non-interactive"]
         try:
-            result = subprocess.run(  # noqa: S603 - fixed program, arguments from our own list
-                command,
-                cwd=cwd,
-                stdout=subprocess.PIPE,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as error:
+            # A fixed program, arguments from our own list.
+            process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, text=True)  # noqa: S603
+        except OSError as error:
             raise CommandError(f"{' '.join(command)}: {error}") from error
-        if result.returncode != 0:
-            raise CommandError(f"{' '.join(command)} exited {result.returncode}")
-        return result.stdout
+        try:
+            stdout, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.communicate(timeout=grace_seconds)
+                ending = f"interrupted (SIGINT) after {timeout:.0f} s; it stopped"
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
+                ending = (
+                    f"interrupted (SIGINT) after {timeout:.0f} s and killed {grace_seconds:.0f} "
+                    "s later: its lock may be left (`pulumi cancel`)"
+                )
+            raise CommandError(f"{' '.join(command)}: {ending}") from None
+        if process.returncode != 0:
+            raise CommandError(f"{' '.join(command)} exited {process.returncode}")
+        return stdout
 
     return run
 
@@ -298,6 +408,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ),
     )
     parser.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=DEFAULT_BUDGET_SECONDS / 60,
+        help=(
+            "minutes the run may spend; no destroy starts with less than "
+            f"{MIN_DESTROY_SECONDS // 60} left (default: {DEFAULT_BUDGET_SECONDS // 60})"
+        ),
+    )
+    parser.add_argument(
         "--api-url",
         default=os.environ.get("GITHUB_API_URL", "https://api.github.com"),
         help="GitHub REST API root (default: $GITHUB_API_URL or api.github.com)",
@@ -328,6 +447,7 @@ def main(
                 if args.secrets_provider
                 else None
             ),
+            budget_seconds=args.budget_minutes * 60,
         )
 
 

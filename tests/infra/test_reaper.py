@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +16,9 @@ import httpx
 import pytest
 
 from infra.reaper import (
+    DESTROY_TIMEOUT_SECONDS,
     EXPIRES_TAG,
+    INTERRUPT_GRACE_SECONDS,
     CommandError,
     GitHubPullRequests,
     Preview,
@@ -22,6 +27,7 @@ from infra.reaper import (
     main,
     parse_expiry,
     preview_pr_number,
+    pulumi_runner,
     reap,
     secrets_provider_file,
 )
@@ -40,11 +46,15 @@ class FakePulumi:
         stacks: dict[str, dict[str, str]],
         in_progress: Sequence[str] = (),
         failing: Sequence[str] = (),
+        locked_at: dict[str, datetime] | None = None,
     ) -> None:
         self.stacks = stacks
-        self.in_progress = set(in_progress)
+        # locked_at: stacks mid-update, with the time their update began (lastUpdate).
+        self.locked_at = locked_at or {}
+        self.in_progress = set(in_progress) | set(self.locked_at)
         self.failing = set(failing)
         self.commands: list[list[str]] = []
+        self.timeouts: dict[str, float | None] = {}
 
     def __call__(self, args: Sequence[str], timeout: float | None = None) -> str:
         args = list(args)
@@ -52,15 +62,30 @@ class FakePulumi:
         if args[:3] == ["stack", "ls", "--json"]:
             return json.dumps(
                 [
-                    {"name": name, "current": False, "updateInProgress": name in self.in_progress}
+                    {
+                        "name": name,
+                        "current": False,
+                        "updateInProgress": name in self.in_progress,
+                        **(
+                            {"lastUpdate": self.locked_at[name].isoformat().replace("+00:00", "Z")}
+                            if name in self.locked_at
+                            else {}
+                        ),
+                    }
                     for name in self.stacks
                 ]
             )
         stack = args[args.index("--stack") + 1]
         if args[:4] == ["stack", "tag", "ls", "--json"]:
             return json.dumps(self.stacks[stack])
-        if args[0] == "destroy" and stack in self.failing:
-            raise CommandError(f"pulumi destroy --stack {stack} exited 255")
+        if args[0] == "destroy":
+            self.timeouts[stack] = timeout
+            if stack in self.locked_at:
+                raise CommandError(f"pulumi destroy --stack {stack}: the stack is locked")
+            if stack in self.failing:
+                raise CommandError(f"pulumi destroy --stack {stack} exited 255")
+        if args[0] == "cancel":
+            self.locked_at.pop(stack, None)
         return ""
 
     def touched(self, stack: str) -> list[list[str]]:
@@ -204,7 +229,7 @@ def test_reap_destroys_then_removes_only_what_it_decided() -> None:
     warning = f"warning: keep preview-pr-4: PR #4 is open and the stack has no valid {EXPIRES_TAG}"
     assert warning in report
     assert "destroyed and removed preview-pr-3" in report
-    assert "done: 2 to reap, 0 failed, 2 kept" in report
+    assert "done: 2 to reap, 0 failed, 0 left for the next run, 2 kept" in report
 
 
 def test_a_dry_run_destroys_nothing_and_says_what_it_would() -> None:
@@ -367,3 +392,159 @@ def test_without_a_secrets_provider_no_stack_file_is_written(
 
     assert pulumi.destroyed() == ["preview-pr-1"]
     assert list(tmp_path.iterdir()) == []
+
+
+# --- stale locks -----------------------------------------------------------------------------
+
+
+def test_a_closed_pull_request_s_stale_lock_is_cancelled_then_destroyed() -> None:
+    """A run killed mid-update left the lock: kept forever before, now unlocked and reaped."""
+    pulumi = FakePulumi(
+        {"preview-pr-9": tag(FRESH)}, locked_at={"preview-pr-9": NOW - timedelta(hours=3)}
+    )
+    out = io.StringIO()
+
+    assert reap(pulumi, FakePulls({9: "closed"}), NOW, out=out) == 0
+
+    assert pulumi.touched("preview-pr-9")[1:] == [
+        ["cancel", "--yes", "--stack", "preview-pr-9"],
+        ["destroy", "--yes", "--stack", "preview-pr-9"],
+        ["stack", "rm", "--yes", "--stack", "preview-pr-9"],
+    ]
+    assert "its lock is 180 min old" in out.getvalue()
+
+
+def test_a_young_lock_is_its_workflow_s_and_left_alone() -> None:
+    """The close event's own destroy, running now: neither cancelled nor raced."""
+    pulumi = FakePulumi(
+        {"preview-pr-10": tag(EXPIRED)}, locked_at={"preview-pr-10": NOW - timedelta(minutes=20)}
+    )
+    out = io.StringIO()
+
+    assert reap(pulumi, FakePulls({10: "closed"}), NOW, out=out) == 0
+
+    assert pulumi.touched("preview-pr-10") == [
+        ["stack", "tag", "ls", "--json", "--stack", "preview-pr-10"]
+    ]
+    assert "an update began 20 min ago" in out.getvalue()
+
+
+def test_an_open_fresh_preview_s_old_lock_is_not_the_reaper_s() -> None:
+    old = Preview("preview-pr-11", 11, FRESH, True, NOW - timedelta(hours=5))
+    [decision] = decide([old], {11: "open"}, NOW)
+    assert not decision.reap
+    assert not decision.unlock
+
+
+def test_an_expired_preview_s_stale_lock_is_cancelled_too() -> None:
+    old = Preview("preview-pr-12", 12, EXPIRED, True, NOW - timedelta(hours=2))
+    [decision] = decide([old], {12: "open"}, NOW)
+    assert decision.reap
+    assert decision.unlock
+
+
+# --- the run's budget ------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_destroys_share_the_budget_and_none_starts_too_late() -> None:
+    """Each destroy takes 20 minutes of a 45-minute budget: two run, the second with a timeout
+    that leaves Pulumi its grace inside the budget; the third waits for the next run."""
+    clock = Clock()
+    stacks = {f"preview-pr-{n}": tag(EXPIRED) for n in (21, 22, 23)}
+
+    class Slow(FakePulumi):
+        def __call__(self, args: Sequence[str], timeout: float | None = None) -> str:
+            if args[0] == "destroy":
+                clock.now += 20 * 60
+            return super().__call__(args, timeout)
+
+    pulumi = Slow(stacks)
+    out = io.StringIO()
+
+    status = reap(
+        pulumi,
+        FakePulls(dict.fromkeys((21, 22, 23), "closed")),
+        NOW,
+        out=out,
+        budget_seconds=45 * 60,
+        clock=clock,
+    )
+
+    assert status == 0  # left for the next run is not a failure
+    assert pulumi.destroyed() == ["preview-pr-21", "preview-pr-22"]
+    assert pulumi.timeouts["preview-pr-21"] == DESTROY_TIMEOUT_SECONDS
+    assert pulumi.timeouts["preview-pr-22"] == 25 * 60 - INTERRUPT_GRACE_SECONDS
+    report = out.getvalue()
+    assert "not started: 5 min of the run's budget left" in report
+    assert "1 left for the next run" in report
+
+
+# --- the real runner, against a fake `pulumi` --------------------------------------------------
+
+FAKE_PULUMI = """#!{python}
+import pathlib, signal, sys, time
+marks = pathlib.Path({marks!r})
+if sys.argv[1] == "stack":
+    print("[]")
+    sys.exit(0)
+def interrupted(signum, frame):
+    # What Pulumi does on Ctrl-C: finish what is in flight, save the state, unlock, exit.
+    (marks / "saved").write_text("state saved, lock released")
+    sys.exit(255)
+signal.signal(signal.SIGINT, signal.SIG_IGN if {stubborn} else interrupted)
+(marks / "started").write_text(" ".join(sys.argv[1:]))
+time.sleep(60)
+"""
+
+
+def fake_pulumi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, stubborn: bool) -> Path:
+    bin_dir, marks = tmp_path / "bin", tmp_path / "marks"
+    bin_dir.mkdir()
+    marks.mkdir()
+    script = bin_dir / "pulumi"
+    script.write_text(
+        FAKE_PULUMI.format(python=sys.executable, marks=str(marks), stubborn=stubborn)
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return marks
+
+
+def test_a_destroy_past_its_timeout_is_interrupted_not_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marks = fake_pulumi(tmp_path, monkeypatch, stubborn=False)
+    run = pulumi_runner(grace_seconds=10)
+    assert run(["stack", "ls", "--json"]) == "[]\n"
+
+    started = time.monotonic()
+    # (2 s: time for the fake to start and take SIGINT as Pulumi does, on a busy machine.)
+    with pytest.raises(CommandError, match="interrupted \\(SIGINT\\) after 2 s; it stopped"):
+        run(["destroy", "--yes", "--stack", "preview-pr-1"], timeout=2)
+
+    assert (marks / "started").read_text() == "destroy --yes --stack preview-pr-1 --non-interactive"
+    assert (marks / "saved").exists()  # it had the chance to save its state and unlock
+    assert time.monotonic() - started < 10
+
+
+def test_a_pulumi_deaf_to_sigint_is_killed_after_the_grace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marks = fake_pulumi(tmp_path, monkeypatch, stubborn=True)
+    run = pulumi_runner(grace_seconds=0.5)
+
+    started = time.monotonic()
+    with pytest.raises(CommandError, match="killed 0 s later: its lock may be left"):
+        run(["destroy", "--yes", "--stack", "preview-pr-2"], timeout=2)
+
+    assert (marks / "started").exists()
+    assert not (marks / "saved").exists()
+    assert time.monotonic() - started < 10
