@@ -16,6 +16,7 @@ import httpx2
 import numpy as np
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 from rich.console import Console
 
 from app.ai.clients import SERVICES_KEY, ModelClients
@@ -188,6 +189,7 @@ async def test_reembed_switches_with_search_answering_throughout(
                 answers.append((response.status_code, org.org_id, found))
             await asyncio.sleep(0.01)
 
+    metric_before = REGISTRY.get_sample_value("record_reembed_chunks_total") or 0.0
     poller = asyncio.create_task(poll())
     owner = settings.model_copy(
         update={
@@ -249,6 +251,12 @@ async def test_reembed_switches_with_search_answering_throughout(
             recordings[org_a.org_id].add(stale)
 
             await _run_jobs(worker_settings)  # every job, the killed range's included
+            # The metrics: every chunk counted once (the two stale ones if a job found them).
+            counted = (
+                REGISTRY.get_sample_value("record_reembed_chunks_total") or 0.0
+            ) - metric_before
+            assert total <= counted <= total + 2
+            assert REGISTRY.get_sample_value("record_reembed_remaining_chunks") == 0
             done = await reindex.progress(conn, space)
             assert done.remaining == 0
             # Resumed, not redone: only the killed step's four texts were embedded twice (and
