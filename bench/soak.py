@@ -19,8 +19,9 @@ Verdicts, each against the level the run itself reached after ``--warmup``:
   10 % of its level after warm-up (the median of the first window after it);
 - connections: no role holds more connections at the end than at its peak during warm-up and
   the first window (the pools are bounded; a leak grows past them);
-- latency: the p95 of expected (2xx) answers in the last window at most 1.5 x the first
-  window's (the windows are a tenth of the measured time each, at least 20 s).
+- latency: the p95 of expected (2xx) answers in the second half of the measured time at
+  most 1.5 x the first half's + 25 ms (each window's p95 is printed too: a tenth of the
+  measured time, at least 20 s).
 
 CI runs 3 minutes of it (``tests/reliability/test_soak.py``, ``make soak``); the figures of a
 30-minute run go in the issue's note.
@@ -52,6 +53,7 @@ from bench import load  # noqa: E402
 
 MEMORY_GROWTH = 0.10
 P95_GROWTH = 1.5
+P95_SLACK_MS = 25.0  # a few milliseconds of noise on a small p95 is no trend
 MiB = 1024 * 1024
 
 
@@ -185,7 +187,9 @@ def judge(samples: list[Sample], requests: list[tuple[float, float]], warmup: fl
 
     early, late = within(first), within(last, closed=True)
     if not early or not late:
-        return Verdict(["too few samples after warm-up"], ["too few samples after warm-up"])
+        times = ", ".join(f"{s.at:.0f}" for s in samples)
+        why = f"too few samples after warm-up {warmup:.0f} s (samples at {times} s)"
+        return Verdict([why], [why])
     lines.append(
         f"memory (USS; median of the window {first[0]:.0f}-{first[1]:.0f} s vs "
         f"{last[0]:.0f}-{last[1]:.0f} s):"
@@ -219,18 +223,21 @@ def judge(samples: list[Sample], requests: list[tuple[float, float]], warmup: fl
             failures.append(f"{role} holds {final} connections, {before} before")
 
     lines.append("p95 of expected answers per window:")
-    figures = []
     for span in spans:
         values = [ms for at, ms in requests if span[0] <= at < span[1]]
-        figures.append(p95(values))
-        lines.append(f"  {span[0]:6.0f}-{span[1]:6.0f} s: {figures[-1]:7.1f} ms ({len(values)})")
-    if figures[0] > 0 and figures[-1] > P95_GROWTH * figures[0]:
-        failures.append(f"p95 went from {figures[0]:.1f} ms to {figures[-1]:.1f} ms")
+        lines.append(f"  {span[0]:6.0f}-{span[1]:6.0f} s: {p95(values):7.1f} ms ({len(values)})")
+    # The verdict compares halves, not single windows: a window holds too few requests of a
+    # mix with slow members (chat streams, uploads) for its p95 to mean much on its own.
+    middle = (warmup + end) / 2
+    first_half = p95([ms for at, ms in requests if warmup <= at < middle])
+    second_half = p95([ms for at, ms in requests if middle <= at <= end])
+    allowed = P95_GROWTH * first_half + P95_SLACK_MS
     lines.append(
-        f"  last / first: {figures[-1] / figures[0]:.2f} (at most {P95_GROWTH})"
-        if figures[0] > 0
-        else "  no requests in the first window"
+        f"  halves: {first_half:.1f} ms -> {second_half:.1f} ms "
+        f"(at most {P95_GROWTH} x the first + {P95_SLACK_MS:g} ms = {allowed:.1f} ms)"
     )
+    if second_half > allowed:
+        failures.append(f"p95 went from {first_half:.1f} ms to {second_half:.1f} ms")
     return Verdict(lines, failures)
 
 
