@@ -57,9 +57,24 @@ RUN groupadd --gid 10001 record \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin record \
     && mkdir -p /run/metrics && chown record:record /run/metrics
+# pg_dump and pg_restore for `record db backup` and `record db restore`, from PostgreSQL's own
+# repository: Debian bookworm's are version 15, and pg_dump refuses a newer server (RDS and the
+# local stack run 18). The client only. Not pinned: the repository keeps only the newest minor.
+ADD --chmod=0644 https://www.postgresql.org/media/keys/ACCC4CF8.asc /usr/share/keyrings/pgdg.asc
+# hadolint ignore=DL3008
+RUN echo "deb [signed-by=/usr/share/keyrings/pgdg.asc] https://apt.postgresql.org/pub/repos/apt bookworm-pgdg main" \
+       > /etc/apt/sources.list.d/pgdg.list \
+    && apt-get update \
+    && apt-get install -y --no-install-recommends postgresql-client-18 \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 USER 10001:10001
 EXPOSE 8000 8100
 STOPSIGNAL SIGTERM
+# The release error reports name (app/kit/sentry.py): the commit built, e.g.
+# --build-arg RECORD_RELEASE=record@$(git rev-parse --short=12 HEAD). Last, so that a new value
+# rebuilds no layer.
+ARG RECORD_RELEASE=""
+ENV RECORD_RELEASE=${RECORD_RELEASE}
 CMD ["gunicorn", "app.main:create_app()", "-c", "python:app.gunicorn_conf", "-k", "uvicorn_worker.UvicornWorker", "--bind", "0.0.0.0:8000"]

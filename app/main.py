@@ -23,6 +23,7 @@ from app.kit.problems import UnhandledErrorMiddleware, install_error_handlers
 from app.kit.ratelimit import SERVICES_KEY as RATELIMIT_KEY
 from app.kit.ratelimit import RateLimiter, RateLimitHeadersMiddleware
 from app.kit.redis import create_redis
+from app.kit.sentry import configure_error_tracking
 from app.kit.services import Services
 from app.kit.tracing import configure_tracing
 from app.settings import Environment, Settings, get_settings
@@ -145,4 +146,6 @@ def create_app(
     app.add_middleware(RequestContextMiddleware, skip_access_log=("/livez", "/readyz", "/metrics"))
     # Off unless OTEL_EXPORTER_OTLP_ENDPOINT is set; imports OpenTelemetry only then.
     configure_tracing(app, settings)
+    # Off unless SENTRY_DSN is set; imports sentry-sdk only then.
+    configure_error_tracking(settings, component="api")
     return app

@@ -209,6 +209,14 @@ class Settings(BaseSettings):
     otel_exporter_otlp_endpoint: str | None = None
     otel_service_name: str = "record-api"
 
+    # Error tracking (app/kit/sentry.py): on only when SENTRY_DSN is set. Errors only; traces
+    # stay on OpenTelemetry. SENTRY_ENVIRONMENT names the stack (every stack runs with
+    # ENVIRONMENT=production); unset, it is ENVIRONMENT. RECORD_RELEASE is baked into the image
+    # (the Dockerfile's build argument, the commit it was built from); unset, record@<version>.
+    sentry_dsn: SecretStr | None = None
+    sentry_environment: str | None = None
+    record_release: str | None = None
+
     @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:

@@ -19,6 +19,7 @@ from app.ai.clients import ModelClients
 from app.kit.db import Database
 from app.kit.logging import configure_logging
 from app.kit.redis import create_redis
+from app.kit.sentry import configure_error_tracking, report_job_failures
 from app.kit.storage import create_store
 from app.mail.sender import create_mailer
 from app.settings import Settings, get_settings
@@ -68,6 +69,7 @@ def serve_metrics(settings: Settings) -> Any:
 async def run_worker(settings: Settings | None = None, *, concurrency: int | None = None) -> None:
     settings = settings or get_settings()
     configure_logging(level=settings.log_level, json=settings.is_production)
+    configure_error_tracking(settings, component="worker")  # when SENTRY_DSN is set
     abandoned = remove_abandoned()
     if abandoned:
         log.warning("removed what killed pipeline attempts left", directories=len(abandoned))
@@ -97,6 +99,8 @@ async def run_worker(settings: Settings | None = None, *, concurrency: int | Non
                 shutdown_graceful_timeout=SHUTDOWN_GRACE_SECONDS,
                 update_heartbeat_interval=max(1.0, settings.job_stalled_seconds / 6),
                 stalled_worker_timeout=settings.job_stalled_seconds,
+                # A job that failed for good goes to Sentry (when SENTRY_DSN is set).
+                worker_middleware=[report_job_failures],
             )
             tg.cancel_scope.cancel()
     finally:

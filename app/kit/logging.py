@@ -49,6 +49,16 @@ SECRET_VALUES = (
     # dropped. Route templates (/s/{share_id}) are left as they are.
     (re.compile(r"(/s/)(?!\{)[^/?#\s\"'<>]+"), r"\1[REDACTED]"),
     (re.compile(r"(/api/share/)(?!\{)[^/?#\s\"'<>]+"), r"\1[REDACTED]"),
+    # An email address, wherever one reached a line (a path, a raw query with its @ as %40, an
+    # exception's text, a job's arguments): the logs name people by id. Not a URL's user@host,
+    # and not a release such as record@0.1.0 (its "domain" has no letters-only top level).
+    (
+        re.compile(
+            r"(?<![\w.+%-])(?<!://)[\w.+%-]+(?:@|%40)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+            r"\.[A-Za-z]{2,}\b"
+        ),
+        "[REDACTED_EMAIL]",
+    ),
 )
 REDACTED = "[REDACTED]"
 
@@ -103,6 +113,12 @@ def _redact_value(value: Any) -> Any:
         return value
     redacted = _redact_text(text)
     return value if redacted == text else redacted
+
+
+def redact(value: Any) -> Any:
+    """``value`` with the secrets the log lines lose removed, by the same rules: what leaves
+    the process another way (an error report, app/kit/sentry.py) hides what the logs hide."""
+    return _redact_value(value)
 
 
 def redact_secrets(

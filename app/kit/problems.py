@@ -27,6 +27,7 @@ from app.kit.context import current_request_id
 from app.kit.errors import PROBLEM_JSON, AppError, ServiceUnavailableError, internal_problem
 from app.kit.metrics import HTTP_UNHANDLED
 from app.kit.middleware import route_template
+from app.kit.sentry import report_exception
 
 log = structlog.stdlib.get_logger("record.errors")
 
@@ -212,6 +213,7 @@ class UnhandledErrorMiddleware:
             route = route_template(scope)
             HTTP_UNHANDLED.labels(route).inc()
             log.exception("unhandled error", route=route, path=scope["path"])
+            report_exception(exc)  # to Sentry, when SENTRY_DSN is set
             if started:
                 raise
             body = internal_problem(instance=scope["path"], request_id=current_request_id())
