@@ -12,10 +12,8 @@ recording costs a megabyte of memory, and the progress bar counts the bytes as t
 
 from __future__ import annotations
 
-import secrets
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -27,7 +25,6 @@ if TYPE_CHECKING:
     import httpx
     from rich.console import Console
 
-CHUNK = 1024 * 1024
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 # The pipeline's steps, in order (DESIGN.md: uploaded -> transcribing -> embedding -> ready).
 STEPS = ("uploaded", "transcribing", "embedding", "ready")
@@ -145,59 +142,6 @@ class Api:
 # --- upload ------------------------------------------------------------------------------------
 
 
-def _quote(value: str) -> str:
-    # What browsers do in a multipart Content-Disposition (WHATWG form encoding): the name stays
-    # UTF-8, quotes and line breaks are percent-encoded so they cannot end the header.
-    return value.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
-
-
-@dataclass
-class MultipartFile:
-    """A multipart/form-data body with a ``title`` field and one ``file``, read lazily."""
-
-    path: Path
-    title: str | None
-    boundary: str = field(default_factory=lambda: f"record-{secrets.token_hex(16)}")
-
-    @property
-    def content_type(self) -> str:
-        return f"multipart/form-data; boundary={self.boundary}"
-
-    def _head(self) -> bytes:
-        parts = []
-        if self.title is not None:
-            parts.append(
-                f'--{self.boundary}\r\nContent-Disposition: form-data; name="title"\r\n\r\n'
-                f"{self.title}\r\n"
-            )
-        parts.append(
-            f'--{self.boundary}\r\nContent-Disposition: form-data; name="file"; '
-            f'filename="{_quote(self.path.name)}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        )
-        return "".join(parts).encode()
-
-    def _tail(self) -> bytes:
-        return f"\r\n--{self.boundary}--\r\n".encode()
-
-    @property
-    def file_size(self) -> int:
-        return self.path.stat().st_size
-
-    def __len__(self) -> int:
-        return len(self._head()) + self.file_size + len(self._tail())
-
-    def chunks(self, on_file_bytes: Callable[[int], None] | None = None) -> Iterator[bytes]:
-        yield self._head()
-        with self.path.open("rb") as handle:
-            while chunk := handle.read(CHUNK):
-                yield chunk
-                # Counted once the client has taken the chunk to send it.
-                if on_file_bytes is not None:
-                    on_file_bytes(len(chunk))
-        yield self._tail()
-
-
 def _check_local_file(path: Path) -> None:
     """Refuse locally what the server would refuse after the whole upload."""
     from app.kit.security.files import ACCEPTED, extension_of
@@ -224,25 +168,30 @@ def _upload_one(api: Api, path: Path, title: str | None, console: Console) -> di
         TransferSpeedColumn,
     )
 
-    body = MultipartFile(path, title)
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    ) as progress:
-        task = progress.add_task(path.name, total=body.file_size)
+    size = path.stat().st_size
+    fields = {"title": title} if title is not None else {}
+    with (
+        Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        ) as progress,
+        path.open("rb") as handle,
+    ):
+        task = progress.add_task(path.name, total=size)
+        # httpx streams the file and sends its length (not chunked): the server refuses an
+        # oversized upload before reading it, and proxies that need a length get one.
+        reader = progress.wrap_file(handle, total=size, task_id=task)
         result: dict[str, Any] = api.call(
             "POST",
             "/api/recordings",
-            content=body.chunks(lambda n: progress.advance(task, n)),
-            # An explicit length (not chunked): the server refuses an oversized upload before
-            # reading it, and proxies that need a length get one.
-            headers={"Content-Type": body.content_type, "Content-Length": str(len(body))},
-            # Never resent by itself: the body generator is consumed once.
+            files={"file": (path.name, reader, "application/octet-stream")},
+            data=fields,
+            # Never resent by itself: the file has been read once.
             retry_limited=False,
         )
     return result
@@ -489,22 +438,6 @@ def search(
     console.print(table)
 
 
-def _events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Server-sent events as (name, data) from a stream's lines."""
-    import json
-
-    name, data = "", ""
-    for line in lines:
-        if not line:
-            if name and data:
-                yield name, json.loads(data)
-            name, data = "", ""
-        elif line.startswith("event:"):
-            name = line[6:].strip()
-        elif line.startswith("data:"):
-            data += line[5:].strip()
-
-
 def ask(
     question: Annotated[str, typer.Argument(help="A question about the org's recordings.")],
     conversation: Annotated[
@@ -518,6 +451,7 @@ def ask(
     """Ask the org's recordings a question: the answer streams as it is written, then the
     moments it cites."""
     import httpx
+    from httpx_sse import connect_sse
 
     console = _console()
     body: dict[str, Any] = {"message": question}
@@ -530,12 +464,14 @@ def ask(
     try:
         with (
             Api(load_config()) as api,
-            api.http.stream("POST", "/api/chat/stream", json=body) as response,
+            connect_sse(api.http, "POST", "/api/chat/stream", json=body) as source,
         ):
+            response = source.response
             if response.is_error:
                 response.read()
                 raise CliError(problem_message(response))
-            for name, data in _events(response.iter_lines()):
+            for event in source.iter_sse():
+                name, data = event.event, event.json()
                 if name == "conversation":
                     conversation_id = data["conversation_id"]
                 elif name == "token":

@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import app as cli
-from app.client_cli import MultipartFile
+from app.client_cli import Api, ApiConfig, _upload_one
 from app.devstack.supervisor import write_env_file
 from tests.app.conftest import PASSWORD
 from tests.app.recordings.test_upload import wav_bytes
@@ -113,15 +113,33 @@ def recording_file(tmp_path: Path, name: str, content: bytes | None = None) -> P
     return path
 
 
-def test_multipart_body_streams_in_chunks(tmp_path: Path) -> None:
+def test_an_upload_streams_the_file_with_its_length(tmp_path: Path) -> None:
+    """httpx's multipart body, read through rich's progress reader: a Content-Length (not
+    chunked, so the server can refuse an oversized file before reading it), the title field,
+    the name quoted as browsers quote it, every byte once and the bar at the full size."""
+    import httpx
+    from rich.console import Console
+
     path = recording_file(tmp_path, 'say "hi"\nnow.wav', b"x" * (2 * 1024 * 1024 + 5))
-    body = MultipartFile(path, "Title")
-    counted: list[int] = []
-    chunks = list(body.chunks(counted.append))
-    assert counted == [1024 * 1024, 1024 * 1024, 5], "read a MiB at a time, never whole"
-    assert sum(len(c) for c in chunks) == len(body)
-    assert b'filename="say %22hi%22%0Anow.wav"' in chunks[0]
-    assert chunks[-1] == f"\r\n--{body.boundary}--\r\n".encode()
+    seen: dict[str, Any] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen["headers"] = request.headers
+        seen["body"] = request.read()
+        return httpx.Response(202, json={"recording": {"id": "r"}})
+
+    api = Api(ApiConfig("http://record.test", "rk_test"))
+    api.http = httpx.Client(base_url="http://record.test", transport=httpx.MockTransport(handler))
+    console = Console(record=True, width=120)
+    assert _upload_one(api, path, "Title", console) == {"recording": {"id": "r"}}
+    headers, body = seen["headers"], seen["body"]
+    assert "transfer-encoding" not in headers
+    assert int(headers["content-length"]) == len(body)
+    assert headers["content-type"].startswith("multipart/form-data; boundary=")
+    assert b'name="title"\r\n\r\nTitle\r\n' in body
+    assert b'filename="say %22hi%22%0Anow.wav"' in body
+    assert body.count(b"x" * 1024) == 2 * 1024
+    assert "2.1/2.1 MB" in console.export_text()  # the bar reached the file's size
 
 
 def test_upload_lists_and_keeps_orgs_apart(live_api: LiveApi, settings: Any, tmp_path: Path):
