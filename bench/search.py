@@ -3,18 +3,22 @@
 
     .venv/bin/python -m bench.search [--rows 100000] [--queries 40] [--k 10] [--api]
 
-A million rows, built once and reused (generation, COPY and the HNSW builds take 15-30 minutes
-on 2 cores; each later run fits a 10-minute command):
+A million rows, built once and reused: generation, COPY and the HNSW build took 40 minutes
+on 2 cores shared with other work (the index alone 2284 s; 483 s on an idle machine), and a
+``--halfvec`` index as much again. Each later run fits a 10-minute command:
 
     .venv/bin/python -m bench.search --rows 1000000 --data-dir ~/.cache/record-bench/1m \\
-        --halfvec --build-only                      # once: writes <data-dir>/manifest.json
+        --build-only                                # once: writes <data-dir>/manifest.json
     .venv/bin/python -m bench.search --rows 1000000 --data-dir ~/.cache/record-bench/1m \\
-        --queries 30 --api                          # each measurement run
+        --queries 20 --exact-queries 5 --ann-min-rows 20000 \\
+        --ways exact,planner,iter200,iter400,iter800,record --api   # each measurement
 
-``--data-dir`` holds the PostgreSQL cluster and ``manifest.json`` (rows, seed, shares, HNSW
-``m``/``ef_construction``, the indexes built, how long each took). A run with the same rows,
-seed and index parameters reuses it; another asks for another directory. The corpus itself is
-regenerated from the seed (ids included) for numpy's exact answer, in seconds.
+``--data-dir`` holds the PostgreSQL cluster (migrated to head on every run), ``manifest.json``
+(rows, seed, shares, HNSW ``m``/``ef_construction``, the steps done with their seconds, the
+index sizes) and the corpus as numpy files for the exact answers (1.6 GB at 1M). A run with the
+same rows, seed and index parameters reuses it; another asks for another directory; a build
+that did not reach ANALYZE must be removed and made again. A build stopped during the
+``--halfvec`` index (``pg_cancel_backend`` of its backend) leaves a usable directory without it.
 
 The corpus is ``rows`` 384-dim unit vectors in tight clusters over orgs holding 60%, 25%, 10%,
 4%, 0.9% and 0.1% of the rows; half of each org's rows sit in clusters every org shares (people
@@ -39,8 +43,9 @@ With ``--api`` the same queries go through ``POST /api/search`` (mode ``vector``
 in-process, the model server included: the query text is embedded by the real MiniLM (its cost
 is in the figure), and the bench's model transport then answers with the synthetic query vector
 so that recall is judged on the synthetic corpus. Each way gets its own query texts (no cache
-hits). It prints recall@k and p95 per org and way, and the lowest recall and highest p95 per
-way.
+hits). The first query of each org runs every way once untimed (caches, connections). It
+prints recall@k and p95 per org and way, the lowest recall and highest p95 per way, the plans
+``record`` took, and the load average: p95 on 2 shared cores moves with it.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +163,47 @@ def synthetic_corpus(
         recording_of_row=recording_of_row,
         in_own_cluster=np.concatenate(owned)[order],
     )
+
+
+def _ids_array(ids: list[uuid.UUID]) -> np.ndarray:
+    return np.frombuffer(b"".join(i.bytes for i in ids), dtype=np.uint8).reshape(-1, 16)
+
+
+def _ids_list(raw: np.ndarray) -> list[uuid.UUID]:
+    return [uuid.UUID(bytes=row.tobytes()) for row in raw]
+
+
+def save_corpus(path: Path, corpus: Corpus) -> None:
+    """What measuring needs (vectors, owners, ids): loads in seconds where regenerating a
+    million rows takes minutes on a busy machine."""
+    np.save(path / "vectors.npy", corpus.vectors)
+    np.savez(
+        path / "corpus.npz",
+        org_of_row=corpus.org_of_row,
+        org_ids=_ids_array(corpus.org_ids),
+        chunk_ids=_ids_array(corpus.chunk_ids),
+        in_own_cluster=corpus.in_own_cluster,
+    )
+
+
+def cached_corpus(path: Path | None, rows: int, seed: int) -> Corpus:
+    """The corpus saved in a data directory, else regenerated (and saved there)."""
+    if path is not None and (path / "corpus.npz").exists():
+        saved = np.load(path / "corpus.npz")
+        names = list(SHARES)
+        return Corpus(
+            vectors=np.load(path / "vectors.npy"),
+            org_of_row=saved["org_of_row"],
+            org_ids=_ids_list(saved["org_ids"]),
+            org_names=names,
+            chunk_ids=_ids_list(saved["chunk_ids"]),
+            recording_of_row=[],  # not needed to measure
+            in_own_cluster=saved["in_own_cluster"],
+        )
+    corpus = synthetic_corpus(rows, seed=seed)
+    if path is not None:
+        save_corpus(path, corpus)
+    return corpus
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -330,6 +377,7 @@ class Stack:
     settings: Any
     superuser_url: str
     manifest: dict[str, Any]
+    data_dir: Path | None  # --data-dir: the corpus is saved there
 
 
 def _manifest_key(args: argparse.Namespace) -> dict[str, Any]:
@@ -373,11 +421,14 @@ def search_stack(args: argparse.Namespace) -> Iterator[Stack]:
     pg, pg_proc, valkey, valkey_proc = _start(base, data, server_settings)
     try:
         url = pg.url("bench")
-        if not manifest:
+        if manifest:
+            upgrade(url)  # a reused cluster follows the migrations
+        else:
             pg.create_database("bench")
             upgrade(url)
             manifest = {"key": _manifest_key(args), "took": {}}
             corpus = synthetic_corpus(args.rows, seed=args.seed)
+            save_corpus(data, corpus)
 
             def built(step: str, seconds: float) -> None:
                 manifest["took"][step] = round(seconds, 1)
@@ -406,6 +457,7 @@ def search_stack(args: argparse.Namespace) -> Iterator[Stack]:
             ),
             url,
             manifest,
+            data if args.data_dir else None,
         )
     finally:
         pg_proc.send_signal(signal.SIGINT)
@@ -563,6 +615,19 @@ class Cell:
 Table = dict[str, dict[str, Cell]]  # org -> way -> cell
 
 
+def plan_counts(since: dict[str, float] | None = None) -> dict[str, float]:
+    """The service's plans so far (``record_search_plans_total``), or since ``since``."""
+    from prometheus_client import REGISTRY
+
+    now = {
+        plan: REGISTRY.get_sample_value("record_search_plans_total", {"plan": plan}) or 0.0
+        for plan in ("exact", "ann", "ann_fallback")
+    }
+    return {
+        p: n - (since or {}).get(p, 0.0) for p, n in now.items() if n - (since or {}).get(p, 0.0)
+    }
+
+
 def skip(way: str, query: int, org_rows: int, args: Any) -> bool:
     """Exact beyond ``--exact-queries``; an index plan for an org below ``--ann-min-rows``."""
     if way == "exact":
@@ -582,18 +647,24 @@ async def measure_sql(
         for org, name in enumerate(corpus.org_names):
             org_id = corpus.org_ids[org]
             table[name] = {way: Cell() for way in ways}
-            for n, query in enumerate(queries[org]):
+            before = plan_counts()
+            for n, query in enumerate([queries[org][0], *queries[org]]):
                 truth = exact_neighbours(corpus, org, query, args.k)
                 for way in ways:
-                    if skip(way, n, len(corpus.rows_of(org)), args):
+                    if skip(way, max(n - 1, 0), len(corpus.rows_of(org)), args):
                         continue
                     plan = way_named(way)
                     async with db.transaction(org_id=org_id) as conn:
                         started = time.perf_counter()
                         found = await plan(conn, settings, org_id, query, args.k)
                         took = time.perf_counter() - started
-                    table[name][way].add(found, truth, took)
-            print(f"  {name}: " + "  ".join(f"{w} {c.text()}" for w, c in table[name].items()))
+                    if n:  # the first pass warms caches and connections, untimed
+                        table[name][way].add(found, truth, took)
+            print(
+                f"  {name}: " + "  ".join(f"{w} {c.text()}" for w, c in table[name].items()),
+                f"record's plans: {plan_counts(before)}",
+                flush=True,
+            )
     finally:
         await db.close()
     return table
@@ -649,6 +720,19 @@ async def reader_of_every_org(client: Any, superuser_url: str, corpus: Corpus) -
     return str(token)
 
 
+async def api_search(
+    client: Any, headers: dict[str, str], text: str, k: int
+) -> tuple[int, list[uuid.UUID], float]:
+    started = time.perf_counter()
+    response = await client.post(
+        "/api/search", json={"query": text, "mode": "vector", "limit": k}, headers=headers
+    )
+    took = time.perf_counter() - started
+    if response.status_code != 200:
+        return response.status_code, [], took
+    return 200, [uuid.UUID(h["chunk_id"]) for h in response.json()["results"]], took
+
+
 async def measure_api(
     stack: Stack, corpus: Corpus, queries: dict[int, np.ndarray], ways: list[str], args: Any
 ) -> tuple[Table, list[float]]:
@@ -666,11 +750,12 @@ async def measure_api(
     settings = stack.settings.model_copy(
         update={"openai_base_url": "http://models.bench/v1", "openai_max_retries": 0}
     )
-    texts: dict[str, np.ndarray] = {}
+    texts: dict[str, np.ndarray] = {"warm up": queries[0][0]}
     transport = SubstitutingTransport(create_model_app(LocalModels(), preload=True), texts)
     api = create_app(settings)
     original = service.nearest
     table: Table = {}
+    errors: Counter[int] = Counter()
     async with LifespanManager(api):
         clients = ModelClients.from_settings(
             settings,
@@ -679,7 +764,6 @@ async def measure_api(
         api.state.services.extras[SERVICES_KEY] = clients
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://b")
         token = await reader_of_every_org(client, stack.superuser_url, corpus)
-        texts["warm up"] = queries[0][0]
         headers = {"Authorization": f"Bearer {token}", "X-Record-Org": str(corpus.org_ids[0])}
         for _ in range(2):  # the first loads the model (past the 2 s query timeout)
             await client.post(
@@ -697,7 +781,7 @@ async def measure_api(
                             continue
                         plan = way_named(way)
 
-                        async def patched(conn, settings, org_id, vector, want, *, recording_ids):
+                        async def patched(conn, settings, org_id, vector, want, **_: Any):
                             from app.search.repository import Candidate
 
                             ids = await plan(conn, settings, org_id, vector, want)  # noqa: B023
@@ -707,21 +791,18 @@ async def measure_api(
                         service.nearest = original if way == "record" else patched  # type: ignore[assignment]
                         text = f"{way} {name} question {n}: what did we decide?"
                         texts[text] = query
-                        started = time.perf_counter()
-                        response = await client.post(
-                            "/api/search",
-                            json={"query": text, "mode": "vector", "limit": args.k},
-                            headers=headers,
-                        )
-                        took = time.perf_counter() - started
-                        assert response.status_code == 200, response.text
-                        found = [uuid.UUID(h["chunk_id"]) for h in response.json()["results"]]
+                        status, found, took = await api_search(client, headers, text, args.k)
+                        if status != 200:  # the 2 s query embedding timeout
+                            errors[status] += 1
+                            continue
                         table[name][way].add(found, truth, took)
                 print(
                     f"  api {name}: " + "  ".join(f"{w} {c.text()}" for w, c in table[name].items())
                 )
         finally:
             service.nearest = original
+            if errors:
+                print(f"  api errors (not counted): {dict(errors)}")
             await client.aclose()
             await clients.aclose()
     return table, transport.seconds
@@ -745,8 +826,8 @@ async def run(args: argparse.Namespace, stack: Stack) -> None:
     # The machine's load goes with the figures: p95 on 2 shared cores moves with it.
     print("load average at start: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     started = time.perf_counter()
-    corpus = synthetic_corpus(args.rows, seed=args.seed)
-    print(f"corpus regenerated in {time.perf_counter() - started:.1f} s", flush=True)
+    corpus = cached_corpus(stack.data_dir, args.rows, args.seed)
+    print(f"corpus ready in {time.perf_counter() - started:.1f} s", flush=True)
     queries = {org: queries_for(corpus, org, args.queries) for org in range(len(corpus.org_names))}
     ways = args.ways.split(",")
     sql = await measure_sql(stack.settings, corpus, queries, ways, args)
@@ -754,8 +835,14 @@ async def run(args: argparse.Namespace, stack: Stack) -> None:
     print_table(f"SQL, {size}", sql, ways)
     if args.api:
         api_ways = args.api_ways.split(",")
-        table, embed = await measure_api(stack, corpus, queries, api_ways, args)
-        print_table(f"POST /api/search, embedding included, {size}", table, api_ways)
+        few = {org: q[: args.api_queries] for org, q in queries.items()}
+        table, embed = await measure_api(stack, corpus, few, api_ways, args)
+        print_table(
+            f"POST /api/search, embedding included, {args.rows} chunks, "
+            f"{args.api_queries} queries per org",
+            table,
+            api_ways,
+        )
         print(
             f"the model server's embedding, per query: median {1000 * statistics.median(embed):.1f}"
             f" ms, p95 {1000 * p95(embed):.1f} ms"
@@ -794,6 +881,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--api", action="store_true", help="also through POST /api/search")
     parser.add_argument("--api-ways", default="planner,record")
+    parser.add_argument("--api-queries", type=int, default=10, help="per org, through the API")
     return parser.parse_args(argv)
 
 
