@@ -1,8 +1,8 @@
 """Faults on purpose at full size (issue 15): each scenario prints its figures with the load
 they ran under.
 
-    .venv/bin/python -m bench.faults [--scenario all|postgres|valkey|models]
-        [--users 40] [--down 10] [--outage 60]
+    .venv/bin/python -m bench.faults [--scenario all|postgres|valkey|models|worker-kill]
+        [--users 40] [--down 10] [--outage 60] [--recordings 20] [--kills 10]
 
 - ``postgres``: virtual users list recordings while PostgreSQL is stopped (fast shutdown) for
   ``--down`` seconds and started again; an upload just before the stop and one after, with the
@@ -15,6 +15,10 @@ they ran under.
 - ``models``: an upload made while the model server is down for ``--outage`` seconds (the
   default is beyond the old five-attempt schedule's 37 s), with the waits doubling from 1 s and
   capped at 8 s. Figures: attempts, waits, seconds from the model server's return to ``ready``.
+- ``worker-kill``: ``record worker`` (its own process) SIGKILLed ``--kills`` times while it runs
+  pipeline jobs over ``--recordings`` spoken recordings (espeak-ng), started again each time.
+  Figures: end states, attempts, duplicate chunks, objects without a row and rows without an
+  object, killed attempts' working directories left behind.
 
 In-process, as the CI-sized versions in ``tests/reliability`` are (the same helpers,
 ``bench/faultstack.py`` and ``bench/faultload.py``): the API over ASGI, procrastinate's real
@@ -55,6 +59,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from bench.faultload import HttpLoad, describe, failed, recovery_seconds  # noqa: E402
+from bench.faultprocs import (  # noqa: E402
+    WorkerProcess,
+    chunk_count,
+    kill_while_running,
+    spoken_wav,
+    wait_all_done,
+)
 from bench.faultstack import (  # noqa: E402
     ROLES,
     OwnPostgres,
@@ -338,11 +349,85 @@ async def model_server_outage(outage: float, model_app: Any) -> None:
     )
 
 
+SPOKEN = (
+    "The marketing team will present the new budget on Monday morning.",
+    "Please remember to water the garden plants before breakfast every day.",
+    "Our quarterly planning offsite moves to the second week of March.",
+    "The hiring committee reviews the final candidates on Thursday afternoon.",
+    "We launch the mobile application once the security review is complete.",
+)
+
+
+async def worker_killed(recordings: int, kills: int, model_app: Any) -> None:
+    """``record worker`` SIGKILLed ``kills`` times while it runs pipeline jobs over a batch of
+    spoken recordings, started again each time (as Kubernetes restarts the container)."""
+    async with servers() as (postgres, valkey, state):
+        port = free_port()
+        settings = base_settings(postgres, valkey, state).model_copy(
+            update={"openai_base_url": f"http://127.0.0.1:{port}/v1"}
+        )
+        stalled, concurrency = 10, 2
+        proc = WorkerProcess(
+            settings,
+            state.parent / "worker-tmp",
+            state.parent / "worker.log",
+            JOB_STALLED_SECONDS=str(stalled),
+            JOB_RETRY_BASE_SECONDS="1",
+            WORKER_CONCURRENCY=str(concurrency),
+        )
+        async with api(settings) as client, model_server(model_app, port):
+            auth = await owner_key(client)
+            ids = []
+            for n in range(recordings):
+                text = " ".join(SPOKEN[(n + k) % len(SPOKEN)] for k in range(3))
+                wav = spoken_wav(text, state.parent / f"r{n}.wav")
+                response = await client.post(
+                    "/api/recordings",
+                    files={"file": (f"r{n}.wav", wav, "application/octet-stream")},
+                    data={"title": f"r{n}"},
+                    headers=auth,
+                )
+                response.raise_for_status()
+                ids.append(str(response.json()["recording"]["id"]))
+            started = time.monotonic()
+            proc.start()
+            try:
+                interrupted = await kill_while_running(postgres.url, proc, kills)
+                killed = time.monotonic() - started
+                result = await wait_all_done(postgres.url, state / "objects", ids, 900)
+                done = time.monotonic() - started
+            finally:
+                proc.stop()
+        chunks = chunk_count(postgres.url, ids)
+        leftovers = proc.leftovers()
+    by_status: dict[str, int] = {}
+    for status in result.statuses.values():
+        by_status[status] = by_status.get(status, 0) + 1
+    attempts = sorted(result.attempts.values())
+    print(
+        f"\n== Worker SIGKILLed {kills} times mid-job over {recordings} spoken recordings "
+        f"(concurrency {concurrency}, JOB_STALLED_SECONDS={stalled})"
+    )
+    print(f"kills done after {killed:.1f} s, {interrupted} running jobs interrupted")
+    print(f"end states: {by_status} after {done:.1f} s; {chunks} chunks")
+    print(f"attempts per recording: min {attempts[0]}, max {attempts[-1]}, all {attempts}")
+    print(f"duplicate chunks (same index or offsets): {len(result.duplicate_chunks)}")
+    print(
+        f"objects without a row: {len(result.objects_without_row)}; "
+        f"rows without an object: {len(result.rows_without_object)}"
+    )
+    print(f"killed attempts' working directories left in the worker's /tmp: {len(leftovers)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--scenario", choices=["all", "postgres", "valkey", "models"], default="all"
+        "--scenario",
+        choices=["all", "postgres", "valkey", "models", "worker-kill"],
+        default="all",
     )
+    parser.add_argument("--recordings", type=int, default=20)
+    parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--users", type=int, default=40)
     parser.add_argument("--down", type=float, default=10.0)
     parser.add_argument("--outage", type=float, default=60.0)
@@ -356,6 +441,8 @@ def main() -> None:
             await valkey_hung_and_killed(args.users, model_app)
         if args.scenario in {"all", "models"}:
             await model_server_outage(args.outage, model_app)
+        if args.scenario in {"all", "worker-kill"}:
+            await worker_killed(args.recordings, args.kills, model_app)
 
     asyncio.run(run())
 

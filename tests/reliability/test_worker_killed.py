@@ -11,8 +11,6 @@ The full size (20 recordings, 10 kills) is ``bench/faults.py --scenario worker-k
 
 from __future__ import annotations
 
-import asyncio
-import random
 import shutil
 import time
 from pathlib import Path
@@ -20,7 +18,13 @@ from typing import Any
 
 import pytest
 
-from bench.faultprocs import WorkerProcess, chunk_count, outcome, spoken_wav, wait_for_running_job
+from bench.faultprocs import (
+    WorkerProcess,
+    chunk_count,
+    kill_while_running,
+    spoken_wav,
+    wait_all_done,
+)
 from tests.app.conftest import Tenant
 from tests.app.recordings.test_upload import upload
 from tests.conftest import free_port
@@ -37,33 +41,6 @@ SENTENCES = (
     "The hiring committee reviews the final candidates on Thursday afternoon.",
     "We launch the mobile application once the security review is complete.",
 )
-
-
-async def kill_while_running(url: str, proc: WorkerProcess, kills: int) -> list[int]:
-    """SIGKILL the worker ``kills`` times, each while it runs a pipeline job (after a random
-    part of a second into it), and start it again at once. Returns the jobs it was running."""
-    killed_workers: set[int] = set()
-    interrupted: list[int] = []
-    for _ in range(kills):
-        running = await asyncio.to_thread(
-            wait_for_running_job, url, not_of=killed_workers, within=60
-        )
-        await asyncio.sleep(random.uniform(0.0, 0.3))
-        proc.kill()
-        killed_workers |= {worker for _job, worker in running}
-        interrupted += [job for job, _worker in running]
-        proc.start()
-    return interrupted
-
-
-async def wait_all_done(url: str, objects: Path, ids: list[str], within: float) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        result = await asyncio.to_thread(outcome, url, objects, ids)
-        done = all(s in {"ready", "failed"} for s in result.statuses.values())
-        if done or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.5)
 
 
 async def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(
@@ -105,7 +82,7 @@ async def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(
     log = (tmp_path / "worker.log").read_text(errors="replace")[-3000:]
     chunks = chunk_count(settings.database_url, ids)
     print(
-        f"{RECORDINGS} recordings, {KILLS} kills ({len(interrupted)} running jobs interrupted) "
+        f"{RECORDINGS} recordings, {KILLS} kills ({interrupted} running jobs interrupted) "
         f"within {killed:.1f}s: {sorted(result.statuses.values())} after {elapsed:.1f}s, "
         f"attempts {sorted(result.attempts.values())}, {chunks} chunks"
     )
