@@ -35,6 +35,26 @@ PUBLIC_PATHS = (
     ("/openapi.json", "Exact"),
 )
 API_SERVICE = ROLLOUT_NAME
+# alb.ingress.kubernetes.io/group.order: the ALB matches the rules of a lower order first, so a
+# base stack's rules come before those of the previews that share its ALB.
+BASE_GROUP_ORDER = 0
+PREVIEW_GROUP_ORDER = 100
+
+
+@dataclass(frozen=True)
+class IngressGroup:
+    """The ALB an Ingress joins (``group.name``: one ALB per group) and what it brings.
+
+    A base stack's Ingress owns the ALB: its name, attributes and tags. A preview's joins the
+    base's group with its own host rule and certificate and nothing of the ALB's: the load
+    balancer controller refuses a group whose Ingresses disagree on those."""
+
+    name: pulumi.Input[str]
+    certificate_arn: pulumi.Input[str]
+    owns_load_balancer: bool = True
+    order: int = BASE_GROUP_ORDER
+
+
 # A pod stopping: the preStop pause (the ALB keeps sending for a few seconds after the pod leaves
 # the endpoints), then SIGTERM and gunicorn's graceful timeout for in-flight requests (a chat
 # stream runs ~30 s; GUNICORN_GRACEFUL_TIMEOUT, read by app/gunicorn_conf.py), then gunicorn's
@@ -50,6 +70,7 @@ class ApiArgs:
     workloads: WorkloadsConfig
     rollout: RolloutConfig
     provider: pulumi.ProviderResource
+    ingress_group: IngressGroup
     # The namespace (and the CRDs of the controllers).
     depends_on: list[pulumi.Resource]
     # What its pods wait for: the settings, the Secrets and the migration Job.
@@ -242,27 +263,33 @@ class Api(pulumi.ComponentResource):
             )
 
     def _ingress(self) -> dict[str, Any]:
-        pods, cfg = self.args.pods, self.args.workloads
+        pods, cfg, group = self.args.pods, self.args.workloads, self.args.ingress_group
         p = pods.project
-        annotations = {
+        # The same on every Ingress of the group (the listeners are the group's).
+        annotations: dict[str, pulumi.Input[str]] = {
             "alb.ingress.kubernetes.io/scheme": "internet-facing",
             "alb.ingress.kubernetes.io/target-type": "ip",
-            "alb.ingress.kubernetes.io/group.name": p.prefix,
-            "alb.ingress.kubernetes.io/load-balancer-name": p.prefix[:32],
+            "alb.ingress.kubernetes.io/group.name": group.name,
+            "alb.ingress.kubernetes.io/group.order": str(group.order),
             "alb.ingress.kubernetes.io/listen-ports": json.dumps([{"HTTP": 80}, {"HTTPS": 443}]),
             "alb.ingress.kubernetes.io/ssl-redirect": "443",
-            "alb.ingress.kubernetes.io/certificate-arn": cfg.certificate_arn,
+            # Each Ingress's certificate joins the HTTPS listener's (the ALB picks by SNI).
+            "alb.ingress.kubernetes.io/certificate-arn": group.certificate_arn,
             "alb.ingress.kubernetes.io/ssl-policy": "ELBSecurityPolicy-TLS13-1-2-2021-06",
             "alb.ingress.kubernetes.io/healthcheck-path": "/readyz",
-            "alb.ingress.kubernetes.io/load-balancer-attributes": ",".join(
-                [
-                    "routing.http.drop_invalid_header_fields.enabled=true",
-                    f"deletion_protection.enabled={'true' if p.production else 'false'}",
-                    "idle_timeout.timeout_seconds=120",
-                ]
-            ),
-            "alb.ingress.kubernetes.io/tags": ",".join(f"{k}={v}" for k, v in p.tags.items()),
         }
+        if group.owns_load_balancer:
+            annotations |= {
+                "alb.ingress.kubernetes.io/load-balancer-name": p.prefix[:32],
+                "alb.ingress.kubernetes.io/load-balancer-attributes": ",".join(
+                    [
+                        "routing.http.drop_invalid_header_fields.enabled=true",
+                        f"deletion_protection.enabled={'true' if p.production else 'false'}",
+                        "idle_timeout.timeout_seconds=120",
+                    ]
+                ),
+                "alb.ingress.kubernetes.io/tags": ",".join(f"{k}={v}" for k, v in p.tags.items()),
+            }
         # With a canary the ALB forwards by the action Argo writes on this Ingress
         # (alb.ingress.kubernetes.io/actions.record-api), weighted across stable and canary.
         port = {"name": "use-annotation"} if self.args.rollout.canary else {"name": "http"}

@@ -569,7 +569,9 @@ class ImageConfig(_Block):
 class WorkloadsConfig(_Block):
     # The namespace's own keys, not the block's: their aliases are the full keys.
     domain: str = Field(alias=f"{NAMESPACE}:domain")
-    certificate_arn: str = Field(alias=f"{NAMESPACE}:certificateArn")
+    # A base stack's own; a preview's Ingress uses its base's wildcard certificate
+    # (PreviewsConfig) on the base's ALB, and has none of its own.
+    certificate_arn: str | None = Field(None, alias=f"{NAMESPACE}:certificateArn")
     api_replicas: int = Field(ge=0)
     api_max_replicas: int = Field(ge=1)
     api_workers: int = Field(2, ge=1)
@@ -609,10 +611,8 @@ class WorkloadsConfig(_Block):
 
     @field_validator("certificate_arn")
     @classmethod
-    def _acm(cls, arn: str) -> str:
-        if not arn.startswith("arn:aws:acm:"):
-            raise ValueError(f"must be an ACM certificate ARN, got {arn!r}")
-        return arn
+    def _acm(cls, arn: str | None) -> str | None:
+        return None if arn is None else acm_certificate(arn)
 
     @field_validator("openai_base_url", "openai_api_key")
     @classmethod
@@ -733,6 +733,34 @@ class RolloutConfig(_Block):
         return steps
 
 
+def acm_certificate(arn: str) -> str:
+    if not arn.startswith("arn:aws:acm:"):
+        raise ValueError(f"must be an ACM certificate ARN, got {arn!r}")
+    return arn
+
+
+class PreviewsConfig(_Block):
+    """On a base stack: where its previews answer. Each is ``pr-<n>.<domain>``, a rule of its
+    own on this stack's ALB (the previews' Ingresses join its group), under one wildcard
+    certificate and one wildcard DNS record, both made once."""
+
+    domain: str
+    # An ACM certificate for ``*.<domain>``, in the stack's region.
+    certificate_arn: str
+
+    @field_validator("domain")
+    @classmethod
+    def _dns_name(cls, domain: str) -> str:
+        if not _HOST_NAME.match(domain.lower()):
+            raise ValueError(f"must be a DNS name, got {domain!r}")
+        return domain.lower()
+
+    @field_validator("certificate_arn")
+    @classmethod
+    def _acm(cls, arn: str) -> str:
+        return acm_certificate(arn)
+
+
 class PreviewConfig(_Block):
     base_stack: str = Field(min_length=1)
     pr_number: int = Field(ge=0)
@@ -758,6 +786,8 @@ class StackConfig(BaseModel):
     rollout: RolloutConfig
     image: ImageConfig = Field(default_factory=ImageConfig)
     preview: PreviewConfig | None = None
+    # A base stack's previews' domain and wildcard certificate (None: it has no previews).
+    previews: PreviewsConfig | None = None
     # None on a preview stack: it sends through its base stack's identity (infra/preview.py).
     mail: MailConfig | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
@@ -780,6 +810,17 @@ class StackConfig(BaseModel):
     def _across_blocks(self) -> StackConfig:
         if self.preview is not None and self.project.production:
             raise ConfigError("a preview stack cannot be a production stack")
+        if self.preview is None and self.workloads.certificate_arn is None:
+            raise ConfigError(f"{NAMESPACE}:certificateArn is required (an ACM certificate ARN)")
+        if self.preview is not None and self.workloads.certificate_arn is not None:
+            # It would be ignored: the base's ALB serves previews with the base's certificate.
+            raise ConfigError(
+                f"{NAMESPACE}:certificateArn is not for a preview stack: set "
+                f"{NAMESPACE}:previews.certificateArn (a certificate for *.<previews.domain>) "
+                "on its base stack"
+            )
+        if self.preview is not None and self.previews is not None:
+            raise ConfigError(f"{NAMESPACE}:previews is for a base stack, not a preview")
         if self.preview is None:
             # A preview deploys onto its base stack's cluster and builds none of its own.
             self.cluster.check_deploy_path()
@@ -878,6 +919,7 @@ def load(
         "rollout": _block(cfg, "rollout"),
         "image": _block(cfg, "image"),
         "preview": _block(cfg, "preview") or None,
+        "previews": _block(cfg, "previews") or None,
         "mail": _block(cfg, "mail"),
     }
     defaults = StackDefaults(size=proj.size, production=proj.production, domain=domain)

@@ -252,6 +252,10 @@ def render(stack: str, overrides: dict[str, Any] | None = None) -> Plan:
                 # Its namespace as a base stack names it (record-<stack>), and its deployed API
                 # image, pinned like every image: a preview's provisioner runs there with it.
                 outputs["namespace"] = f"{PROJECT}-{args.name.rsplit('/', 1)[-1]}"
+                # The base's record:previews.certificateArn, a wildcard ACM certificate.
+                outputs["previewCertificateArn"] = _arn(
+                    "acm", "certificate", "preview-wildcard", region
+                )
                 outputs["apiImage"] = (
                     f"{outputs['apiRepositoryUrl']}@{offline_digest(f'{PLACEHOLDER}-base-api')}"
                 )

@@ -58,6 +58,10 @@ BASE_OUTPUTS = (
     "namespace",
     "dbProvisionerServiceAccount",
     "apiImage",
+    # infra/api.py: the ALB group a preview's Ingress joins, and the wildcard certificate for
+    # *.<previews.domain> it brings (the base's record:previews).
+    "ingressGroup",
+    "previewCertificateArn",
 )
 
 

@@ -7,6 +7,7 @@ from typing import Any, cast
 import pulumi
 import pulumi_aws as aws
 
+from infra.api import PREVIEW_GROUP_ORDER, IngressGroup
 from infra.cache import Cache, CacheArgs
 from infra.cluster import Cluster, ClusterArgs
 from infra.config import StackConfig
@@ -225,7 +226,12 @@ def _build_base(config: StackConfig) -> dict[str, Any]:
         # What a preview's database provisioner Job runs as, and with (infra/provisioner.py).
         "dbProvisionerServiceAccount": provisioner.service_account,
         "apiImage": images.refs["api"],
+        # The ALB group previews' Ingresses join (infra/api.py): the ALB this stack's makes.
+        "ingressGroup": prefix,
     }
+    if config.previews is not None:
+        outputs["previewDomain"] = config.previews.domain
+        outputs["previewCertificateArn"] = config.previews.certificate_arn
     if runner is not None:
         # The `runs-on` label of deploy jobs; the deploy role's trust policy names this role.
         outputs["deployRunnerLabel"] = runner.label
@@ -333,6 +339,13 @@ def _build_preview(config: StackConfig) -> dict[str, Any]:
             depends_on=[database.job, database.resource],
             api_image=images.refs["api"],
             models_image=images.refs.get("models"),
+            # A host rule on the base's ALB, not an ALB of its own.
+            ingress_group=IngressGroup(
+                name=base["ingressGroup"].apply(str),
+                certificate_arn=base["previewCertificateArn"].apply(str),
+                owns_load_balancer=False,
+                order=PREVIEW_GROUP_ORDER,
+            ),
         ),
         opts=pulumi.ResourceOptions(parent=preview),
     )

@@ -20,7 +20,7 @@ import pulumi_kubernetes as k8s
 
 from app.kit.roles import LoginRoles
 from infra import k8s as kube
-from infra.api import Api, ApiArgs
+from infra.api import Api, ApiArgs, IngressGroup
 from infra.config import ProjectConfig, RolloutConfig, WorkloadsConfig
 from infra.mail import MailSettings
 from infra.migration import MigrationJob, MigrationJobArgs
@@ -76,6 +76,8 @@ class WorkloadsArgs:
     # model server's (built with EXTRAS=ai) when workloads.useLocalModels.
     api_image: pulumi.Input[str]
     models_image: pulumi.Input[str] | None = None
+    # The ALB the API's Ingress joins: a preview's, its base's (infra/api.py). None: its own.
+    ingress_group: IngressGroup | None = None
 
 
 class Workloads(pulumi.ComponentResource):
@@ -249,6 +251,7 @@ class Workloads(pulumi.ComponentResource):
                 workloads=cfg,
                 rollout=args.rollout,
                 provider=args.provider,
+                ingress_group=args.ingress_group or self._own_ingress_group(),
                 depends_on=in_namespace,
                 deployment_depends_on=after_migration,
                 old_parent=self,
@@ -324,6 +327,13 @@ class Workloads(pulumi.ComponentResource):
             },
             opts,
         )
+
+    def _own_ingress_group(self) -> IngressGroup:
+        """A base stack's ALB: a group of its own, named after it, with its certificate."""
+        certificate = self.args.workloads.certificate_arn
+        if certificate is None:
+            raise ValueError("workloads.certificate_arn: a base stack's ALB needs one")
+        return IngressGroup(name=self.args.project.prefix, certificate_arn=certificate)
 
     def _db_secrets(self) -> list[pulumi.CustomResource]:
         roles = LoginRoles(self.args.db_app_user)
