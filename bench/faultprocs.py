@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import secrets
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,3 +275,36 @@ async def wait_all_done(url: str, objects: Path, ids: list[str], within: float) 
         if done or time.monotonic() > deadline:
             return result
         await asyncio.sleep(0.5)
+
+
+def multipart(title: str, content: bytes) -> tuple[bytes, str]:
+    """An upload's form (title and file) as one body, and its content type."""
+    boundary = secrets.token_hex(12)
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="title"\r\n\r\n{title}\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{title}.wav"'
+        "\r\nContent-Type: application/octet-stream\r\n\r\n"
+    )
+    return head.encode() + content + f"\r\n--{boundary}--\r\n".encode(), (
+        f"multipart/form-data; boundary={boundary}"
+    )
+
+
+async def dribbled(body: bytes, seconds: float, pieces: int = 8) -> AsyncIterator[bytes]:
+    """``body`` in ``pieces`` spread over ``seconds``, as from a slow uplink."""
+    size = -(-len(body) // pieces)
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+        await asyncio.sleep(seconds / pieces)
+
+
+def slow_upload(
+    client: httpx.AsyncClient, auth: dict[str, str], content: bytes, seconds: float
+) -> Awaitable[httpx.Response]:
+    """An upload whose body takes ``seconds`` to arrive: in flight on the server all along."""
+    body, content_type = multipart(f"slow-{secrets.token_hex(3)}", content)
+    return client.post(
+        "/api/recordings",
+        content=dribbled(body, seconds),
+        headers={**auth, "Content-Type": content_type, "Content-Length": str(len(body))},
+    )

@@ -1,8 +1,9 @@
 """Faults on purpose at full size (issue 15): each scenario prints its figures with the load
 they ran under.
 
-    .venv/bin/python -m bench.faults [--scenario all|postgres|valkey|models|worker-kill]
+    .venv/bin/python -m bench.faults [--scenario all|postgres|valkey|models|worker-kill|api-restart]
         [--users 40] [--down 10] [--outage 60] [--recordings 20] [--kills 10]
+        [--restarts 3]
 
 - ``postgres``: virtual users list recordings while PostgreSQL is stopped (fast shutdown) for
   ``--down`` seconds and started again; an upload just before the stop and one after, with the
@@ -19,6 +20,11 @@ they ran under.
   pipeline jobs over ``--recordings`` spoken recordings (espeak-ng), started again each time.
   Figures: end states, attempts, duplicate chunks, objects without a row and rows without an
   object, killed attempts' working directories left behind.
+- ``api-restart``: gunicorn as the image runs it (a real process) under ``--users`` (list,
+  keyword search, uploads whose body takes 2 s): ``--restarts`` rolling restarts of its workers
+  (SIGHUP), then SIGTERM with uploads in flight. Figures: failed requests, requests in flight
+  across a restart, the uploads' answers after SIGTERM, how a new connection is refused, the
+  exit code and time.
 
 In-process, as the CI-sized versions in ``tests/reliability`` are (the same helpers,
 ``bench/faultstack.py`` and ``bench/faultload.py``): the API over ASGI, procrastinate's real
@@ -37,6 +43,7 @@ import os
 import random
 import secrets
 import shutil
+import signal
 import struct
 import sys
 import tempfile
@@ -60,9 +67,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from bench.faultload import HttpLoad, describe, failed, recovery_seconds  # noqa: E402
 from bench.faultprocs import (  # noqa: E402
+    GunicornApi,
     WorkerProcess,
     chunk_count,
     kill_while_running,
+    slow_upload,
     spoken_wav,
     wait_all_done,
 )
@@ -419,15 +428,115 @@ async def worker_killed(recordings: int, kills: int, model_app: Any) -> None:
     print(f"killed attempts' working directories left in the worker's /tmp: {len(leftovers)}")
 
 
+async def _rolling_restarts(gunicorn: GunicornApi, load: HttpLoad, restarts: int) -> list[float]:
+    """SIGHUP ``restarts`` times, 5 s apart, each once the previous workers are all replaced;
+    when each came (on the load's clock) and how long its replacement took."""
+    hups: list[float] = []
+    await asyncio.sleep(5.0)
+    for _ in range(restarts):
+        old = gunicorn.workers()
+        hups.append(load.now())
+        gunicorn.signal(signal.SIGHUP)
+        while gunicorn.workers() & old or len(gunicorn.workers()) < 2:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+        hups.append(load.now())
+        await asyncio.sleep(5.0)
+    return hups
+
+
+async def _stop_with_uploads(
+    gunicorn: GunicornApi, auth: dict[str, str], uploads: int, wav: bytes, seconds: float
+) -> str:
+    """SIGTERM while ``uploads`` slow uploads are in flight; what came of them, of a new
+    connection, and of gunicorn."""
+    clients = [httpx.AsyncClient(base_url=gunicorn.url, timeout=30) for _ in range(uploads)]
+    tasks = [asyncio.create_task(slow_upload(c, auth, wav, seconds)) for c in clients]
+    await asyncio.sleep(seconds / 3)
+    stopped = time.monotonic()
+    gunicorn.signal(signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    late_at = time.monotonic()
+    try:
+        async with httpx.AsyncClient(base_url=gunicorn.url, timeout=5) as late:
+            late_answer = f"answered {(await late.get('/livez')).status_code}"
+    except httpx.ConnectError:
+        late_answer = "refused"
+    late_in = time.monotonic() - late_at
+    answers = await asyncio.gather(*tasks, return_exceptions=True)
+    for client in clients:
+        await client.aclose()
+    assert gunicorn.proc is not None
+    code = await asyncio.to_thread(gunicorn.proc.wait, 60)
+    ends: dict[str, int] = {}
+    for answer in answers:
+        key = str(answer.status_code) if isinstance(answer, httpx.Response) else repr(answer)
+        ends[key] = ends.get(key, 0) + 1
+    return (
+        f"SIGTERM with {uploads} uploads in flight: {ends}; a new connection {late_answer} in "
+        f"{late_in * 1000:.0f} ms; gunicorn exited {code} after "
+        f"{time.monotonic() - stopped:.1f} s"
+    )
+
+
+async def api_restarted(users: int, restarts: int) -> None:
+    """gunicorn (as the image runs it, a real process) under ``users``: ``restarts`` rolling
+    restarts of its workers (SIGHUP), then a stop (SIGTERM) with slow uploads in flight."""
+    graceful, upload_seconds = 10, 2.0
+    wav = tone_wav(0.5)
+    async with servers() as (postgres, valkey, state):
+        gunicorn = GunicornApi(
+            base_settings(postgres, valkey, state),
+            free_port(),
+            state.parent / "api.log",
+            WEB_CONCURRENCY="2",
+            GUNICORN_GRACEFUL_TIMEOUT=str(graceful),
+        )
+        await asyncio.to_thread(gunicorn.start)
+        try:
+            async with httpx.AsyncClient(base_url=gunicorn.url, timeout=30) as client:
+                auth = await owner_key(client)
+                choices = [
+                    lambda: client.get("/api/recordings", headers=auth),
+                    lambda: client.post(
+                        "/api/search",
+                        json={"query": random.choice(WORDS), "mode": "keyword"},
+                        headers=auth,
+                    ),
+                    lambda: slow_upload(client, auth, wav, upload_seconds),
+                ]
+                load = HttpLoad(lambda: random.choice(choices)(), users=users)  # noqa: PLW0108
+                async with load.running():
+                    marks = await _rolling_restarts(gunicorn, load, restarts)
+            stop = await _stop_with_uploads(gunicorn, auth, max(4, users // 4), wav, upload_seconds)
+        finally:
+            gunicorn.stop()
+    hups, replaced = marks[0::2], marks[1::2]
+    across = sum(1 for s in load.samples if any(s.at < hup < s.ended for hup in hups))
+    print(
+        f"\n== API (gunicorn, 2 workers, GUNICORN_GRACEFUL_TIMEOUT={graceful}) under {users} "
+        f"users (list, keyword search, uploads dribbled over {upload_seconds:g} s)"
+    )
+    print(f"before:                 {describe(load.between(0, hups[0]))}")
+    print(f"{restarts} rolling restarts (SIGHUP): {describe(load.between(hups[0]))}")
+    print(
+        f"failed requests: {len(failed(load.samples))}; in flight across a restart: {across}; "
+        "workers replaced in "
+        + ", ".join(f"{end - hup:.1f}" for hup, end in zip(hups, replaced, strict=True))
+        + " s"
+    )
+    print(stop)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--scenario",
-        choices=["all", "postgres", "valkey", "models", "worker-kill"],
+        choices=["all", "postgres", "valkey", "models", "worker-kill", "api-restart"],
         default="all",
     )
     parser.add_argument("--recordings", type=int, default=20)
     parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--restarts", type=int, default=3)
     parser.add_argument("--users", type=int, default=40)
     parser.add_argument("--down", type=float, default=10.0)
     parser.add_argument("--outage", type=float, default=60.0)
@@ -443,6 +552,8 @@ def main() -> None:
             await model_server_outage(args.outage, model_app)
         if args.scenario in {"all", "worker-kill"}:
             await worker_killed(args.recordings, args.kills, model_app)
+        if args.scenario in {"all", "api-restart"}:
+            await api_restarted(args.users, args.restarts)
 
     asyncio.run(run())
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.faultprocs import GunicornApi
+from bench.faultprocs import GunicornApi, slow_upload
 from tests.app.conftest import Tenant
 from tests.app.recordings.test_upload import wav_bytes
 from tests.conftest import free_port
@@ -49,40 +48,13 @@ class Answer:
         return self.status is not None and self.status < 400
 
 
-def multipart(title: str) -> tuple[bytes, str]:
-    boundary = secrets.token_hex(12)
-    head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="title"\r\n\r\n{title}\r\n'
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{title}.wav"'
-        "\r\nContent-Type: application/octet-stream\r\n\r\n"
-    )
-    body = head.encode() + WAV + f"\r\n--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
-
-
-async def dribbled(body: bytes, seconds: float, pieces: int = 8) -> AsyncIterator[bytes]:
-    size = -(-len(body) // pieces)
-    for start in range(0, len(body), size):
-        yield body[start : start + size]
-        await asyncio.sleep(seconds / pieces)
-
-
-def slow_upload(client: httpx.AsyncClient, auth: dict[str, str]) -> Awaitable[httpx.Response]:
-    body, content_type = multipart(f"slow-{secrets.token_hex(3)}")
-    return client.post(
-        "/api/recordings",
-        content=dribbled(body, SLOW_UPLOAD_SECONDS),
-        headers={**auth, "Content-Type": content_type, "Content-Length": str(len(body))},
-    )
-
-
 def requests(auth: dict[str, str]) -> dict[str, Callable[[httpx.AsyncClient], Awaitable[Any]]]:
     return {
         "list": lambda c: c.get("/api/recordings", headers=auth),
         "search": lambda c: c.post(
             "/api/search", json={"query": "budget", "mode": "keyword"}, headers=auth
         ),
-        "upload": lambda c: slow_upload(c, auth),
+        "upload": lambda c: slow_upload(c, auth, WAV, SLOW_UPLOAD_SECONDS),
     }
 
 
