@@ -8,6 +8,7 @@ from app.client_cli import ask as ask_command
 from app.client_cli import recordings_app
 from app.client_cli import search as search_command
 from app.client_cli import upload as upload_command
+from app.ops.cli import backup_command, restore_command
 from app.smoke import smoke as smoke_command
 
 app = typer.Typer(
@@ -16,8 +17,10 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+db_app = typer.Typer(help="Database migrations, backups and restores.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+db_app.command("backup")(backup_command)
+db_app.command("restore")(restore_command)
 # The API client: these talk to a running server over HTTP, like any other client.
 app.command("upload")(upload_command)
 app.command("search")(search_command)
