@@ -765,6 +765,20 @@ class PreviewConfig(_Block):
     base_stack: str = Field(min_length=1)
     pr_number: int = Field(ge=0)
 
+    @field_validator("base_stack")
+    @classmethod
+    def _stack_name(cls, name: str) -> str:
+        # Pulumi reads "a/b" as <org>/<stack> (a DIY backend refuses any org but
+        # "organization"): a bare name is this project's stack in the current org, on every
+        # backend; three parts name org, project and stack.
+        if name.count("/") not in (0, 2) or not all(name.split("/")):
+            raise ValueError(
+                f"{name!r} is not a stack name Pulumi resolves: write 'staging' (this project's "
+                "stack) or '<org>/record/staging' ('organization/record/staging' on a "
+                "self-managed backend)"
+            )
+        return name
+
     @property
     def slug(self) -> str:
         return f"pr-{self.pr_number}"

@@ -159,8 +159,13 @@ def test_camel_case_keys_map_to_their_fields() -> None:
         ({"record:rollout": {"pauseSeconds": 1.5}}, "record:rollout.pauseSeconds must be a valid"),
         ({"record:cache": ["cache.t4g.small"]}, "record:cache must be a mapping"),
         (
-            {"record:preview": {"baseStack": "record/staging"}},
+            {"record:preview": {"baseStack": "staging"}},
             "record:preview.prNumber is required",
+        ),
+        (
+            # Pulumi would read it as org "record", stack "staging".
+            {"record:preview": {"baseStack": "record/staging", "prNumber": 1}},
+            "record:preview.baseStack",
         ),
         ({"record:domain": None}, "record:domain is required"),
         ({"record:dbAppPassword": None}, "missing secret record:dbAppPassword"),

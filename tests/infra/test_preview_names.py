@@ -29,7 +29,7 @@ def rendered() -> tuple[Plan, list[Registration]]:
         patch.setattr(plans_module, "stack_config", lambda stack: read("preview"))
         with recording(registrations):
             plan = plans_module.render(
-                STACK, {"record:preview": {"baseStack": "record/staging", "prNumber": 12345}}
+                STACK, {"record:preview": {"baseStack": "staging", "prNumber": 12345}}
             )
     return plan, registrations
 

@@ -485,9 +485,10 @@ STAGING_REPO = "1.dkr.ecr.eu-west-1.amazonaws.com/record-staging"
 API_IMAGE = f"{STAGING_REPO}/api@sha256:" + "a" * 64
 MODELS_IMAGE = f"{STAGING_REPO}/models@sha256:" + "b" * 64
 BASE_OUTPUTS = {
-    "stack output apiRepositoryUrl --stack record/staging": (f"{STAGING_REPO}/api", 0),
-    "stack output modelsRepositoryUrl --stack record/staging": (f"{STAGING_REPO}/models", 0),
-    "stack output bucketName --stack record/staging": ("record-staging-objects", 0),
+    "stack output apiRepositoryUrl --stack staging": (f"{STAGING_REPO}/api", 0),
+    "stack output modelsRepositoryUrl --stack staging": (f"{STAGING_REPO}/models", 0),
+    "stack output bucketName --stack staging": ("record-staging-objects", 0),
+    "stack output previewDomain --stack staging": ("preview.example.org", 0),
 }
 
 
@@ -511,7 +512,7 @@ def _run_step(
     )
 
 
-PREVIEW_TEMPLATE = "config:\n  record:preview:\n    baseStack: record/staging\n"
+PREVIEW_TEMPLATE = "config:\n  record:preview:\n    baseStack: staging\n"
 
 
 def test_the_preview_stack_config_is_written_afresh_with_stable_secrets(tmp_path: Path) -> None:
@@ -526,7 +527,6 @@ def test_the_preview_stack_config_is_written_afresh_with_stable_secrets(tmp_path
         "PATH": f"{bin_dir}:/usr/bin:/bin",
         "PR": "42",
         "STACK": "preview-pr-42",
-        "PREVIEW_DOMAIN": "preview.example.org",
         "PREVIEW_TTL_HOURS": "72",
         "API_IMAGE": API_IMAGE,
         "MODELS_IMAGE": MODELS_IMAGE,
@@ -590,7 +590,6 @@ def test_the_preview_secrets_differ_per_pull_request(tmp_path: Path) -> None:
             "PATH": f"{bin_dir}:/usr/bin:/bin",
             "PR": pr,
             "STACK": f"preview-pr-{pr}",
-            "PREVIEW_DOMAIN": "p.example.org",
             "PREVIEW_TTL_HOURS": "1",
             "API_IMAGE": API_IMAGE,
             "MODELS_IMAGE": MODELS_IMAGE,
@@ -669,7 +668,6 @@ def _locked_stack_env(tmp_path: Path, reaper_runs: int) -> tuple[dict[str, str],
         "PATH": f"{bin_dir}:/usr/bin:/bin",
         "PR": "9",
         "STACK": "preview-pr-9",
-        "PREVIEW_DOMAIN": "p.example.org",
         "PREVIEW_TTL_HOURS": "72",
         "API_IMAGE": API_IMAGE,
         "MODELS_IMAGE": MODELS_IMAGE,
@@ -988,6 +986,6 @@ def test_the_reaper_deletes_the_objects_of_what_it_destroyed(
         "-m infra.preview_objects --bucket record-staging-objects --prefix previews/pr-7/",
         "-m infra.preview_objects --bucket record-staging-objects --prefix previews/pr-8/",
     ]
-    assert "stack output bucketName --stack record/staging" in log.read_text()
+    assert "stack output bucketName --stack staging" in log.read_text()
     if purge_status:
         assert "objects of preview-pr-8 were not deleted" in (tmp_path / "summary.md").read_text()
