@@ -83,7 +83,13 @@ def _build_base(config: StackConfig) -> dict[str, Any]:
                 actor_ids=config.cluster.runner_actor_ids,
             ),
         )
-    storage = Storage(prefix, StorageArgs(project=p, storage=config.storage))
+    storage_config = config.storage
+    if config.previews is not None:
+        # Previews upload from the browser straight to this bucket too, each from its own
+        # host under the previews' domain (S3 allows one wildcard in an origin).
+        origins = (*storage_config.cors_origins, f"https://*.{config.previews.domain}")
+        storage_config = storage_config.model_copy(update={"cors_origins": origins})
+    storage = Storage(prefix, StorageArgs(project=p, storage=storage_config))
     database = Database(
         prefix,
         DatabaseArgs(

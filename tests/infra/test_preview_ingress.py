@@ -82,3 +82,19 @@ def test_a_base_stack_needs_its_certificate():
 def test_previews_config_is_checked():
     with pytest.raises(ConfigError, match="ACM certificate"):
         render("staging", {"record:previews": {"domain": "p.example.com", "certificateArn": "x"}})
+
+
+def test_the_bucket_takes_browser_uploads_from_previews_too(plans: dict[str, Plan]) -> None:
+    """A preview's browser uploads straight to the base's bucket (presigned), from its own host
+    under the previews' domain: the bucket's CORS names that domain's wildcard, only where the
+    stack has previews."""
+
+    def origins(plan: Plan) -> list[str]:
+        cors = one(plan.of_type("aws:s3/bucketCorsConfiguration:BucketCorsConfiguration"))
+        return [o for rule in cors["inputs"]["corsRules"] for o in rule["allowedOrigins"]]
+
+    staging = plans["staging"]
+    domain = staging.outputs["previewDomain"]
+    assert origins(staging)[-1] == f"https://*.{domain}"
+    assert len(origins(staging)) == 2  # and the stack's own origin
+    assert not any("*" in o for o in origins(plans["prod"]))
