@@ -54,7 +54,6 @@ class Cache(pulumi.ComponentResource):
     # The user group previews join, and the user name the base's own pods log in as.
     user_group_id: pulumi.Output[str]
     app_user_name: str
-    replication_group_id: pulumi.Output[str]
     # AWS/ElastiCache publishes per member cluster (CacheClusterId), never per replication
     # group: "<group>-001" is the first node, then one per replica.
     member_cluster_ids: list[pulumi.Output[str]]
@@ -140,7 +139,6 @@ class Cache(pulumi.ComponentResource):
         self.primary_endpoint = group.primary_endpoint_address
         self.user_group_id = users.user_group_id
         self.app_user_name = f"{prefix}-app"
-        self.replication_group_id = group.id
         self.member_cluster_ids = [
             pulumi.Output.concat(group.replication_group_id, f"-{n:03d}")
             for n in range(1, 2 + cfg.replicas)

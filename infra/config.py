@@ -804,7 +804,6 @@ class StackConfig(BaseModel):
     previews: PreviewsConfig | None = None
     # None on a preview stack: it sends through its base stack's identity (infra/preview.py).
     mail: MailConfig | None = None
-    extra: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod

@@ -39,7 +39,6 @@ class Database(pulumi.ComponentResource):
     identifier: pulumi.Output[str]
     master_secret_arn: pulumi.Output[str]
     master_secret_kms_key_arn: pulumi.Output[str]
-    security_group_id: pulumi.Output[str]
 
     def __init__(
         self, name: str, args: DatabaseArgs, opts: pulumi.ResourceOptions | None = None
@@ -165,7 +164,6 @@ class Database(pulumi.ComponentResource):
         self.identifier = instance.identifier
         self.master_secret_arn = instance.master_user_secrets.apply(_master_secret_arn)
         self.master_secret_kms_key_arn = key.arn
-        self.security_group_id = sg.id
         self.register_outputs({"address": self.address, "identifier": self.identifier})
 
 

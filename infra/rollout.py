@@ -32,13 +32,13 @@ INGRESS_NAME = "record"
 ANALYSIS_TEMPLATE = "record-api-success-rate"
 # The canary analysis measures once a minute, from the first pause until the rollout completes.
 ANALYSIS_INTERVAL_SECONDS = 60
-# What pulumi-kubernetes' own await on the Rollout would be, and why the Rollout does not carry
-# it (nor pulumi.com/timeoutSeconds): on an update the provider first evaluates the condition on
+# Why the Rollout carries no pulumi.com/waitFor ("jsonpath={.status.phase}=Healthy", what
+# pulumi-kubernetes' own await would be) nor pulumi.com/timeoutSeconds: on an update the
+# provider first evaluates the condition on
 # the object the apply returned, whose status is still the previous revision's Healthy, so it
 # passes before Argo has even seen the new spec; on an abort it only times out, without Argo's
 # message. The rollout gate's Job waits instead (tests/infra/test_rollout_gate.py shows a
 # stale Healthy passing this condition and not the gate).
-ROLLOUT_WAIT_FOR = "jsonpath={.status.phase}=Healthy"
 # Beyond its pause, each traffic step (and the final promotion) waits for new pods to start,
 # pass /readyz and register as ALB targets (ip targets trail readiness by tens of seconds);
 # the promotion also waits out Argo's 30 s scale-down delay of the old pods.

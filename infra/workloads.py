@@ -82,7 +82,6 @@ class WorkloadsArgs:
 
 class Workloads(pulumi.ComponentResource):
     namespace: str
-    api_service: str
     ingress: k8s.networking.v1.Ingress
     # The API's Deployment, or its Rollout.
     api: pulumi.CustomResource
@@ -259,7 +258,6 @@ class Workloads(pulumi.ComponentResource):
             ),
             opts=pulumi.ResourceOptions(parent=self),
         )
-        self.api_service = api.service
         self.api = api.workload
         self.ingress = api.ingress
         Worker(

@@ -29,7 +29,6 @@ from cryptography.x509.oid import NameOID
 
 from infra import rollout_gate
 from infra.plan import REPO_ROOT
-from infra.rollout import ROLLOUT_WAIT_FOR
 from infra.rollout_gate import (
     EXIT_FAILED,
     EXIT_PASSED,
@@ -278,8 +277,8 @@ def run_gate(
 
 
 def test_a_stale_healthy_status_does_not_pass_the_gate(cluster: Cluster) -> None:
-    # The provider's jsonpath condition is met by the object the apply returned.
-    assert ROLLOUT_WAIT_FOR == "jsonpath={.status.phase}=Healthy"
+    # The provider's pulumi.com/waitFor "jsonpath={.status.phase}=Healthy" is met by the object
+    # the apply returned: its status is still the previous revision's.
     assert STALE_HEALTHY["status"]["phase"] == "Healthy"
     cluster.api.states = [STALE_HEALTHY, PROGRESSING, PROGRESSING, HEALTHY]
 
