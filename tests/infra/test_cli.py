@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 from typer.testing import CliRunner
@@ -54,3 +55,26 @@ def test_record_cli_mounts_the_infra_commands() -> None:
     result = CliRunner().invoke(record_app, ["infra", "plan", "--help"])
     assert result.exit_code == 0, result.output
     assert "--stack" in result.output
+
+
+def test_plan_of_a_preview_shows_its_database_and_valkey_user(tmp_path: Path) -> None:
+    """#13: `record infra plan --stack preview` lists the pull request's database (the Command
+    whose delete drops it, with the Job that makes it) and its Valkey user as resources of the
+    stack, so `pulumi destroy` of the stack removes them; none is protected or retained."""
+    result = CliRunner().invoke(app, ["plan", "--stack", "preview", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    resources = json.loads((tmp_path / "resources.json").read_text())
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for resource in resources:
+        by_type.setdefault(str(resource["type"]), []).append(resource)
+    database = by_type["command:local:Command"]
+    assert len(database) == 1
+    assert str(database[0]["name"]).endswith("-database")
+    assert [r["inputs"]["userName"] for r in by_type["aws:elasticache/user:User"]] == ["pr-0"]
+    jobs = [
+        doc
+        for path in (tmp_path / "manifests").glob("*.yaml")
+        if (doc := yaml.safe_load(path.read_text()))["kind"] == "Job"
+    ]
+    assert any(j["metadata"]["name"].startswith("record-db-provision-pr-0") for j in jobs)
+    assert not any(r.get("protect") or r.get("retainOnDelete") for r in resources)
