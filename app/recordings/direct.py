@@ -21,7 +21,6 @@ from uuid import UUID
 
 import anyio
 import structlog
-from redis.exceptions import RedisError
 
 from app.auth.principal import Principal
 from app.auth.rbac import Permission
@@ -106,6 +105,21 @@ def state_key(upload_id: UUID, prefix: str = "") -> str:
     return f"{prefix}upload:{upload_id}:state"
 
 
+# Why Redis failures are caught as ``Exception``: a connection that breaks while Valkey
+# restarts can raise what redis-py does not wrap in RedisError (a RuntimeError from a closed
+# transport, an EOFError from a read cut short), and that was a 500 (issue 15). The limiter and
+# the caches (kit/cache.py ``guarded``) treat any exception from Redis the same way.
+
+
+async def _forget(redis: Any, key: str) -> None:
+    """Delete ``key`` while cleaning up after a failure: a Redis that does not answer must not
+    replace the answer being given (the key expires anyway)."""
+    try:
+        await redis.delete(key)
+    except Exception as exc:  # a Redis failure, whatever its type (above _forget)
+        log.warning("upload state not deleted", key=key, error=str(exc))
+
+
 def _redis_down() -> ServiceUnavailableError:
     return ServiceUnavailableError(
         "Direct uploads are unavailable right now (their state store did not answer); try "
@@ -163,7 +177,9 @@ async def start_direct_upload(
             pending.dumps(),
             ex=presigned.expires_in + PENDING_MARGIN_SECONDS,
         )
-    except RedisError as exc:
+    except (
+        Exception
+    ) as exc:  # any exception from Redis: a Redis failure, whatever its type (above _forget)
         raise _redis_down() from exc
     log.info(
         "direct upload started",
@@ -204,7 +220,11 @@ async def complete_direct_upload(
         claimed = await redis.set(
             state_key(upload_id, services.settings.redis_key_prefix), b"completing", nx=True, ex=ttl
         )
-    except RedisError as exc:
+    except AppError:
+        raise
+    except (
+        Exception
+    ) as exc:  # any exception from Redis: a Redis failure, whatever its type (above _forget)
         raise _redis_down() from exc
     if not claimed:
         raise ConflictError(
@@ -243,7 +263,7 @@ async def complete_direct_upload(
         with anyio.CancelScope(shield=True):
             if copied:
                 await store.delete(media_key)
-            await redis.delete(state_key(upload_id, services.settings.redis_key_prefix))
+            await _forget(redis, state_key(upload_id, services.settings.redis_key_prefix))
         raise
     try:
         await store.delete(pending.key)
@@ -259,7 +279,9 @@ async def complete_direct_upload(
             ex=ttl,
             xx=True,
         )
-    except RedisError:
+    except (
+        Exception
+    ):  # any exception from Redis: a Redis failure, whatever its type (above _forget)
         log.warning("could not record a completed upload", upload_id=str(upload_id))
     log.info(
         "recording accepted",
@@ -290,6 +312,8 @@ async def _check_object(
         with anyio.CancelScope(shield=True):
             await store.delete(key)
             await store.delete(pending.key)
-            await services.redis.delete(pending_key(upload_id, services.settings.redis_key_prefix))
+            await _forget(
+                services.redis, pending_key(upload_id, services.settings.redis_key_prefix)
+            )
         raise
     return media.content_type
