@@ -111,9 +111,39 @@ def master_secret(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         yield str(arn)
 
 
+def migration_env(plan: Plan, server: PostgresServer, secret_arn: str) -> dict[str, str]:
+    """What the base's rendered migration Job gives its bootstrap init container: its env as
+    rendered but for what only a deployment knows (the RDS address, the secret's ARN, TLS: a
+    local socket here), the region from its ConfigMap, and the passwords from its Secret, each
+    filled with ``<owner>-<kind>-pw``. Drift between the Job and what db_bootstrap reads fails
+    here, not in a cluster."""
+    job = one(m for m in of_kind(plan, "Job") if m["metadata"]["name"].startswith("record-migrate"))
+    init = one(job["spec"]["template"]["spec"]["initContainers"])
+    assert init["command"] == ["python", "-m", "infra.db_bootstrap"]
+    env = {e["name"]: str(e["value"]) for e in init["env"]}
+    env.update(DB_HOST=str(server.socket_dir), DB_MASTER_SECRET_ARN=secret_arn)
+    env["PGSSLMODE"] = "disable"
+    kinds = {variable: kind for kind, variable in ENV_PASSWORDS.items()}
+    found: set[str] = set()
+    for source in init["envFrom"]:
+        if "configMapRef" in source:
+            name = source["configMapRef"]["name"]
+            config = one(m for m in of_kind(plan, "ConfigMap") if m["metadata"]["name"] == name)
+            env.setdefault("AWS_REGION", config["data"].get("AWS_REGION", "eu-west-1"))
+            continue
+        name = source["secretRef"]["name"]
+        secret = one(m for m in of_kind(plan, "Secret") if m["metadata"]["name"] == name)
+        for key in secret["stringData"]:
+            if key in kinds:
+                env[key] = f"{env[ENV_OWNER]}-{kinds[key]}-pw"
+                found.add(key)
+    assert found == set(kinds), "the migration Job must hand the bootstrap every password"
+    return env
+
+
 def job_env(server: PostgresServer, secret_arn: str, owner: str, database: str) -> dict[str, str]:
-    """What infra/migration.py gives the Job's init container (TLS aside: a local socket), with
-    each login's password ``<owner>-<owner|api|worker>-pw``."""
+    """The bootstrap's environment for any owner and database (the tests of odd cases); the
+    rendered Jobs' own are ``migration_env`` and ``provisioner_env``."""
     return {
         "AWS_REGION": "eu-west-1",
         "DB_MASTER_SECRET_ARN": secret_arn,
@@ -170,7 +200,7 @@ async def test_bootstrap_then_migrations_then_the_app(
     from app.settings import Settings
 
     if stack == "base":
-        env = job_env(rds_like, master_secret, "record", "record")
+        env = migration_env(plans["staging"], rds_like, master_secret)
     else:
         env = provisioner_env(plans["preview"], rds_like, master_secret)
     owner, database = env[ENV_OWNER], env[ENV_DATABASE]
