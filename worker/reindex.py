@@ -47,6 +47,7 @@ from psycopg.rows import dict_row
 
 from app.ai.clients import ModelClients
 from app.kit.db import Conn, fetch_all, fetch_one, libpq_conninfo
+from app.kit.errors import ExternalServiceError
 from app.kit.metrics import REEMBED_CHUNKS, REEMBED_REMAINING
 from app.kit.roles import APP_ROLE
 from app.search import spaces
@@ -225,9 +226,13 @@ class Progress:
         return self.chunks - self.done
 
 
-async def begin(conn: Conn, settings: Settings, *, force: bool = False) -> Space | None:
+async def begin(
+    conn: Conn, settings: Settings, *, force: bool = False, models: ModelClients | None = None
+) -> Space | None:
     """The building space for the settings' model: the one in progress, or a new one with its
-    table and plan. None when the active space already is that model (and not ``force``)."""
+    table and plan. None when the active space already is that model (and not ``force``).
+    With ``models``, the model is asked for one vector first: a model that cannot give the
+    dimensions wanted would otherwise fail every upload while the re-embed runs."""
     current = await spaces.current(conn)
     active, building = current[0], next((s for s in current if s.state == "building"), None)
     wanted = (settings.embedding_model, settings.embedding_dimensions)
@@ -246,7 +251,18 @@ async def begin(conn: Conn, settings: Settings, *, force: bool = False) -> Space
         )
     if active.key(settings) == wanted and not force:
         return None
+    if models is not None:
+        await probe(models, settings)
     return await _create_space(conn, settings)
+
+
+async def probe(models: ModelClients, settings: Settings) -> None:
+    """One text embedded in the wanted space, or a ReindexError saying why not."""
+    model, dims = settings.embedding_model, settings.embedding_dimensions
+    try:
+        await models.in_space(model, dims).embeddings.embed(["Does this model answer?"])
+    except ExternalServiceError as exc:
+        raise ReindexError(f"{model} cannot give {dims}-dimensional vectors: {exc}") from exc
 
 
 async def _create_space(conn: Conn, settings: Settings) -> Space:
@@ -496,6 +512,10 @@ async def abandon(conn: Conn) -> str | None:
     if building is None:
         return None
     async with conn.transaction():
+        # As the switch does: a pipeline writing into the building space commits first, and
+        # the next one reads it gone.
+        await conn.execute("SET LOCAL lock_timeout = '10s'")
+        await conn.execute("LOCK TABLE transcript_chunks IN SHARE MODE")
         await conn.execute(
             "DELETE FROM embedding_spaces WHERE generation = %s", (building.generation,)
         )

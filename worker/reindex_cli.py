@@ -76,7 +76,7 @@ async def _run(
             f"Generation {adopted.generation} recorded as {adopted.model}:{adopted.dimensions}."
         )
         return 0
-    space = await reindex.begin(conn, settings, force=force)
+    space = await reindex.begin(conn, settings, force=force, models=models)
     if space is None:
         dropped = await reindex.drop_retired(conn)
         console.print(

@@ -209,10 +209,15 @@ async def test_reembed_switches_with_search_answering_throughout(
     )
     try:
         # `record reindex`: the model's not recorded yet; recorded; then the re-embed begins.
-        assert await reindex_cli.run(owner, wait=False, console=console) == 1
+        assert await reindex_cli.run(owner, wait=False, console=console, models=owner_models) == 1
         assert "record reindex --adopt" in out.getvalue()
         assert await reindex_cli.run(settings, adopt=True, console=console) == 0
-        assert await reindex_cli.run(owner, wait=False, console=console) == 0
+        # A model that cannot give the dimensions asked for is refused before anything begins.
+        cut = owner.model_copy(update={"embedding_model": "all-minilm-l6-v2"})
+        assert await reindex_cli.run(cut, wait=False, console=console, models=owner_models) == 1
+        assert "cannot give 256-dimensional vectors" in out.getvalue()
+        assert _one(settings, "SELECT count(*) FROM embedding_spaces") == 1
+        assert await reindex_cli.run(owner, wait=False, console=console, models=owner_models) == 0
         assert "6 jobs queued" in out.getvalue()  # per org, ten chunks a job: 4 + 2
         async with reindex.owner_connection(owner) as conn:
             space = await reindex.begin(conn, owner)  # a second run resumes it
@@ -229,6 +234,7 @@ async def test_reembed_switches_with_search_answering_throughout(
             row = await first.fetchone()
             assert row is not None
             batch = Batch(2, row["org_id"], row["first_id"], row["last_id"])
+            fake_openai.new_space_texts.clear()  # the probe's one text
             fake_openai.kill_on_new_call = 1
             with pytest.raises(asyncio.CancelledError):
                 await reindex.reembed_batch(deps, batch)
