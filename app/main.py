@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 import httpx2
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app.ai.clients import SERVICES_KEY as MODELS_KEY
 from app.ai.clients import ModelClients
@@ -144,6 +145,10 @@ def create_app(
         )
     app.add_middleware(SecurityHeadersMiddleware, hsts=settings.is_production)
     app.add_middleware(RequestContextMiddleware, skip_access_log=("/livez", "/readyz", "/metrics"))
+    if settings.trusted_proxies:
+        # Outermost: from here on request.client is the client our proxies saw (the limiter
+        # counts it, the access log shows it), whatever server runs the app.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     # Off unless OTEL_EXPORTER_OTLP_ENDPOINT is set; imports OpenTelemetry only then.
     configure_tracing(app, settings)
     # Off unless SENTRY_DSN is set; imports sentry-sdk only then.

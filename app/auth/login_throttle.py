@@ -2,7 +2,7 @@
 someone else got it wrong.
 
 Before the password is checked, an attempt takes a slot in three sliding windows
-(``app/kit/ratelimit.py``); a success gives its slots back, so only failures stay counted:
+(``app/kit/ratelimit/``); a success gives its slots back, so only failures stay counted:
 
 - ``login_failures_ip_email``: this client address's failures on this account. Over the
   limit, 429 — guessing one account from one address. A success from there empties it.
@@ -84,7 +84,7 @@ async def login_attempt(request: Request, settings: Settings, email: str) -> Asy
     if limiters is None:
         yield
         return
-    ip = ip_subject(request_client_ip(request, limiters.trusted_proxies))
+    ip = ip_subject(request_client_ip(request))
     pair = ip_email_subject(ip, email)
     taken: list[Decision | None] = []
     try:

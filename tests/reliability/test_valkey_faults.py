@@ -61,7 +61,7 @@ async def test_the_limiter_fails_open_on_an_exception_redis_py_does_not_wrap(
         async def closed_transport(*args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
 
-        monkeypatch.setattr(limiter._connections, "call", closed_transport)
+        monkeypatch.setattr(limiter.client, "evalsha", closed_transport)
         response = await client.get("/api/recordings", headers=org_a.auth())
         assert response.status_code == 200, response.text  # was 500
         assert limiter.breaker.is_open
