@@ -28,7 +28,8 @@ worker_class = "uvicorn_worker.UvicornWorker"
 # period from (infra/api.py): the pod must not be killed before gunicorn is done.
 graceful_timeout = _settings.gunicorn_graceful_timeout
 timeout = 60
-keepalive = 5
+# GUNICORN_KEEPALIVE: past the load balancer's idle timeout where there is one (infra/api.py).
+keepalive = _settings.gunicorn_keepalive
 # Only these peers may set X-Forwarded-For/-Proto; the default trusts loopback only.
 forwarded_allow_ips = ",".join(_settings.trusted_proxies) or "127.0.0.1,::1"
 # RequestContextMiddleware writes the access line (with request_id and route).

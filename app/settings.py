@@ -206,6 +206,10 @@ class Settings(BaseSettings):
     # runs up to ~30 s) before they are killed. The Kubernetes manifest sets it and sizes the
     # pod's grace period from it (infra/api.py): one number for both.
     gunicorn_graceful_timeout: int = Field(default=30, ge=1, le=600)
+    # How long a worker keeps an idle keep-alive connection open. Behind a load balancer it must
+    # outlast the balancer's idle timeout, or the balancer sends a request on a connection the
+    # worker is closing and answers 502 (the manifest sets it from the ALB's, infra/api.py).
+    gunicorn_keepalive: int = Field(default=5, ge=1, le=3600)
     otel_exporter_otlp_endpoint: str | None = None
     otel_service_name: str = "record-api"
 

@@ -62,6 +62,11 @@ class IngressGroup:
 API_PRESTOP_SECONDS = 15
 API_GRACEFUL_TIMEOUT_SECONDS = 30
 API_GRACE_PERIOD_SECONDS = API_PRESTOP_SECONDS + API_GRACEFUL_TIMEOUT_SECONDS + 15
+# The ALB closes a connection idle this long; gunicorn must not close one sooner, or the ALB
+# may send a request on a connection the pod is closing and answer 502 (AWS's advice for
+# targets: a keep-alive timeout above the load balancer's idle timeout).
+ALB_IDLE_TIMEOUT_SECONDS = 120
+API_KEEPALIVE_SECONDS = ALB_IDLE_TIMEOUT_SECONDS + 5
 
 
 @dataclass
@@ -226,7 +231,10 @@ class Api(pulumi.ComponentResource):
             # sleeping first lets those requests land before gunicorn starts draining.
             lifecycle={"preStop": {"sleep": {"seconds": API_PRESTOP_SECONDS}}},
             # The one source of the graceful timeout: no --graceful-timeout flag to disagree.
-            env=[{"name": "GUNICORN_GRACEFUL_TIMEOUT", "value": str(API_GRACEFUL_TIMEOUT_SECONDS)}],
+            env=[
+                {"name": "GUNICORN_GRACEFUL_TIMEOUT", "value": str(API_GRACEFUL_TIMEOUT_SECONDS)},
+                {"name": "GUNICORN_KEEPALIVE", "value": str(API_KEEPALIVE_SECONDS)},
+            ],
         )
         return pods.pod(
             "api",
@@ -285,7 +293,7 @@ class Api(pulumi.ComponentResource):
                     [
                         "routing.http.drop_invalid_header_fields.enabled=true",
                         f"deletion_protection.enabled={'true' if p.production else 'false'}",
-                        "idle_timeout.timeout_seconds=120",
+                        f"idle_timeout.timeout_seconds={ALB_IDLE_TIMEOUT_SECONDS}",
                     ]
                 ),
                 "alb.ingress.kubernetes.io/tags": ",".join(f"{k}={v}" for k, v in p.tags.items()),
