@@ -525,6 +525,8 @@ async def api_restarted(users: int, restarts: int) -> None:
         + " s"
     )
     print(stop)
+    for sample in failed(load.samples):
+        print(f"failed: {sample.error} at {sample.at:.2f} s, after {sample.elapsed:.2f} s")
 
 
 def main() -> None:
