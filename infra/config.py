@@ -596,6 +596,8 @@ class WorkloadsConfig(_Block):
         None, alias=f"{NAMESPACE}:modelServerApiKey", validate_default=True
     )
     db_app_password: Secret | None = Field(None, alias=f"{NAMESPACE}:dbAppPassword")
+    # Error tracking (app/kit/sentry.py): off unless set (a secret: the DSN carries a key).
+    sentry_dsn: Secret | None = Field(None, alias=f"{NAMESPACE}:sentryDsn")
     # A base stack's; a preview's own Valkey user password replaces it (infra/stack.py).
     cache_auth_token: Secret | None = Field(None, alias=f"{NAMESPACE}:cacheAuthToken")
 
@@ -925,6 +927,7 @@ def load(
             modelServerApiKey=cfg.get_secret("modelServerApiKey"),
             dbAppPassword=cfg.get_secret("dbAppPassword"),
             cacheAuthToken=cfg.get_secret("cacheAuthToken"),
+            sentryDsn=cfg.get_secret("sentryDsn"),
         ),
         "monitoring": _with(
             _block(cfg, "monitoring"), alertWebhookUrl=cfg.get_secret("alertWebhookUrl")

@@ -28,6 +28,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # The repositories every base stack owns, and each image's build arguments (Dockerfile ARGs).
 IMAGES = ("api", "models")
 BUILD_ARGS: dict[str, dict[str, str]] = {"api": {}, "models": {"EXTRAS": "ai"}}
+
+
+def release_of(revision: str) -> str:
+    """The image's RECORD_RELEASE: ``record@<12 hex of the commit>`` (the workflows' too)."""
+    return f"record@{revision[:12]}"
 # The Dockerfile's last stage: both images are the slim runtime, differing in their venv.
 BUILD_TARGET = "runtime"
 # The node group runs AL2023_x86_64_STANDARD (infra/cluster.py).
@@ -211,7 +216,8 @@ class Images(pulumi.ComponentResource):
                     location=os.path.join(context, "Dockerfile")
                 ),
                 target=BUILD_TARGET,
-                build_args=BUILD_ARGS[image],
+                # The release Sentry tags events with (app/kit/sentry.py): this commit.
+                build_args={**BUILD_ARGS[image], "RECORD_RELEASE": release_of(revision)},
                 platforms=[PLATFORM],
                 push=True,
                 # `pulumi preview` needs no Docker daemon and pushes nothing.

@@ -143,6 +143,9 @@ class Workloads(pulumi.ComponentResource):
         model_url = f"http://record-model-server.{ns}.svc.cluster.local:{MODEL_PORT}/v1"
         settings = {
             "ENVIRONMENT": "production",
+            # Error reports say which install they come from (the settings' environment is
+            # "production" on every stack).
+            "SENTRY_ENVIRONMENT": p.stack,
             "LOG_LEVEL": cfg.log_level,
             "PUBLIC_URL": cfg.public_url,
             "CORS_ORIGINS": cfg.public_url,
@@ -203,6 +206,8 @@ class Workloads(pulumi.ComponentResource):
             )
         )
         secret_data: dict[str, Any] = {"REDIS_URL": pulumi.Output.secret(redis_url)}
+        if cfg.sentry_dsn is not None:
+            secret_data["SENTRY_DSN"] = pulumi.Output.secret(cfg.sentry_dsn)
         if cfg.openai_api_key is not None:
             secret_data["OPENAI_API_KEY"] = pulumi.Output.secret(cfg.openai_api_key)
         if cfg.model_server_api_key is not None:

@@ -121,8 +121,11 @@ def test_images_are_built_from_the_dockerfile_and_pushed(
         assert Path(inputs["dockerfile"]["location"]).resolve() == REPO_ROOT / "Dockerfile"
         assert inputs["target"] == "runtime"
         assert inputs["platforms"] == ["linux/amd64"]
-        assert inputs["buildArgs"] == ({"EXTRAS": "ai"} if role == "models" else {})
         tag = one(inputs["tags"])
+        # The release error reports carry is the commit the tag names.
+        release = f"record@{tag.rsplit('-', 1)[1][:12]}"
+        extras = {"EXTRAS": "ai"} if role == "models" else {}
+        assert inputs["buildArgs"] == {**extras, "RECORD_RELEASE": release}
         assert tag.startswith(f"{registry}{role}:{tag_prefix}"), tag
         registry_auth = one(inputs["registries"])
         assert registry_auth["username"]
