@@ -8,6 +8,7 @@ import pytest
 
 from bench.soak import Sample, judge, soak
 
+
 @pytest.mark.soak
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # the stack, the setup (~2 min) and 3 minutes of load
@@ -43,3 +44,21 @@ def test_the_judge_passes_a_flat_run() -> None:
     requests = [(30.0 + i * 0.2, 10.0 + (i % 5)) for i in range(200)]
     verdict = judge(samples, requests, warmup=30.0)
     assert verdict.ok, verdict.failures
+
+
+def test_one_slow_window_is_no_trend() -> None:
+    # Five windows of 20 s after a 30 s warm-up; the fourth is slow (a neighbour's burst),
+    # the rest are flat: no failure. Slow from the fourth on would be one.
+    samples = [
+        Sample(at=10.0 * i, memory={"api": 100}, processes={"api": 3}, connections={"app": 6})
+        for i in range(14)
+    ]
+
+    def requests(slow: set[int]) -> list[tuple[float, float]]:
+        return [
+            (30.0 + i * 0.1, 200.0 if int((i * 0.1) // 20) in slow else 10.0) for i in range(1000)
+        ]
+
+    assert judge(samples, requests({3}), warmup=30.0).ok
+    verdict = judge(samples, requests({3, 4}), warmup=30.0)
+    assert any("p95 went from 10.0 ms to 200.0 ms" in f for f in verdict.failures)
