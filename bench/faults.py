@@ -4,6 +4,7 @@ they ran under.
     .venv/bin/python -m bench.faults [--scenario all|postgres|valkey|models|worker-kill|api-restart]
         [--users 40] [--down 10] [--outage 60] [--recordings 20] [--kills 10]
         [--restarts 3]
+    .venv/bin/python -m bench.faults --soak 30m [--soak-users 10]   (bench/soak.py)
 
 - ``postgres``: virtual users list recordings while PostgreSQL is stopped (fast shutdown) for
   ``--down`` seconds and started again; an upload just before the stop and one after, with the
@@ -542,7 +543,15 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=40)
     parser.add_argument("--down", type=float, default=10.0)
     parser.add_argument("--outage", type=float, default=60.0)
+    parser.add_argument(
+        "--soak", metavar="DURATION", help="instead: a soak of this long (bench/soak.py), e.g. 30m"
+    )
+    parser.add_argument("--soak-users", type=int, default=10)
     args = parser.parse_args()
+    if args.soak:
+        from bench import soak
+
+        sys.exit(soak.main(["--duration", args.soak, "--vus", str(args.soak_users)]))
     model_app = local_model_app()
 
     async def run() -> None:
