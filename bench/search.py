@@ -340,7 +340,7 @@ def index_sizes(url: str) -> dict[str, str]:
 def _start(base: Path, pg_dir: Path, extra: dict[str, str]) -> tuple[Any, Any, Any, Any]:
     from app.devstack.servers import PostgresServer, ValkeyServer, service_user_kwargs
     from bench.stack import wait_for
-    from tests.conftest import free_port
+    from testkit import free_port
 
     pg = PostgresServer(data_dir=pg_dir / "pg", socket_dir=pg_dir / "run")
     pg.initdb()
