@@ -137,15 +137,17 @@ async def reembed_batch(
     throttle = throttle or throttle_for(deps.settings)
     step = deps.settings.embedding_batch_size
     written = 0
+    after: UUID | None = None  # the range is walked once per run, not once per step
     while True:
         async with deps.db.transaction(org_id=batch.org_id) as conn:
             space = await _building(conn, batch.generation)
             if space is None:  # switched (or abandoned) meanwhile: nothing left to do
                 return written
-            rows = await _missing_in_range(conn, space, batch, step)
+            rows = await _missing_in_range(conn, space, batch, step, after)
             if not rows:
                 await _mark_done(conn, batch)
                 break
+        after = rows[-1]["id"]
         await throttle.take(len(rows))
         models = spaces.models_for(deps.models, space, deps.settings)
         # Not through the embedding cache: a million vectors read once would only evict the
@@ -163,14 +165,23 @@ async def reembed_batch(
     return written
 
 
-async def _missing_in_range(conn: Conn, space: Space, batch: Batch, step: int) -> list[Any]:
+async def _missing_in_range(
+    conn: Conn, space: Space, batch: Batch, step: int, after: UUID | None
+) -> list[Any]:
+    """The next ``step`` chunks of the range (past ``after``) without a vector in ``space``."""
     return await fetch_all(
         conn,
         "SELECT c.id, c.org_id, c.recording_id, c.text FROM transcript_chunks AS c "  # noqa: S608 - checked name
-        "WHERE c.org_id = %(org)s AND c.id BETWEEN %(first)s AND %(last)s "
+        f"WHERE c.org_id = %(org)s AND c.id {'>=' if after is None else '>'} %(lower)s "
+        "AND c.id <= %(last)s "
         f"AND NOT EXISTS (SELECT 1 FROM {space.relation} AS e WHERE e.id = c.id) "
         "ORDER BY c.id LIMIT %(step)s",
-        {"org": batch.org_id, "first": batch.first_id, "last": batch.last_id, "step": step},
+        {
+            "org": batch.org_id,
+            "lower": after or batch.first_id,
+            "last": batch.last_id,
+            "step": step,
+        },
     )
 
 
