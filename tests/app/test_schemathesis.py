@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import httpx2
+import hypothesis.core
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given
@@ -108,3 +109,45 @@ def test_every_operation_conforms_and_never_5xx(api: Any, org_a: Any) -> None:
     assert not failures, "\n\n".join(failures)
     # Keep the suite fast: this run is bounded by MAX_EXAMPLES per operation.
     assert time.monotonic() - started < 120
+
+
+# The stateful phase: schemathesis chains calls with the links it infers from the document
+# (an id in one response feeds the path of the next), so requests reach real objects instead
+# of 404s. Its only check is "no 5xx": a chain is a few calls, conformance is checked above.
+SEEDS = (1, 2, 3)
+STATEFUL_EXAMPLES = 12  # scenarios per seed: the three seeds together stay near 30 s
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", SEEDS)
+def test_stateful_chains_never_5xx(
+    api: Any, org_a: Any, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schema = schemathesis.openapi.from_asgi("/openapi.json", api).exclude(
+        # Deleting the tenant (or revoking its key) would leave the rest of a chain at 401.
+        operation_id=[
+            "delete_org_api_orgs__org_id__delete",
+            "revoke_api_key_api_orgs__org_id__api_keys__key_id__delete",
+        ]
+    )
+    headers = {"Authorization": f"Bearer {org_a.owner_key}"}
+
+    class Chains(schema.as_state_machine()):  # type: ignore[misc]
+        def before_call(self, case: Any) -> None:
+            # Over whatever bearer token the generator made up for the security scheme.
+            case.headers = {**(case.headers or {}), **headers}
+
+        def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
+            case.validate_response(response, checks=[not_a_server_error])
+
+    # Hypothesis' own seed for unseeded runs (what `--hypothesis-seed` sets).
+    monkeypatch.setattr(hypothesis.core, "global_force_seed", seed)
+    Chains.run(
+        settings=hypothesis_settings(
+            max_examples=STATEFUL_EXAMPLES,
+            stateful_step_count=6,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )
