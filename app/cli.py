@@ -72,11 +72,16 @@ def reindex(
 
 @db_app.command("upgrade")
 def db_upgrade(revision: str = "head") -> None:
-    """Apply migrations up to REVISION (default: head)."""
+    """Apply migrations up to REVISION (default: head); then record the embedding model of the
+    vectors search uses, if it was never recorded (app/search/spaces.py)."""
     from app.kit.migrate import upgrade
+    from app.search.spaces import record_model_if_unset
     from app.settings import get_settings
 
-    upgrade(get_settings().database_url, revision)
+    settings = get_settings()
+    upgrade(settings.database_url, revision)
+    if revision == "head" and (model := record_model_if_unset(settings.database_url, settings)):
+        typer.echo(f"recorded {model} as the model of the vectors search uses")
 
 
 @db_app.command("downgrade")

@@ -134,3 +134,21 @@ async def write_vectors(conn: Conn, space: Space, rows: Sequence[ChunkVector]) -
         "JOIN transcript_chunks AS c ON c.org_id = s.org_id AND c.id = s.id "
         "ON CONFLICT (id) DO UPDATE SET embedding = excluded.embedding",
     )
+
+
+def record_model_if_unset(database_url: str, settings: Settings) -> str | None:
+    """At ``record db upgrade`` (the migration Job): the active space whose model was never
+    recorded takes the settings' model, which is the one its vectors were made with as long as
+    nobody changed it in the same deploy. Without this, changing ``EMBEDDING_MODEL`` before
+    ``record reindex --adopt`` would have search embed queries with a model the stored vectors
+    are not in. Returns the model recorded, or None (already recorded, or other dimensions:
+    then ``record reindex --adopt`` says what to do)."""
+    import psycopg
+
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "UPDATE embedding_spaces SET model = %s "
+            "WHERE state = 'active' AND model IS NULL AND dimensions = %s RETURNING model",
+            (settings.embedding_model, settings.embedding_dimensions),
+        ).fetchone()
+    return str(row[0]) if row else None

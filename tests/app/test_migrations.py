@@ -143,3 +143,30 @@ def test_the_pgvector_check_says_what_to_do():
         require("0.6.2", "0.6.2")
     with pytest.raises(OldPgvector, match="no pgvector"):
         require(None, None)
+
+
+def test_db_upgrade_records_the_model_of_the_vectors_once(pg_server, monkeypatch):
+    """`record db upgrade` (what the migration Job runs) records EMBEDDING_MODEL as the model of
+    the active embedding space when none was recorded, and never overwrites one: a later change
+    of the setting then cannot make search embed queries in another model's space."""
+    from typer.testing import CliRunner
+
+    from app.cli import app as cli
+    from app.settings import get_settings
+
+    pg_server.create_database("migrations_model")
+    url = pg_server.url("migrations_model")
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("EMBEDDING_MODEL", "model-a")
+    get_settings.cache_clear()
+    result = CliRunner().invoke(cli, ["db", "upgrade"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "recorded model-a" in result.output
+    monkeypatch.setenv("EMBEDDING_MODEL", "model-b")
+    get_settings.cache_clear()
+    result = CliRunner().invoke(cli, ["db", "upgrade"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    get_settings.cache_clear()
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT model FROM embedding_spaces WHERE state = 'active'").fetchall()
+    assert rows == [("model-a",)]
