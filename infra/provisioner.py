@@ -41,6 +41,7 @@ from infra.config import ProjectConfig
 from infra.db_bootstrap import DROP_FLAG, ENV_DATABASE, ENV_OWNER, ENV_PASSWORDS, ENV_PREVIEW
 from infra.hardening import container_security, pod_security
 from infra.pods import RDS_CA_BUNDLE, SECRETS_AS_ENV_SKIP
+from infra.provisioning_access import ProvisioningAccess, ProvisioningAccessArgs
 
 SERVICE_ACCOUNT = "record-db-provisioner"
 COMPONENT = "db-provisioner"
@@ -77,6 +78,14 @@ class DbProvisionerArgs:
     vpc_cidr: pulumi.Input[str]
     # The namespace and its default-deny policy (Workloads) come first.
     depends_on: list[pulumi.Resource]
+    # The preview roles' Kubernetes group, when the cluster has preview roles: it may then make
+    # previews' provisioner Jobs here, and only those (infra/provisioning_access.py), which must
+    # carry this base's image and database.
+    preview_group: str | None = None
+    api_image: pulumi.Input[str] | None = None
+    db_host: pulumi.Input[str] | None = None
+    db_port: pulumi.Input[int] | None = None
+    db_master_secret_arn: pulumi.Input[str] | None = None
 
 
 class DbProvisioner(pulumi.ComponentResource):
@@ -130,6 +139,26 @@ class DbProvisioner(pulumi.ComponentResource):
             },
             child,
         )
+        if args.preview_group is not None:
+            assert args.api_image is not None
+            assert args.db_host is not None
+            assert args.db_port is not None
+            assert args.db_master_secret_arn is not None
+            ProvisioningAccess(
+                name,
+                ProvisioningAccessArgs(
+                    project=p,
+                    namespace=args.namespace,
+                    group=args.preview_group,
+                    provider=args.provider,
+                    image=args.api_image,
+                    db_host=args.db_host,
+                    db_port=args.db_port,
+                    db_master_secret_arn=args.db_master_secret_arn,
+                    depends_on=args.depends_on,
+                ),
+                pulumi.ResourceOptions(parent=self),
+            )
         self.register_outputs({"service_account": SERVICE_ACCOUNT})
 
 

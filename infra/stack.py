@@ -9,7 +9,7 @@ import pulumi_aws as aws
 
 from infra.api import PREVIEW_GROUP_ORDER, IngressGroup
 from infra.cache import Cache, CacheArgs
-from infra.cluster import Cluster, ClusterArgs
+from infra.cluster import PREVIEW_GROUP, Cluster, ClusterArgs
 from infra.config import StackConfig
 from infra.database import Database, DatabaseArgs
 from infra.identity import Identity, IdentityArgs
@@ -183,6 +183,12 @@ def _build_base(config: StackConfig) -> dict[str, Any]:
             role_arn=identity.provisioner_role.arn,
             vpc_cidr=vpc_cidr,
             depends_on=[workloads],
+            # Preview roles may then make previews' provisioner Jobs, with this stack's values.
+            preview_group=PREVIEW_GROUP if config.cluster.preview_role_arns else None,
+            api_image=images.refs["api"],
+            db_host=database.address,
+            db_port=database.port,
+            db_master_secret_arn=database.master_secret_arn,
         ),
     )
     monitoring = Monitoring(
