@@ -9,6 +9,8 @@ with.
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from typing import Any
 
@@ -151,3 +153,13 @@ def test_stateful_chains_never_5xx(
             suppress_health_check=list(HealthCheck),
         )
     )
+
+
+async def test_a_share_cursor_with_a_nul_is_a_400_not_a_500(client: Any, org_a: Any) -> None:
+    # The server error schemathesis found: /api/share's cursor carries a text id, which went
+    # to PostgreSQL as it was, and text cannot hold NUL (psycopg's DataError, a 500).
+    forged = json.dumps(["2024-01-01T00:00:00+00:00", "ab\x00cd"]).encode()
+    cursor = base64.urlsafe_b64encode(forged).decode().rstrip("=")
+    response = await client.get("/api/share", params={"cursor": cursor}, headers=org_a.auth())
+    assert response.status_code == 400, response.text
+    assert "cursor" in response.json()["detail"]
