@@ -136,8 +136,12 @@ def validations(base: BaseValues) -> list[tuple[str, str]]:
             f"{pod}.automountServiceAccountToken == false && "
             f"(!has({pod}.hostNetwork) || !{pod}.hostNetwork) && "
             f"(!has({pod}.hostPID) || !{pod}.hostPID) && "
-            f"(!has({pod}.hostIPC) || !{pod}.hostIPC)",
-            f"a provisioner Job runs as {SERVICE_ACCOUNT}, without an API token or host access",
+            f"(!has({pod}.hostIPC) || !{pod}.hostIPC) && "
+            # Names resolved elsewhere would send the bootstrap to another DB_HOST (its TLS
+            # check, verify-full against the RDS bundle, is the other lock on that door).
+            f"!has({pod}.hostAliases) && !has({pod}.dnsConfig)",
+            f"a provisioner Job runs as {SERVICE_ACCOUNT}, without an API token, host access or "
+            "names of its own",
         ),
         (
             job + f"size({pod}.containers) == 1 && "

@@ -414,6 +414,11 @@ TAMPERED: dict[str, tuple[Callable[[Manifest], None], str]] = {
         SHAPE,
     ),
     "host network": (_pod("hostNetwork", True), ACCOUNT),
+    "a host alias for DB_HOST": (
+        _pod("hostAliases", [{"ip": "203.0.113.9", "hostnames": ["record-staging.rds.example"]}]),
+        ACCOUNT,
+    ),
+    "a nameserver of its own": (_pod("dnsConfig", {"nameservers": ["203.0.113.9"]}), ACCOUNT),
     "name outside the pattern": (_renamed, NAME),
 }
 
