@@ -44,6 +44,10 @@ from infra.db_bootstrap import DROP_FLAG, ENV_DATABASE, ENV_OWNER, ENV_PREVIEW
 # kubeconfig (a secret in the stack's state).
 ENV_JOB = "RECORD_PREVIEW_DROP_JOB"
 ENV_KUBECONFIG = "RECORD_PREVIEW_KUBECONFIG"
+# The base stack's name: at the drop, its *current* apiImage replaces the one the preview stored
+# at its last `up` (the base's admission policy admits only the image the base runs now, and
+# staging deploys on every merge while a preview waits to be closed).
+ENV_BASE_STACK = "RECORD_PREVIEW_BASE_STACK"
 # `kubectl wait` for Complete in short steps, checking for Failed between them: a failed Job
 # never completes, and waiting the whole deadline for it would only delay the error.
 WAIT_STEP_SECONDS = 10
@@ -169,8 +173,38 @@ def run_drop(job: dict[str, Any], kubectl: Kubectl) -> str:
     return outcome
 
 
+def current_base_image(env: Mapping[str, str]) -> str | None:
+    """The base stack's apiImage now (``pulumi stack output``), or None when it cannot be read
+    (no base named, no pulumi on PATH, no access): the stored image is tried then."""
+    base = env.get(ENV_BASE_STACK)
+    pulumi = shutil.which("pulumi")
+    if not base or pulumi is None:
+        return None
+    result = subprocess.run(  # noqa: S603 - fixed argv, no shell
+        [pulumi, "stack", "output", "apiImage", "--stack", base, "--non-interactive"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    image = result.stdout.strip()
+    if result.returncode != 0 or "@sha256:" not in image:
+        print(f"preview_db: cannot read {base}'s apiImage; using the stored one", file=sys.stderr)
+        return None
+    return image
+
+
+def with_image(job: dict[str, Any], image: str | None) -> dict[str, Any]:
+    if image is None:
+        return job
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    if container["image"] != image:
+        print(f"preview_db: the base now runs {image}; the drop Job runs it too", flush=True)
+        container["image"] = image
+    return job
+
+
 def drop(env: Mapping[str, str]) -> int:
-    job = drop_job(env)
+    job = with_image(drop_job(env), current_base_image(env))
     name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
     with tempfile.TemporaryDirectory(prefix="record-preview-db-") as tmp:
         kubeconfig = Path(tmp) / "kubeconfig"

@@ -182,6 +182,8 @@ class PreviewDatabaseArgs:
     provider: pulumi.ProviderResource
     # The same kubeconfig, for kubectl when the preview is destroyed (infra/preview_db.py).
     kubeconfig: pulumi.Input[str]
+    # The base stack's name: the drop reads the image the base runs then (infra/preview_db.py).
+    base_stack: str = ""
 
 
 class PreviewDatabase(pulumi.ComponentResource):
@@ -262,6 +264,7 @@ class PreviewDatabase(pulumi.ComponentResource):
                         lambda job: json.dumps(job, sort_keys=True)
                     ),
                     preview_db.ENV_KUBECONFIG: pulumi.Output.secret(args.kubeconfig),
+                    preview_db.ENV_BASE_STACK: args.base_stack,
                 },
                 # pulumi-command replaces a Command without `update` when a trigger changes, and a
                 # replacement runs the delete: the database dropped under a live preview. With

@@ -295,6 +295,7 @@ def _build_preview(config: StackConfig) -> dict[str, Any]:
             db_master_secret_arn=base["dbMasterSecretArn"].apply(str),
             provider=preview.provider,
             kubeconfig=base["kubeconfig"].apply(str),
+            base_stack=config.preview.base_stack,
         ),
         opts=pulumi.ResourceOptions(parent=preview),
     )

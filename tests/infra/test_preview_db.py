@@ -333,3 +333,41 @@ def test_the_drop_job_must_be_in_preview_mode_for_its_own_database(
         container["env"].append({"name": "DB_PREVIEW_NUMBER", "value": number})
     with pytest.raises(preview_db.DropError, match=reason):
         preview_db.drop_job({preview_db.ENV_JOB: json.dumps(job)})
+
+
+FAKE_PULUMI = """#!/bin/sh
+# pulumi stack output apiImage --stack <base> --non-interactive
+echo "$*" >> "$FAKE_PULUMI_LOG"
+[ "$3" = apiImage ] && [ "$5" = "$FAKE_PULUMI_BASE" ] || exit 1
+echo "$FAKE_PULUMI_IMAGE"
+"""
+
+
+@pytest.mark.parametrize("readable", [True, False])
+def test_the_drop_runs_the_image_the_base_runs_now(
+    registered: list[Registered],
+    fake_kubectl: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    readable: bool,
+) -> None:
+    """Staging deploys on every merge while a preview waits to close, and the base admits only
+    the image it runs now: the drop reads the base's apiImage at destroy time, and falls back to
+    the stored one when it cannot (no pulumi, no access)."""
+    resource = database_resource(registered)
+    base_stack = resource.inputs["environment"][preview_db.ENV_BASE_STACK]
+    assert base_stack  # the preview's record:preview.baseStack
+    bin_dir, _ = fake_kubectl
+    pulumi = bin_dir / "pulumi"
+    pulumi.write_text(FAKE_PULUMI)
+    pulumi.chmod(pulumi.stat().st_mode | stat.S_IXUSR)
+    newer = "1.dkr.ecr.eu-west-1.amazonaws.com/record-staging/api@sha256:" + "b" * 64
+    monkeypatch.setenv("FAKE_PULUMI_LOG", str(bin_dir / "pulumi.log"))
+    monkeypatch.setenv("FAKE_PULUMI_BASE", base_stack if readable else "another")
+    monkeypatch.setenv("FAKE_PULUMI_IMAGE", newer)
+    monkeypatch.setenv(preview_db.ENV_BASE_STACK, base_stack)
+    job = drop_job_of(resource)
+    result, calls = run_delete(resource, fake_kubectl, "complete", job)
+    assert result.returncode == 0, result.stderr
+    applied = json.loads(calls[1]["stdin"])
+    image = one(applied["spec"]["template"]["spec"]["containers"])["image"]
+    assert image == (newer if readable else BASE_IMAGE)
