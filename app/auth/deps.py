@@ -8,6 +8,7 @@ the same per-request transaction, whose tenant settings they set.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
@@ -17,7 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.auth import repository as repo
 from app.auth.oidc import OidcIdentity, OidcVerifier
-from app.auth.principal import AuthKind, Principal
+from app.auth.principal import AuthKind, Principal, principals
 from app.auth.rbac import Permission, Role, scope_of
 from app.auth.tokens import API_KEY_PREFIX, SESSION_PREFIX, token_digest
 from app.kit.db import Conn, set_tenant
@@ -70,30 +71,48 @@ def _oidc_verifier(request: Request) -> OidcVerifier | None:
 
 
 async def _identify(request: Request, conn: Conn, token: str) -> Principal:
-    if token.startswith(API_KEY_PREFIX):
-        key = await repo.authenticate_api_key(conn, token_digest(token))
-        if key is None:
-            raise AuthenticationError("The API key is unknown or revoked.")
-        return Principal(
-            kind=AuthKind.api_key,
-            user_id=key["created_by"],
-            org_id=key["org_id"],
-            role=Role(key["role"]),
-            key_id=key["key_id"],
-        )
-    if token.startswith(SESSION_PREFIX):
-        session = await repo.authenticate_session(conn, token_digest(token))
-        if session is None:
-            raise AuthenticationError("The session has expired or was logged out; log in again.")
-        return Principal(
-            kind=AuthKind.session, user_id=session["user_id"], session_id=session["session_id"]
-        )
+    if token.startswith((API_KEY_PREFIX, SESSION_PREFIX)):
+        digest = token_digest(token)
+        cached = principals.get(digest)
+        if cached is not None:
+            return cached
+        generation = principals.generation  # before the query: see PrincipalCache
+        if token.startswith(API_KEY_PREFIX):
+            principal = await _key_principal(conn, digest)
+            principals.put(digest, principal, generation=generation)
+        else:
+            principal, expires_at = await _session_principal(conn, digest)
+            principals.put(digest, principal, generation=generation, valid_until=expires_at)
+        return principal
     if token.count(".") == 2:
         verifier = _oidc_verifier(request)
         if verifier is None:
             raise AuthenticationError("OIDC tokens are not accepted by this server.")
         return await _oidc_principal(conn, await verifier.verify(token))
     raise AuthenticationError("The bearer token is not one this server issues.")
+
+
+async def _key_principal(conn: Conn, digest: bytes) -> Principal:
+    key = await repo.authenticate_api_key(conn, digest)
+    if key is None:
+        raise AuthenticationError("The API key is unknown or revoked.")
+    return Principal(
+        kind=AuthKind.api_key,
+        user_id=key["created_by"],
+        org_id=key["org_id"],
+        role=Role(key["role"]),
+        key_id=key["key_id"],
+    )
+
+
+async def _session_principal(conn: Conn, digest: bytes) -> tuple[Principal, datetime]:
+    session = await repo.authenticate_session(conn, digest)
+    if session is None:
+        raise AuthenticationError("The session has expired or was logged out; log in again.")
+    principal = Principal(
+        kind=AuthKind.session, user_id=session["user_id"], session_id=session["session_id"]
+    )
+    return principal, session["expires_at"]
 
 
 async def _oidc_principal(conn: Conn, identity: OidcIdentity) -> Principal:

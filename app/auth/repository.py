@@ -7,6 +7,7 @@ from uuid import UUID
 
 from psycopg.rows import DictRow
 
+from app.auth.principal import forget_principals
 from app.kit.db import Conn, execute, fetch_all, fetch_one
 
 
@@ -101,6 +102,7 @@ async def insert_session(
 
 
 async def revoke_session(conn: Conn, session_id: UUID) -> None:
+    forget_principals(conn)
     await execute(
         conn,
         "UPDATE sessions SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL",
@@ -111,6 +113,7 @@ async def revoke_session(conn: Conn, session_id: UUID) -> None:
 async def revoke_sessions(conn: Conn, user_id: UUID, *, keep: UUID | None = None) -> int:
     """End every live session of the user (but ``keep``): a changed password or "sign out
     everywhere"."""
+    forget_principals(conn)
     return await execute(
         conn,
         "UPDATE sessions SET revoked_at = now() WHERE user_id = %s AND revoked_at IS NULL "

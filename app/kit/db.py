@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 from uuid import UUID
@@ -135,9 +136,28 @@ class Database:
         self, *, org_id: UUID | None = None, user_id: UUID | None = None
     ) -> AsyncIterator[Conn]:
         """A connection inside one transaction, committed when the block exits cleanly."""
-        async with self.pool.connection() as conn, conn.transaction():
-            await set_tenant(conn, org_id=org_id, user_id=user_id)
-            yield conn
+        async with self.pool.connection() as conn:
+            try:
+                async with conn.transaction():
+                    await set_tenant(conn, org_id=org_id, user_id=user_id)
+                    yield conn
+            finally:
+                # Committed or rolled back: either way what the callbacks forget is stale.
+                for callback in _after_commit.pop(conn, ()):
+                    callback()
+
+
+# Callbacks to run once the transaction on a connection ends (``after_commit``).
+_after_commit: weakref.WeakKeyDictionary[Conn, list[Callable[[], None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def after_commit(conn: Conn, callback: Callable[[], None]) -> None:
+    """Run ``callback`` when the ``Database.transaction`` holding ``conn`` ends (commit or
+    rollback): for caches of what the transaction changes, which a concurrent reader could
+    refill from the old rows until the commit."""
+    _after_commit.setdefault(conn, []).append(callback)
 
 
 async def set_tenant(

@@ -9,7 +9,7 @@ from uuid import UUID
 import structlog
 
 from app.auth import repository as auth_repo
-from app.auth.principal import AuthKind, Principal
+from app.auth.principal import AuthKind, Principal, forget_principals
 from app.auth.rbac import Permission, Role, at_most, can_assign
 from app.auth.schemas import OrgMembershipOut, OrgOut
 from app.auth.tokens import (
@@ -80,6 +80,7 @@ async def create_org(conn: Conn, settings: Settings, principal: Principal, name:
 
 async def revoke_keys_everywhere(conn: Conn, user_id: UUID) -> None:
     """Revoke every API key the user made, in each org they belong to (audited there)."""
+    forget_principals(conn)
     for org in await auth_repo.user_orgs(conn, user_id):
         await set_tenant(conn, org_id=org["id"], user_id=user_id)
         if await repo.revoke_member_keys(conn, org["id"], user_id):
@@ -123,6 +124,7 @@ async def rename_org(conn: Conn, principal: Principal, name: str) -> OrgOut:
 
 
 async def delete_org(conn: Conn, principal: Principal) -> None:
+    forget_principals(conn)  # the org's keys authenticate nobody once it is gone
     if await repo.delete_org(conn, principal.org) == 0:
         raise NotFoundError("No such org.")
     # Its objects and cached values outside PostgreSQL: deleted by jobs that commit with this.
@@ -209,6 +211,7 @@ async def change_role(conn: Conn, principal: Principal, user_id: UUID, role: Rol
     _check_assign(principal, role)
     if current is Role.owner and role is not Role.owner:
         await _keep_an_owner(conn, principal.org, user_id)
+    forget_principals(conn)  # the member's keys act with at most their new role
     await repo.set_member_role(conn, principal.org, user_id, role)
     if role is Role.reader and current is not Role.reader:
         # A reader may not share: the links they made end (and are audited as such).
@@ -231,6 +234,7 @@ async def remove_member(conn: Conn, principal: Principal, user_id: UUID) -> None
         _check_assign(principal, current)
     if current is Role.owner:
         await _keep_an_owner(conn, principal.org, user_id)
+    forget_principals(conn)
     await repo.delete_member(conn, principal.org, user_id)
     # A departed member's keys go with them, and so do the links they made: nobody would be
     # left who could revoke a link to their (private) conversation.
@@ -275,6 +279,7 @@ async def revoke_api_key(conn: Conn, principal: Principal, key_id: UUID) -> None
     if key is None:
         raise NotFoundError("No such API key.")
     _check_assign(principal, Role(key["role"]))
+    forget_principals(conn)
     await repo.revoke_api_key(conn, principal.org, key_id)
     await _audit(conn, principal, "api_key.revoke", "api_key", key_id)
 
