@@ -7,6 +7,7 @@ only the families defined here; ``tests/infra`` compares them with this registry
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -178,6 +179,7 @@ _OPERATION = re.compile(r"^\s*(?:with\b.*?\)\s*)?(select|insert|update|delete|co
 _TABLE = re.compile(r"\b(?:from|into|update|join|copy)\s+([a-z_][a-z0-9_]*)", re.I)
 
 
+@functools.lru_cache(maxsize=1024)  # queries are a closed set of strings: parse each once
 def query_labels(query: str) -> tuple[str, str]:
     """(operation, table) for a SQL statement, from a closed set of values."""
     op_match = _OPERATION.match(query)
