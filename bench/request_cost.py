@@ -57,19 +57,22 @@ export default function () {
 }
 """
 
-# Where a sample of the worker falls, first match wins (checked against the whole stack, leaf
-# first, so a psycopg call made by the token look-up counts as the token look-up).
+# Where a sample of the worker falls: the part named by the innermost frame that names one
+# (the query helpers of app/kit/db.py name none, so a query counts where it is made: the token
+# look-up, the tenant settings, the list), and the metrics or log line written inside a query
+# or a request counts as metrics or logging. Middleware wraps the whole request, so only a
+# sample with nothing more specific inside counts as the limiter's, routing's or uvicorn's.
 PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("metrics", ("prometheus_client", "app/kit/metrics")),
+    ("logging", ("structlog", "app/kit/logging", "logging/__init__")),
     ("limiter", ("app/kit/ratelimit",)),
-    ("token lookup (principal)", ("_identify", "_principal_for", "authenticate_api_key")),
+    ("token lookup (principal)", ("_identify",)),
     ("tenant set_config", ("set_tenant",)),
     ("list query + rows", ("app/recordings/",)),
     ("transaction/pool (BEGIN, COMMIT, getconn)", ("app/kit/db.py", "psycopg_pool", "get_conn")),
-    ("logging", ("structlog", "app/kit/logging", "logging/__init__")),
-    ("metrics", ("prometheus_client", "app/kit/metrics")),
     ("JSON/response (pydantic, encode)", ("pydantic", "json", "serialize_response", "encoders")),
     ("fastapi/starlette routing, deps", ("fastapi", "starlette")),
-    ("uvicorn/http parsing", ("uvicorn", "h11", "httptools")),
+    ("uvicorn/http parsing", ("uvicorn/protocols", "h11", "httptools")),
     ("asyncio loop", ("asyncio", "uvloop")),
 )
 
@@ -202,8 +205,13 @@ def summarise(collapsed: str, pid: int) -> None:
         print(f"    {100 * count / total:>5.1f} %  {frame[:110]}")
 
 
+GENERIC_FRAMES = ("fetch_one (app/kit/db.py", "fetch_all (app/kit/db.py", "execute (app/kit/db.py")
+
+
 def _part_of(frames: list[str]) -> str:
     for frame in reversed(frames):
+        if frame.startswith(GENERIC_FRAMES):
+            continue
         for name, needles in PARTS:
             if any(needle in frame for needle in needles):
                 return name
