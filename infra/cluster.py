@@ -16,7 +16,7 @@ from infra import k8s as kube
 from infra.common import assume_role_policy, child, kms_key, policy, tags
 from infra.config import ClusterConfig, ProjectConfig
 from infra.identity import irsa_role
-from infra.provisioning_access import cluster_exception
+from infra.provisioning_access import cluster_exception, provisioning_namespace
 
 # The root CA of EKS's OIDC issuer (oidc.eks.<region>.amazonaws.com); IAM no longer checks it
 # for that issuer but the API still requires one.
@@ -505,13 +505,14 @@ class Cluster(pulumi.ComponentResource):
                         # A Namespace is named by request.name; anything else lives in
                         # request.namespace ("" when cluster-scoped: refused).
                         # The one exception: previews' database provisioner Jobs and their
-                        # Secret in the base namespace (infra/stack.py: its prefix), judged by
+                        # Secret in the base's provisioning namespace (record-<base>-db-
+                        # provisioning, never the base namespace itself), judged by
                         # infra/provisioning_access.py's own policy.
                         expression=(
                             "(request.resource.resource == 'namespaces' && "
                             f"request.resource.group == '' ? request.name.startsWith('{previews}')"
                             f" : request.namespace.startsWith('{previews}')) || "
-                            f"({cluster_exception(p.prefix)})"
+                            f"({cluster_exception(provisioning_namespace(p.prefix))})"
                         ),
                         message=f"preview deployers write only in {PREVIEW_NAMESPACES} namespaces",
                     )

@@ -19,6 +19,7 @@ import pulumi_aws as aws
 from infra.common import child, policy, tags
 from infra.config import ProjectConfig
 from infra.provisioner import SERVICE_ACCOUNT
+from infra.provisioning_access import provisioning_namespace
 
 
 @dataclass
@@ -88,14 +89,19 @@ class Identity(pulumi.ComponentResource):
                 *uploads,
             )
 
-        def role(purpose: str, service_account: str, doc: pulumi.Output[str]) -> aws.iam.Role:
+        def role(
+            purpose: str,
+            service_account: str,
+            doc: pulumi.Output[str],
+            namespace: str = args.namespace,
+        ) -> aws.iam.Role:
             return irsa_role(
                 self,
                 p,
                 purpose=purpose,
                 oidc_provider_arn=args.oidc_provider_arn,
                 oidc_issuer=args.oidc_issuer,
-                namespace=args.namespace,
+                namespace=namespace,
                 service_account=service_account,
                 role_policy=doc,
             )
@@ -145,9 +151,15 @@ class Identity(pulumi.ComponentResource):
             # The base's migration Job reads the RDS-managed master secret once, to create its
             # database's roles and the database (infra/db_bootstrap.py).
             self.migrate_role = role("migrate", "record-migrate", master_secret)
-            # The same right for the ServiceAccount previews' provisioner Jobs run as, in this
-            # namespace, with this stack's image (infra/provisioner.py).
-            self.provisioner_role = role("db-provisioner", SERVICE_ACCOUNT, master_secret)
+            # The same right for the ServiceAccount previews' provisioner Jobs run as, in the
+            # provisioning namespace beside this one, with this stack's image
+            # (infra/provisioner.py).
+            self.provisioner_role = role(
+                "db-provisioner",
+                SERVICE_ACCOUNT,
+                master_secret,
+                namespace=provisioning_namespace(args.namespace),
+            )
         self.register_outputs({"api_role": self.api_role.arn})
 
 

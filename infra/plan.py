@@ -240,6 +240,7 @@ def render(stack: str, overrides: dict[str, Any] | None = None) -> Plan:
             plan.resources.append({"type": args.typ, "name": args.name, "inputs": inputs})
             if args.typ == "pulumi:pulumi:StackReference":
                 from infra.preview import BASE_OUTPUTS
+                from infra.provisioning_access import provisioning_namespace
 
                 outputs: dict[str, Any] = {key: f"{PLACEHOLDER}-base-{key}" for key in BASE_OUTPUTS}
                 outputs["dbPort"] = 5432
@@ -249,9 +250,11 @@ def render(stack: str, overrides: dict[str, Any] | None = None) -> Plan:
                     outputs[f"{image}RepositoryUrl"] = _repository_url(
                         f"{PLACEHOLDER}-base/{image}", region
                     )
-                # Its namespace as a base stack names it (record-<stack>), and its deployed API
-                # image, pinned like every image: a preview's provisioner runs there with it.
-                outputs["namespace"] = f"{PROJECT}-{args.name.rsplit('/', 1)[-1]}"
+                # Its provisioning namespace as a base stack names it (record-<stack>-db-
+                # provisioning), and its deployed API image, pinned like every image: a
+                # preview's provisioner runs there with it.
+                base_namespace = f"{PROJECT}-{args.name.rsplit('/', 1)[-1]}"
+                outputs["dbProvisionerNamespace"] = provisioning_namespace(base_namespace)
                 # The base's record:previews.certificateArn, a wildcard ACM certificate.
                 outputs["previewCertificateArn"] = _arn(
                     "acm", "certificate", "preview-wildcard", region

@@ -9,8 +9,9 @@ password is not among them.
 
 Its pods run the pull request's code, so nothing in its namespace may read the RDS master
 secret: its database and login roles come from a provisioner Job that this program creates in
-the *base* namespace, running the base's own image (main's code) under the base's
-``record-db-provisioner`` ServiceAccount (``infra/provisioner.py``). Its IRSA roles have no
+the base's provisioning namespace (``record-<base>-db-provisioning``, not the base namespace),
+running the base's own image (main's code) under the base's ``record-db-provisioner``
+ServiceAccount (``infra/provisioner.py``). Its IRSA roles have no
 access to the master secret or its key, and its migration Job only runs the migrations, as the
 preview's owner role, once the provisioner is done.
 
@@ -55,7 +56,7 @@ BASE_OUTPUTS = (
     "modelsRepositoryUrl",
     # infra/provisioner.py: where a preview's database provisioner runs, as whom, and with
     # which image (the digest the base deployed, not the pull request's build).
-    "namespace",
+    "dbProvisionerNamespace",
     "dbProvisionerServiceAccount",
     "apiImage",
     # infra/api.py: the ALB group a preview's Ingress joins, and the wildcard certificate for

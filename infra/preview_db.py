@@ -9,7 +9,8 @@ stack was last updated:
   this module will run, and ``kubectl`` is on PATH. A preview that could not drop its database
   fails at ``pulumi up``, not silently at ``pulumi destroy``.
 - ``python -m infra.preview_db drop`` (its delete): runs the drop Job -- the provisioner Job's
-  image, ServiceAccount, hardening and Secret in the base namespace, with ``--drop`` -- through
+  image, ServiceAccount, hardening and Secret in the base's provisioning namespace (the Job's
+  ``metadata.namespace``), with ``--drop`` -- through
   ``kubectl`` against the base cluster, waits for it, prints its logs and deletes it. A Job that
   fails, or does not finish in time, fails the delete, so ``pulumi destroy`` fails and keeps the
   resource in its state: the next destroy runs it again.

@@ -1,10 +1,14 @@
 """The database provisioner: a preview's database and roles, made by main's code, not the PR's.
 
 Creating a database and its login roles takes the RDS master's credentials. Pods of a preview
-run pull-request code, so they must never hold those (#12, defect 9). The base stack owns, in its
-own namespace, the ServiceAccount ``record-db-provisioner``, whose IRSA role alone may read the
-master secret (``infra/identity.py``), and a NetworkPolicy that lets its pods reach RDS, STS and
-Secrets Manager (:class:`DbProvisioner`). A preview stack's Pulumi program (main's, run by the
+run pull-request code, so they must never hold those (#12, defect 9). The base stack owns a
+namespace of the provisioner's own, ``record-<base>-db-provisioning``, holding the ServiceAccount
+``record-db-provisioner``, whose IRSA role alone may read the master secret
+(``infra/identity.py``), and NetworkPolicies that deny by default and let its pods reach DNS,
+RDS, STS and Secrets Manager (:class:`DbProvisioner`). Not the base namespace: the preview role
+that creates the Jobs may read Secrets and logs where it may write them (RBAC cannot narrow a
+``get`` to a name, ``infra/provisioning_access.py``), and the base's Secrets are no preview's
+business. A preview stack's Pulumi program (main's, run by the
 preview workflow from the default branch's checkout: the pull request contributes only its
 images) creates there a Secret with its login passwords and a Job that runs the base's own API
 image -- the digest the base deployed, code from main -- with ``python -m infra.db_bootstrap``
@@ -41,11 +45,15 @@ from infra.config import ProjectConfig
 from infra.db_bootstrap import DROP_FLAG, ENV_DATABASE, ENV_OWNER, ENV_PASSWORDS, ENV_PREVIEW
 from infra.hardening import container_security, pod_security
 from infra.pods import RDS_CA_BUNDLE, SECRETS_AS_ENV_SKIP
-from infra.provisioning_access import ProvisioningAccess, ProvisioningAccessArgs
+from infra.provisioning_access import (
+    ProvisioningAccess,
+    ProvisioningAccessArgs,
+    provisioning_namespace,
+)
 
 SERVICE_ACCOUNT = "record-db-provisioner"
 COMPONENT = "db-provisioner"
-# A preview's Job and its inputs' Secret in the base namespace: record-db-provision-pr-<n>.
+# A preview's Job and its inputs' Secret in the provisioning namespace: record-db-provision-pr-<n>.
 JOB_PREFIX = "record-db-provision-"
 # The one-off Job that drops it when the preview is destroyed: record-db-drop-pr-<n>.
 DROP_JOB_PREFIX = "record-db-drop-"
@@ -64,19 +72,20 @@ def login_password(secret: pulumi.Input[str], role: str) -> pulumi.Output[str]:
 
 def pod_selector() -> dict[str, str]:
     """What the base's NetworkPolicy selects: a provisioner pod of any preview (each carries its
-    own instance label), in the base namespace only."""
+    own instance label), in the provisioning namespace only."""
     return {"app.kubernetes.io/name": "record", "app.kubernetes.io/component": COMPONENT}
 
 
 @dataclass
 class DbProvisionerArgs:
     project: ProjectConfig
+    # The base's own namespace: the provisioner's is named after it (provisioning_namespace).
     namespace: str
     provider: pulumi.ProviderResource
     # The IRSA role that may read the master secret (Identity.provisioner_role).
     role_arn: pulumi.Input[str]
     vpc_cidr: pulumi.Input[str]
-    # The namespace and its default-deny policy (Workloads) come first.
+    # The cluster's controllers and the base's workloads come first.
     depends_on: list[pulumi.Resource]
     # The preview roles' Kubernetes group, when the cluster has preview roles: it may then make
     # previews' provisioner Jobs here, and only those (infra/provisioning_access.py), which must
@@ -89,8 +98,10 @@ class DbProvisionerArgs:
 
 
 class DbProvisioner(pulumi.ComponentResource):
-    """Base side: the ServiceAccount previews' provisioner Jobs run as, and their egress."""
+    """Base side: the provisioner's namespace, the ServiceAccount previews' provisioner Jobs run
+    as there, and their egress."""
 
+    namespace: str
     service_account: str
 
     def __init__(
@@ -98,11 +109,19 @@ class DbProvisioner(pulumi.ComponentResource):
     ) -> None:
         super().__init__("record:infra:DbProvisioner", name, None, opts)
         p = args.project
+        self.namespace = provisioning_namespace(args.namespace)
         self.service_account = SERVICE_ACCOUNT
         child = pulumi.ResourceOptions(
             parent=self, provider=args.provider, depends_on=args.depends_on
         )
-        meta = {"namespace": args.namespace, "labels": kube.labels(p, COMPONENT)}
+        namespace = self._namespace(p, child)
+        # Everything else lives in the namespace. The ServiceAccount and NetworkPolicy keep their
+        # resource names from when they lived in the base namespace: a new namespace makes them
+        # new objects, which Pulumi creates before it deletes the old ones (no name is shared).
+        in_namespace = pulumi.ResourceOptions.merge(
+            child, pulumi.ResourceOptions(depends_on=[*args.depends_on, namespace])
+        )
+        meta = {"namespace": self.namespace, "labels": kube.labels(p, COMPONENT)}
         kube.apply(
             f"{p.prefix}-sa-{COMPONENT}",
             {
@@ -115,30 +134,9 @@ class DbProvisioner(pulumi.ComponentResource):
                 },
                 "automountServiceAccountToken": False,
             },
-            child,
+            in_namespace,
         )
-        tcp = [{"protocol": "TCP", "port": 5432}]
-        kube.apply(
-            f"{p.prefix}-netpol-{COMPONENT}",
-            {
-                "apiVersion": "networking.k8s.io/v1",
-                "kind": "NetworkPolicy",
-                "metadata": {**meta, "name": f"record-{COMPONENT}"},
-                "spec": {
-                    "podSelector": {"matchLabels": pod_selector()},
-                    "policyTypes": ["Ingress", "Egress"],
-                    # RDS in the VPC; STS (IRSA) and Secrets Manager over HTTPS. No ingress.
-                    "egress": [
-                        {"to": [{"ipBlock": {"cidr": args.vpc_cidr}}], "ports": tcp},
-                        {
-                            "to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
-                            "ports": [{"protocol": "TCP", "port": 443}],
-                        },
-                    ],
-                },
-            },
-            child,
-        )
+        self._network_policies(p, meta, args.vpc_cidr, in_namespace)
         if args.preview_group is not None:
             assert args.api_image is not None
             assert args.db_host is not None
@@ -148,18 +146,101 @@ class DbProvisioner(pulumi.ComponentResource):
                 name,
                 ProvisioningAccessArgs(
                     project=p,
-                    namespace=args.namespace,
+                    namespace=self.namespace,
                     group=args.preview_group,
                     provider=args.provider,
                     image=args.api_image,
                     db_host=args.db_host,
                     db_port=args.db_port,
                     db_master_secret_arn=args.db_master_secret_arn,
-                    depends_on=args.depends_on,
+                    depends_on=[*args.depends_on, namespace],
                 ),
                 pulumi.ResourceOptions(parent=self),
             )
-        self.register_outputs({"service_account": SERVICE_ACCOUNT})
+        self.register_outputs({"namespace": self.namespace, "service_account": SERVICE_ACCOUNT})
+
+    def _namespace(self, p: ProjectConfig, opts: pulumi.ResourceOptions) -> pulumi.CustomResource:
+        # The base namespace's Pod Security labels (infra/workloads.py): the Jobs are restricted.
+        return kube.apply(
+            f"{p.prefix}-namespace-{COMPONENT}",
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {
+                    "name": self.namespace,
+                    "labels": {
+                        **kube.labels(p, COMPONENT),
+                        "pod-security.kubernetes.io/enforce": "restricted",
+                        "pod-security.kubernetes.io/audit": "restricted",
+                        "pod-security.kubernetes.io/warn": "restricted",
+                    },
+                },
+            },
+            opts,
+        )
+
+    @staticmethod
+    def _network_policies(
+        p: ProjectConfig,
+        meta: dict[str, Any],
+        vpc_cidr: pulumi.Input[str],
+        opts: pulumi.ResourceOptions,
+    ) -> None:
+        """Deny by default, as in the base namespace; the provisioner's pods resolve names and
+        reach RDS in the VPC, STS (IRSA) and Secrets Manager over HTTPS. No ingress."""
+        tcp = [{"protocol": "TCP", "port": 5432}]
+        dns = {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }
+        policies: dict[str, tuple[str, dict[str, Any]]] = {
+            # The name the base namespace's own policy had: the resource keeps its URN.
+            COMPONENT: (
+                f"record-{COMPONENT}",
+                {
+                    "podSelector": {"matchLabels": pod_selector()},
+                    "policyTypes": ["Ingress", "Egress"],
+                    "egress": [
+                        {"to": [{"ipBlock": {"cidr": vpc_cidr}}], "ports": tcp},
+                        {
+                            "to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
+                            "ports": [{"protocol": "TCP", "port": 443}],
+                        },
+                    ],
+                },
+            ),
+            f"{COMPONENT}-default-deny": (
+                "record-default-deny",
+                {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+            ),
+            f"{COMPONENT}-allow-dns": (
+                "record-allow-dns",
+                {
+                    "podSelector": {},
+                    "policyTypes": ["Egress"],
+                    "egress": [
+                        {
+                            "to": [dns],
+                            "ports": [
+                                {"protocol": "UDP", "port": 53},
+                                {"protocol": "TCP", "port": 53},
+                            ],
+                        }
+                    ],
+                },
+            ),
+        }
+        for resource, (object_name, spec) in policies.items():
+            kube.apply(
+                f"{p.prefix}-netpol-{resource}",
+                {
+                    "apiVersion": "networking.k8s.io/v1",
+                    "kind": "NetworkPolicy",
+                    "metadata": {**meta, "name": object_name},
+                    "spec": spec,
+                },
+                opts,
+            )
 
 
 @dataclass
@@ -171,8 +252,9 @@ class PreviewDatabaseArgs:
     owner: str
     # The preview's Pulumi secret its login passwords derive from (dbAppPassword).
     secret: pulumi.Input[str]
-    # From the base stack's outputs.
-    base_namespace: pulumi.Input[str]
+    # From the base stack's outputs: its provisioning namespace (dbProvisionerNamespace), where
+    # the Job and its Secret go.
+    namespace: pulumi.Input[str]
     service_account: pulumi.Input[str]
     base_image: pulumi.Input[str]
     db_host: pulumi.Input[str]
@@ -187,8 +269,8 @@ class PreviewDatabaseArgs:
 
 
 class PreviewDatabase(pulumi.ComponentResource):
-    """Preview side: the provisioner Job in the base namespace, the Secret it reads, and the
-    database as a resource of the preview's stack, whose delete drops it."""
+    """Preview side: the provisioner Job in the base's provisioning namespace, the Secret it
+    reads, and the database as a resource of the preview's stack, whose delete drops it."""
 
     job: pulumi.CustomResource
     # What the preview's workloads wait for: it exists once the database does, and goes after
@@ -206,7 +288,7 @@ class PreviewDatabase(pulumi.ComponentResource):
         object_name = f"{JOB_PREFIX}{args.slug}"
         meta = {
             "name": object_name,
-            "namespace": args.base_namespace,
+            "namespace": args.namespace,
             "labels": kube.labels(p, COMPONENT),
         }
         child = pulumi.ResourceOptions(parent=self, provider=args.provider)

@@ -1,14 +1,15 @@
-"""What a preview's deploy role may do in its base's namespace: make its own database
-provisioner Job, drop Job and their Secret (``infra/provisioner.py``), and nothing else.
+"""What a preview's deploy role may do in its base's provisioning namespace: make its own
+database provisioner Job, drop Job and their Secret (``infra/provisioner.py``), and nothing else.
 
 A preview's `pulumi up` runs main's program as the preview IAM role (Kubernetes group
-``record:preview-deployers``, ``infra/cluster.py``), which creates these objects in the base
-namespace. The Job runs as ``record-db-provisioner``, whose IRSA role reads the RDS master
-secret. If the preview role leaked, a free hand there would be the master password: a Job with
-a shell command, a ``postStart`` hook, a ``PYTHONSTARTUP`` variable or a ``DB_HOST`` of the
-attacker's, which the bootstrap would send the master password to. So:
+``record:preview-deployers``, ``infra/cluster.py``), which creates these objects in the base's
+provisioning namespace, ``record-<base>-db-provisioning`` (:func:`provisioning_namespace`). The
+Job runs as ``record-db-provisioner``, whose IRSA role reads the RDS master secret. If the
+preview role leaked, a free hand there would be the master password: a Job with a shell command,
+a ``postStart`` hook, a ``PYTHONSTARTUP`` variable or a ``DB_HOST`` of the attacker's, which the
+bootstrap would send the master password to. So:
 
-- RBAC (a Role in the base namespace) grants the verbs Pulumi's Job await and
+- RBAC (a Role in the provisioning namespace) grants the verbs Pulumi's Job await and
   ``infra/preview_db.py``'s kubectl calls use, on Jobs, Secrets and pods;
 - an admission policy refuses, for that group and namespace, any Job or Secret but the
   provisioner's own: its names, its image (the digest this base deployed), its ServiceAccount
@@ -16,10 +17,13 @@ attacker's, which the bootstrap would send the master password to. So:
   one container without hooks or probes, emptyDir volumes only, and a Secret holding the login
   passwords alone;
 - ``infra/cluster.py``'s policy, which keeps the group to ``record-pr-*``, lets exactly these
-  names through in the base namespace (:func:`cluster_exception`), for this policy to judge.
+  names through in the provisioning namespace (:func:`cluster_exception`), for this policy to
+  judge.
 
-RBAC cannot scope ``get`` to a name pattern: a leaked preview role may still read any Secret
-of the base namespace whose name it knows, and pods' logs. Writes are what this closes.
+RBAC cannot scope ``get`` to a name pattern, and admission never sees a read: the group may read
+any Secret, pod and log of the namespace it is granted. That is why the namespace is the
+provisioner's alone -- its ServiceAccount, NetworkPolicies and the previews' own Jobs and
+Secrets -- and not the base's, whose Secrets hold the cache URL, API keys and database passwords.
 
 The expressions are standard CEL (``has``, ``all``, ``exists``, ``exists_one``, ``matches``,
 ``startsWith``, map literals) and none of Kubernetes's extension libraries, so the tests
@@ -55,6 +59,14 @@ COMPONENT = "db-provisioning"
 JOB_VERBS = ["create", "get", "list", "watch", "patch", "update", "delete"]
 SECRET_VERBS = ["create", "get", "patch", "update", "delete"]
 POD_VERBS = ["get", "list", "watch"]
+# The base namespace's sibling the provisioner lives in: record-<stack>, with a stack name of 21
+# characters at most (infra/config.py), keeps this well under Kubernetes's 63.
+NAMESPACE_SUFFIX = "-db-provisioning"
+
+
+def provisioning_namespace(base_namespace: str) -> str:
+    """Where a base's provisioner ServiceAccount lives and its previews' Jobs run."""
+    return f"{base_namespace}{NAMESPACE_SUFFIX}"
 
 
 @dataclass(frozen=True)
@@ -75,8 +87,8 @@ def _cel(value: object) -> str:
 
 
 def cluster_exception(namespace: str) -> str:
-    """CEL, true for a write ``infra/cluster.py``'s policy lets through in the base namespace:
-    a provisioner Job or Secret by name, the object itself (no subresource)."""
+    """CEL, true for a write ``infra/cluster.py``'s policy lets through in the provisioning
+    namespace: a provisioner Job or Secret by name, the object itself (no subresource)."""
     return (
         f"request.namespace == {_cel(namespace)} && request.subResource == '' && "
         "((request.resource.group == 'batch' && request.resource.resource == 'jobs') || "
@@ -178,6 +190,7 @@ def validations(base: BaseValues) -> list[tuple[str, str]]:
 @dataclass
 class ProvisioningAccessArgs:
     project: ProjectConfig
+    # The provisioning namespace (provisioning_namespace), never the base's own.
     namespace: str
     # The preview roles' Kubernetes group (infra/cluster.py's PREVIEW_GROUP).
     group: str
@@ -191,7 +204,7 @@ class ProvisioningAccessArgs:
 
 
 class ProvisioningAccess(pulumi.ComponentResource):
-    """The preview group's Role in the base namespace, and the policy that narrows it."""
+    """The preview group's Role in the provisioning namespace, and the policy that narrows it."""
 
     def __init__(
         self, name: str, args: ProvisioningAccessArgs, opts: pulumi.ResourceOptions | None = None
@@ -262,8 +275,9 @@ class ProvisioningAccess(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions,
     ) -> None:
         admission = k8s.admissionregistration.v1
-        # Cluster-scoped: one per base namespace sharing the cluster.
-        policy_name = f"record-preview-{COMPONENT}-{args.namespace}"
+        # Cluster-scoped: one per base stack sharing the cluster. Named by the base's prefix, as
+        # before the provisioner had a namespace of its own: the move updates it in place.
+        policy_name = f"record-preview-{COMPONENT}-{p.prefix}"
         operations = ["CREATE", "UPDATE", "DELETE"]
         vap = admission.ValidatingAdmissionPolicy(
             f"{p.prefix}-vap-{COMPONENT}",

@@ -235,7 +235,9 @@ def _build_base(config: StackConfig) -> dict[str, Any]:
         "smtpPassword": mail.settings.smtp_password,
         # Where preview stacks push their builds (infra/images.py).
         **{f"{image}RepositoryUrl": registry.repository_urls[image] for image in IMAGES},
-        # What a preview's database provisioner Job runs as, and with (infra/provisioner.py).
+        # Where a preview's database provisioner Job runs, as whom, and with what
+        # (infra/provisioner.py): never the base namespace, whose Secrets are the base's alone.
+        "dbProvisionerNamespace": provisioner.namespace,
         "dbProvisionerServiceAccount": provisioner.service_account,
         "apiImage": images.refs["api"],
         # The ALB group previews' Ingresses join (infra/api.py): the ALB this stack's makes.
@@ -277,7 +279,8 @@ def _build_preview(config: StackConfig) -> dict[str, Any]:
         ),
         opts=pulumi.ResourceOptions(parent=preview),
     )
-    # Its database and roles, made in the base namespace by the base's image and role.
+    # Its database and roles, made in the base's provisioning namespace by the base's image and
+    # role.
     database = PreviewDatabase(
         prefix,
         PreviewDatabaseArgs(
@@ -286,7 +289,7 @@ def _build_preview(config: StackConfig) -> dict[str, Any]:
             database=preview.database,
             owner=preview.db_owner,
             secret=config.workloads.db_app_password,
-            base_namespace=base["namespace"].apply(str),
+            namespace=base["dbProvisionerNamespace"].apply(str),
             service_account=base["dbProvisionerServiceAccount"].apply(str),
             base_image=base["apiImage"].apply(str),
             db_host=base["dbAddress"].apply(str),

@@ -170,7 +170,13 @@ def provisioner_env(plan: Plan, server: PostgresServer, secret_arn: str) -> dict
     kinds = {variable: kind for kind, variable in ENV_PASSWORDS.items()}
     for source in container["envFrom"]:
         name = source["secretRef"]["name"]
-        secret = one(m for m in of_kind(plan, "Secret") if m["metadata"]["name"] == name)
+        # envFrom reads a Secret of the pod's own namespace: the provisioning namespace.
+        secret = one(
+            m
+            for m in of_kind(plan, "Secret")
+            if m["metadata"]["name"] == name
+            and m["metadata"]["namespace"] == job["metadata"]["namespace"]
+        )
         for key in secret["stringData"]:
             env[key] = f"{env[ENV_OWNER]}-{kinds[key]}-pw"
     return env
@@ -298,7 +304,7 @@ def test_odd_names_are_refused() -> None:
 def test_each_workload_gets_its_own_database_login(plans: dict[str, Any], stack: str) -> None:
     """The API's and the worker's DATABASE_URL log in as roles that own nothing; only the
     migration Job's logs in as the owner, and only a base stack's Job, which bootstraps, sees the
-    passwords it sets (a preview's provisioner runs in the base namespace)."""
+    passwords it sets (a preview's provisioner runs in the base's provisioning namespace)."""
     plan = plans[stack]
     secrets = {m["metadata"]["name"]: m for m in plan.manifests if m["kind"] == "Secret"}
     assert "DATABASE_URL" not in secrets["record-secrets"]["stringData"]

@@ -441,8 +441,12 @@ def test_preview_reuses_the_base_stack(plans: dict[str, Plan]) -> None:
     namespace = one(of_kind(plan, "Namespace"))
     assert namespace["metadata"]["name"] == "record-pr-0"
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-    # Its database is made in the base namespace (infra/provisioner.py).
-    job = one(m for m in of_kind(plan, "Job") if m["metadata"]["namespace"] == "record-staging")
+    # Its database is made in the base's provisioning namespace (infra/provisioner.py).
+    job = one(
+        m
+        for m in of_kind(plan, "Job")
+        if m["metadata"]["namespace"] == "record-staging-db-provisioning"
+    )
     env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["DB_NAME"] == "record_pr_0"
     config = one(m for m in of_kind(plan, "ConfigMap") if m["metadata"]["name"] == "record-config")

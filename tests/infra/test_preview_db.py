@@ -30,8 +30,8 @@ from infra.provisioner import DROP_JOB_PREFIX, JOB_PREFIX
 from tests.infra.conftest import one
 from tests.infra.test_preview_provisioner import (
     BASE_IMAGE,
-    BASE_NAMESPACE,
     BASE_SERVICE_ACCOUNT,
+    PROVISIONING_NAMESPACE,
     migration_job,
     provisioner_job,
 )
@@ -125,7 +125,7 @@ def test_the_database_resource_drops_it_through_the_base(
     job = drop_job_of(resource)
     assert preview_db.drop_job({preview_db.ENV_JOB: json.dumps(job)}) == job
     assert job["metadata"]["name"] == f"{DROP_JOB_PREFIX}pr-0"
-    assert job["metadata"]["namespace"] == BASE_NAMESPACE
+    assert job["metadata"]["namespace"] == PROVISIONING_NAMESPACE
     pod = job["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == BASE_SERVICE_ACCOUNT
     container = one(pod["containers"])
@@ -244,7 +244,8 @@ def test_the_delete_runs_the_drop_job_and_removes_it(
     assert "database record_pr_0 dropped" in result.stdout
     assert verbs(calls) == ["delete", "apply", "wait", "logs", "delete"]
     for call in calls:
-        assert call["args"][:2] == ["--namespace", BASE_NAMESPACE]
+        # The Job's own namespace, the provisioner's: never the base's.
+        assert call["args"][:2] == ["--namespace", PROVISIONING_NAMESPACE]
         # The kubeconfig from the environment, in a file of its own that is gone afterwards.
         assert call["kubeconfig_text"] == "apiVersion: v1\nkind: Config\n# the base cluster\n"
         assert not Path(call["kubeconfig"]).exists()
@@ -269,7 +270,10 @@ def test_a_failed_drop_fails_the_delete_with_the_jobs_logs(
     result, calls = run_delete(resource, fake_kubectl, "failed", drop_job_of(resource))
     assert result.returncode == 1
     assert "psycopg.OperationalError: connection to server failed" in result.stderr
-    assert "record-staging/record-db-drop-pr-0 failed: database not dropped" in result.stderr
+    assert (
+        "record-staging-db-provisioning/record-db-drop-pr-0 failed: database not dropped"
+        in result.stderr
+    )
     # The Job goes either way: the next destroy starts afresh.
     assert verbs(calls) == ["delete", "apply", "wait", "get", "logs", "delete"]
 

@@ -1,8 +1,9 @@
 """A preview's database comes from main's code, not the PR's (#12, defect 9).
 
 The base stack owns a ServiceAccount whose IRSA role alone (with the base's migration Job's)
-may read the RDS master secret; a preview's program runs a provisioner Job in the base
-namespace, with the base's image, under that ServiceAccount. Nothing in the preview's
+may read the RDS master secret, in a namespace of the provisioner's own beside the base's; a
+preview's program runs a provisioner Job there, with the base's image, under that
+ServiceAccount. Nothing in the preview's
 namespace, and none of its IAM roles, may reach the master secret. The provisioner's code
 itself runs against real PostgreSQL in ``tests/infra/test_db_bootstrap.py``.
 """
@@ -29,8 +30,10 @@ from infra.provisioner import (
 from tests.infra.conftest import of_kind, one
 
 PREVIEW_NAMESPACE = "record-pr-0"
-# What the offline plan's StackReference answers for the base's outputs (infra/plan.py).
 BASE_NAMESPACE = "record-staging"
+# What the offline plan's StackReference answers for the base's outputs (infra/plan.py), as the
+# staging stack names it: the preview role's Jobs go here, never into BASE_NAMESPACE.
+PROVISIONING_NAMESPACE = "record-staging-db-provisioning"
 BASE_SERVICE_ACCOUNT = f"{PLACEHOLDER}-base-dbProvisionerServiceAccount"
 BASE_IMAGE = (
     f"{ACCOUNT}.dkr.ecr.eu-west-1.amazonaws.com/{PLACEHOLDER}-base/api"
@@ -106,15 +109,19 @@ def test_the_preview_roles_cannot_read_the_master_secret(plans: dict[str, Plan])
     assert "dbSecretKmsKeyArn" not in BASE_OUTPUTS
 
 
-def test_the_provisioner_runs_in_the_base_namespace_with_the_base_image(
+def test_the_provisioner_runs_in_the_provisioning_namespace_with_the_base_image(
     plans: dict[str, Plan],
 ) -> None:
     plan = plans["preview"]
-    for key in ("namespace", "dbProvisionerServiceAccount", "apiImage"):
+    for key in ("dbProvisionerNamespace", "dbProvisionerServiceAccount", "apiImage"):
         assert key in BASE_OUTPUTS
+    # The base's own namespace is no output a preview reads: nothing of it goes there.
+    assert "namespace" not in BASE_OUTPUTS
+    assert plans["staging"].outputs["dbProvisionerNamespace"] == PROVISIONING_NAMESPACE
     job = provisioner_job(plan)["inputs"]
     assert job["metadata"]["name"] == f"{JOB_PREFIX}pr-0"
-    assert job["metadata"]["namespace"] == BASE_NAMESPACE
+    assert job["metadata"]["namespace"] == PROVISIONING_NAMESPACE
+    assert not [m for m in plan.manifests if m["metadata"].get("namespace") == BASE_NAMESPACE]
     pod = job["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == BASE_SERVICE_ACCOUNT
     container = one(pod["containers"])
@@ -127,12 +134,13 @@ def test_the_provisioner_runs_in_the_base_namespace_with_the_base_image(
     assert env["DB_MASTER_SECRET_ARN"] == MASTER_SECRET
     assert env["DB_NAME"] == "record_pr_0"
     assert env["DB_OWNER_USER"] == "record_pr_0"
-    # Its passwords come from a Secret beside it, in the base namespace.
+    # Its passwords come from a Secret beside it, in the provisioning namespace.
     secret_name = one(container["envFrom"])["secretRef"]["name"]
     secret = one(
         m
         for m in of_kind(plan, "Secret")
-        if m["metadata"]["name"] == secret_name and m["metadata"]["namespace"] == BASE_NAMESPACE
+        if m["metadata"]["name"] == secret_name
+        and m["metadata"]["namespace"] == PROVISIONING_NAMESPACE
     )
     assert set(secret["stringData"]) == {
         "DB_OWNER_PASSWORD",
@@ -178,13 +186,12 @@ def test_the_preview_migrates_after_the_provisioner(plans: dict[str, Plan]) -> N
 def test_the_base_owns_the_provisioner_account_and_its_egress(plans: dict[str, Plan]) -> None:
     plan = plans["staging"]
     assert plan.outputs["dbProvisionerServiceAccount"] == SERVICE_ACCOUNT
-    assert plan.outputs["namespace"] == "record-staging"
+    assert plan.outputs["namespace"] == BASE_NAMESPACE
+    assert plan.outputs["dbProvisionerNamespace"] == PROVISIONING_NAMESPACE
     account = one(
-        m
-        for m in of_kind(plan, "ServiceAccount")
-        if m["metadata"]["name"] == SERVICE_ACCOUNT
-        and m["metadata"]["namespace"] == "record-staging"
+        m for m in of_kind(plan, "ServiceAccount") if m["metadata"]["name"] == SERVICE_ACCOUNT
     )
+    assert account["metadata"]["namespace"] == PROVISIONING_NAMESPACE
     assert account["automountServiceAccountToken"] is False
     role_arn = account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
     assert role_arn == f"arn:aws:iam::{ACCOUNT}:role/record-staging-db-provisioner"
@@ -196,7 +203,9 @@ def test_the_base_owns_the_provisioner_account_and_its_egress(plans: dict[str, P
         for key, value in statement["Condition"]["StringEquals"].items()
         if key.endswith(":sub")
     ]
-    assert subjects == [f"system:serviceaccount:record-staging:{SERVICE_ACCOUNT}"]
+    # The ServiceAccount of that name in the provisioning namespace alone: one of the same name
+    # in the base namespace assumes nothing.
+    assert subjects == [f"system:serviceaccount:{PROVISIONING_NAMESPACE}:{SERVICE_ACCOUNT}"]
     policies = {
         r["name"]: json.loads(r["inputs"]["policy"])["Statement"]
         for r in plan.of_type("aws:iam/rolePolicy:RolePolicy")
@@ -216,7 +225,7 @@ def test_the_base_owns_the_provisioner_account_and_its_egress(plans: dict[str, P
         for m in of_kind(plan, "NetworkPolicy")
         if m["metadata"]["name"] == "record-db-provisioner"
     )
-    assert netpol["metadata"]["namespace"] == "record-staging"
+    assert netpol["metadata"]["namespace"] == PROVISIONING_NAMESPACE
     spec = netpol["spec"]
     egress = {
         (rule["to"][0]["ipBlock"]["cidr"], rule["ports"][0]["port"]) for rule in spec["egress"]
@@ -226,6 +235,60 @@ def test_the_base_owns_the_provisioner_account_and_its_egress(plans: dict[str, P
     labels = provisioner_job(plans["preview"])["inputs"]["spec"]["template"]["metadata"]["labels"]
     assert spec["podSelector"]["matchLabels"] == pod_selector()
     assert pod_selector().items() <= labels.items()
+
+
+def _in_provisioning_namespace(plan: Plan) -> list[dict[str, Any]]:
+    return [m for m in plan.manifests if m["metadata"].get("namespace") == PROVISIONING_NAMESPACE]
+
+
+def test_the_provisioning_namespace_is_restricted_and_denies_by_default(
+    plans: dict[str, Plan],
+) -> None:
+    plan = plans["staging"]
+    namespaces = {m["metadata"]["name"]: m for m in of_kind(plan, "Namespace")}
+    labels = namespaces[PROVISIONING_NAMESPACE]["metadata"]["labels"]
+    # The base namespace's Pod Security labels, the same three.
+    pod_security = {k: v for k, v in labels.items() if k.startswith("pod-security.")}
+    base_labels = namespaces[BASE_NAMESPACE]["metadata"]["labels"]
+    assert pod_security == {k: v for k, v in base_labels.items() if k.startswith("pod-security.")}
+    assert pod_security["pod-security.kubernetes.io/enforce"] == "restricted"
+    policies = {
+        m["metadata"]["name"]: m["spec"]
+        for m in _in_provisioning_namespace(plan)
+        if m["kind"] == "NetworkPolicy"
+    }
+    assert policies["record-default-deny"] == {
+        "podSelector": {},
+        "policyTypes": ["Ingress", "Egress"],
+    }
+    # The bootstrap resolves RDS's, STS's and Secrets Manager's names: DNS to kube-dns alone.
+    (dns,) = policies["record-allow-dns"]["egress"]
+    assert {(p["protocol"], p["port"]) for p in dns["ports"]} == {("UDP", 53), ("TCP", 53)}
+    assert dns["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+
+
+def test_the_provisioning_namespace_holds_the_provisioner_alone(plans: dict[str, Plan]) -> None:
+    """The preview role may read what it may write there (RBAC cannot narrow a ``get`` to a
+    name): the base's Secrets must be elsewhere."""
+    base = _in_provisioning_namespace(plans["staging"])
+    assert {(m["kind"], m["metadata"]["name"]) for m in base} == {
+        ("ServiceAccount", SERVICE_ACCOUNT),
+        ("NetworkPolicy", "record-db-provisioner"),
+        ("NetworkPolicy", "record-default-deny"),
+        ("NetworkPolicy", "record-allow-dns"),
+    }
+    preview = _in_provisioning_namespace(plans["preview"])
+    assert {(m["kind"], m["metadata"]["name"]) for m in preview} == {
+        ("Job", f"{JOB_PREFIX}pr-0"),
+        ("Secret", f"{JOB_PREFIX}pr-0"),
+    }
+    # ... and nothing of the provisioner is left in the base namespace.
+    in_base = [
+        (m["kind"], m["metadata"]["name"])
+        for m in plans["staging"].manifests
+        if m["metadata"].get("namespace") == BASE_NAMESPACE
+    ]
+    assert not [item for item in in_base if "db-provision" in item[1]], in_base
 
 
 def test_the_provisioner_sets_the_passwords_the_workloads_log_in_with() -> None:

@@ -1,5 +1,5 @@
-"""A preview role makes its provisioner Job and Secret in the base namespace, and nothing else
-there (infra/provisioning_access.py).
+"""A preview role makes its provisioner Job and Secret in the base's provisioning namespace, and
+nothing else there; it has nothing at all in the base namespace (infra/provisioning_access.py).
 
 The admission policies' CEL is evaluated here with cel-python: the expressions keep to standard
 CEL, which both it and Kubernetes evaluate. The objects judged are the preview stack's own
@@ -23,7 +23,7 @@ import yaml
 from infra.cluster import PREVIEW_GROUP
 from infra.config import DEFAULT_KUBERNETES_VERSION
 from infra.plan import Plan, render
-from infra.provisioning_access import BaseValues, validations
+from infra.provisioning_access import BaseValues, provisioning_namespace, validations
 from tests.infra.conftest import of_kind, one
 from tests.infra.test_cluster import ACCESS
 from tests.infra.test_preview_db import (  # noqa: F401 - `registered` is a fixture
@@ -32,7 +32,7 @@ from tests.infra.test_preview_db import (  # noqa: F401 - `registered` is a fixt
     drop_job_of,
     registered,
 )
-from tests.infra.test_preview_provisioner import BASE_NAMESPACE
+from tests.infra.test_preview_provisioner import BASE_NAMESPACE, PROVISIONING_NAMESPACE
 
 ACCESS_KINDS = {
     "Role",
@@ -78,7 +78,7 @@ def _staging_values(plan: Plan) -> BaseValues:
     (bootstrap,) = migrate["spec"]["template"]["spec"]["initContainers"]
     env = {e["name"]: e["value"] for e in bootstrap["env"]}
     return BaseValues(
-        namespace=migrate["metadata"]["namespace"],
+        namespace=provisioning_namespace(migrate["metadata"]["namespace"]),
         image=bootstrap["image"],
         db_host=env["DB_HOST"],
         db_port=env["DB_PORT"],
@@ -92,7 +92,7 @@ def _on_staging(job: Manifest, base: BaseValues) -> Manifest:
     answers placeholders for the base's outputs."""
     job = copy.deepcopy(job)
     pod = job["spec"]["template"]["spec"]
-    assert job["metadata"]["namespace"] == BASE_NAMESPACE == base.namespace
+    assert job["metadata"]["namespace"] == PROVISIONING_NAMESPACE == base.namespace
     pod["serviceAccountName"] = "record-db-provisioner"
     container = pod["containers"][0]
     container["image"] = base.image
@@ -183,9 +183,11 @@ def objects(
 ) -> dict[str, Manifest]:
     """The preview's provisioner Job, drop Job and Secret, pointed at staging."""
     preview = plans["preview"]
-    in_base = [m for m in preview.manifests if m["metadata"].get("namespace") == BASE_NAMESPACE]
-    job = one(m for m in in_base if m["kind"] == "Job")
-    secret = one(m for m in in_base if m["kind"] == "Secret")
+    there = [
+        m for m in preview.manifests if m["metadata"].get("namespace") == PROVISIONING_NAMESPACE
+    ]
+    job = one(m for m in there if m["kind"] == "Job")
+    secret = one(m for m in there if m["kind"] == "Secret")
     drop = drop_job_of(database_resource(registered))
     return {
         "job": _on_staging(job, base),
@@ -197,14 +199,18 @@ def objects(
 # -- the objects exist and Kubernetes would take them -------------------------------------------
 
 
-def test_the_group_may_write_jobs_and_secrets_in_the_base_namespace(with_access: Plan) -> None:
+def test_the_group_may_write_jobs_and_secrets_in_the_provisioning_namespace(
+    with_access: Plan,
+) -> None:
     role = one(m for m in of_kind(with_access, "Role") if m["metadata"]["name"] == ROLE)
     binding = one(
         m
         for m in of_kind(with_access, "RoleBinding")
         if any(s["name"] == PREVIEW_GROUP for s in m["subjects"])
     )
-    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == BASE_NAMESPACE
+    assert (
+        role["metadata"]["namespace"] == binding["metadata"]["namespace"] == PROVISIONING_NAMESPACE
+    )
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "Role",
@@ -229,7 +235,39 @@ def test_the_group_may_write_jobs_and_secrets_in_the_base_namespace(with_access:
     }
 
 
-def test_the_policy_binds_the_group_in_the_base_namespace(
+def test_the_group_has_nothing_in_the_base_namespace(with_access: Plan) -> None:
+    """RBAC cannot narrow a ``get`` to a name pattern: a Role in the base namespace would let a
+    leaked preview role read record-secrets and the record-db-* passwords."""
+    roles = [m["metadata"] for m in of_kind(with_access, "Role")]
+    assert (ROLE, PROVISIONING_NAMESPACE) in [(r["name"], r["namespace"]) for r in roles]
+    assert ROLE not in [r["name"] for r in roles if r["namespace"] == BASE_NAMESPACE]
+    bound = [
+        m["metadata"]
+        for m in of_kind(with_access, "RoleBinding")
+        if any(s["name"] == PREVIEW_GROUP for s in m["subjects"])
+    ]
+    assert [(b["name"], b["namespace"]) for b in bound] == [(ROLE, PROVISIONING_NAMESPACE)]
+
+
+def test_the_provisioning_namespace_holds_the_provisioner_and_its_access_alone(
+    with_access: Plan,
+) -> None:
+    there = {
+        (m["kind"], m["metadata"]["name"])
+        for m in with_access.manifests
+        if m["metadata"].get("namespace") == PROVISIONING_NAMESPACE
+    }
+    assert there == {
+        ("ServiceAccount", "record-db-provisioner"),
+        ("NetworkPolicy", "record-db-provisioner"),
+        ("NetworkPolicy", "record-default-deny"),
+        ("NetworkPolicy", "record-allow-dns"),
+        ("Role", ROLE),
+        ("RoleBinding", ROLE),
+    }
+
+
+def test_the_policy_binds_the_group_in_the_provisioning_namespace(
     with_access: Plan, base: BaseValues
 ) -> None:
     manifest = _policy(with_access)
@@ -237,8 +275,10 @@ def test_the_policy_binds_the_group_in_the_base_namespace(
     assert spec["failurePolicy"] == "Fail"
     constraints = spec["matchConstraints"]
     assert constraints["namespaceSelector"] == {
-        "matchLabels": {"kubernetes.io/metadata.name": BASE_NAMESPACE}
+        "matchLabels": {"kubernetes.io/metadata.name": PROVISIONING_NAMESPACE}
     }
+    # Named by the base, as before the move: the policy is updated in place, not replaced.
+    assert manifest["metadata"]["name"] == f"{ROLE}-{BASE_NAMESPACE}"
     rules = {(r["apiGroups"][0], r["resources"][0]) for r in constraints["resourceRules"]}
     assert rules == {("batch", "jobs"), ("", "secrets")}
     for rule in constraints["resourceRules"]:
@@ -253,7 +293,7 @@ def test_the_policy_binds_the_group_in_the_base_namespace(
     assert binding["spec"]["validationActions"] == ["Deny"]
 
 
-def test_no_access_in_the_base_namespace_without_preview_roles(plans: dict[str, Plan]) -> None:
+def test_no_access_without_preview_roles(plans: dict[str, Plan]) -> None:
     names = {m["metadata"]["name"] for m in plans["staging"].manifests}
     assert ROLE not in names
     assert not any(name.startswith(f"{ROLE}-") for name in names)
@@ -469,7 +509,7 @@ def test_a_tampered_secret_is_refused(
     assert any(rule in message for message in refusals), refusals
 
 
-def test_other_names_in_the_base_namespace_are_refused_by_both(
+def test_other_names_in_the_provisioning_namespace_are_refused_by_both(
     objects: dict[str, Manifest], policy: Policy, cluster_policy: Policy
 ) -> None:
     for obj in objects.values():
@@ -481,13 +521,16 @@ def test_other_names_in_the_base_namespace_are_refused_by_both(
         assert policy.refusals(_request(other, "DELETE"), None)
 
 
-def test_the_exception_is_the_base_namespace_and_the_objects_alone(
+def test_the_exception_is_the_provisioning_namespace_and_the_objects_alone(
     objects: dict[str, Manifest], cluster_policy: Policy
 ) -> None:
     job = objects["job"]
-    elsewhere = copy.deepcopy(job)
-    elsewhere["metadata"]["namespace"] = "kube-system"
-    assert cluster_policy.refusals(_request(elsewhere), elsewhere)
+    for namespace in ("kube-system", BASE_NAMESPACE):
+        elsewhere = copy.deepcopy(job)
+        elsewhere["metadata"]["namespace"] = namespace
+        assert cluster_policy.refusals(_request(elsewhere), elsewhere), namespace
+        # Not even a delete of the provisioner's names: the base namespace is closed to it.
+        assert cluster_policy.refusals(_request(elsewhere, "DELETE"), None), namespace
     # Its status, or another kind of the same name (a pod running as the account).
     status = {**_request(job, "UPDATE"), "subResource": "status"}
     assert cluster_policy.refusals(status, job)
