@@ -307,23 +307,14 @@ def render(stack: str, overrides: dict[str, Any] | None = None) -> Plan:
     loop.set_default_executor(ThreadPoolExecutor(max_workers=4, initializer=thread_loop))
 
     class Monitor(mocks.MockMonitor):
-        """Records what each resource waits for, and how long Pulumi awaits it: mocks see
-        inputs, not dependencies or options."""
+        """Records what each resource waits for, how long Pulumi awaits it and whether it goes
+        before its replacement comes: mocks see inputs, not dependencies or options."""
 
         def RegisterResource(self, request: Any) -> Any:
-            depends[(request.type, request.name)] = sorted(
-                {urn.rsplit("::", 1)[-1] for urn in request.dependencies}
-            )
-            if request.HasField("customTimeouts"):
-                timeouts[(request.type, request.name)] = {
-                    op: value
-                    for op in ("create", "update", "delete")
-                    if (value := getattr(request.customTimeouts, op))
-                }
+            options.record(request)
             return super().RegisterResource(request)  # type: ignore[no-untyped-call]  # pulumi's mock monitor has no annotations
 
-    depends: dict[tuple[str, str], list[str]] = {}
-    timeouts: dict[tuple[str, str], dict[str, str]] = {}
+    options = _Options()
     settings.reset_options(project=PROJECT, stack=stack)
     set_all_config(config, secret_keys)
     mock = Mocks()
@@ -348,11 +339,38 @@ def render(stack: str, overrides: dict[str, Any] | None = None) -> Plan:
             other.close()
         asyncio.set_event_loop(previous_loop)
     for resource in plan.resources:
-        resource["dependsOn"] = depends.get((resource["type"], resource["name"]), [])
-        if key_timeouts := timeouts.get((resource["type"], resource["name"])):
-            resource["customTimeouts"] = key_timeouts
+        options.annotate(resource)
     _ = pulumi  # imported for its side effect of initialising the runtime
     return plan
+
+
+@dataclass
+class _Options:
+    """What the engine hears of each resource besides its inputs, by (type, name)."""
+
+    depends: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    timeouts: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    delete_first: set[tuple[str, str]] = field(default_factory=set)
+
+    def record(self, request: Any) -> None:
+        key = (request.type, request.name)
+        self.depends[key] = sorted({urn.rsplit("::", 1)[-1] for urn in request.dependencies})
+        if request.HasField("customTimeouts"):
+            self.timeouts[key] = {
+                op: value
+                for op in ("create", "update", "delete")
+                if (value := getattr(request.customTimeouts, op))
+            }
+        if request.deleteBeforeReplace:
+            self.delete_first.add(key)
+
+    def annotate(self, resource: dict[str, Any]) -> None:
+        key = (resource["type"], resource["name"])
+        resource["dependsOn"] = self.depends.get(key, [])
+        if timeouts := self.timeouts.get(key):
+            resource["customTimeouts"] = timeouts
+        if key in self.delete_first:
+            resource["deleteBeforeReplace"] = True
 
 
 def _installed_loop() -> asyncio.AbstractEventLoop | None:

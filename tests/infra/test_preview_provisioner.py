@@ -28,6 +28,7 @@ from infra.provisioner import (
     pod_selector,
 )
 from tests.infra.conftest import of_kind, one
+from tests.infra.test_load_balancer_controller import iam  # noqa: F401 - a fixture
 
 PREVIEW_NAMESPACE = "record-pr-0"
 BASE_NAMESPACE = "record-staging"
@@ -289,6 +290,54 @@ def test_the_provisioning_namespace_holds_the_provisioner_alone(plans: dict[str,
         if m["metadata"].get("namespace") == BASE_NAMESPACE
     ]
     assert not [item for item in in_base if "db-provision" in item[1]], in_base
+
+
+def test_iam_stores_the_trust_in_the_provisioning_namespace(
+    plans: dict[str, Plan],
+    iam: Any,  # noqa: F811 - the fixture imported above
+) -> None:
+    """The trust policy as IAM (moto) takes and keeps it: web identity of the provisioner's
+    ServiceAccount in its own namespace, and of no account in the base namespace."""
+    role = one(
+        r
+        for r in plans["staging"].of_type("aws:iam/role:Role")
+        if r["name"].endswith("-provisioner")
+    )
+    iam.create_role(
+        RoleName=role["name"], AssumeRolePolicyDocument=role["inputs"]["assumeRolePolicy"]
+    )
+    stored = iam.get_role(RoleName=role["name"])["Role"]["AssumeRolePolicyDocument"]
+    (statement,) = stored["Statement"]
+    assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
+    conditions = statement["Condition"]["StringEquals"]
+    subjects = [value for key, value in conditions.items() if key.endswith(":sub")]
+    assert subjects == [f"system:serviceaccount:{PROVISIONING_NAMESPACE}:{SERVICE_ACCOUNT}"]
+    assert f"system:serviceaccount:{BASE_NAMESPACE}:" not in json.dumps(stored)
+
+
+def test_the_move_creates_before_it_deletes(plans: dict[str, Plan]) -> None:
+    """The ServiceAccount and its NetworkPolicy keep the resource names they had in the base
+    namespace: a new namespace replaces them, and Pulumi makes the new ones (in the namespace,
+    once it exists) before it deletes the old, so a provisioner started meanwhile finds its
+    account. Only the preview's Job, one name per preview, goes before its successor."""
+    plan = plans["staging"]
+    namespace = one(
+        r
+        for r in plan.of_type("kubernetes:core/v1:Namespace")
+        if r["inputs"]["metadata"]["name"] == PROVISIONING_NAMESPACE
+    )
+    moved = [
+        r
+        for r in plan.resources
+        if r["type"].startswith("kubernetes:")
+        and r["inputs"].get("metadata", {}).get("namespace") == PROVISIONING_NAMESPACE
+    ]
+    names = {r["name"] for r in moved}
+    assert {"record-staging-sa-db-provisioner", "record-staging-netpol-db-provisioner"} <= names
+    for resource in moved:
+        assert namespace["name"] in resource["dependsOn"], resource["name"]
+        assert not resource.get("deleteBeforeReplace"), resource["name"]
+    assert provisioner_job(plans["preview"]).get("deleteBeforeReplace") is True
 
 
 def test_the_provisioner_sets_the_passwords_the_workloads_log_in_with() -> None:
