@@ -11,7 +11,7 @@ Two callers, both running code from main, never a pull request's:
 - a base stack's migration Job, as its init container (``infra/migration.py``), for the base's
   own database;
 - a preview's provisioner Job (``infra/provisioner.py``), which the preview's Pulumi program
-  creates in the *base* namespace, running the base's image under the base's
+  creates in the base's provisioning namespace, running the base's image under the base's
   ``record-db-provisioner`` ServiceAccount, for the preview's database on the shared instance.
   The preview's own pods never see the master secret: its migration Job only migrates.
 
