@@ -200,9 +200,24 @@ def set_slow_query_threshold(ms: int) -> None:
     _slow_query_seconds = ms / 1000
 
 
+# ``labels()`` takes the family's lock and builds its key on every call; a request used to make
+# five such calls (two HTTP, three queries). The children live as long as the process (nothing
+# here removes one), so they are looked up once per label set; the caches are bounded because
+# a client chooses the method it sends.
+@functools.lru_cache(maxsize=1024)
+def _query_duration(operation: str, table: str) -> Histogram:
+    return DB_QUERY_DURATION.labels(operation, table)
+
+
+@functools.lru_cache(maxsize=1024)
+def http_request_metrics(method: str, route: str, status: str) -> tuple[Counter, Histogram]:
+    """The (requests counter, duration histogram) children for one answered request."""
+    return HTTP_REQUESTS.labels(method, route, status), HTTP_DURATION.labels(method, route)
+
+
 def observe_query(query: str, seconds: float) -> None:
     operation, table = query_labels(query)
-    DB_QUERY_DURATION.labels(operation, table).observe(seconds)
+    _query_duration(operation, table).observe(seconds)
     if seconds >= _slow_query_seconds:
         DB_SLOW_QUERIES.labels(operation, table).inc()
         log.warning(

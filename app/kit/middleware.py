@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.kit.context import request_id_var
 from app.kit.errors import PROBLEM_JSON, PayloadTooLargeError
 from app.kit.logging import bind_request_scope, unbind_request_scope
-from app.kit.metrics import HTTP_DURATION, HTTP_REQUESTS
+from app.kit.metrics import http_request_metrics
 
 log = structlog.stdlib.get_logger("record.access")
 
@@ -66,8 +66,9 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - started
             route = route_template(scope)
             method = scope["method"]
-            HTTP_REQUESTS.labels(method, route, str(status)).inc()
-            HTTP_DURATION.labels(method, route).observe(elapsed)
+            requests, duration = http_request_metrics(method, route, str(status))
+            requests.inc()
+            duration.observe(elapsed)
             if scope["path"] not in self.skip_access_log:
                 log.info(
                     "request",
