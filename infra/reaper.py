@@ -44,6 +44,12 @@ import httpx
 
 # The stack tag preview.yml sets: an ISO 8601 UTC instant, e.g. 2026-12-07T01:00:00Z.
 EXPIRES_TAG = "record:expires-at"
+# Set by the preview workflow when main's program creates a preview stack. A stack without it
+# was last written by a pull request's own program (before previews ran main's): its state may
+# hold commands that pull request chose, which a destroy would run with our credentials. Such a
+# stack is never destroyed here: `pulumi stack rm --force` it by hand (DEPLOYMENT.md).
+PROGRAM_TAG = "record:program"
+TRUSTED_PROGRAM = "main"
 # `pulumi stack ls` prints names as the backend qualifies them: preview-pr-12, org/preview-pr-12
 # or organization/record/preview-pr-12; the last segment is the stack's own name.
 PREVIEW_STACK = re.compile(r"(?:^|/)preview-pr-(?P<pr>[1-9][0-9]*)$")
@@ -98,6 +104,8 @@ class Preview:
     update_in_progress: bool = False
     # When the update in progress started (None: unknown).
     locked_since: datetime | None = None
+    # Written by main's program (PROGRAM_TAG): only such a stack is destroyed here.
+    trusted: bool = True
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,14 @@ def decide(
 
 
 def _decide_one(preview: Preview, state: PrState | None, now: datetime) -> Decision:
+    if not preview.trusted:
+        return Decision(
+            preview.stack,
+            False,
+            f"no {PROGRAM_TAG}={TRUSTED_PROGRAM} tag: its state was written by a pull request's "
+            "own program; never destroyed from here (pulumi stack rm --force, DEPLOYMENT.md)",
+            warning=True,
+        )
     decision = _decide_unlocked(preview, state, now)
     if not preview.update_in_progress:
         return decision
@@ -205,11 +221,10 @@ def list_stacks(run: Runner) -> list[Stack]:
     ]
 
 
-def read_expiry(run: Runner, stack: str) -> datetime | None:
+def read_tags(run: Runner, stack: str) -> dict[str, str]:
     """``pulumi stack tag ls --json`` prints the tags as one JSON object, name to value."""
     tags = json.loads(run(["stack", "tag", "ls", "--json", "--stack", stack]))
-    value = tags.get(EXPIRES_TAG) if isinstance(tags, dict) else None
-    return parse_expiry(value if isinstance(value, str) else None)
+    return {str(k): str(v) for k, v in tags.items()} if isinstance(tags, dict) else {}
 
 
 def find_previews(run: Runner, stacks: Sequence[Stack]) -> list[Preview]:
@@ -219,13 +234,15 @@ def find_previews(run: Runner, stacks: Sequence[Stack]) -> list[Preview]:
         number = preview_pr_number(stack.name)
         if number is None:
             continue
+        tags = read_tags(run, stack.name)
         previews.append(
             Preview(
                 stack.name,
                 number,
-                read_expiry(run, stack.name),
+                parse_expiry(tags.get(EXPIRES_TAG)),
                 stack.update_in_progress,
                 stack.last_update if stack.update_in_progress else None,
+                trusted=tags.get(PROGRAM_TAG) == TRUSTED_PROGRAM,
             )
         )
     return previews

@@ -19,11 +19,15 @@ from infra.reaper import (
     DESTROY_TIMEOUT_SECONDS,
     EXPIRES_TAG,
     INTERRUPT_GRACE_SECONDS,
+    PROGRAM_TAG,
+    TRUSTED_PROGRAM,
     CommandError,
     GitHubPullRequests,
     Preview,
     PrState,
     decide,
+    find_previews,
+    list_stacks,
     main,
     parse_expiry,
     preview_pr_number,
@@ -77,7 +81,8 @@ class FakePulumi:
             )
         stack = args[args.index("--stack") + 1]
         if args[:4] == ["stack", "tag", "ls", "--json"]:
-            return json.dumps(self.stacks[stack])
+            # Main's program made every stack here unless a test says otherwise.
+            return json.dumps({PROGRAM_TAG: TRUSTED_PROGRAM, **self.stacks[stack]})
         if args[0] == "destroy":
             self.timeouts[stack] = timeout
             if stack in self.locked_at:
@@ -548,3 +553,26 @@ def test_a_pulumi_deaf_to_sigint_is_killed_after_the_grace(
     assert (marks / "started").exists()
     assert not (marks / "saved").exists()
     assert time.monotonic() - started < 10
+
+
+def test_a_stack_a_pull_request_s_program_wrote_is_never_destroyed() -> None:
+    """Before previews ran main's program, a pull request's own program wrote its stack's state,
+    which may hold commands it chose (a Command's delete, a dynamic provider): a destroy would
+    run them with the reaper's credentials. Without the tag main's workflow sets, the reaper
+    leaves the stack and says what to do, whatever its PR's state or TTL."""
+    old = Preview("preview-pr-3", 3, EXPIRED)
+    assert decide([old], {3: "closed"}, NOW)[0].reap
+    untrusted = Preview("preview-pr-3", 3, EXPIRED, trusted=False)
+    decision = decide([untrusted], {3: "closed"}, NOW)[0]
+    assert not decision.reap
+    assert decision.warning
+    assert "stack rm --force" in decision.reason
+    pulumi = FakePulumi(
+        {
+            "preview-pr-3": {EXPIRES_TAG: EXPIRED.isoformat(), PROGRAM_TAG: "pull-request"},
+            "preview-pr-4": {EXPIRES_TAG: EXPIRED.isoformat()},
+        }
+    )
+    previews = {p.stack: p for p in find_previews(pulumi, list_stacks(pulumi))}
+    assert not previews["preview-pr-3"].trusted
+    assert previews["preview-pr-4"].trusted

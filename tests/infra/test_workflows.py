@@ -457,7 +457,8 @@ FAKE_TOOL = """#!{python}
 import json, sys
 args = sys.argv[1:]
 line = " ".join(args)
-stdin = sys.stdin.read() if " --secret " in f" {{line}} " else ""
+reads = " --secret " in f" {{line}} " or " --password-stdin " in f" {{line}} "
+stdin = sys.stdin.read() if reads else ""
 with open({log!r}, "a") as log:
     log.write(f"{{line}} | {{stdin}}\\n")
 # The first answer whose key the command line starts with: (stdout, exit status).
@@ -495,8 +496,18 @@ BASE_OUTPUTS = {
 def _fake_pulumi(
     bin_dir: Path, stacks: str = "[]", answers: dict[str, tuple[str, int]] | None = None
 ) -> Path:
-    """A `pulumi` that logs each call, lists ``stacks`` and knows the base stack's outputs."""
-    return _fake(bin_dir, "pulumi", {"stack ls": (stacks, 0), **BASE_OUTPUTS, **(answers or {})})
+    """A `pulumi` that logs each call, lists ``stacks`` (made by main's program unless
+    ``answers`` says otherwise) and knows the base stack's outputs."""
+    return _fake(
+        bin_dir,
+        "pulumi",
+        {
+            "stack ls": (stacks, 0),
+            "stack tag ls --json": (json.dumps({"record:program": "main"}), 0),
+            **BASE_OUTPUTS,
+            **(answers or {}),
+        },
+    )
 
 
 def _run_step(
@@ -545,7 +556,7 @@ def test_the_preview_stack_config_is_written_afresh_with_stable_secrets(tmp_path
     assert stack_file.startswith(f"secretsprovider: {env['PULUMI_SECRETS_PROVIDER']}\n")
     assert stack_file.count("secretsprovider:") == 1  # written afresh, not appended to
     assert yaml.safe_load(stack_file)["config"]["record:preview"]["baseStack"]
-    calls = [c for c in first.splitlines() if not c.startswith("stack output ")]
+    calls = [c for c in first.splitlines() if not c.startswith(("stack output ", "stack ls "))]
     assert calls[0].startswith(
         "stack select --create preview-pr-42 --non-interactive --secrets-provider awskms://"
     )
@@ -618,8 +629,8 @@ def test_the_preview_refuses_to_run_without_its_seed(tmp_path: Path) -> None:
     ("stacks", "expected"),
     [
         ("[]", []),
-        ('[{"name": "preview-pr-7"}]', ["destroy", "stack rm"]),
-        ('[{"name": "acme/preview-pr-7"}]', ["destroy", "stack rm"]),
+        ('[{"name": "preview-pr-7"}]', ["stack tag", "destroy", "stack rm"]),
+        ('[{"name": "acme/preview-pr-7"}]', ["stack tag", "destroy", "stack rm"]),
         ('[{"name": "preview-pr-70"}, {"name": "staging"}]', []),
     ],
 )
@@ -852,6 +863,8 @@ def test_a_failed_smoke_check_on_prod_rolls_back_through_pulumi(tmp_path: Path) 
         {
             "stack tag get record:last-good-api": (GOOD_API, 0),
             "stack tag get record:last-good-models": (GOOD_MODELS, 0),
+            "stack output apiRepositoryUrl --stack prod": (f"{PROD_REPO}/api", 0),
+            "stack output modelsRepositoryUrl --stack prod": (f"{PROD_REPO}/models", 0),
         },
     )
     result = _run_step(rollback, tmp_path, env)
@@ -864,6 +877,26 @@ def test_a_failed_smoke_check_on_prod_rolls_back_through_pulumi(tmp_path: Path) 
     ]
     up = "up --yes --skip-preview --non-interactive --stack prod"
     assert calls[-3:] == [*setting, up]
+
+
+def test_a_last_good_tag_outside_prod_s_repositories_is_not_deployed(tmp_path: Path) -> None:
+    """Attacker review: whoever can write prod's state could write its tags; the rollback takes
+    only a digest in prod's own repositories, as the deploy does."""
+    elsewhere = "6.dkr.ecr.eu-west-1.amazonaws.com/evil/api@sha256:" + "c" * 64
+    env, log = _deploy_env(
+        tmp_path,
+        {
+            "stack tag get record:last-good-api": (elsewhere, 0),
+            "stack tag get record:last-good-models": (GOOD_MODELS, 0),
+            "stack output apiRepositoryUrl --stack prod": (f"{PROD_REPO}/api", 0),
+            "stack output modelsRepositoryUrl --stack prod": (f"{PROD_REPO}/models", 0),
+        },
+    )
+    result = _run_step(_step("deploy", "prod", "Roll back"), tmp_path, env)
+    assert result.returncode == 1
+    assert "not rolling back" in result.stdout
+    calls = [c.split(" | ")[0] for c in log.read_text().splitlines()]
+    assert not [c for c in calls if c.startswith(("up", "config set"))]
 
 
 def test_without_a_last_good_tag_prod_is_not_touched(tmp_path: Path) -> None:
@@ -989,3 +1022,70 @@ def test_the_reaper_deletes_the_objects_of_what_it_destroyed(
     assert "stack output bucketName --stack staging" in log.read_text()
     if purge_status:
         assert "objects of preview-pr-8 were not deleted" in (tmp_path / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("program", ["main", "", "pull-request"])
+def test_only_a_stack_main_s_program_made_is_updated_or_destroyed(
+    tmp_path: Path, program: str
+) -> None:
+    """Attacker review: a preview updated before previews ran main's program holds state its
+    pull request's own program wrote (a Command's delete it chose, say), which an update or a
+    destroy would run with the preview role. The deploy and the destroy touch an existing
+    stack only with main's tag (record:program=main), and the deploy tags the stacks it makes."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tags = json.dumps({"record:program": program} if program else {})
+    log = _fake_pulumi(bin_dir, '[{"name": "preview-pr-7"}]', {"stack tag ls --json": (tags, 0)})
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "PR": "7",
+        "STACK": "preview-pr-7",
+        "PREVIEW_TTL_HOURS": "72",
+        "API_IMAGE": API_IMAGE,
+        "MODELS_IMAGE": MODELS_IMAGE,
+        "PREVIEW_SECRET_SEED": "s33d",
+    }
+    for job, step in (("deploy", "Select the stack"), ("destroy", "pulumi destroy")):
+        work = tmp_path / job
+        (work / ".venv" / "bin").mkdir(parents=True)
+        if job == "deploy":  # it derives the secrets with the venv's Python
+            (work / ".venv" / "bin" / "python").symlink_to(sys.executable)
+        else:  # the objects' purge (infra/preview_objects.py), logged
+            _fake(work / ".venv" / "bin", "python")
+        (work / "Pulumi.preview.yaml").write_text(PREVIEW_TEMPLATE)
+        result = _run_step(_step("preview", job, step), work, env)
+        calls = log.read_text()
+        log.unlink()
+        if program == "main":
+            assert result.returncode == 0, result.stderr
+            assert "stack tag set record:program" not in calls  # it has it
+        else:
+            assert result.returncode != 0
+            assert "pulumi stack rm --force preview-pr-7" in result.stdout + result.stderr
+            assert "destroy" not in calls
+            assert "config set" not in calls
+            assert "stack select" not in calls
+
+
+def test_a_stack_the_deploy_creates_is_tagged_as_main_s(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = _fake_pulumi(bin_dir)  # no stack yet
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    (tmp_path / "Pulumi.preview.yaml").write_text(PREVIEW_TEMPLATE)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "PR": "7",
+        "STACK": "preview-pr-7",
+        "PREVIEW_TTL_HOURS": "72",
+        "API_IMAGE": API_IMAGE,
+        "MODELS_IMAGE": MODELS_IMAGE,
+        "PREVIEW_SECRET_SEED": "s33d",
+    }
+    result = _run_step(_step("preview", "deploy", "Select the stack"), tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    calls = log.read_text().splitlines()
+    tag = next(i for i, c in enumerate(calls) if c.startswith("stack tag set record:program main"))
+    select = next(i for i, c in enumerate(calls) if c.startswith("stack select --create"))
+    assert select < tag
