@@ -138,13 +138,8 @@ class Database:
         """A connection inside one transaction, committed when the block exits cleanly."""
         async with self.pool.connection() as conn:
             try:
-                async with contextlib.AsyncExitStack() as transaction:
-                    # BEGIN and the tenant settings in one round trip: in pipeline mode both
-                    # go out together. The transaction outlives the pipeline (the stack ends
-                    # it, committing or rolling back, when the block exits).
-                    async with conn.pipeline():
-                        await transaction.enter_async_context(conn.transaction())
-                        await set_tenant(conn, org_id=org_id, user_id=user_id)
+                async with conn.transaction():
+                    await set_tenant(conn, org_id=org_id, user_id=user_id)
                     yield conn
             finally:
                 # Committed or rolled back: either way what the callbacks forget is stale.

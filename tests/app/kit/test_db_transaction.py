@@ -1,10 +1,12 @@
-"""``Database.transaction`` sends BEGIN and the tenant settings in one pipelined round trip,
-and still scopes the transaction to the tenant, commits on a clean exit, rolls back on an
-error, and runs its after-commit callbacks either way."""
+"""``Database.transaction`` scopes the transaction to the tenant, commits on a clean exit, rolls
+back on an error, and runs its after-commit callbacks either way; and the connection it yields
+is out of pipeline mode (the worker COPYs chunks in it: pipelining BEGIN with the tenant
+settings broke every upload)."""
 
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 
@@ -65,3 +67,10 @@ async def test_without_a_tenant_the_settings_are_empty(app):
             "current_setting('app.key_id', true) AS key"
         )
         assert await cur.fetchone() == {"org": "", "key": ""}
+
+
+async def test_the_transaction_is_not_in_pipeline_mode(app: Any) -> None:
+    db = app.state.services.db
+    async with db.transaction() as conn, conn.cursor().copy("COPY (SELECT 1) TO STDOUT") as copy:
+        rows = [bytes(row) async for row in copy]
+    assert rows == [b"1\n"]
