@@ -33,6 +33,8 @@ BUILD_ARGS: dict[str, dict[str, str]] = {"api": {}, "models": {"EXTRAS": "ai"}}
 def release_of(revision: str) -> str:
     """The image's RECORD_RELEASE: ``record@<12 hex of the commit>`` (the workflows' too)."""
     return f"record@{revision[:12]}"
+
+
 # The Dockerfile's last stage: both images are the slim runtime, differing in their venv.
 BUILD_TARGET = "runtime"
 # The node group runs AL2023_x86_64_STANDARD (infra/cluster.py).
