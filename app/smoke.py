@@ -235,6 +235,7 @@ class SmokeRun:
         )
         # No credentials and no cookie jar shared with the signed-in client.
         self.anonymous = httpx.Client(
+            base_url=self.base,
             timeout=timeout,
             transport=transport,
             event_hooks=hooks,
