@@ -8,7 +8,7 @@ PIP := $(BIN)/pip install --disable-pip-version-check --quiet
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: up test install lint typecheck test-fast test-stack soak clean
+.PHONY: up test install lint typecheck test-fast test-stack test-infra soak clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'"; exit 1; }
@@ -35,6 +35,11 @@ typecheck: install
 
 test: install lint typecheck
 	$(BIN)/python -m pytest -p no:cacheprovider -m "not soak" --cov --cov-report=term $(PYTEST_ARGS)
+
+# The infra suite alone, on both cores (renders under mocks are CPU-bound); checkov is slow and
+# runs in make test.
+test-infra: install
+	$(BIN)/python -m pytest -p no:cacheprovider -n 2 tests/infra -k "not checkov"
 
 # Three minutes of bench/soak.py against a real `record up` (CI runs it after `make test`).
 soak: install
